@@ -1,0 +1,1 @@
+//! milebatch (skeleton; filled in by the pipeline issue).
