@@ -1,1 +1,26 @@
-//! milebatch (skeleton; filled in by the pipeline issue).
+//! milebatch: pulls partners' point-exchange CSV files, validates every row
+//! against the member store, credits miles in SQLite exactly once, and writes
+//! back an error CSV of the failed rows.
+//!
+//! Layout, in the order data flows:
+//!
+//! - [`config`]: `partners.toml`, typed and validated.
+//! - [`source`]: where files come from: the [`source::Source`] trait and one
+//!   file per kind (`local`, `sftp`, `ftp`, `http`), built in one registry.
+//! - [`pipeline`]: one partner run, stage by stage (pickup → decode → parse →
+//!   validate → credit → report → tidy), one file per stage.
+//! - [`members`]: the member store (import, lookup, balances).
+//! - [`db`]: SQLite: pragmas and the migration list.
+//! - [`schedule`]: partner schedules in the daemon's time zone.
+//! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
+//! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
+//! - [`cli`]: the command line; `main.rs` only calls it.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod members;
+pub mod pipeline;
+pub mod query;
+pub mod schedule;
+pub mod source;

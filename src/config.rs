@@ -1,0 +1,420 @@
+//! `partners.toml`: the typed configuration, loaded and validated in one go.
+//!
+//! What must stay true:
+//! - every error names the file, the key and (where TOML knows it) the line;
+//! - relative paths are resolved against the config file's folder, once, here;
+//! - no secret value ever lives in this file: sources name *where* a secret is
+//!   (`password_env`, `password_file`, `credential`), and a plain `password`
+//!   key is refused.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::schedule::Schedule;
+use crate::source::SourceConfig;
+
+/// A configuration problem, already formatted for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    pub partners: Vec<PartnerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub database: PathBuf,
+    pub data_dir: PathBuf,
+    pub timezone: chrono_tz::Tz,
+    pub max_concurrent: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// Text encodings a partner may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Encoding {
+    #[serde(rename = "utf-8", alias = "utf8", alias = "UTF-8")]
+    Utf8,
+    /// Shift_JIS as Windows writes it: CP932 / Windows-31J.
+    #[serde(
+        rename = "shift_jis",
+        alias = "sjis",
+        alias = "cp932",
+        alias = "windows-31j",
+        alias = "Shift_JIS"
+    )]
+    ShiftJis,
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encoding::Utf8 => "utf-8",
+            Encoding::ShiftJis => "shift_jis",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PartnerConfig {
+    pub id: String,
+    pub name: String,
+    pub schedule: Schedule,
+    pub encoding: Encoding,
+    pub header: bool,
+    pub max_miles_per_row: u64,
+    pub max_error_ratio: f64,
+    pub allow_duplicate_rows: bool,
+    pub expect_file: bool,
+    pub source: SourceConfig,
+}
+
+impl PartnerConfig {
+    /// The validation rules of this partner, as the pipeline needs them.
+    pub fn rules(&self) -> crate::pipeline::validate::Rules {
+        crate::pipeline::validate::Rules {
+            max_miles_per_row: self.max_miles_per_row,
+            allow_duplicate_rows: self.allow_duplicate_rows,
+        }
+    }
+}
+
+// ---- raw, as written in TOML -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    daemon: Option<RawDaemon>,
+    #[serde(default)]
+    partner: Vec<RawPartner>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    database: Option<String>,
+    data_dir: Option<String>,
+    timezone: Option<Spanned<String>>,
+    max_concurrent: Option<Spanned<usize>>,
+    shutdown_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    id: Spanned<String>,
+    name: Option<String>,
+    schedule: Spanned<String>,
+    #[serde(default = "default_encoding")]
+    encoding: Encoding,
+    #[serde(default)]
+    header: bool,
+    max_miles_per_row: Spanned<u64>,
+    #[serde(default = "default_error_ratio")]
+    max_error_ratio: Spanned<f64>,
+    #[serde(default)]
+    allow_duplicate_rows: bool,
+    #[serde(default)]
+    expect_file: bool,
+    source: Spanned<crate::source::RawSource>,
+}
+
+fn default_encoding() -> Encoding {
+    Encoding::Utf8
+}
+
+fn default_error_ratio() -> Spanned<f64> {
+    Spanned::new(0..0, 0.5)
+}
+
+/// The largest per-row maximum accepted. Keeps any realistic sum of rows far
+/// from `i64` overflow, and is already absurd for one exchange.
+pub const MILES_PER_ROW_CEILING: u64 = 1_000_000_000_000;
+
+/// Where a problem sits in the text, for messages.
+pub(crate) struct Locator<'a> {
+    text: &'a str,
+}
+
+impl<'a> Locator<'a> {
+    pub(crate) fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+    pub(crate) fn at<T>(&self, s: &Spanned<T>, key: &str, msg: impl fmt::Display) -> String {
+        if s.span().end == 0 {
+            format!("`{key}`: {msg}")
+        } else {
+            format!("line {}: `{key}`: {msg}", self.line(s.span().start))
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate `text` as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(toml_error(&e, text)))?;
+        let loc = Locator { text };
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let d = raw.daemon.unwrap_or_default();
+        let timezone = match &d.timezone {
+            None => chrono_tz::Asia::Tokyo,
+            Some(tz) => tz.get_ref().parse::<chrono_tz::Tz>().map_err(|_| {
+                invalid(loc.at(
+                    tz,
+                    "daemon.timezone",
+                    format!(
+                        "unknown time zone {:?} (an IANA name such as \"Asia/Tokyo\")",
+                        tz.get_ref()
+                    ),
+                ))
+            })?,
+        };
+        let max_concurrent = match &d.max_concurrent {
+            None => 4,
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(invalid(loc.at(
+                    n,
+                    "daemon.max_concurrent",
+                    "must be at least 1",
+                )))
+            }
+            Some(n) => *n.get_ref(),
+        };
+        let shutdown_timeout = match &d.shutdown_timeout {
+            None => Duration::from_secs(60),
+            Some(s) => parse_duration(s.get_ref())
+                .map_err(|m| invalid(loc.at(s, "daemon.shutdown_timeout", m)))?,
+        };
+        let daemon = DaemonConfig {
+            database: resolve(d.database.as_deref().unwrap_or("var/milebatch.db")),
+            data_dir: resolve(d.data_dir.as_deref().unwrap_or("var")),
+            timezone,
+            max_concurrent,
+            shutdown_timeout,
+        };
+
+        let mut partners = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for p in raw.partner {
+            let id = p.id.get_ref().clone();
+            if !valid_id(&id) {
+                return Err(invalid(loc.at(
+                    &p.id,
+                    "partner.id",
+                    format!("{id:?} is not a valid id: use 1-64 of a-z, 0-9 and '-'"),
+                )));
+            }
+            let line = loc.line(p.id.span().start);
+            if let Some(first) = seen.insert(id.clone(), line) {
+                return Err(invalid(format!(
+                    "line {line}: `partner.id`: {id:?} is already used by the partner on line {first}"
+                )));
+            }
+            let ctx = |key: &str| format!("partner {id:?} `{key}`");
+            let schedule = Schedule::parse(p.schedule.get_ref())
+                .map_err(|e| invalid(loc.at(&p.schedule, &ctx("schedule"), e)))?;
+            let max_miles = *p.max_miles_per_row.get_ref();
+            if max_miles == 0 || max_miles > MILES_PER_ROW_CEILING {
+                return Err(invalid(loc.at(
+                    &p.max_miles_per_row,
+                    &ctx("max_miles_per_row"),
+                    format!("must be between 1 and {MILES_PER_ROW_CEILING}"),
+                )));
+            }
+            let ratio = *p.max_error_ratio.get_ref();
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(invalid(loc.at(
+                    &p.max_error_ratio,
+                    &ctx("max_error_ratio"),
+                    "must be between 0.0 and 1.0",
+                )));
+            }
+            let source = SourceConfig::from_raw(p.source.get_ref(), &resolve)
+                .map_err(|m| invalid(loc.at(&p.source, &ctx("source"), m)))?;
+            partners.push(PartnerConfig {
+                name: p.name.unwrap_or_else(|| id.clone()),
+                id,
+                schedule,
+                encoding: p.encoding,
+                header: p.header,
+                max_miles_per_row: max_miles,
+                max_error_ratio: ratio,
+                allow_duplicate_rows: p.allow_duplicate_rows,
+                expect_file: p.expect_file,
+                source,
+            });
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            daemon,
+            partners,
+        })
+    }
+
+    pub fn partner(&self, id: &str) -> Option<&PartnerConfig> {
+        self.partners.iter().find(|p| p.id == id)
+    }
+}
+
+/// `toml`'s own message carries line, column and a snippet over several
+/// lines; operators read logs line by line, so keep it on one.
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message();
+    match e.span() {
+        Some(span) => {
+            let loc = Locator { text };
+            format!("line {}: {}", loc.line(span.start), msg)
+        }
+        None => msg.to_string(),
+    }
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `"60s"`, `"5m"`, `"1h 30m"`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. \"30s\", \"5m\"): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[daemon]
+database = "var/m.db"
+data_dir = "var"
+timezone = "Asia/Tokyo"
+
+[[partner]]
+id = "demo-shop"
+name = "Demo Shop"
+schedule = "daily 03:00"
+encoding = "shift_jis"
+header = true
+max_miles_per_row = 100000
+max_error_ratio = 0.5
+allow_duplicate_rows = false
+[partner.source]
+kind = "local"
+dir = "inbox/demo"
+"#;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("/etc/mb/partners.toml"))
+    }
+
+    #[test]
+    fn good_config_resolves_paths_against_its_folder() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.daemon.database, Path::new("/etc/mb/var/m.db"));
+        let p = &c.partners[0];
+        assert_eq!(p.encoding, Encoding::ShiftJis);
+        assert!(p.header);
+        match &p.source {
+            SourceConfig::Local(l) => assert_eq!(l.dir, Path::new("/etc/mb/inbox/demo")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let bad = GOOD.replace("encoding = \"shift_jis\"", "encoding = \"latin1\"");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 11"), "{e}");
+        assert!(e.contains("latin1"), "{e}");
+
+        let bad = GOOD.replace("id = \"demo-shop\"", "id = \"Demo Shop\"");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("partner.id"), "{e}");
+
+        let bad = GOOD.replace("daily 03:00", "daily 25:00");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 10") && e.contains("schedule"), "{e}");
+
+        let bad = GOOD.replace("max_error_ratio = 0.5", "max_error_ratio = 1.5");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("line 14") && e.contains("max_error_ratio"),
+            "{e}"
+        );
+
+        let bad = GOOD.replace("header = true", "headers = true");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 12") && e.contains("headers"), "{e}");
+    }
+
+    #[test]
+    fn colliding_partner_ids_are_refused() {
+        let twice = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[partner]]").unwrap()..]);
+        let e = parse(&twice).unwrap_err().to_string();
+        assert!(e.contains("already used by the partner on line 8"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! The schema, as an ordered list of migrations applied under
+//! `PRAGMA user_version`.
+//!
+//! Never edit or remove an entry once released: append a new one.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: members, balances, the ledger, runs and files.
+    r#"
+CREATE TABLE members(
+    id        INTEGER PRIMARY KEY,
+    member_id TEXT NOT NULL UNIQUE,
+    email     TEXT UNIQUE,              -- trimmed and lower-cased; NULL if none
+    status    INTEGER NOT NULL CHECK (status IN (0, 1, 2))  -- active, suspended, withdrawn
+);
+
+-- Follows from the ledger; kept for O(1) reads. The CHECK turns SQLite's
+-- silent integer-overflow-to-REAL into an error that rolls the file back.
+CREATE TABLE balances(
+    member INTEGER PRIMARY KEY REFERENCES members(id),
+    miles  INTEGER NOT NULL CHECK (typeof(miles) = 'integer' AND miles >= 0)
+);
+
+CREATE TABLE runs(
+    id          INTEGER PRIMARY KEY,
+    partner     TEXT NOT NULL,
+    trigger     TEXT NOT NULL,          -- manual | schedule | catch-up
+    dry_run     INTEGER NOT NULL DEFAULT 0,
+    started_at  TEXT NOT NULL,          -- RFC 3339 UTC
+    finished_at TEXT,
+    outcome     TEXT,                   -- ok | no-file | missed | refused | failed
+    files       INTEGER NOT NULL DEFAULT 0,
+    rows        INTEGER NOT NULL DEFAULT 0,
+    credited    INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    miles       INTEGER NOT NULL DEFAULT 0,
+    error       TEXT
+);
+CREATE INDEX runs_by_partner ON runs(partner, id);
+
+CREATE TABLE files(
+    id          INTEGER PRIMARY KEY,
+    partner     TEXT NOT NULL,
+    run_id      INTEGER REFERENCES runs(id),
+    name        TEXT NOT NULL,          -- as delivered
+    size        INTEGER NOT NULL,
+    mtime       INTEGER,                -- as the server reported it
+    sha256      TEXT NOT NULL,
+    outcome     TEXT NOT NULL,          -- credited | refused | duplicate
+    reason      TEXT,                   -- why refused
+    rows        INTEGER NOT NULL DEFAULT 0,
+    credited    INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    failed_by_code TEXT NOT NULL DEFAULT '{}',  -- JSON {"E003": 2, ...}
+    miles       INTEGER NOT NULL DEFAULT 0,
+    archive_path TEXT,
+    report_path TEXT,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    tidy        TEXT NOT NULL DEFAULT 'pending'  -- pending | done: remote move/upload after commit
+);
+-- The exactly-once guarantee for files: one credited delivery per content.
+CREATE UNIQUE INDEX files_credited_once ON files(partner, sha256) WHERE outcome = 'credited';
+CREATE INDEX files_by_listing ON files(partner, name, size, mtime);
+CREATE INDEX files_pending_tidy ON files(partner) WHERE tidy = 'pending';
+
+-- One row per credited line. Clustered on (file, line): appends are
+-- sequential, and a line can never be credited twice.
+CREATE TABLE ledger(
+    file_id     INTEGER NOT NULL REFERENCES files(id),
+    line        INTEGER NOT NULL,
+    partner     TEXT NOT NULL,
+    member      INTEGER NOT NULL REFERENCES members(id),
+    partner_key TEXT NOT NULL,
+    miles       INTEGER NOT NULL CHECK (miles > 0),
+    credited_at INTEGER NOT NULL,       -- unix seconds
+    dup         INTEGER NOT NULL,       -- 0; the line number when the partner allows duplicate rows
+    PRIMARY KEY (file_id, line)
+) WITHOUT ROWID;
+-- History search by partner key, and E008 (same member, key and miles
+-- earlier in the same file) as a uniqueness conflict: one B-tree probe.
+CREATE UNIQUE INDEX ledger_by_key ON ledger(partner, partner_key, file_id, member, miles, dup);
+CREATE INDEX ledger_by_member ON ledger(member);
+
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+
+-- Daemon state per partner: last successful scheduled run, for catch-up.
+CREATE TABLE partner_state(
+    partner      TEXT PRIMARY KEY,
+    last_success TEXT,                  -- RFC 3339 UTC
+    last_attempt TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT
+);
+"#,
+];

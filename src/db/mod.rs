@@ -1,0 +1,184 @@
+//! The SQLite database: opening, pragmas, migrations.
+//!
+//! What must stay true:
+//! - WAL with `synchronous = FULL`: a committed file survives power loss, not
+//!   only a process crash. One commit per file makes the fsync cost nothing.
+//! - Every writer uses `BEGIN IMMEDIATE` and a `busy_timeout`, so a manual
+//!   `once` next to the daemon waits instead of failing with SQLITE_BUSY.
+//! - The database file is created owner-only (0600).
+
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+pub use migrations::MIGRATIONS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: cannot create its folder: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database {path} has schema version {found}, newer than this milebatch ({known}): upgrade milebatch")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// How long a writer waits for another writer before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Open (creating if needed) and migrate the database at `path`.
+pub fn open(path: &Path) -> Result<Connection, DbError> {
+    let open_err = |source| DbError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir).map_err(|source| DbError::Folder {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    if !path.exists() {
+        // Create it 0600 ourselves; SQLite would use the umask.
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| DbError::Folder {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    // 64 MiB of page cache keeps the member indexes hot for a big file.
+    conn.pragma_update(None, "cache_size", -65536)
+        .map_err(open_err)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(open_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(DbError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if now as usize > i {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// `mkdir -p` with mode 0700 for the folders we create.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Now, as stored in the database.
+pub fn now_text(now: chrono::DateTime<chrono::Utc>) -> String {
+    now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/m.db");
+        let c = open(&p).unwrap();
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        drop(c);
+        open(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(p.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+    }
+
+    #[test]
+    fn ledger_is_append_only() {
+        let d = tempfile::tempdir().unwrap();
+        let c = open(&d.path().join("m.db")).unwrap();
+        c.execute_batch(
+            "INSERT INTO members(id, member_id, status) VALUES (1, 'A', 0);
+             INSERT INTO files(id, partner, name, size, sha256, outcome, started_at) VALUES (1, 'p', 'f', 1, 'h', 'credited', 'now');
+             INSERT INTO ledger VALUES (1, 1, 'p', 1, 'k', 5, 0, 0);",
+        )
+        .unwrap();
+        let e = c.execute("UPDATE ledger SET miles = 6", []).unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{e}");
+        let e = c.execute("DELETE FROM ledger", []).unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{e}");
+    }
+
+    #[test]
+    fn balance_overflow_is_an_error_not_a_float() {
+        let d = tempfile::tempdir().unwrap();
+        let c = open(&d.path().join("m.db")).unwrap();
+        c.execute_batch(
+            "INSERT INTO members(id, member_id, status) VALUES (1, 'A', 0);
+             INSERT INTO balances VALUES (1, 9223372036854775800);",
+        )
+        .unwrap();
+        let e = c
+            .execute(
+                "INSERT INTO balances VALUES (1, 100) ON CONFLICT(member) DO UPDATE SET miles = miles + excluded.miles",
+                [],
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("CHECK"), "{e}");
+    }
+}

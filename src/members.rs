@@ -1,0 +1,296 @@
+//! The member store: import from CSV, and the one-probe lookup the
+//! validator uses.
+//!
+//! A member is named by member ID or registered e-mail. A value with an `@`
+//! is an e-mail (trimmed, compared lower-cased); anything else is a member ID
+//! (trimmed). So every lookup is exactly one index probe.
+
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Statement};
+
+use crate::db::DbError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Suspended,
+    Withdrawn,
+}
+
+impl Status {
+    pub fn from_db(v: i64) -> Status {
+        match v {
+            0 => Status::Active,
+            1 => Status::Suspended,
+            _ => Status::Withdrawn,
+        }
+    }
+    fn to_db(self) -> i64 {
+        match self {
+            Status::Active => 0,
+            Status::Suspended => 1,
+            Status::Withdrawn => 2,
+        }
+    }
+    fn parse(s: &str) -> Option<Status> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "active" => Some(Status::Active),
+            "suspended" => Some(Status::Suspended),
+            "withdrawn" => Some(Status::Withdrawn),
+            _ => None,
+        }
+    }
+}
+
+/// The form of an e-mail used for matching.
+pub fn normalize_email(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+/// A member found by a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// The internal integer key (ledger and balances use it).
+    pub id: i64,
+    pub status: Status,
+}
+
+/// Prepared lookups, held for the life of one transaction.
+pub struct Lookup<'c> {
+    by_id: Statement<'c>,
+    by_email: Statement<'c>,
+    email_buf: String,
+}
+
+impl<'c> Lookup<'c> {
+    pub fn new(conn: &'c Connection) -> Result<Lookup<'c>, DbError> {
+        Ok(Lookup {
+            by_id: conn.prepare("SELECT id, status FROM members WHERE member_id = ?1")?,
+            by_email: conn.prepare("SELECT id, status FROM members WHERE email = ?1")?,
+            email_buf: String::new(),
+        })
+    }
+
+    /// Find a member by ID or e-mail; `value` is as the partner wrote it.
+    pub fn find(&mut self, value: &str) -> Result<Option<Found>, DbError> {
+        let v = value.trim();
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok(Found {
+                id: r.get(0)?,
+                status: Status::from_db(r.get(1)?),
+            })
+        };
+        Ok(if v.contains('@') {
+            self.email_buf.clear();
+            if v.is_ascii() {
+                // The common case, without allocating.
+                self.email_buf.push_str(v);
+                self.email_buf.make_ascii_lowercase();
+            } else {
+                self.email_buf.push_str(&v.to_lowercase());
+            }
+            self.by_email.query_row([&self.email_buf], row).optional()?
+        } else {
+            self.by_id.query_row([v], row).optional()?
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {message}")]
+    Row {
+        file: String,
+        line: u64,
+        message: String,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ImportSummary {
+    pub rows: u64,
+}
+
+/// Upsert members from `member_id,email,status` CSV (a header line starting
+/// with `member_id` is skipped). All or nothing: one bad line imports none.
+pub fn import(conn: &mut Connection, path: &Path) -> Result<ImportSummary, ImportError> {
+    let file = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|source| ImportError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    import_from(conn, std::io::BufReader::with_capacity(1 << 20, f), &file)
+}
+
+pub fn import_from(
+    conn: &mut Connection,
+    input: impl Read,
+    file: &str,
+) -> Result<ImportSummary, ImportError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(input);
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(DbError::from)?;
+    let mut summary = ImportSummary::default();
+    {
+        let mut upsert = tx
+            .prepare(
+                "INSERT INTO members(member_id, email, status) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(member_id) DO UPDATE SET email = excluded.email, status = excluded.status",
+            )
+            .map_err(DbError::from)?;
+        let mut rec = csv::ByteRecord::new();
+        let mut first = true;
+        loop {
+            let line = rdr.position().line();
+            let more = rdr
+                .read_byte_record(&mut rec)
+                .map_err(|e| ImportError::Row {
+                    file: file.to_owned(),
+                    line,
+                    message: e.to_string(),
+                })?;
+            if !more {
+                break;
+            }
+            let bad = |message: String| ImportError::Row {
+                file: file.to_owned(),
+                line,
+                message,
+            };
+            if first {
+                first = false;
+                if rec
+                    .get(0)
+                    .map(|f| f.trim_ascii().eq_ignore_ascii_case(b"member_id"))
+                    == Some(true)
+                {
+                    continue;
+                }
+            }
+            if rec.len() != 3 {
+                return Err(bad(format!(
+                    "expected 3 columns (member_id,email,status), found {}",
+                    rec.len()
+                )));
+            }
+            let text = |i: usize| {
+                std::str::from_utf8(&rec[i])
+                    .map_err(|_| bad(format!("column {} is not UTF-8", i + 1)))
+            };
+            let member_id = text(0)?.trim();
+            if member_id.is_empty() || member_id.contains('@') {
+                return Err(bad(format!(
+                    "member_id {member_id:?} must be non-empty and have no '@'"
+                )));
+            }
+            let email = text(1)?.trim();
+            let email = (!email.is_empty()).then(|| normalize_email(email));
+            if email.as_deref().is_some_and(|e| !e.contains('@')) {
+                return Err(bad(format!("email {:?} has no '@'", email.unwrap())));
+            }
+            let status = Status::parse(text(2)?).ok_or_else(|| {
+                bad(format!(
+                    "status {:?}: use active, suspended or withdrawn",
+                    text(2).unwrap_or("")
+                ))
+            })?;
+            upsert
+                .execute(params![member_id, email, status.to_db()])
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        bad(format!(
+                            "email {:?} is already registered to another member",
+                            email.as_deref().unwrap_or("")
+                        ))
+                    }
+                    e => ImportError::Db(e.into()),
+                })?;
+            summary.rows += 1;
+        }
+    }
+    tx.commit().map_err(DbError::from)?;
+    Ok(summary)
+}
+
+/// A member's balance, looked up by ID or e-mail.
+pub fn balance(conn: &Connection, value: &str) -> Result<Option<(String, Status, i64)>, DbError> {
+    let mut l = Lookup::new(conn)?;
+    let Some(found) = l.find(value)? else {
+        return Ok(None);
+    };
+    let (member_id, miles): (String, i64) = conn.query_row(
+        "SELECT m.member_id, COALESCE(b.miles, 0) FROM members m LEFT JOIN balances b ON b.member = m.id WHERE m.id = ?1",
+        [found.id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(Some((member_id, found.status, miles)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let d = tempfile::tempdir().unwrap();
+        let c = crate::db::open(&d.path().join("m.db")).unwrap();
+        (d, c)
+    }
+
+    #[test]
+    fn import_and_lookup_by_id_or_email() {
+        let (_d, mut c) = db();
+        let csv = "member_id,email,status\nNM1,Taro@Example.JP,active\nNM2,,suspended\n";
+        assert_eq!(
+            import_from(&mut c, csv.as_bytes(), "m.csv").unwrap().rows,
+            2
+        );
+        let mut l = Lookup::new(&c).unwrap();
+        let a = l.find("NM1").unwrap().unwrap();
+        assert_eq!(l.find("  taro@example.jp ").unwrap(), Some(a));
+        assert_eq!(l.find("TARO@EXAMPLE.JP").unwrap(), Some(a));
+        assert_eq!(l.find("NM2").unwrap().unwrap().status, Status::Suspended);
+        assert_eq!(l.find("nm1").unwrap(), None);
+        assert_eq!(l.find("nobody@example.jp").unwrap(), None);
+    }
+
+    #[test]
+    fn import_upserts_and_is_all_or_nothing() {
+        let (_d, mut c) = db();
+        import_from(&mut c, "NM1,a@x.jp,active\n".as_bytes(), "m.csv").unwrap();
+        import_from(&mut c, "NM1,b@x.jp,withdrawn\n".as_bytes(), "m.csv").unwrap();
+        let mut l = Lookup::new(&c).unwrap();
+        assert_eq!(l.find("b@x.jp").unwrap().unwrap().status, Status::Withdrawn);
+        assert_eq!(l.find("a@x.jp").unwrap(), None);
+        drop(l);
+        let e = import_from(
+            &mut c,
+            "NM2,c@x.jp,active\nNM3,d@x.jp,sleeping\n".as_bytes(),
+            "m.csv",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("m.csv:2") && e.contains("sleeping"), "{e}");
+        let mut l = Lookup::new(&c).unwrap();
+        assert_eq!(
+            l.find("NM2").unwrap(),
+            None,
+            "nothing of a failed import stays"
+        );
+    }
+}

@@ -1,0 +1,498 @@
+//! The exchange pipeline, one partner at a time, stage by stage:
+//!
+//! ```text
+//! pickup  → list the inbox, keep ready & new files, download, archive bytes
+//! decode  → each record in the partner's encoding (E009)
+//! parse   → CSV records from raw bytes, streaming
+//! validate→ E001–E007 against the member store
+//! credit  → ledger + balances + file row in one transaction (E008)
+//! report  → the error CSV, failed records byte for byte + ",CODE"
+//! tidy    → after the commit: upload the report, move/delete the inbox file
+//! ```
+//!
+//! What must stay true: a row is credited exactly once. That rests on three
+//! things only: the archive holds the exact bytes before any credit, one
+//! transaction per file, and a file row that makes the same content
+//! uncreditable a second time. Everything after the commit (tidy) may fail
+//! and be retried without touching money.
+
+pub mod credit;
+pub mod decode;
+pub mod parse;
+pub mod pickup;
+pub mod report;
+pub mod tidy;
+pub mod validate;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use crate::config::{Config, PartnerConfig};
+use crate::db::{self, now_text, DbError};
+use crate::source::SourceError;
+
+use credit::{CreditError, CreditJob, Credited};
+use validate::Code;
+
+/// A file downloaded and archived, ready to credit.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub name: String,
+    pub size: u64,
+    pub mtime: Option<i64>,
+    pub sha256: String,
+    /// The archived copy; every later stage reads this, never the source.
+    pub archive: PathBuf,
+}
+
+/// Row counts of one file (or one run).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    pub rows: u64,
+    pub credited: u64,
+    pub failed: u64,
+    pub miles: u64,
+    #[serde(serialize_with = "ser_by_code")]
+    pub by_code: [u64; 9],
+}
+
+fn ser_by_code<S: serde::Serializer>(v: &[u64; 9], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(None)?;
+    for c in Code::ALL {
+        if v[c.index()] > 0 {
+            m.serialize_entry(c.as_str(), &v[c.index()])?;
+        }
+    }
+    m.end()
+}
+
+impl Counts {
+    pub fn fail(&mut self, code: Code) {
+        self.failed += 1;
+        self.by_code[code.index()] += 1;
+    }
+    pub fn add(&mut self, o: &Counts) {
+        self.rows += o.rows;
+        self.credited += o.credited;
+        self.failed += o.failed;
+        self.miles += o.miles;
+        for i in 0..9 {
+            self.by_code[i] += o.by_code[i];
+        }
+    }
+    pub fn by_code_json(&self) -> String {
+        serde_json::to_value(self)
+            .map(|v| v["by_code"].to_string())
+            .unwrap_or_default()
+    }
+    /// `E003=2 E006=1`, for logs.
+    pub fn by_code_text(&self) -> String {
+        let parts: Vec<String> = Code::ALL
+            .iter()
+            .filter(|c| self.by_code[c.index()] > 0)
+            .map(|c| format!("{}={}", c.as_str(), self.by_code[c.index()]))
+            .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("partner {partner}: another milebatch is already running this partner (lock {lock})")]
+    Busy { partner: String, lock: PathBuf },
+    #[error("partner {partner}: {during}: {source}")]
+    Source {
+        partner: String,
+        during: &'static str,
+        source: SourceError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<CreditError> for PipelineError {
+    fn from(e: CreditError) -> Self {
+        match e {
+            CreditError::Db(d) => PipelineError::Db(d),
+            CreditError::Io { path, source } => PipelineError::Io { path, source },
+        }
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Manual,
+    Schedule,
+    CatchUp,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch-up",
+        }
+    }
+}
+
+pub struct RunOptions<'a> {
+    pub dry_run: bool,
+    pub trigger: Trigger,
+    pub now: DateTime<Utc>,
+    /// Checked between files: a file in progress always finishes its
+    /// transaction.
+    pub shutdown: &'a AtomicBool,
+}
+
+/// The outcome of one file, for the summary and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    pub name: String,
+    pub sha256: String,
+    /// credited | refused | duplicate | dry-run
+    pub outcome: String,
+    pub reason: Option<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub report: Option<PathBuf>,
+    pub archive: PathBuf,
+}
+
+/// The outcome of one partner run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub partner: String,
+    pub run_id: Option<i64>,
+    /// ok | no-file | missed | refused | failed
+    pub outcome: String,
+    pub files: Vec<FileReport>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl RunReport {
+    /// Whether everything found was handled (failed rows do not count).
+    pub fn is_clean(&self) -> bool {
+        self.error.is_none()
+            && self
+                .files
+                .iter()
+                .all(|f| f.outcome == "credited" || f.outcome == "dry-run")
+    }
+}
+
+/// Run one partner now: every new file in its inbox, one after the other.
+pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'_>) -> RunReport {
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("run", partner = %partner.id, trigger = opts.trigger.as_str(), dry_run = opts.dry_run);
+    let _enter = span.enter();
+    let mut report = RunReport {
+        partner: partner.id.clone(),
+        run_id: None,
+        outcome: "ok".into(),
+        files: vec![],
+        counts: Counts::default(),
+        error: None,
+        duration_ms: 0,
+    };
+    if let Err(e) = run_inner(config, partner, opts, &mut report) {
+        tracing::error!(error = %e, "run failed");
+        report.error = Some(e.to_string());
+        report.outcome = "failed".into();
+    } else if report.files.is_empty() {
+        report.outcome = if partner.expect_file && opts.trigger != Trigger::Manual {
+            tracing::warn!("no new file: missed delivery (expect_file = true)");
+            "missed".into()
+        } else {
+            "no-file".into()
+        };
+    } else if !report.is_clean() {
+        report.outcome = "refused".into();
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    if let Some(run_id) = report.run_id {
+        if let Err(e) = finish_run(config, &report, run_id, opts) {
+            tracing::error!(error = %e, "could not record the run's end");
+        }
+    }
+    let c = &report.counts;
+    let paths: Vec<String> = report
+        .files
+        .iter()
+        .filter_map(|f| f.report.as_ref().map(|p| p.display().to_string()))
+        .collect();
+    tracing::info!(
+        outcome = %report.outcome,
+        files = report.files.len(),
+        rows = c.rows,
+        credited = c.credited,
+        failed = c.failed,
+        failed_by_code = %c.by_code_text(),
+        miles = c.miles,
+        duration_ms = report.duration_ms,
+        reports = %paths.join(" "),
+        "run summary"
+    );
+    report
+}
+
+fn run_inner(
+    config: &Config,
+    partner: &PartnerConfig,
+    opts: &RunOptions<'_>,
+    report: &mut RunReport,
+) -> Result<(), PipelineError> {
+    let data_dir = &config.daemon.data_dir;
+    let _lock = lock_partner(data_dir, &partner.id)?;
+    let mut conn = db::open(&config.daemon.database)?;
+    if !opts.dry_run {
+        conn.execute(
+            "INSERT INTO runs(partner, trigger, dry_run, started_at) VALUES (?1, ?2, 0, ?3)",
+            params![partner.id, opts.trigger.as_str(), now_text(opts.now)],
+        )
+        .map_err(DbError::from)?;
+        report.run_id = Some(conn.last_insert_rowid());
+    }
+    let pickup_cfg = partner.source.pickup();
+    let today = opts.now.with_timezone(&config.daemon.timezone).date_naive();
+    let mut source = crate::source::retry::with_retries(pickup_cfg.retries, "connecting", || {
+        partner.source.build(today)
+    })
+    .map_err(|e| PipelineError::Source {
+        partner: partner.id.clone(),
+        during: "connecting",
+        source: e,
+    })?;
+    if matches!(&partner.source, crate::source::SourceConfig::Ftp(f) if !f.tls) {
+        tracing::warn!(source = %source.describe(), "plain FTP: the password and the files cross the network unencrypted");
+    }
+
+    // Tidy-ups owed by earlier runs come first: they never touch money.
+    if !opts.dry_run {
+        for item in tidy::pending(&conn, &partner.id).map_err(DbError::from)? {
+            if let Err(e) = tidy::tidy(source.as_mut(), pickup_cfg, &conn, &item) {
+                tracing::warn!(file = %item.name, error = %e, "tidy-up still failing; will retry next run");
+            }
+        }
+    }
+
+    let files = pickup::candidates(
+        source.as_mut(),
+        pickup_cfg,
+        &conn,
+        &partner.id,
+        opts.shutdown,
+    )?;
+    let archive_dir = pickup::archive_dir(data_dir, &partner.id);
+    let reports_dir = data_dir.join("reports").join(&partner.id);
+    for f in files {
+        if opts.shutdown.load(Ordering::Relaxed) {
+            tracing::info!("shutdown requested: not starting another file");
+            break;
+        }
+        let fspan = tracing::info_span!("file", file = %f.name, bytes = f.size);
+        let _fenter = fspan.enter();
+        let fetched = pickup::fetch(source.as_mut(), pickup_cfg, &f, &partner.id, &archive_dir)?;
+        let stem = std::path::Path::new(&fetched.name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| fetched.name.clone());
+        let job = CreditJob {
+            partner,
+            file: &fetched,
+            run_id: report.run_id,
+            report_path: reports_dir.join(format!("{stem}.errors.csv")),
+            now: opts.now,
+            dry_run: opts.dry_run,
+        };
+        let outcome = credit::credit_file(&mut conn, &job)?;
+        let file_report = record(&conn, &job, outcome)?;
+        tracing::info!(
+            outcome = %file_report.outcome,
+            rows = file_report.counts.rows,
+            credited = file_report.counts.credited,
+            failed = file_report.counts.failed,
+            miles = file_report.counts.miles,
+            reason = file_report.reason.as_deref().unwrap_or(""),
+            report = %file_report.report.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            "file done"
+        );
+        report.counts.add(&file_report.counts);
+        report.files.push(file_report);
+        if !opts.dry_run {
+            for item in tidy::pending(&conn, &partner.id).map_err(DbError::from)? {
+                if let Err(e) = tidy::tidy(source.as_mut(), pickup_cfg, &conn, &item) {
+                    tracing::warn!(file = %item.name, error = %e, "tidy-up failed; the file is credited and will not be credited again; will retry next run");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Record a refused or duplicate file (credited files recorded themselves in
+/// their transaction), and describe the outcome.
+fn record(
+    conn: &Connection,
+    job: &CreditJob<'_>,
+    outcome: Credited,
+) -> Result<FileReport, PipelineError> {
+    let f = job.file;
+    let mut fr = FileReport {
+        name: f.name.clone(),
+        sha256: f.sha256.clone(),
+        outcome: String::new(),
+        reason: None,
+        counts: Counts::default(),
+        report: None,
+        archive: f.archive.clone(),
+    };
+    match outcome {
+        Credited::Done { counts, report, .. } => {
+            fr.outcome = if job.dry_run { "dry-run" } else { "credited" }.into();
+            fr.counts = counts;
+            fr.report = report;
+        }
+        Credited::Refused {
+            counts,
+            reason,
+            report,
+        } => {
+            tracing::warn!(%reason, "file refused: nothing credited");
+            fr.outcome = "refused".into();
+            fr.reason = Some(reason);
+            fr.counts = counts;
+            fr.report = report;
+        }
+        Credited::Duplicate {
+            first_name,
+            first_at,
+        } => {
+            let reason = format!(
+                "duplicate delivery: the same content was credited as {first_name:?} at {first_at}"
+            );
+            tracing::warn!(%reason, "file refused: nothing credited");
+            fr.outcome = "duplicate".into();
+            fr.reason = Some(reason);
+        }
+    }
+    if fr.outcome == "refused" || fr.outcome == "duplicate" {
+        if job.dry_run {
+            return Ok(fr);
+        }
+        let c = &fr.counts;
+        conn.execute(
+            "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, reason, rows, credited,
+                               failed, failed_by_code, miles, archive_path, report_path, started_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15)",
+            params![
+                job.partner.id,
+                job.run_id,
+                f.name,
+                f.size as i64,
+                f.mtime,
+                f.sha256,
+                fr.outcome,
+                fr.reason,
+                c.rows as i64,
+                c.failed as i64,
+                c.by_code_json(),
+                f.archive.display().to_string(),
+                fr.report.as_ref().map(|p| p.display().to_string()),
+                now_text(job.now),
+                now_text(Utc::now()),
+            ],
+        )
+        .map_err(DbError::from)?;
+        // A refused file credits nothing.
+        fr.counts.credited = 0;
+        fr.counts.miles = 0;
+    }
+    Ok(fr)
+}
+
+fn finish_run(
+    config: &Config,
+    r: &RunReport,
+    run_id: i64,
+    opts: &RunOptions<'_>,
+) -> Result<(), DbError> {
+    let conn = db::open(&config.daemon.database)?;
+    let now = now_text(Utc::now());
+    conn.execute(
+        "UPDATE runs SET finished_at = ?2, outcome = ?3, files = ?4, rows = ?5, credited = ?6, failed = ?7,
+                         miles = ?8, error = ?9 WHERE id = ?1",
+        params![
+            run_id,
+            now,
+            r.outcome,
+            r.files.len() as i64,
+            r.counts.rows as i64,
+            r.counts.credited as i64,
+            r.counts.failed as i64,
+            r.counts.miles as i64,
+            r.error
+        ],
+    )?;
+    let ok = r.outcome == "ok" || r.outcome == "no-file";
+    let last_error = r.error.clone().or_else(|| {
+        r.files
+            .iter()
+            .find_map(|f| f.reason.clone().map(|why| format!("{}: {why}", f.name)))
+    });
+    conn.execute(
+        "INSERT INTO partner_state(partner, last_success, last_attempt, consecutive_failures, last_error)
+         VALUES (?1, CASE WHEN ?2 THEN ?3 END, ?3, CASE WHEN ?2 THEN 0 ELSE 1 END, ?4)
+         ON CONFLICT(partner) DO UPDATE SET
+            last_success = CASE WHEN ?2 THEN ?3 ELSE last_success END,
+            last_attempt = ?3,
+            consecutive_failures = CASE WHEN ?2 THEN 0 ELSE consecutive_failures + 1 END,
+            last_error = CASE WHEN ?2 THEN last_error ELSE ?4 END",
+        params![r.partner, ok, now_text(opts.now), last_error],
+    )?;
+    Ok(())
+}
+
+/// One run per partner at a time, across processes: the daemon and a manual
+/// `once` never work the same inbox together.
+fn lock_partner(data_dir: &std::path::Path, partner: &str) -> Result<File, PipelineError> {
+    let dir = data_dir.join("locks");
+    db::create_private_dir(&dir).map_err(|source| PipelineError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let path = dir.join(format!("{partner}.lock"));
+    let f =
+        crate::pipeline::report::private_file_keep(&path).map_err(|source| PipelineError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(PipelineError::Busy {
+            partner: partner.to_owned(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(PipelineError::Io { path, source }),
+    }
+}

@@ -1,0 +1,203 @@
+//! Validate: the row rules E001–E007 of the domain brief, and the error
+//! codes themselves.
+//!
+//! E008 (a repeat of an earlier row in the same file) is decided by the
+//! credit step, as a uniqueness conflict in the ledger; E009 by decode.
+//! A failed row gets exactly one code: the first in table order that applies.
+
+use std::borrow::Cow;
+
+use crate::db::DbError;
+use crate::members::{Lookup, Status};
+
+/// The contract with partners: stable, documented, never reused.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum Code {
+    /// The row does not have exactly 3 columns.
+    E001,
+    /// Member is empty.
+    E002,
+    /// Member not found.
+    E003,
+    /// Member is not active.
+    E004,
+    /// Partner key empty or longer than 64 characters.
+    E005,
+    /// Miles not a positive whole number.
+    E006,
+    /// Miles above the partner's per-row maximum.
+    E007,
+    /// The same (member, key, miles) appeared earlier in this file.
+    E008,
+    /// Cannot be decoded in the declared encoding.
+    E009,
+}
+
+impl Code {
+    pub const ALL: [Code; 9] = [
+        Code::E001,
+        Code::E002,
+        Code::E003,
+        Code::E004,
+        Code::E005,
+        Code::E006,
+        Code::E007,
+        Code::E008,
+        Code::E009,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::E001 => "E001",
+            Code::E002 => "E002",
+            Code::E003 => "E003",
+            Code::E004 => "E004",
+            Code::E005 => "E005",
+            Code::E006 => "E006",
+            Code::E007 => "E007",
+            Code::E008 => "E008",
+            Code::E009 => "E009",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A partner's row rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub max_miles_per_row: u64,
+    pub allow_duplicate_rows: bool,
+}
+
+/// The longest partner key, in characters.
+pub const MAX_KEY_CHARS: usize = 64;
+
+/// A row that passed E001–E007.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Valid<'a> {
+    pub member: i64,
+    pub key: Cow<'a, str>,
+    pub miles: u64,
+}
+
+/// Check one decoded three-column row.
+pub fn check<'a>(
+    [member, key, miles]: [Cow<'a, str>; 3],
+    rules: &Rules,
+    lookup: &mut Lookup<'_>,
+) -> Result<Result<Valid<'a>, Code>, DbError> {
+    if member.trim().is_empty() {
+        return Ok(Err(Code::E002));
+    }
+    let found = match lookup.find(&member)? {
+        None => return Ok(Err(Code::E003)),
+        Some(f) => f,
+    };
+    if found.status != Status::Active {
+        return Ok(Err(Code::E004));
+    }
+    let key = trim_cow(key);
+    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
+        return Ok(Err(Code::E005));
+    }
+    let miles = match parse_miles(&miles) {
+        Miles::Bad => return Ok(Err(Code::E006)),
+        Miles::TooBig => return Ok(Err(Code::E007)),
+        Miles::Ok(m) if m > rules.max_miles_per_row => return Ok(Err(Code::E007)),
+        Miles::Ok(m) => m,
+    };
+    Ok(Ok(Valid {
+        member: found.id,
+        key,
+        miles,
+    }))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Miles {
+    Ok(u64),
+    /// Not ASCII digits only, or zero.
+    Bad,
+    /// Digits only and positive, but beyond any integer: above every maximum.
+    TooBig,
+}
+
+/// ASCII digits only: no sign, no decimal point, no spaces, no full-width
+/// digits; and not zero.
+fn parse_miles(s: &str) -> Miles {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Miles::Bad;
+    }
+    match s.parse::<u64>() {
+        Ok(0) => Miles::Bad,
+        Ok(m) => Miles::Ok(m),
+        Err(_) if s.bytes().any(|b| b != b'0') => Miles::TooBig,
+        Err(_) => Miles::Bad,
+    }
+}
+
+fn trim_cow(s: Cow<'_, str>) -> Cow<'_, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+        Cow::Owned(o) if o.trim().len() == o.len() => Cow::Owned(o),
+        Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn miles_rules() {
+        assert_eq!(parse_miles("5"), Miles::Ok(5));
+        assert_eq!(parse_miles("007"), Miles::Ok(7));
+        for bad in [
+            "", "0", "000", "+5", "-1", "5.0", " 5", "5 ", "１２", "1e3", "0x10",
+        ] {
+            assert_eq!(parse_miles(bad), Miles::Bad, "{bad:?}");
+        }
+        assert_eq!(parse_miles("99999999999999999999"), Miles::TooBig);
+        assert_eq!(parse_miles("18446744073709551615"), Miles::Ok(u64::MAX));
+    }
+
+    #[test]
+    fn one_code_in_table_order() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = crate::db::open(&d.path().join("m.db")).unwrap();
+        crate::members::import_from(
+            &mut c,
+            "A1,a@x.jp,active\nS1,s@x.jp,suspended\n".as_bytes(),
+            "m",
+        )
+        .unwrap();
+        let mut l = Lookup::new(&c).unwrap();
+        let rules = Rules {
+            max_miles_per_row: 1000,
+            allow_duplicate_rows: false,
+        };
+        let mut run = |m: &str, k: &str, n: &str| {
+            check([m.into(), k.into(), n.into()], &rules, &mut l)
+                .unwrap()
+                .map(|v| (v.member, v.key.into_owned(), v.miles))
+        };
+        assert!(run("A1", " k1 ", "10").unwrap().1 == "k1");
+        assert_eq!(run(" ", "k", "x").unwrap_err(), Code::E002);
+        assert_eq!(run("nobody", "", "x").unwrap_err(), Code::E003);
+        assert_eq!(run("S@X.JP", "", "x").unwrap_err(), Code::E004);
+        assert_eq!(run("A1", "", "x").unwrap_err(), Code::E005);
+        assert_eq!(run("A1", &"k".repeat(65), "1").unwrap_err(), Code::E005);
+        assert!(
+            run("A1", &"鍵".repeat(64), "1").is_ok(),
+            "64 characters, not bytes"
+        );
+        assert_eq!(run("a@x.jp", "k", "5.0").unwrap_err(), Code::E006);
+        assert_eq!(run("a@x.jp", "k", "1001").unwrap_err(), Code::E007);
+        assert_eq!(run("a@x.jp", "k", "1000").unwrap().2, 1000);
+    }
+}

@@ -1,0 +1,694 @@
+//! Where partner files come from, and where error reports go back to.
+//!
+//! One trait ([`Source`]), one file per kind (`local`, `sftp`, `ftp`, `http`),
+//! one registry ([`SourceConfig::build`]). The pipeline only ever sees the trait.
+//!
+//! What must stay true:
+//! - a remote name is untrusted: [`safe_name`] is checked before a name is
+//!   used anywhere, and names are never joined into local paths by a source;
+//! - `fetch` writes to the path it is given and checks the size it was told;
+//!   the caller owns temp files and renames;
+//! - every error says whether trying again can help ([`SourceError::retryable`]).
+
+pub mod ftp;
+pub mod http;
+pub mod local;
+pub mod retry;
+pub mod secret;
+pub mod sftp;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::parse_duration;
+pub use secret::SecretRef;
+
+/// One file as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub name: String,
+    pub size: u64,
+    /// Seconds since the epoch, as the server reports it (`None` if it doesn't).
+    pub mtime: Option<i64>,
+}
+
+/// What went wrong talking to a partner's server.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Connection refused or dropped, timeout, server busy (5xx, 4xx FTP
+    /// replies): worth another try with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Wrong credentials or refused login: retrying will not help and may lock
+    /// the account.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The server's identity is not the configured one. Never retried.
+    #[error("host key verification failed: {0}")]
+    HostKey(String),
+    /// TLS certificate not trusted, bad configuration, unsupported operation,
+    /// a file that changed size under us: needs a human.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl SourceError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, SourceError::Transient(_))
+    }
+}
+
+/// A partner's server (or folder), seen as a flat directory of files.
+///
+/// Error contract: every method returns [`SourceError::Transient`] only for
+/// faults that may pass (network, timeouts, 5xx); authentication and host
+/// identity failures are never `Transient`. After a `Transient` error the
+/// next call reconnects if the session is gone, so a retry starts clean. No
+/// method panics on anything the server sends; every network call is bounded
+/// by the configured `timeout`.
+pub trait Source: Send {
+    /// A human-readable location without secrets, e.g. `sftp://u@host:22/in`.
+    fn describe(&self) -> String;
+
+    /// Regular files in the inbox directory (not recursive). Names come back
+    /// as the server sent them; the caller filters them with [`safe_name`].
+    fn list(&mut self) -> Result<Vec<RemoteFile>, SourceError>;
+
+    /// Download `file` into `dest` (created or truncated) and check that the
+    /// byte count equals `file.size` when the listing knew it.
+    fn fetch(&mut self, file: &RemoteFile, dest: &Path) -> Result<(), SourceError>;
+
+    /// Delete a file from the inbox (missing file: `Ok`, so a retried tidy
+    /// that already happened succeeds).
+    fn remove(&mut self, name: &str) -> Result<(), SourceError>;
+
+    /// Move an inbox file into the sub-directory `dir` (created if missing),
+    /// replacing a same-named file there. A name no longer in the inbox is
+    /// `Ok` (an earlier, interrupted tidy moved it).
+    fn move_to(&mut self, name: &str, dir: &str) -> Result<(), SourceError>;
+
+    /// Store `data` as `dir/name` on the server (created if missing,
+    /// replaced if present), written under a temporary name and renamed so a
+    /// reader never sees half of it.
+    fn upload(&mut self, dir: &str, name: &str, data: &[u8]) -> Result<(), SourceError>;
+
+    /// Whether the inbox can be tidied (`move`/`remove`). HTTP cannot.
+    fn can_tidy(&self) -> bool {
+        true
+    }
+}
+
+/// When a listed file may be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ready {
+    /// Read whatever is there (the partner renames into place atomically).
+    Immediate,
+    /// `x.csv` only once `x.csv.done` exists; both are tidied afterwards.
+    DoneFile,
+    /// Size and mtime unchanged over this long.
+    Stable(Duration),
+}
+
+/// What to do with the inbox file once it is credited (or refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    Move(String),
+    Delete,
+    Keep,
+}
+
+/// Options every kind shares.
+#[derive(Debug, Clone)]
+pub struct Pickup {
+    pub pattern: glob::Pattern,
+    pub ready: Ready,
+    pub after: After,
+    /// Where refused files go (`None`: left in place).
+    pub move_failed: Option<String>,
+    /// Server-side folder for error reports (`None`: not uploaded).
+    pub errors_dir: Option<String>,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub dir: PathBuf,
+    pub pickup: Pickup,
+}
+
+#[derive(Debug, Clone)]
+pub enum SftpAuth {
+    Key {
+        key_file: PathBuf,
+        passphrase: Option<SecretRef>,
+    },
+    Password(SecretRef),
+}
+
+#[derive(Debug, Clone)]
+pub enum HostKeyCheck {
+    /// `SHA256:…` as `ssh-keygen -lf` prints it.
+    Fingerprint(String),
+    KnownHosts(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct SftpConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dir: String,
+    pub auth: SftpAuth,
+    pub host_key: HostKeyCheck,
+    pub pickup: Pickup,
+}
+
+#[derive(Debug, Clone)]
+pub struct FtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dir: String,
+    pub password: SecretRef,
+    /// Explicit TLS (`kind = "ftps"`); plain only with `insecure_plaintext`.
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub pickup: Pickup,
+}
+
+#[derive(Debug, Clone)]
+pub enum HttpAuth {
+    None,
+    Basic { user: String, password: SecretRef },
+    Bearer(SecretRef),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// May hold `{date:FORMAT}` (strftime), dated in the daemon's time zone.
+    pub url: String,
+    pub errors_url: Option<String>,
+    pub auth: HttpAuth,
+    pub ca_file: Option<PathBuf>,
+    pub pickup: Pickup,
+}
+
+/// `[partner.source]`, typed.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Local(LocalConfig),
+    Sftp(SftpConfig),
+    Ftp(FtpConfig),
+    Http(HttpConfig),
+}
+
+/// `[partner.source]` exactly as written; [`SourceConfig::from_raw`] checks
+/// which keys each kind takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    kind: String,
+    dir: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    pattern: Option<String>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+    ready: Option<String>,
+    after: Option<String>,
+    move_failed: Option<String>,
+    errors_dir: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<String>,
+    credential: Option<String>,
+    /// Only here to be refused with a helpful message.
+    password: Option<toml::Value>,
+    key_file: Option<String>,
+    passphrase_env: Option<String>,
+    passphrase_file: Option<String>,
+    passphrase_credential: Option<String>,
+    host_key: Option<String>,
+    known_hosts: Option<String>,
+    ca_file: Option<String>,
+    insecure_plaintext: Option<bool>,
+    url: Option<String>,
+    errors_url: Option<String>,
+    auth: Option<String>,
+}
+
+impl SourceConfig {
+    /// The registry: validate the keys of one kind and build its config.
+    pub fn from_raw(
+        r: &RawSource,
+        resolve: &dyn Fn(&str) -> PathBuf,
+    ) -> Result<SourceConfig, String> {
+        if r.password.is_some() {
+            return Err(
+                "`password` must not be written in partners.toml: use `password_env`, \
+                        `password_file` or `credential` (systemd LoadCredential=)"
+                    .into(),
+            );
+        }
+        let kind = r.kind.as_str();
+        let allowed: &[&str] = match kind {
+            "local" => &["dir", "pattern", "ready", "after", "move_failed"],
+            "sftp" => &[
+                "host",
+                "port",
+                "user",
+                "dir",
+                "pattern",
+                "timeout",
+                "retries",
+                "ready",
+                "after",
+                "move_failed",
+                "errors_dir",
+                "password_env",
+                "password_file",
+                "credential",
+                "key_file",
+                "passphrase_env",
+                "passphrase_file",
+                "passphrase_credential",
+                "host_key",
+                "known_hosts",
+            ],
+            "ftp" | "ftps" => &[
+                "host",
+                "port",
+                "user",
+                "dir",
+                "pattern",
+                "timeout",
+                "retries",
+                "ready",
+                "after",
+                "move_failed",
+                "errors_dir",
+                "password_env",
+                "password_file",
+                "credential",
+                "ca_file",
+                "insecure_plaintext",
+            ],
+            "http" | "https" => &[
+                "url",
+                "errors_url",
+                "auth",
+                "user",
+                "password_env",
+                "password_file",
+                "credential",
+                "ca_file",
+                "timeout",
+                "retries",
+            ],
+            other => {
+                return Err(format!(
+                "unknown kind {other:?} (one of \"local\", \"sftp\", \"ftp\", \"ftps\", \"http\")"
+            ))
+            }
+        };
+        if let Some(extra) = r.present_keys().into_iter().find(|k| !allowed.contains(k)) {
+            return Err(format!("`{extra}` does not apply to kind = {kind:?}"));
+        }
+        let need = |v: &Option<String>, key: &str| -> Result<String, String> {
+            match v {
+                Some(s) if !s.trim().is_empty() => Ok(s.clone()),
+                _ => Err(format!("kind = {kind:?} needs `{key}`")),
+            }
+        };
+        let remote_default_ready = Ready::Stable(Duration::from_secs(60));
+        let pickup = |default_ready: Ready| r.pickup(default_ready);
+        Ok(match kind {
+            "local" => SourceConfig::Local(LocalConfig {
+                dir: resolve(&need(&r.dir, "dir")?),
+                pickup: pickup(remote_default_ready)?,
+            }),
+            "sftp" => {
+                let auth = match (&r.key_file, r.password_ref(resolve)?) {
+                    (Some(_), Some(_)) => {
+                        return Err("give either `key_file` or a password, not both".into())
+                    }
+                    (Some(k), None) => SftpAuth::Key {
+                        key_file: resolve(k),
+                        passphrase: SecretRef::from_keys(
+                            &r.passphrase_env,
+                            &r.passphrase_file,
+                            &r.passphrase_credential,
+                            "passphrase",
+                            resolve,
+                        )?,
+                    },
+                    (None, Some(p)) => SftpAuth::Password(p),
+                    (None, None) => {
+                        return Err(
+                            "kind = \"sftp\" needs `key_file` or one of `password_env`, \
+                                    `password_file`, `credential`"
+                                .into(),
+                        )
+                    }
+                };
+                let host_key = match (&r.host_key, &r.known_hosts) {
+                    (Some(fp), None) => {
+                        if !fp.starts_with("SHA256:") || fp.len() < 20 {
+                            return Err(format!(
+                                "`host_key` {fp:?} is not a SHA256 fingerprint (\"SHA256:…\", as `ssh-keygen -lf` prints)"
+                            ));
+                        }
+                        HostKeyCheck::Fingerprint(fp.trim_end_matches('=').to_owned())
+                    }
+                    (None, Some(kh)) => HostKeyCheck::KnownHosts(resolve(kh)),
+                    (Some(_), Some(_)) => {
+                        return Err("give either `host_key` or `known_hosts`, not both".into())
+                    }
+                    (None, None) => {
+                        return Err(
+                            "kind = \"sftp\" needs `host_key` (\"SHA256:…\") or `known_hosts`: \
+                                    host key verification is mandatory"
+                                .into(),
+                        )
+                    }
+                };
+                SourceConfig::Sftp(SftpConfig {
+                    host: need(&r.host, "host")?,
+                    port: r.port.unwrap_or(22),
+                    user: need(&r.user, "user")?,
+                    dir: r.dir.clone().unwrap_or_else(|| ".".into()),
+                    auth,
+                    host_key,
+                    pickup: pickup(remote_default_ready)?,
+                })
+            }
+            "ftp" | "ftps" => {
+                let tls = kind == "ftps";
+                if !tls && r.insecure_plaintext != Some(true) {
+                    return Err(
+                        "kind = \"ftp\" sends the password in clear text: use kind = \"ftps\", \
+                                or set `insecure_plaintext = true` to accept that"
+                            .into(),
+                    );
+                }
+                if tls && r.insecure_plaintext.is_some() {
+                    return Err("`insecure_plaintext` does not apply to kind = \"ftps\"".into());
+                }
+                if !tls && r.ca_file.is_some() {
+                    return Err("`ca_file` does not apply to plain kind = \"ftp\"".into());
+                }
+                SourceConfig::Ftp(FtpConfig {
+                    host: need(&r.host, "host")?,
+                    port: r.port.unwrap_or(21),
+                    user: need(&r.user, "user")?,
+                    dir: r.dir.clone().unwrap_or_else(|| ".".into()),
+                    password: r.password_ref(resolve)?.ok_or_else(|| {
+                        format!("kind = {kind:?} needs one of `password_env`, `password_file`, `credential`")
+                    })?,
+                    tls,
+                    ca_file: r.ca_file.as_deref().map(resolve),
+                    pickup: pickup(remote_default_ready)?,
+                })
+            }
+            _ => {
+                let url = need(&r.url, "url")?;
+                check_url(&url, "url")?;
+                if let Some(u) = &r.errors_url {
+                    check_url(u, "errors_url")?;
+                }
+                let secret = r.password_ref(resolve)?;
+                let auth = match (r.auth.as_deref(), secret) {
+                    (None | Some("none"), None) => HttpAuth::None,
+                    (Some("basic"), Some(p)) => HttpAuth::Basic {
+                        user: need(&r.user, "user")?,
+                        password: p,
+                    },
+                    (Some("bearer"), Some(t)) => HttpAuth::Bearer(t),
+                    (Some(a @ ("basic" | "bearer")), None) => {
+                        return Err(format!(
+                        "auth = {a:?} needs one of `password_env`, `password_file`, `credential`"
+                    ))
+                    }
+                    (None | Some("none"), Some(_)) => {
+                        return Err(
+                            "a password is given but `auth` is not \"basic\" or \"bearer\"".into(),
+                        )
+                    }
+                    (Some(other), _) => {
+                        return Err(format!(
+                            "unknown auth {other:?} (\"none\", \"basic\" or \"bearer\")"
+                        ))
+                    }
+                };
+                if r.user.is_some() && !matches!(auth, HttpAuth::Basic { .. }) {
+                    return Err("`user` only applies to auth = \"basic\"".into());
+                }
+                let mut p = pickup(Ready::Immediate)?;
+                // A URL is fetched, never tidied: the server decides what it serves.
+                p.after = After::Keep;
+                p.move_failed = None;
+                p.errors_dir = None;
+                SourceConfig::Http(HttpConfig {
+                    url,
+                    errors_url: r.errors_url.clone(),
+                    auth,
+                    ca_file: r.ca_file.as_deref().map(resolve),
+                    pickup: p,
+                })
+            }
+        })
+    }
+
+    pub fn pickup(&self) -> &Pickup {
+        match self {
+            SourceConfig::Local(c) => &c.pickup,
+            SourceConfig::Sftp(c) => &c.pickup,
+            SourceConfig::Ftp(c) => &c.pickup,
+            SourceConfig::Http(c) => &c.pickup,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Local(_) => "local",
+            SourceConfig::Sftp(_) => "sftp",
+            SourceConfig::Ftp(c) if c.tls => "ftps",
+            SourceConfig::Ftp(_) => "ftp",
+            SourceConfig::Http(_) => "http",
+        }
+    }
+
+    /// Connect (where there is anything to connect to) and hand back the
+    /// source. `today` dates HTTP URL templates.
+    pub fn build(&self, today: chrono::NaiveDate) -> Result<Box<dyn Source>, SourceError> {
+        Ok(match self {
+            SourceConfig::Local(c) => Box::new(local::LocalSource::new(c)),
+            SourceConfig::Sftp(c) => Box::new(sftp::SftpSource::connect(c)?),
+            SourceConfig::Ftp(c) => Box::new(ftp::FtpSource::connect(c)?),
+            SourceConfig::Http(c) => Box::new(http::HttpSource::new(c, today)?),
+        })
+    }
+
+    /// Where secrets are read from, for `check` to confirm they are readable.
+    pub fn secrets(&self) -> Vec<&SecretRef> {
+        match self {
+            SourceConfig::Local(_) => vec![],
+            SourceConfig::Sftp(c) => match &c.auth {
+                SftpAuth::Key { passphrase, .. } => passphrase.iter().collect(),
+                SftpAuth::Password(p) => vec![p],
+            },
+            SourceConfig::Ftp(c) => vec![&c.password],
+            SourceConfig::Http(c) => match &c.auth {
+                HttpAuth::None => vec![],
+                HttpAuth::Basic { password, .. } => vec![password],
+                HttpAuth::Bearer(t) => vec![t],
+            },
+        }
+    }
+}
+
+impl fmt::Display for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceConfig::Local(c) => write!(f, "local {}", c.dir.display()),
+            SourceConfig::Sftp(c) => write!(f, "sftp://{}@{}:{}/{}", c.user, c.host, c.port, c.dir),
+            SourceConfig::Ftp(c) => write!(
+                f,
+                "{}://{}@{}:{}/{}",
+                if c.tls { "ftps" } else { "ftp" },
+                c.user,
+                c.host,
+                c.port,
+                c.dir
+            ),
+            SourceConfig::Http(c) => write!(f, "{}", c.url),
+        }
+    }
+}
+
+fn check_url(u: &str, key: &str) -> Result<(), String> {
+    if u.starts_with("https://") || u.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(format!("`{key}` {u:?} must start with https:// or http://"))
+    }
+}
+
+impl RawSource {
+    fn present_keys(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        macro_rules! k {
+            ($($f:ident),*) => { $( if self.$f.is_some() { v.push(stringify!($f)); } )* };
+        }
+        k!(
+            dir,
+            host,
+            port,
+            user,
+            pattern,
+            timeout,
+            retries,
+            ready,
+            after,
+            move_failed,
+            errors_dir,
+            password_env,
+            password_file,
+            credential,
+            key_file,
+            passphrase_env,
+            passphrase_file,
+            passphrase_credential,
+            host_key,
+            known_hosts,
+            ca_file,
+            insecure_plaintext,
+            url,
+            errors_url,
+            auth
+        );
+        v
+    }
+
+    fn password_ref(&self, resolve: &dyn Fn(&str) -> PathBuf) -> Result<Option<SecretRef>, String> {
+        SecretRef::from_keys(
+            &self.password_env,
+            &self.password_file,
+            &self.credential,
+            "password",
+            resolve,
+        )
+    }
+
+    fn pickup(&self, default_ready: Ready) -> Result<Pickup, String> {
+        let pattern_text = self.pattern.as_deref().unwrap_or("*.csv");
+        let pattern = glob::Pattern::new(pattern_text)
+            .map_err(|e| format!("`pattern` {pattern_text:?} is not a glob: {e}"))?;
+        let ready = match self.ready.as_deref() {
+            None => default_ready,
+            Some("immediate") => Ready::Immediate,
+            Some("done-file") => Ready::DoneFile,
+            Some(s) if s.starts_with("stable:") => Ready::Stable(
+                parse_duration(&s["stable:".len()..]).map_err(|e| format!("`ready`: {e}"))?,
+            ),
+            Some(s) => {
+                return Err(format!(
+                    "`ready` {s:?}: use \"done-file\", \"stable:60s\" or \"immediate\""
+                ))
+            }
+        };
+        let after = match self.after.as_deref() {
+            None => After::Move("processed".into()),
+            Some("delete") => After::Delete,
+            Some("keep") => After::Keep,
+            Some(s) if s.starts_with("move:") => After::Move(subdir(&s["move:".len()..], "after")?),
+            Some(s) => {
+                return Err(format!(
+                    "`after` {s:?}: use \"move:processed/\", \"delete\" or \"keep\""
+                ))
+            }
+        };
+        let move_failed = match self.move_failed.as_deref() {
+            None => Some("failed".into()),
+            Some("keep") => None,
+            Some(s) => Some(subdir(s, "move_failed")?),
+        };
+        let errors_dir = match self.errors_dir.as_deref() {
+            None => Some("errors".into()),
+            Some("none") => None,
+            Some(s) => Some(subdir(s, "errors_dir")?),
+        };
+        let timeout = match &self.timeout {
+            None => Duration::from_secs(30),
+            Some(t) => parse_duration(t).map_err(|e| format!("`timeout`: {e}"))?,
+        };
+        if timeout.is_zero() {
+            return Err("`timeout` must be more than 0s".into());
+        }
+        Ok(Pickup {
+            pattern,
+            ready,
+            after,
+            move_failed,
+            errors_dir,
+            timeout,
+            retries: self.retries.unwrap_or(3),
+        })
+    }
+}
+
+/// A server-side sub-folder of the inbox: relative, one or more plain names.
+fn subdir(s: &str, key: &str) -> Result<String, String> {
+    let t = s.trim_end_matches('/');
+    if t.is_empty()
+        || t.starts_with('/')
+        || t.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "`{key}` {s:?} must be a relative folder inside the inbox, like \"processed/\""
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+/// Whether a name from a listing may be used at all: not empty, no path
+/// separators, no `.`/`..`, no control characters, at most 255 bytes.
+pub fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        assert!(safe_name("exchange-20261124.csv"));
+        assert!(safe_name("交換.csv"));
+        for bad in [
+            "", ".", "..", "../x.csv", "a/b.csv", "a\\b", "x\n.csv", "x\u{7f}",
+        ] {
+            assert!(!safe_name(bad), "{bad:?}");
+        }
+        assert!(!safe_name(&"a".repeat(256)));
+        assert!(safe_name(&"a".repeat(255)));
+    }
+
+    #[test]
+    fn subdirs_stay_inside() {
+        assert_eq!(subdir("processed/", "after").unwrap(), "processed");
+        assert_eq!(subdir("done/2026", "after").unwrap(), "done/2026");
+        for bad in ["", "/abs", "../up", "a/../b", "a//b"] {
+            assert!(subdir(bad, "after").is_err(), "{bad:?}");
+        }
+    }
+}
