@@ -97,6 +97,7 @@ pub fn init_tracing(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     if cli.log_format == LogFormat::Json {
         builder

@@ -164,9 +164,9 @@ impl<'a> Locator<'a> {
     }
     pub(crate) fn at<T>(&self, s: &Spanned<T>, key: &str, msg: impl fmt::Display) -> String {
         if s.span().end == 0 {
-            format!("`{key}`: {msg}")
+            format!("{key}: {msg}")
         } else {
-            format!("line {}: `{key}`: {msg}", self.line(s.span().start))
+            format!("line {}: {key}: {msg}", self.line(s.span().start))
         }
     }
 }
@@ -209,7 +209,7 @@ impl Config {
             Some(tz) => tz.get_ref().parse::<chrono_tz::Tz>().map_err(|_| {
                 invalid(loc.at(
                     tz,
-                    "daemon.timezone",
+                    "`daemon.timezone`",
                     format!(
                         "unknown time zone {:?} (an IANA name such as \"Asia/Tokyo\")",
                         tz.get_ref()
@@ -222,7 +222,7 @@ impl Config {
             Some(n) if *n.get_ref() == 0 => {
                 return Err(invalid(loc.at(
                     n,
-                    "daemon.max_concurrent",
+                    "`daemon.max_concurrent`",
                     "must be at least 1",
                 )))
             }
@@ -231,7 +231,7 @@ impl Config {
         let shutdown_timeout = match &d.shutdown_timeout {
             None => Duration::from_secs(60),
             Some(s) => parse_duration(s.get_ref())
-                .map_err(|m| invalid(loc.at(s, "daemon.shutdown_timeout", m)))?,
+                .map_err(|m| invalid(loc.at(s, "`daemon.shutdown_timeout`", m)))?,
         };
         let daemon = DaemonConfig {
             database: resolve(d.database.as_deref().unwrap_or("var/milebatch.db")),
@@ -248,7 +248,7 @@ impl Config {
             if !valid_id(&id) {
                 return Err(invalid(loc.at(
                     &p.id,
-                    "partner.id",
+                    "`partner.id`",
                     format!("{id:?} is not a valid id: use 1-64 of a-z, 0-9 and '-'"),
                 )));
             }
@@ -385,7 +385,7 @@ dir = "inbox/demo"
 
         let bad = GOOD.replace("id = \"demo-shop\"", "id = \"Demo Shop\"");
         let e = parse(&bad).unwrap_err().to_string();
-        assert!(e.contains("line 8") && e.contains("partner.id"), "{e}");
+        assert!(e.contains("line 8") && e.contains("`partner.id`"), "{e}");
 
         let bad = GOOD.replace("daily 03:00", "daily 25:00");
         let e = parse(&bad).unwrap_err().to_string();

@@ -256,7 +256,14 @@ impl SourceConfig {
         }
         let kind = r.kind.as_str();
         let allowed: &[&str] = match kind {
-            "local" => &["dir", "pattern", "ready", "after", "move_failed"],
+            "local" => &[
+                "dir",
+                "pattern",
+                "ready",
+                "after",
+                "move_failed",
+                "errors_dir",
+            ],
             "sftp" => &[
                 "host",
                 "port",

@@ -1,0 +1,245 @@
+//! The pipeline end to end, through the real binary on fixtures.
+
+mod common;
+
+use common::workspace::{fixture, local_partner, Workspace};
+
+fn every_code_workspace() -> Workspace {
+    let w = Workspace::new();
+    w.config(&local_partner(
+        "shop",
+        "inbox/shop",
+        "max_error_ratio = 0.5",
+    ));
+    w.demo_members();
+    w.write(
+        "inbox/shop/every-code.csv",
+        std::fs::read(fixture("cases/every-code.csv")).unwrap(),
+    );
+    w
+}
+
+#[test]
+fn every_error_code_comes_from_a_fixture_row() {
+    let w = every_code_workspace();
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    let file = &run["files"][0];
+    assert_eq!(file["outcome"], "credited");
+    assert_eq!(file["rows"], 19);
+    assert_eq!(file["failed"], 9);
+    assert_eq!(file["credited"], 10);
+    for c in [
+        "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009",
+    ] {
+        assert_eq!(file["by_code"][c], 1, "{c} in {file:#}");
+    }
+    // The report: each failed line as sent, plus ",CODE", in file order.
+    let report = std::fs::read(w.path("var/reports/shop/every-code.errors.csv")).unwrap();
+    let original = std::fs::read(fixture("cases/every-code.csv")).unwrap();
+    let lines: Vec<&[u8]> = original.split(|b| *b == b'\n').collect();
+    let expect: Vec<(usize, &str)> = vec![
+        (1, "E001"),
+        (2, "E002"),
+        (3, "E003"),
+        (4, "E004"),
+        (5, "E005"),
+        (6, "E006"),
+        (7, "E007"),
+        (8, "E008"),
+        (9, "E009"),
+    ];
+    let mut want = Vec::new();
+    for (i, code) in expect {
+        want.extend_from_slice(lines[i]);
+        want.extend_from_slice(format!(",{code}\n").as_bytes());
+    }
+    assert_eq!(report, want);
+    // Money: 100+700+1000 (NM1, line 1 once), 200 via e-mail → NM1 too.
+    assert_eq!(w.balance("NM0000000001"), 100 + 200 + 700 + 1000);
+    assert_eq!(w.balance("NM0000000002"), 400 + 600 + 900);
+    assert_eq!(w.balance("NM0000000005"), 300 + 500 + 800);
+    assert_eq!(w.balance("NM0000000003"), 0, "suspended member credited");
+    w.assert_balances_match_ledger();
+    // The ledger names partner, file, line, member, key and miles.
+    let (line, key, miles): (i64, String, i64) = w
+        .db()
+        .query_row(
+            "SELECT l.line, l.partner_key, l.miles FROM ledger l JOIN files f ON f.id = l.file_id
+             WHERE f.name = 'every-code.csv' AND l.partner = 'shop' ORDER BY l.line LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((line, key.as_str(), miles), (1, "K-OK-1", 100));
+    // History by partner key, and balance by e-mail.
+    let h: serde_json::Value =
+        serde_json::from_str(&w.ok(&["history", "--partner", "shop", "--key", "K-OK-2", "--json"]))
+            .unwrap();
+    assert_eq!(h[0]["member_id"], "NM0000000001");
+    assert_eq!(h[0]["miles"], 200);
+    let b: serde_json::Value =
+        serde_json::from_str(&w.ok(&["balance", " Taro.Yamada@Example.JP ", "--json"])).unwrap();
+    assert_eq!(b["miles"], 2000);
+}
+
+#[test]
+fn shift_jis_crlf_is_credited_and_answered_in_kind() {
+    let w = Workspace::new();
+    w.config(&local_partner(
+        "konbini",
+        "inbox/k",
+        "encoding = \"shift_jis\"\nmax_error_ratio = 0.6",
+    ));
+    w.demo_members();
+    let original = std::fs::read(fixture("cases/sjis-crlf.csv")).unwrap();
+    w.write("inbox/k/KOUKAN.csv", &original);
+    let (code, run) = w.once_json("konbini", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    assert_eq!(run["files"][0]["credited"], 3);
+    assert_eq!(run["files"][0]["failed"], 4);
+    assert_eq!(w.balance("NM0000000001"), 1000);
+    assert_eq!(
+        w.balance("NM0000000006"),
+        2000,
+        "髙橋① e-mail (CP932) matched"
+    );
+    assert_eq!(w.balance("NM0000000005"), 500);
+    let report = std::fs::read(w.path("var/reports/konbini/KOUKAN.errors.csv")).unwrap();
+    let lines: Vec<&[u8]> = original.split(|b| *b == b'\n').collect();
+    let mut want = Vec::new();
+    for (i, code) in [(2, "E004"), (3, "E006"), (4, "E009"), (6, "E003")] {
+        let l = lines[i].strip_suffix(b"\r").unwrap();
+        want.extend_from_slice(l);
+        want.extend_from_slice(format!(",{code}\r\n").as_bytes());
+    }
+    assert_eq!(
+        report, want,
+        "byte-identical failed lines + ,CODE with CRLF"
+    );
+    // The quoted key with a comma kept its comma.
+    let h: serde_json::Value = serde_json::from_str(&w.ok(&[
+        "history",
+        "--partner",
+        "konbini",
+        "--key",
+        "顧客,005",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(h[0]["miles"], 500);
+}
+
+#[test]
+fn redelivered_content_under_another_name_is_not_credited_again() {
+    let w = every_code_workspace();
+    assert_eq!(w.once_json("shop", &[]).0, 0);
+    let before = w.ledger_rows();
+    let b1 = w.balance("NM0000000001");
+    w.write(
+        "inbox/shop/every-code-AGAIN.csv",
+        std::fs::read(fixture("cases/every-code.csv")).unwrap(),
+    );
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 1, "a refused file is reported with a non-zero exit");
+    assert_eq!(run["files"][0]["outcome"], "duplicate");
+    assert!(
+        run["files"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("every-code.csv"),
+        "{run:#}"
+    );
+    assert_eq!(w.ledger_rows(), before);
+    assert_eq!(w.balance("NM0000000001"), b1);
+    // A third run: nothing new at all, exit 0.
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    assert_eq!(run["outcome"], "no-file");
+    // `files` shows both, with the duplicate refused.
+    let files: serde_json::Value = serde_json::from_str(&w.ok(&["files", "--json"])).unwrap();
+    assert_eq!(files.as_array().unwrap().len(), 2);
+    assert_eq!(files[1]["outcome"], "duplicate");
+}
+
+#[test]
+fn a_file_over_its_error_ratio_credits_nothing() {
+    let w = Workspace::new();
+    w.config(&local_partner(
+        "shop",
+        "inbox/shop",
+        "max_error_ratio = 0.2",
+    ));
+    w.demo_members();
+    w.write(
+        "inbox/shop/every-code.csv",
+        std::fs::read(fixture("cases/every-code.csv")).unwrap(),
+    );
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 1);
+    let f = &run["files"][0];
+    assert_eq!(f["outcome"], "refused");
+    assert!(
+        f["reason"]
+            .as_str()
+            .unwrap()
+            .contains("above max_error_ratio 0.2"),
+        "{f:#}"
+    );
+    assert_eq!(f["credited"], 0);
+    assert_eq!(w.ledger_rows(), 0);
+    assert_eq!(w.balance("NM0000000001"), 0);
+    // The report still tells ops which rows failed; the file is kept.
+    assert!(w.path("var/reports/shop/every-code.errors.csv").exists());
+    assert!(w.path("inbox/shop/failed/every-code.csv").exists());
+    let status: String = w
+        .db()
+        .query_row("SELECT outcome || ': ' || reason FROM files", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        status.starts_with("refused: 9 of 19 rows failed"),
+        "{status}"
+    );
+}
+
+#[test]
+fn dry_run_credits_nothing_but_writes_the_report() {
+    let w = every_code_workspace();
+    let (code, run) = w.once_json("shop", &["--dry-run"]);
+    assert_eq!(code, 0, "{run:#}");
+    assert_eq!(run["files"][0]["outcome"], "dry-run");
+    assert_eq!(run["files"][0]["credited"], 10);
+    assert!(w.path("var/reports/shop/every-code.errors.csv").exists());
+    assert_eq!(w.ledger_rows(), 0);
+    assert_eq!(w.balance("NM0000000001"), 0);
+    assert!(
+        w.path("inbox/shop/every-code.csv").exists(),
+        "dry run leaves the inbox alone"
+    );
+    // The real run afterwards credits.
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    assert_eq!(w.balance("NM0000000001"), 2000);
+    assert!(w.path("inbox/shop/processed/every-code.csv").exists());
+}
+
+#[test]
+fn trailing_blank_lines_header_and_bom_are_handled() {
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox/shop", "header = true"));
+    w.demo_members();
+    w.write(
+        "inbox/shop/a.csv",
+        "\u{feff}member,key,miles\r\nNM0000000001,k1,10\r\nNM0000000002,k2,20\r\n\r\n\r\n",
+    );
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    assert_eq!(run["files"][0]["rows"], 2);
+    assert_eq!(run["files"][0]["failed"], 0);
+    assert!(
+        !w.path("var/reports/shop/a.errors.csv").exists(),
+        "no failed row, no error file"
+    );
+}
