@@ -149,3 +149,60 @@ pub fn local_partner(id: &str, inbox: &str, extra: &str) -> String {
         "[[partner]]\nid = \"{id}\"\nname = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 100000\n{extra}\n[partner.source]\nkind = \"local\"\ndir = \"{inbox}\"\nready = \"immediate\"\n\n"
     )
 }
+
+/// `n` active members `M000000`… with e-mails `m<i>@example.jp`, as CSV.
+pub fn members_csv(n: usize) -> String {
+    let mut s = String::from("member_id,email,status\n");
+    for i in 0..n {
+        s.push_str(&format!("M{i:06},m{i}@example.jp,active\n"));
+    }
+    s
+}
+
+/// A valid exchange file of `rows` rows over `members` members (IDs and
+/// e-mails alternating, CRLF), and the miles each member should receive.
+pub fn exchange_csv(rows: usize, members: usize, seed: u64) -> (Vec<u8>, Vec<i64>) {
+    let mut out = Vec::with_capacity(rows * 28);
+    let mut expect = vec![0i64; members];
+    let mut x = seed | 1;
+    for r in 0..rows {
+        // xorshift: deterministic, no extra crate.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let m = (x % members as u64) as usize;
+        let miles = 1 + (x >> 32) % 5000;
+        expect[m] += miles as i64;
+        if r % 2 == 0 {
+            out.extend_from_slice(format!("M{m:06},K{r:09},{miles}\r\n").as_bytes());
+        } else {
+            out.extend_from_slice(format!("m{m}@example.jp,K{r:09},{miles}\r\n").as_bytes());
+        }
+    }
+    (out, expect)
+}
+
+impl Workspace {
+    /// Import `members_csv(n)`.
+    pub fn members(&self, n: usize) {
+        let p = self.write("members.csv", members_csv(n));
+        self.ok(&["members", "import", p.to_str().unwrap()]);
+    }
+
+    /// Balances of `M000000`… in order.
+    pub fn balances(&self, n: usize) -> Vec<i64> {
+        let db = self.db();
+        let mut st = db
+            .prepare("SELECT m.member_id, b.miles FROM balances b JOIN members m ON m.id = b.member")
+            .unwrap();
+        let mut v = vec![0i64; n];
+        for row in st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .unwrap()
+        {
+            let (id, miles) = row.unwrap();
+            v[id[1..].parse::<usize>().unwrap()] = miles;
+        }
+        v
+    }
+}
