@@ -32,6 +32,13 @@ need /usr/sbin/vsftpd vsftpd
 need pkg-config pkg-config
 # libssl-dev: check for the headers rather than a binary
 need /usr/include/openssl/ssl.h libssl-dev
+# The unit-hardening test (systemd-analyze security) and the fault tests
+# (chattr +i: an unwritable database even for root; mount: a full disk).
+need systemd-analyze systemd
+need chattr e2fsprogs
+need mount mount
+need sqlite3 sqlite3
+need /usr/bin/time time
 
 if ((${#missing[@]} == 0)); then
     log "all packages present, nothing to install"
