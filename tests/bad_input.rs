@@ -20,7 +20,11 @@ fn config_problems_are_one_line_errors_naming_the_file() {
     let w = Workspace::new();
     let o = w.run(&["check"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("partners.toml") && stderr(&o).contains("No such file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("partners.toml") && stderr(&o).contains("No such file"),
+        "{}",
+        stderr(&o)
+    );
 
     w.write("partners.toml", "[daemon\ndatabase = 1\n");
     let o = w.run(&["once"]);
@@ -33,14 +37,24 @@ fn config_problems_are_one_line_errors_naming_the_file() {
     let o = w.run(&["check"]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("partners.toml: line") && e.contains("latin-1"), "{e}");
+    assert!(
+        e.contains("partners.toml: line") && e.contains("latin-1"),
+        "{e}"
+    );
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
 
-    w.config(&format!("{}{}", local_partner("shop", "a", ""), local_partner("shop", "b", "")));
+    w.config(&format!(
+        "{}{}",
+        local_partner("shop", "a", ""),
+        local_partner("shop", "b", "")
+    ));
     let o = w.run(&["check"]);
     assert!(stderr(&o).contains("already used"), "{}", stderr(&o));
 
-    w.config(&local_partner("shop", "inbox", "").replace("kind = \"local\"", "kind = \"sftp\"\npassword = \"hunter2\""));
+    w.config(&local_partner("shop", "inbox", "").replace(
+        "kind = \"local\"",
+        "kind = \"sftp\"\npassword = \"hunter2\"",
+    ));
     let o = w.run(&["check"]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
@@ -57,7 +71,10 @@ fn a_missing_inbox_fails_the_run_with_its_path() {
     assert_no_panic(&o);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("no/such/inbox") && out.contains("No such file"), "{out}");
+    assert!(
+        out.contains("no/such/inbox") && out.contains("No such file"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -77,7 +94,11 @@ fn unreadable_files_are_refused_whole_and_named() {
         ("empty.csv", vec![], "no data rows"),
         ("garbage.csv", garbage, ""),
         ("long.csv", long_line, "line 2: a record longer than"),
-        ("open-quote.csv", b"NM0000000001,k,1\n\"NM0000000002,k2,2\n".to_vec(), "line 2: a quoted field is never closed"),
+        (
+            "open-quote.csv",
+            b"NM0000000001,k,1\n\"NM0000000002,k2,2\n".to_vec(),
+            "line 2: a quoted field is never closed",
+        ),
         ("nul.csv", b"\0\0\0\0,\0,\0\n\0\0\n".to_vec(), ""),
     ];
     for (name, bytes, _) in &cases {
@@ -103,14 +124,28 @@ fn an_unwritable_database_stops_the_run_before_any_file_is_done() {
     w.write("inbox/a.csv", "NM0000000001,k1,10\n");
     let db = w.path("var/milebatch.db");
     // Root ignores file modes; the immutable flag stops even root.
-    let st = std::process::Command::new("chattr").arg("+i").arg(&db).status().expect("chattr (e2fsprogs)");
-    assert!(st.success(), "chattr +i failed: this test needs root and e2fsprogs");
+    let st = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&db)
+        .status()
+        .expect("chattr (e2fsprogs)");
+    assert!(
+        st.success(),
+        "chattr +i failed: this test needs root and e2fsprogs"
+    );
     let o = w.run(&["once"]);
-    std::process::Command::new("chattr").arg("-i").arg(&db).status().unwrap();
+    std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&db)
+        .status()
+        .unwrap();
     assert_no_panic(&o);
     assert_ne!(o.status.code(), Some(0));
     let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
-    assert!(all.contains("milebatch.db") || all.contains("readonly"), "{all}");
+    assert!(
+        all.contains("milebatch.db") || all.contains("readonly"),
+        "{all}"
+    );
     assert_eq!(w.ledger_rows(), 0);
     assert!(w.path("inbox/a.csv").exists(), "the inbox file stays");
     // Fault cleared: credited once.

@@ -54,12 +54,26 @@ fn killed_mid_run_then_rerun_credits_each_row_exactly_once() {
         assert_eq!(w.ledger_rows(), ROWS as i64, "kill at {delay_ms} ms");
         let credited_files: i64 = w
             .db()
-            .query_row("SELECT count(*) FROM files WHERE outcome = 'credited'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM files WHERE outcome = 'credited'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(credited_files, 1);
-        assert_eq!(w.balances(MEMBERS), expect, "kill at {delay_ms} ms: balances");
+        assert_eq!(
+            w.balances(MEMBERS),
+            expect,
+            "kill at {delay_ms} ms: balances"
+        );
         w.assert_balances_match_ledger();
-        assert!(w.path("inbox/shop/processed/big.csv").exists(), "tidy finished on rerun");
+        assert!(
+            w.path("inbox/shop/processed/big.csv").exists(),
+            "tidy finished on rerun"
+        );
     }
-    assert!(killed_before_done >= 2, "the kills must land mid-run to prove anything");
+    assert!(
+        killed_before_done >= 2,
+        "the kills must land mid-run to prove anything"
+    );
 }

@@ -193,7 +193,9 @@ impl Workspace {
     pub fn balances(&self, n: usize) -> Vec<i64> {
         let db = self.db();
         let mut st = db
-            .prepare("SELECT m.member_id, b.miles FROM balances b JOIN members m ON m.id = b.member")
+            .prepare(
+                "SELECT m.member_id, b.miles FROM balances b JOIN members m ON m.id = b.member",
+            )
             .unwrap();
         let mut v = vec![0i64; n];
         for row in st
