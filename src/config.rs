@@ -311,7 +311,19 @@ fn toml_error(e: &toml::de::Error, text: &str) -> String {
     match e.span() {
         Some(span) => {
             let loc = Locator { text };
-            format!("line {}: {}", loc.line(span.start), msg)
+            let line = loc.line(span.start);
+            // Name the key of that line; never echo its value (it could be a
+            // secret someone pasted by mistake).
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !msg.contains(*k));
+            match key {
+                Some(k) => format!("line {line}: `{k}`: {msg}"),
+                None => format!("line {line}: {msg}"),
+            }
         }
         None => msg.to_string(),
     }
@@ -401,6 +413,14 @@ dir = "inbox/demo"
         let bad = GOOD.replace("header = true", "headers = true");
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("line 12") && e.contains("headers"), "{e}");
+    }
+
+    #[test]
+    fn toml_errors_name_the_key_but_never_the_value() {
+        let bad = GOOD.replace("header = true", "header = true\nheader = \"s3cret\"");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 13: `header`"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

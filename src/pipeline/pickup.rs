@@ -166,6 +166,11 @@ pub fn fetch(
         during: "downloading",
         source: e,
     })?;
+    // Partner data is owner-only, whatever mode the copy came with.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+    }
     let sha256 = hash_file(&tmp).map_err(io(&tmp))?;
     let archive = archive_dir.join(format!("{}-{}", &sha256[..16], f.name));
     let file = std::fs::File::open(&tmp).map_err(io(&tmp))?;
