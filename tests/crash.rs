@@ -1,5 +1,14 @@
-//! Exactly-once under SIGKILL: kill `milebatch once` mid-file, run it again,
-//! and every row is credited exactly once.
+//! Exactly-once under SIGKILL (the crash soak).
+//!
+//! Each iteration drops a new file (valid rows plus some unknown members)
+//! into the inbox, starts `milebatch once`, SIGKILLs it at a random moment
+//! across a whole run, notes which phase the kill landed in (from what is on
+//! disk), runs it again to completion, and checks the money:
+//! every valid (file, line) credited exactly once, balances = ledger sums,
+//! every file done, the error CSV exactly the failed rows.
+//!
+//! The normal suite runs a short soak; the full one:
+//! `MILEBATCH_SOAK_ITERATIONS=200 cargo test --release --test crash -- --ignored --nocapture`
 
 mod common;
 
@@ -8,19 +17,63 @@ use std::time::{Duration, Instant};
 
 use common::workspace::{exchange_csv, local_partner, Workspace, BIN};
 
-#[test]
-fn killed_mid_run_then_rerun_credits_each_row_exactly_once() {
-    const MEMBERS: usize = 2000;
-    const ROWS: usize = 150_000;
-    let mut killed_before_done = 0;
-    // Different moments: during download/archive, inside the transaction,
-    // around the commit.
-    for (i, delay_ms) in [30u64, 250, 600, 1200].into_iter().enumerate() {
-        let w = Workspace::new();
-        w.config(&local_partner("shop", "inbox/shop", ""));
-        w.members(MEMBERS);
-        let (file, expect) = exchange_csv(ROWS, MEMBERS, 7 + i as u64);
-        w.write("inbox/shop/big.csv", &file);
+const MEMBERS: usize = 2000;
+
+#[derive(Default, Debug)]
+struct Tally {
+    iterations: usize,
+    before_archive: usize,
+    before_commit: usize,
+    after_commit_before_tidy: usize,
+    finished_before_kill: usize,
+    double_credits: i64,
+    lost_rows: i64,
+}
+
+/// A file of `rows` rows for iteration `i`: every 50th row names an unknown
+/// member (E003). Returns the bytes, the expected credits per member and the
+/// expected error CSV.
+fn file_for(i: usize, rows: usize) -> (Vec<u8>, Vec<i64>, Vec<u8>) {
+    let (valid, mut expect) = exchange_csv(rows, MEMBERS, 1000 + i as u64);
+    let mut out = Vec::with_capacity(valid.len());
+    let mut report = Vec::new();
+    for (n, line) in valid.split_inclusive(|b| *b == b'\n').enumerate() {
+        if n % 50 == 49 {
+            // Replace the member with an unknown one, and take its credit back.
+            let text = std::str::from_utf8(line).unwrap();
+            let mut f = text.trim_end().split(',');
+            let (member, key, miles) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            let m: usize = if let Some(id) = member.strip_prefix('M') {
+                id.parse().unwrap()
+            } else {
+                member[1..member.find('@').unwrap()].parse().unwrap()
+            };
+            expect[m] -= miles.parse::<i64>().unwrap();
+            let bad = format!("X{i}-{n},{key},{miles}");
+            out.extend_from_slice(format!("{bad}\r\n").as_bytes());
+            report.extend_from_slice(format!("{bad},E003\r\n").as_bytes());
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    (out, expect, report)
+}
+
+fn soak(iterations: usize, rows: usize) -> Tally {
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox", ""));
+    w.members(MEMBERS);
+    let mut expect_total = vec![0i64; MEMBERS];
+    let mut tally = Tally::default();
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut full_run = Duration::ZERO;
+    for i in 0..iterations {
+        let name = format!("f{i:04}.csv");
+        let (bytes, expect, report) = file_for(i, rows);
+        w.write(&format!("inbox/{name}"), &bytes);
+        for (t, e) in expect_total.iter_mut().zip(&expect) {
+            *t += e;
+        }
 
         let mut child = Command::new(BIN)
             .arg("--config")
@@ -31,49 +84,112 @@ fn killed_mid_run_then_rerun_credits_each_row_exactly_once() {
             .spawn()
             .unwrap();
         let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(delay_ms) {
-            if child.try_wait().unwrap().is_some() {
-                break;
+        if i == 0 {
+            // Calibrate: the first run goes to the end, to know how long a run is.
+            assert!(child.wait().unwrap().success());
+            full_run = start.elapsed();
+        } else {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let at = full_run.mul_f64((rng % 1100) as f64 / 1000.0);
+            while start.elapsed() < at && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(1));
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok(); // SIGKILL
-        child.wait().unwrap();
-        if !finished {
-            killed_before_done += 1;
+            child.kill().ok(); // SIGKILL
+            child.wait().unwrap();
         }
 
-        // Run again until clean; then once more to be sure nothing changes.
-        let (code, run) = w.once_json("shop", &[]);
-        assert_eq!(code, 0, "rerun after kill at {delay_ms} ms: {run:#}");
-        let (code, again) = w.once_json("shop", &[]);
-        assert_eq!(code, 0, "{again:#}");
-        assert_eq!(again["outcome"], "no-file");
-
-        assert_eq!(w.ledger_rows(), ROWS as i64, "kill at {delay_ms} ms");
-        let credited_files: i64 = w
-            .db()
+        // Where did the kill land?
+        let db = w.db();
+        let credited: Option<String> = db
             .query_row(
-                "SELECT count(*) FROM files WHERE outcome = 'credited'",
-                [],
+                "SELECT tidy FROM files WHERE name = ?1 AND outcome = 'credited'",
+                [&name],
                 |r| r.get(0),
             )
-            .unwrap();
-        assert_eq!(credited_files, 1);
-        assert_eq!(
-            w.balances(MEMBERS),
-            expect,
-            "kill at {delay_ms} ms: balances"
-        );
-        w.assert_balances_match_ledger();
+            .ok();
+        let archived = std::fs::read_dir(w.path("var/archive/shop"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(&format!("-{name}"))
+                })
+            })
+            .unwrap_or(false);
+        match credited.as_deref() {
+            None if !archived => tally.before_archive += 1,
+            None => tally.before_commit += 1,
+            Some("pending") => tally.after_commit_before_tidy += 1,
+            Some(_) => tally.finished_before_kill += 1,
+        }
+        drop(db);
+
+        let (code, run) = w.once_json("shop", &[]);
+        assert_eq!(code, 0, "iteration {i}: {run:#}");
         assert!(
-            w.path("inbox/shop/processed/big.csv").exists(),
-            "tidy finished on rerun"
+            w.path(&format!("inbox/processed/{name}")).exists(),
+            "iteration {i}: tidied"
         );
+        assert_eq!(
+            std::fs::read(w.path(&format!("var/reports/shop/f{i:04}.errors.csv"))).unwrap(),
+            report,
+            "iteration {i}: the error CSV is exactly the failed rows"
+        );
+        tally.iterations += 1;
     }
-    assert!(
-        killed_before_done >= 2,
-        "the kills must land mid-run to prove anything"
+
+    // Each valid (file, line) exactly once.
+    let db = w.db();
+    let per_line_max: i64 = db
+        .query_row("SELECT COALESCE(MAX(n), 0) FROM (SELECT count(*) AS n FROM ledger GROUP BY file_id, line)", [], |r| r.get(0))
+        .unwrap();
+    assert!(per_line_max <= 1);
+    let credited_files: i64 = db
+        .query_row(
+            "SELECT count(*) FROM files WHERE outcome = 'credited'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(credited_files, iterations as i64, "every file done, once");
+    let valid_per_file = (rows - rows / 50) as i64;
+    let rows_in_ledger = w.ledger_rows();
+    let want = valid_per_file * iterations as i64;
+    tally.double_credits = (rows_in_ledger - want).max(0);
+    tally.lost_rows = (want - rows_in_ledger).max(0);
+    assert_eq!(
+        w.balances(MEMBERS),
+        expect_total,
+        "balances = what the files say"
     );
+    w.assert_balances_match_ledger();
+    println!("crash soak: {tally:?}, full run {:?}", full_run);
+    assert_eq!(tally.double_credits, 0);
+    assert_eq!(tally.lost_rows, 0);
+    tally
+}
+
+#[test]
+fn killed_mid_run_then_rerun_credits_each_row_exactly_once() {
+    let t = soak(8, 60_000);
+    assert!(
+        t.before_commit + t.before_archive + t.after_commit_before_tidy >= 3,
+        "the kills must land mid-run to prove anything: {t:?}"
+    );
+}
+
+#[test]
+#[ignore = "long: the full soak, see the module docs"]
+fn crash_soak_full() {
+    let n = std::env::var("MILEBATCH_SOAK_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let rows = std::env::var("MILEBATCH_SOAK_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    soak(n, rows);
 }
