@@ -451,7 +451,9 @@ impl SourceConfig {
                 // A URL is fetched, never tidied: the server decides what it serves.
                 p.after = After::Keep;
                 p.move_failed = None;
-                p.errors_dir = None;
+                // Reports go to `errors_url` when there is one (the folder
+                // name is not used by HTTP; it only switches the upload on).
+                p.errors_dir = r.errors_url.as_ref().map(|_| "errors".to_owned());
                 SourceConfig::Http(HttpConfig {
                     url,
                     errors_url: r.errors_url.clone(),
