@@ -215,6 +215,12 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
                 return true;
             }
         }
+        // reqwest's connector does not always keep the rustls error as a
+        // typed source; rustls' own wording identifies it then.
+        let text = c.to_string();
+        if text.contains("invalid peer certificate") || text.contains("peer is incompatible") {
+            return true;
+        }
         cur = c.source();
     }
     false
