@@ -90,13 +90,15 @@ retries = 1
         b"M1,k-1,100\nm2@example.jp,k-2,250\nNOPE,k-3,5\n",
     );
     let (_, out, err) = milebatch(&cfg, &["once", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     assert_eq!(v[0]["files"].as_array().unwrap().len(), 0, "{out}\n{err}");
     assert!(inbox.join("x.csv").exists());
 
     put_owned(&inbox.join("x.csv.done"), b"");
     let (_, out, err) = milebatch(&cfg, &["once", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     let files = v[0]["files"].as_array().unwrap();
     assert_eq!(files.len(), 1, "{out}\n{err}");
     assert_eq!(files[0]["outcome"], "credited", "{out}\n{err}");
@@ -105,7 +107,10 @@ retries = 1
 
     // tidied on the server
     assert!(!inbox.join("x.csv").exists(), "still in the inbox\n{err}");
-    assert!(!inbox.join("x.csv.done").exists(), ".done not removed\n{err}");
+    assert!(
+        !inbox.join("x.csv.done").exists(),
+        ".done not removed\n{err}"
+    );
     assert_eq!(
         std::fs::read(inbox.join("processed/x.csv")).unwrap(),
         b"M1,k-1,100\nm2@example.jp,k-2,250\nNOPE,k-3,5\n"
@@ -132,7 +137,8 @@ retries = 1
     );
     put_owned(&inbox.join("x.csv.done"), b"");
     let (_, out, err) = milebatch(&cfg, &["once", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     assert_eq!(v[0]["credited"], 0, "{out}\n{err}");
     assert_eq!(v[0]["miles"], 0, "{out}\n{err}");
     let (_, out, _) = milebatch(&cfg, &["balance", "M2", "--json"]);
@@ -141,6 +147,7 @@ retries = 1
 
     // And a run with nothing new credits nothing either.
     let (_, out, err) = milebatch(&cfg, &["once", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     assert_eq!(v[0]["miles"], 0, "{out}\n{err}");
 }

@@ -50,7 +50,9 @@ impl conformance::Fixture for Fx {
     fn source(&self, inbox: &str) -> Box<dyn Source> {
         let pw = secret(self.tmp.path(), &self.ftpd.password);
         let dir = format!("{}/{inbox}", self.ftpd.ftp_dir);
-        Box::new(FtpSource::connect(&config(&self.ftpd, &dir, pw, self.ca.as_ref())).expect("connect"))
+        Box::new(
+            FtpSource::connect(&config(&self.ftpd, &dir, pw, self.ca.as_ref())).expect("connect"),
+        )
     }
     fn inbox_path(&self, inbox: &str) -> PathBuf {
         self.ftpd.root.join(inbox)
@@ -85,19 +87,33 @@ fn ftps_untrusted_certificate_is_permanent() {
     let ftpd = Ftpd::start_tls(&ca);
     let other = TestCa::new();
     let tmp = tempfile::tempdir().unwrap();
-    let c = config(&ftpd, &ftpd.ftp_dir, secret(tmp.path(), &ftpd.password), Some(&other));
+    let c = config(
+        &ftpd,
+        &ftpd.ftp_dir,
+        secret(tmp.path(), &ftpd.password),
+        Some(&other),
+    );
     let mut attempts = 0;
     let r = milebatch::source::retry::with_retries(3, "connecting", || {
         attempts += 1;
         FtpSource::connect(&c)
     });
-    let e = r.err().expect("a certificate from an unknown CA must be refused");
+    let e = r
+        .err()
+        .expect("a certificate from an unknown CA must be refused");
     assert!(matches!(e, SourceError::Permanent(_)), "{e:?}");
     assert!(e.to_string().contains("TLS"), "{e}");
     assert_eq!(attempts, 1, "not retried");
     // and without any ca_file (system roots only) too
-    let c = config(&ftpd, &ftpd.ftp_dir, secret(tmp.path(), &ftpd.password), None);
-    let e = FtpSource::connect(&c).err().expect("not trusted by system roots");
+    let c = config(
+        &ftpd,
+        &ftpd.ftp_dir,
+        secret(tmp.path(), &ftpd.password),
+        None,
+    );
+    let e = FtpSource::connect(&c)
+        .err()
+        .expect("not trusted by system roots");
     assert!(matches!(e, SourceError::Permanent(_)), "{e:?}");
 }
 
@@ -105,7 +121,12 @@ fn ftps_untrusted_certificate_is_permanent() {
 fn ftp_wrong_password_is_auth() {
     let ftpd = Ftpd::start_plain();
     let tmp = tempfile::tempdir().unwrap();
-    let c = config(&ftpd, &ftpd.ftp_dir, secret(tmp.path(), "wrong-password"), None);
+    let c = config(
+        &ftpd,
+        &ftpd.ftp_dir,
+        secret(tmp.path(), "wrong-password"),
+        None,
+    );
     match FtpSource::connect(&c).err().expect("wrong password") {
         SourceError::Auth(m) => assert!(!m.contains("wrong-password"), "{m}"),
         other => panic!("expected Auth, got {other:?}"),
@@ -117,12 +138,20 @@ fn ftp_server_gone_is_transient_and_reconnects() {
     let mut ftpd = Ftpd::start_plain();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(ftpd.root.join("a.csv"), b"abc").unwrap();
-    let c = config(&ftpd, &ftpd.ftp_dir, secret(tmp.path(), &ftpd.password), None);
+    let c = config(
+        &ftpd,
+        &ftpd.ftp_dir,
+        secret(tmp.path(), &ftpd.password),
+        None,
+    );
     let mut s = FtpSource::connect(&c).expect("connect");
     assert_eq!(s.list().expect("list").len(), 1);
     ftpd.kill();
     let e = s.list().expect_err("server is gone");
     assert!(e.retryable(), "{e:?}");
     ftpd.restart();
-    assert_eq!(s.list().expect("reconnects after a transient error").len(), 1);
+    assert_eq!(
+        s.list().expect("reconnects after a transient error").len(),
+        1
+    );
 }

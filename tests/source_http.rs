@@ -18,7 +18,12 @@ fn today() -> chrono::NaiveDate {
     chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap()
 }
 
-fn config(url: String, errors_url: Option<String>, auth: HttpAuth, ca: Option<&TestCa>) -> HttpConfig {
+fn config(
+    url: String,
+    errors_url: Option<String>,
+    auth: HttpAuth,
+    ca: Option<&TestCa>,
+) -> HttpConfig {
     HttpConfig {
         url,
         errors_url,
@@ -69,17 +74,23 @@ fn http_list_fetch_404_and_put() {
     let gets = srv.requests().iter().filter(|r| r.method == "GET").count();
     assert_eq!(gets, 1);
     // fetching again (no pending response) GETs again
-    s.fetch(&list[0], &out.path().join("y")).expect("fetch again");
+    s.fetch(&list[0], &out.path().join("y"))
+        .expect("fetch again");
     assert!(std::fs::read(out.path().join("y")).unwrap() == data);
 
     // tidy steps are no-ops; the report is PUT under errors_url
-    s.move_to("exchange-20261124.csv", "processed").expect("no-op");
+    s.move_to("exchange-20261124.csv", "processed")
+        .expect("no-op");
     s.remove("exchange-20261124.csv").expect("no-op");
     assert!(srv.root.join("in/exchange-20261124.csv").exists());
     s.upload("errors", "exchange-20261124.errors.csv", b"row,code\n")
         .expect("PUT");
     assert_eq!(
-        std::fs::read(srv.uploads.join("reports/2026/exchange-20261124.errors.csv")).unwrap(),
+        std::fs::read(
+            srv.uploads
+                .join("reports/2026/exchange-20261124.errors.csv")
+        )
+        .unwrap(),
         b"row,code\n"
     );
 
@@ -94,7 +105,11 @@ fn http_list_fetch_404_and_put() {
     let mut s = HttpSource::new(&c2, today()).expect("new");
     let before = srv.requests().len();
     s.upload("errors", "r.csv", b"x").expect("no-op");
-    assert_eq!(srv.requests().len(), before, "no request without errors_url");
+    assert_eq!(
+        srv.requests().len(),
+        before,
+        "no request without errors_url"
+    );
 }
 
 #[test]
@@ -112,7 +127,10 @@ fn https_test_ca_with_basic_and_bearer_auth() {
 
     // no credentials: 401 is Auth
     let c = config(srv.url("/x.csv"), None, HttpAuth::None, Some(&ca));
-    let e = HttpSource::new(&c, today()).unwrap().list().expect_err("401");
+    let e = HttpSource::new(&c, today())
+        .unwrap()
+        .list()
+        .expect_err("401");
     assert!(matches!(e, SourceError::Auth(_)), "{e:?}");
 
     // basic
@@ -138,7 +156,10 @@ fn https_test_ca_with_basic_and_bearer_auth() {
         },
         Some(&ca),
     );
-    let e = HttpSource::new(&c, today()).unwrap().list().expect_err("wrong");
+    let e = HttpSource::new(&c, today())
+        .unwrap()
+        .list()
+        .expect_err("wrong");
     assert!(matches!(e, SourceError::Auth(_)), "{e:?}");
     assert!(!format!("{e} {e:?}").contains("wrong-pw"));
 
@@ -197,7 +218,10 @@ fn http_faults_are_classified() {
     srv.set_fail(1, 403);
     assert!(matches!(s.list().expect_err("403"), SourceError::Auth(_)));
     srv.set_fail(1, 400);
-    assert!(matches!(s.list().expect_err("400"), SourceError::Permanent(_)));
+    assert!(matches!(
+        s.list().expect_err("400"),
+        SourceError::Permanent(_)
+    ));
 
     // a truncated body is a transient error
     let tmp = tempfile::tempdir().unwrap();
@@ -218,14 +242,19 @@ fn http_faults_are_classified() {
         HttpAuth::None,
         None,
     );
-    let e = HttpSource::new(&c, today()).unwrap().list().expect_err("refused");
+    let e = HttpSource::new(&c, today())
+        .unwrap()
+        .list()
+        .expect_err("refused");
     assert!(e.retryable(), "{e:?}");
 
     // a stalled body hits the timeout
     srv.set_stall(1, Duration::from_secs(10));
     let list = s.list().expect("headers arrive");
     let t0 = std::time::Instant::now();
-    let e = s.fetch(&list[0], &tmp.path().join("s")).expect_err("stalled");
+    let e = s
+        .fetch(&list[0], &tmp.path().join("s"))
+        .expect_err("stalled");
     assert!(e.retryable(), "{e:?}");
     assert!(t0.elapsed() < Duration::from_secs(8), "timeout not applied");
 }
@@ -238,6 +267,8 @@ fn http_url_with_credentials_is_refused() {
         HttpAuth::None,
         None,
     );
-    let e = HttpSource::new(&c, today()).err().expect("userinfo refused");
+    let e = HttpSource::new(&c, today())
+        .err()
+        .expect("userinfo refused");
     assert!(!e.to_string().contains(":pw@"), "{e}");
 }

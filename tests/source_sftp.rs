@@ -96,11 +96,16 @@ fn sftp_wrong_or_unknown_host_key_is_refused_before_auth() {
     let mut c = config(&sshd, &sshd.root);
     c.host_key =
         HostKeyCheck::Fingerprint("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into());
-    let e = SftpSource::connect(&c).err().expect("a wrong host key must be refused");
+    let e = SftpSource::connect(&c)
+        .err()
+        .expect("a wrong host key must be refused");
     match &e {
         SourceError::HostKey(m) => {
             assert!(m.contains(&seen), "message should show the key seen: {m}");
-            assert!(m.contains("ssh-ed25519"), "message should show the key type: {m}");
+            assert!(
+                m.contains("ssh-ed25519"),
+                "message should show the key type: {m}"
+            );
         }
         other => panic!("expected HostKey, got {other:?}"),
     }
@@ -111,11 +116,18 @@ fn sftp_wrong_or_unknown_host_key_is_refused_before_auth() {
     let kh = tmp.path().join("known_hosts");
     std::fs::write(
         &kh,
-        format!("[127.0.0.1]:{} {}\n", sshd.port + 1, sshd.host_key_openssh()),
+        format!(
+            "[127.0.0.1]:{} {}\n",
+            sshd.port + 1,
+            sshd.host_key_openssh()
+        ),
     )
     .unwrap();
     c.host_key = HostKeyCheck::KnownHosts(kh.clone());
-    match SftpSource::connect(&c).err().expect("unknown host must be refused") {
+    match SftpSource::connect(&c)
+        .err()
+        .expect("unknown host must be refused")
+    {
         SourceError::HostKey(m) => assert!(m.contains(&seen) && m.contains("not in"), "{m}"),
         other => panic!("expected HostKey, got {other:?}"),
     }
@@ -127,7 +139,10 @@ fn sftp_wrong_or_unknown_host_key_is_refused_before_auth() {
         format!("[127.0.0.1]:{} {}\n", sshd.port, other.host_key_openssh()),
     )
     .unwrap();
-    match SftpSource::connect(&c).err().expect("changed key must be refused") {
+    match SftpSource::connect(&c)
+        .err()
+        .expect("changed key must be refused")
+    {
         SourceError::HostKey(m) => {
             assert!(m.contains(&seen) && m.contains("does not match"), "{m}")
         }
@@ -169,7 +184,9 @@ fn sftp_wrong_password_is_auth_and_not_retried() {
         key_file: key,
         passphrase: None,
     };
-    let e = SftpSource::connect(&c).err().expect("group/other-readable key");
+    let e = SftpSource::connect(&c)
+        .err()
+        .expect("group/other-readable key");
     assert!(e.to_string().contains("chmod 600"), "{e}");
     assert!(!e.retryable());
 }
@@ -179,7 +196,9 @@ fn sftp_connection_refused_is_transient() {
     let sshd = Sshd::start(SshdOpts::default());
     let mut c = config(&sshd, &sshd.root);
     c.port = common::servers::free_port();
-    let e = SftpSource::connect(&c).err().expect("nothing listens there");
+    let e = SftpSource::connect(&c)
+        .err()
+        .expect("nothing listens there");
     assert!(e.retryable(), "{e:?}");
 }
 
@@ -204,7 +223,10 @@ impl Source for Recording {
         let r = self.inner.fetch(file, dest);
         self.fetches.lock().unwrap().push(match &r {
             Ok(()) => Ok(()),
-            Err(e) => Err(format!("{}: {e}", if e.retryable() { "transient" } else { "fatal" })),
+            Err(e) => Err(format!(
+                "{}: {e}",
+                if e.retryable() { "transient" } else { "fatal" }
+            )),
         });
         r
     }
@@ -248,7 +270,10 @@ fn sftp_server_killed_mid_download_then_retried() {
     let part = archive.join(".big.csv.part");
     let start = Instant::now();
     while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(start.elapsed() < Duration::from_secs(30), "download never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "download never started"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     sshd.kill();
@@ -257,16 +282,26 @@ fn sftp_server_killed_mid_download_then_retried() {
     let fetched = t.join().unwrap().expect("the retry after restart succeeds");
 
     let log = fetches.lock().unwrap().clone();
-    assert!(log.len() >= 2, "expected a failed attempt and a retry: {log:?}");
+    assert!(
+        log.len() >= 2,
+        "expected a failed attempt and a retry: {log:?}"
+    );
     assert!(
         log[0].as_ref().is_err_and(|e| e.starts_with("transient")),
         "the first attempt should fail as transient: {log:?}"
     );
     assert!(log.last().unwrap().is_ok(), "{log:?}");
-    assert!(std::fs::read(&fetched.archive).unwrap() == data, "archived bytes differ");
+    assert!(
+        std::fs::read(&fetched.archive).unwrap() == data,
+        "archived bytes differ"
+    );
     let names: Vec<String> = std::fs::read_dir(&archive)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 1, "only the archived file may remain: {names:?}");
+    assert_eq!(
+        names.len(),
+        1,
+        "only the archived file may remain: {names:?}"
+    );
 }

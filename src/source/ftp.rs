@@ -258,9 +258,9 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<RustlsConnector, SourceError>
             )));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| {
-                SourceError::Permanent(format!("ca_file {}: {e}", path.display()))
-            })?;
+            roots
+                .add(cert)
+                .map_err(|e| SourceError::Permanent(format!("ca_file {}: {e}", path.display())))?;
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -306,8 +306,8 @@ fn map_err(e: FtpError, what: &str) -> SourceError {
 }
 
 fn copy_transfer<R: Read>(src: &mut R, dest: &Path, what: &str) -> Result<u64, SourceError> {
-    let mut out =
-        File::create(dest).map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
+    let mut out = File::create(dest)
+        .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
     let mut buf = vec![0u8; READ_BUF];
     let mut n = 0u64;
     loop {

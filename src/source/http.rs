@@ -50,10 +50,7 @@ impl HttpSource {
             .and_then(|mut s| s.next_back())
             .filter(|s| !s.is_empty())
             .ok_or_else(|| {
-                SourceError::Permanent(format!(
-                    "url {} does not end in a file name",
-                    redact(&url)
-                ))
+                SourceError::Permanent(format!("url {} does not end in a file name", redact(&url)))
             })?
             .to_owned();
 
@@ -229,9 +226,8 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
 fn req_err(e: reqwest::Error, what: &str) -> SourceError {
     let e = e.without_url();
     let msg = format!("{what}: {}", chain(&e));
-    if is_tls_failure(&e) {
-        SourceError::Permanent(msg)
-    } else if e.is_builder() || e.is_redirect() {
+    // An untrusted certificate, a bad URL, a redirect loop: needs a human.
+    if is_tls_failure(&e) || e.is_builder() || e.is_redirect() {
         SourceError::Permanent(msg)
     } else {
         // connect, timeout, request, body: the network, worth another try
@@ -386,7 +382,10 @@ mod tests {
             expand_date("https://x/{date:%Y}/{date:%m-%d}.csv", d).unwrap(),
             "https://x/2026/11-24.csv"
         );
-        assert_eq!(expand_date("https://x/a.csv", d).unwrap(), "https://x/a.csv");
+        assert_eq!(
+            expand_date("https://x/a.csv", d).unwrap(),
+            "https://x/a.csv"
+        );
         assert!(expand_date("https://x/{date:%Y", d).is_err());
         assert!(expand_date("https://x/{date:%Q}", d).is_err());
     }

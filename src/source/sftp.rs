@@ -70,9 +70,7 @@ impl SftpSource {
         let timeout = c.pickup.timeout;
         let addrs: Vec<_> = (c.host.as_str(), c.port)
             .to_socket_addrs()
-            .map_err(|e| {
-                SourceError::Transient(format!("resolving {}:{}: {e}", c.host, c.port))
-            })?
+            .map_err(|e| SourceError::Transient(format!("resolving {}:{}: {e}", c.host, c.port)))?
             .collect();
         let mut last = None;
         let mut tcp = None;
@@ -165,9 +163,9 @@ impl SftpSource {
                 }
             }
             HostKeyCheck::KnownHosts(path) => {
-                let mut kh = sess.known_hosts().map_err(|e| {
-                    SourceError::Permanent(format!("known_hosts: {}", e.message()))
-                })?;
+                let mut kh = sess
+                    .known_hosts()
+                    .map_err(|e| SourceError::Permanent(format!("known_hosts: {}", e.message())))?;
                 kh.read_file(path, KnownHostFileKind::OpenSSH)
                     .map_err(|e| {
                         SourceError::Permanent(format!(

@@ -111,13 +111,20 @@ pub fn listing(fx: &dyn Fixture) {
     let list = src.list().expect("list");
     let mut got = names(&list);
     got.sort();
-    assert_eq!(got, ["a.csv", "b.csv", "b.csv.done", "notes.txt"], "{list:?}");
+    assert_eq!(
+        got,
+        ["a.csv", "b.csv", "b.csv.done", "notes.txt"],
+        "{list:?}"
+    );
     assert_eq!(find(&list, "a.csv").size, 1000);
     assert_eq!(find(&list, "b.csv").size, 1);
     assert_eq!(find(&list, "b.csv.done").size, 0);
     let now = chrono::Utc::now().timestamp();
     if let Some(m) = find(&list, "a.csv").mtime {
-        assert!((m - now).abs() < 24 * 3600, "mtime {m} is not about now ({now})");
+        assert!(
+            (m - now).abs() < 24 * 3600,
+            "mtime {m} is not about now ({now})"
+        );
     }
 
     // An empty inbox lists as empty.
@@ -162,7 +169,8 @@ pub fn fetch(fx: &dyn Fixture) {
     assert!(fs::read(&dest).unwrap() == data, "downloaded bytes differ");
 
     let dest = out.path().join("empty");
-    src.fetch(find(&list, "empty.csv"), &dest).expect("fetch empty");
+    src.fetch(find(&list, "empty.csv"), &dest)
+        .expect("fetch empty");
     assert_eq!(fs::read(&dest).unwrap(), b"");
 
     // The file changed size since the listing.
@@ -175,7 +183,8 @@ pub fn fetch(fx: &dyn Fixture) {
 
     // The source is still usable after an error.
     let dest = out.path().join("again");
-    src.fetch(find(&list, "big.csv"), &dest).expect("fetch after error");
+    src.fetch(find(&list, "big.csv"), &dest)
+        .expect("fetch after error");
     assert!(fs::read(&dest).unwrap() == data);
 
     // A file that vanished is an error (not a panic, not an empty file).
@@ -204,7 +213,8 @@ pub fn move_to(fx: &dyn Fixture) {
     assert_eq!(fs::read(dir.join("processed/a.csv")).unwrap(), b"first");
 
     // again: already moved
-    src.move_to("a.csv", "processed").expect("moving again is Ok");
+    src.move_to("a.csv", "processed")
+        .expect("moving again is Ok");
     assert_eq!(fs::read(dir.join("processed/a.csv")).unwrap(), b"first");
 
     // a same-named file arrives again and replaces the processed one
