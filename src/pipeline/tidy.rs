@@ -26,18 +26,18 @@ pub fn tidy(
     conn: &Connection,
     item: &TidyItem,
 ) -> Result<(), SourceError> {
+    // Uploading the report does not depend on `can_tidy`: an HTTP source
+    // cannot move files but PUTs reports to its `errors_url`.
     if let (Some(dir), Some(report)) = (&pickup.errors_dir, &item.report_path) {
-        if source.can_tidy() {
-            let data = std::fs::read(report)
-                .map_err(|e| SourceError::Permanent(format!("reading report {report}: {e}")))?;
-            let name = std::path::Path::new(report)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| format!("{}.errors.csv", item.name));
-            with_retries(pickup.retries, "uploading the error report", || {
-                source.upload(dir, &name, &data)
-            })?;
-        }
+        let data = std::fs::read(report)
+            .map_err(|e| SourceError::Permanent(format!("reading report {report}: {e}")))?;
+        let name = std::path::Path::new(report)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{}.errors.csv", item.name));
+        with_retries(pickup.retries, "uploading the error report", || {
+            source.upload(dir, &name, &data)
+        })?;
     }
     if source.can_tidy() {
         let action = if item.outcome == "credited" {

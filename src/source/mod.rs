@@ -458,7 +458,9 @@ impl SourceConfig {
                 // A URL is fetched, never tidied: the server decides what it serves.
                 p.after = After::Keep;
                 p.move_failed = None;
-                p.errors_dir = None;
+                // Reports go to `errors_url` when there is one (the folder
+                // name is not used by HTTP; it only switches the upload on).
+                p.errors_dir = r.errors_url.as_ref().map(|_| "errors".to_owned());
                 SourceConfig::Http(HttpConfig {
                     url,
                     errors_url: r.errors_url.clone(),
@@ -538,7 +540,17 @@ impl fmt::Display for SourceConfig {
 }
 
 fn check_url(u: &str, key: &str) -> Result<(), String> {
-    if u.starts_with("https://") || u.starts_with("http://") {
+    if let Some(rest) = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+    {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(format!(
+                "`{key}` must not carry credentials (user:password@): use `auth` with \
+                 `password_env`, `password_file` or `credential`"
+            ));
+        }
         Ok(())
     } else {
         Err(format!("`{key}` {u:?} must start with https:// or http://"))
@@ -688,6 +700,254 @@ mod tests {
         }
         assert!(!safe_name(&"a".repeat(256)));
         assert!(safe_name(&"a".repeat(255)));
+    }
+
+    fn build(toml_text: &str) -> Result<SourceConfig, String> {
+        let raw: RawSource = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        SourceConfig::from_raw(&raw, &|p: &str| PathBuf::from("/etc/mb").join(p))
+    }
+
+    fn refused(toml_text: &str, needle: &str) {
+        match build(toml_text) {
+            Ok(c) => panic!("accepted {toml_text}: {c:?}"),
+            Err(e) => assert!(e.contains(needle), "{e:?} should mention {needle:?}"),
+        }
+    }
+
+    #[test]
+    fn sftp_keys() {
+        let c = build(
+            r#"kind = "sftp"
+               host = "sftp.partner.example"
+               user = "mb"
+               dir = "/out"
+               key_file = "keys/id_ed25519"
+               passphrase_env = "KEY_PASS"
+               host_key = "SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG="
+               ready = "done-file"
+               after = "delete"
+               timeout = "10s"
+               retries = 5"#,
+        )
+        .unwrap();
+        let SourceConfig::Sftp(s) = c else { panic!() };
+        assert_eq!(s.port, 22);
+        assert!(
+            matches!(&s.auth, SftpAuth::Key { key_file, passphrase: Some(SecretRef::Env(v)) }
+            if key_file == Path::new("/etc/mb/keys/id_ed25519") && v == "KEY_PASS")
+        );
+        // the trailing '=' some tools print is accepted and dropped
+        assert!(matches!(&s.host_key, HostKeyCheck::Fingerprint(f)
+            if f == "SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"));
+        assert_eq!(s.pickup.ready, Ready::DoneFile);
+        assert_eq!(s.pickup.after, After::Delete);
+        assert_eq!(s.pickup.timeout, Duration::from_secs(10));
+        assert_eq!(s.pickup.retries, 5);
+        assert_eq!(s.pickup.errors_dir.as_deref(), Some("errors"));
+
+        let base = "kind = \"sftp\"\nhost = \"h\"\nuser = \"u\"\n";
+        let c = build(&format!(
+            "{base}credential = \"p\"\nknown_hosts = \"kh\"\nport = 2222"
+        ))
+        .unwrap();
+        let SourceConfig::Sftp(s) = c else { panic!() };
+        assert_eq!(s.port, 2222);
+        assert!(matches!(
+            s.auth,
+            SftpAuth::Password(SecretRef::Credential(_))
+        ));
+        assert!(matches!(s.host_key, HostKeyCheck::KnownHosts(_)));
+        assert_eq!(s.pickup.ready, Ready::Stable(Duration::from_secs(60)));
+
+        refused(
+            &format!("{base}password_env = \"P\""),
+            "host key verification is mandatory",
+        );
+        refused(
+            &format!(
+                "{base}password = \"hunter2\"\nhost_key = \"SHA256:abcdefghijklmnopqrstuvwxyz\""
+            ),
+            "must not be written",
+        );
+        refused(
+            &format!("{base}host_key = \"SHA256:abcdefghijklmnopqrstuvwxyz\""),
+            "needs `key_file`",
+        );
+        refused(
+            &format!("{base}key_file = \"k\"\npassword_env = \"P\"\nknown_hosts = \"kh\""),
+            "not both",
+        );
+        refused(
+            &format!("{base}password_env = \"P\"\nhost_key = \"MD5:aa:bb\""),
+            "not a SHA256 fingerprint",
+        );
+        refused(&format!("{base}password_env = \"P\"\nhost_key = \"SHA256:abcdefghijklmnopqrstuvwxyz\"\nknown_hosts = \"kh\""), "not both");
+        refused(
+            &format!("{base}password_env = \"P\"\nknown_hosts = \"kh\"\nca_file = \"ca\""),
+            "`ca_file` does not apply",
+        );
+        refused(
+            &format!("{base}password_env = \"P\"\npassword_file = \"f\"\nknown_hosts = \"kh\""),
+            "one way only",
+        );
+        refused(
+            "kind = \"sftp\"\nuser = \"u\"\npassword_env = \"P\"\nknown_hosts = \"kh\"",
+            "needs `host`",
+        );
+        refused(
+            "kind = \"sftp\"\nhost = \"h\"\npassword_env = \"P\"\nknown_hosts = \"kh\"",
+            "needs `user`",
+        );
+        refused(
+            &format!("{base}password_env = \"P\"\nknown_hosts = \"kh\"\nafter = \"move:../up\""),
+            "relative folder",
+        );
+        refused(
+            &format!("{base}password_env = \"P\"\nknown_hosts = \"kh\"\ntimeout = \"0s\""),
+            "more than 0s",
+        );
+    }
+
+    #[test]
+    fn ftp_keys() {
+        let c = build(
+            r#"kind = "ftps"
+               host = "ftp.partner.example"
+               user = "mb"
+               password_file = "secrets/ftp"
+               ca_file = "ca.pem""#,
+        )
+        .unwrap();
+        let SourceConfig::Ftp(f) = &c else { panic!() };
+        assert!(f.tls);
+        assert_eq!(f.port, 21);
+        assert_eq!(f.dir, ".");
+        assert_eq!(f.ca_file.as_deref(), Some(Path::new("/etc/mb/ca.pem")));
+        assert_eq!(c.kind(), "ftps");
+
+        let c = build(
+            r#"kind = "ftp"
+               host = "h"
+               user = "u"
+               password_env = "P"
+               insecure_plaintext = true"#,
+        )
+        .unwrap();
+        assert_eq!(c.kind(), "ftp");
+
+        refused(
+            "kind = \"ftp\"\nhost = \"h\"\nuser = \"u\"\npassword_env = \"P\"",
+            "insecure_plaintext",
+        );
+        refused("kind = \"ftp\"\nhost = \"h\"\nuser = \"u\"\npassword_env = \"P\"\ninsecure_plaintext = false", "insecure_plaintext");
+        refused("kind = \"ftps\"\nhost = \"h\"\nuser = \"u\"\npassword_env = \"P\"\ninsecure_plaintext = true", "does not apply");
+        refused("kind = \"ftp\"\nhost = \"h\"\nuser = \"u\"\npassword_env = \"P\"\ninsecure_plaintext = true\nca_file = \"c\"", "does not apply");
+        refused(
+            "kind = \"ftps\"\nhost = \"h\"\nuser = \"u\"",
+            "needs one of `password_env`",
+        );
+        refused(
+            "kind = \"ftps\"\nhost = \"h\"\nuser = \"u\"\npassword = \"x\"",
+            "must not be written",
+        );
+        refused(
+            "kind = \"ftps\"\nhost = \"h\"\nuser = \"u\"\npassword_env = \"P\"\nkey_file = \"k\"",
+            "`key_file` does not apply",
+        );
+        refused(
+            "kind = \"ftps\"\nuser = \"u\"\npassword_env = \"P\"",
+            "needs `host`",
+        );
+    }
+
+    #[test]
+    fn http_keys() {
+        let c = build(
+            r#"kind = "https"
+               url = "https://partner.example/out/exchange-{date:%Y%m%d}.csv"
+               errors_url = "https://partner.example/in/"
+               auth = "bearer"
+               credential = "partner-token"
+               ca_file = "ca.pem"
+               retries = 1"#,
+        )
+        .unwrap();
+        let SourceConfig::Http(h) = &c else { panic!() };
+        assert!(matches!(h.auth, HttpAuth::Bearer(SecretRef::Credential(_))));
+        assert_eq!(h.pickup.after, After::Keep);
+        assert_eq!(h.pickup.ready, Ready::Immediate);
+        assert!(
+            h.pickup.errors_dir.is_some(),
+            "errors_url switches report upload on"
+        );
+
+        let c = build(
+            r#"kind = "http"
+               url = "http://partner.example/x.csv"
+               auth = "basic"
+               user = "mb"
+               password_env = "P""#,
+        )
+        .unwrap();
+        let SourceConfig::Http(h) = &c else { panic!() };
+        assert!(matches!(&h.auth, HttpAuth::Basic { user, .. } if user == "mb"));
+        assert!(h.pickup.errors_dir.is_none(), "no errors_url: no upload");
+
+        refused("kind = \"http\"", "needs `url`");
+        refused(
+            "kind = \"http\"\nurl = \"ftp://x/y.csv\"",
+            "must start with https://",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://u:pw@x/y.csv\"",
+            "must not carry credentials",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\nauth = \"basic\"",
+            "needs one of",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\nauth = \"basic\"\npassword_env = \"P\"",
+            "needs `user`",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\npassword_env = \"P\"",
+            "not \"basic\" or \"bearer\"",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\nauth = \"digest\"\npassword_env = \"P\"",
+            "unknown auth",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\nuser = \"u\"",
+            "only applies",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\npassword = \"x\"",
+            "must not be written",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\ndir = \"d\"",
+            "`dir` does not apply",
+        );
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\nafter = \"delete\"",
+            "`after` does not apply",
+        );
+    }
+
+    #[test]
+    fn local_and_unknown_kinds() {
+        let c = build("kind = \"local\"\ndir = \"inbox\"").unwrap();
+        let SourceConfig::Local(l) = &c else { panic!() };
+        assert_eq!(l.dir, Path::new("/etc/mb/inbox"));
+        refused("kind = \"local\"", "needs `dir`");
+        refused(
+            "kind = \"local\"\ndir = \"d\"\nhost = \"h\"",
+            "`host` does not apply",
+        );
+        refused("kind = \"scp\"", "unknown kind");
+        refused("kind = \"local\"\ndir = \"d\"\nbogus = 1", "unknown field");
     }
 
     #[test]

@@ -1,0 +1,282 @@
+//! One behaviour suite for every [`Source`] kind (in the spirit of rclone's
+//! fstest): each source's test file builds a [`Fixture`] (a server plus a way
+//! to reach its inbox on disk) and calls [`run_all`] (or the subset it
+//! supports). Every case works in its own inbox folder, so the cases do not
+//! see each other's files.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use milebatch::source::{After, Pickup, Ready, RemoteFile, Source, SourceError};
+
+/// A server (or folder) under test.
+pub trait Fixture {
+    /// A source whose inbox is the folder `inbox` (a plain name) under the
+    /// server's root, connected.
+    fn source(&self, inbox: &str) -> Box<dyn Source>;
+    /// Where that folder is on this machine's disk.
+    fn inbox_path(&self, inbox: &str) -> PathBuf;
+    /// Owner to give files and folders the test creates (the server's login
+    /// user), if any.
+    fn owner(&self) -> Option<(u32, u32)> {
+        None
+    }
+}
+
+/// Make the inbox folder (empty) and return its path.
+pub fn fresh_inbox(fx: &dyn Fixture, inbox: &str) -> PathBuf {
+    let p = fx.inbox_path(inbox);
+    let _ = fs::remove_dir_all(&p);
+    fs::create_dir_all(&p).unwrap();
+    chown(fx, &p);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn chown(fx: &dyn Fixture, p: &Path) {
+    if let Some((u, g)) = fx.owner() {
+        std::os::unix::fs::lchown(p, Some(u), Some(g)).unwrap();
+    }
+}
+
+/// Put a file into a folder as the partner would (owned by the login user).
+pub fn put(fx: &dyn Fixture, dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, data).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    chown(fx, &p);
+    p
+}
+
+/// Bytes that are not text-clean: CR, LF, NUL and high bytes, so that an
+/// ASCII-mode transfer or a text conversion would show.
+pub fn payload(len: usize, seed: u8) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    let mut x: u32 = 0x9E37_79B9 ^ u32::from(seed);
+    for i in 0..len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.push(match i % 7 {
+            0 => b'\n',
+            3 => b'\r',
+            _ => x as u8,
+        });
+    }
+    v
+}
+
+fn names(list: &[RemoteFile]) -> Vec<&str> {
+    list.iter().map(|f| f.name.as_str()).collect()
+}
+
+fn find<'a>(list: &'a [RemoteFile], name: &str) -> &'a RemoteFile {
+    list.iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("{name} not in listing {:?}", names(list)))
+}
+
+fn pickup() -> Pickup {
+    Pickup {
+        pattern: glob::Pattern::new("*.csv").unwrap(),
+        ready: Ready::Immediate,
+        after: After::Move("processed".into()),
+        move_failed: Some("failed".into()),
+        errors_dir: Some("errors".into()),
+        timeout: Duration::from_secs(5),
+        retries: 0,
+    }
+}
+
+/// Regular files only, with their sizes; folders and symlinks are not files.
+pub fn listing(fx: &dyn Fixture) {
+    let dir = fresh_inbox(fx, "listing");
+    put(fx, &dir, "a.csv", &payload(1000, 1));
+    put(fx, &dir, "b.csv", b"x");
+    put(fx, &dir, "b.csv.done", b"");
+    put(fx, &dir, "notes.txt", b"hello");
+    fs::create_dir(dir.join("sub.csv")).unwrap();
+    chown(fx, &dir.join("sub.csv"));
+    put(fx, &dir.join("sub.csv"), "inner.csv", b"inner");
+    std::os::unix::fs::symlink("a.csv", dir.join("link.csv")).unwrap();
+    chown(fx, &dir.join("link.csv"));
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd.csv")).unwrap();
+    chown(fx, &dir.join("passwd.csv"));
+
+    let mut src = fx.source("listing");
+    let list = src.list().expect("list");
+    let mut got = names(&list);
+    got.sort();
+    assert_eq!(
+        got,
+        ["a.csv", "b.csv", "b.csv.done", "notes.txt"],
+        "{list:?}"
+    );
+    assert_eq!(find(&list, "a.csv").size, 1000);
+    assert_eq!(find(&list, "b.csv").size, 1);
+    assert_eq!(find(&list, "b.csv.done").size, 0);
+    let now = chrono::Utc::now().timestamp();
+    if let Some(m) = find(&list, "a.csv").mtime {
+        assert!(
+            (m - now).abs() < 24 * 3600,
+            "mtime {m} is not about now ({now})"
+        );
+    }
+
+    // An empty inbox lists as empty.
+    fresh_inbox(fx, "listing-empty");
+    let mut src = fx.source("listing-empty");
+    assert!(src.list().expect("list empty").is_empty());
+}
+
+/// A name that must never reach a path is listed as the server sent it, and
+/// the pipeline's pickup leaves it alone.
+pub fn unsafe_names_are_skipped(fx: &dyn Fixture) {
+    let dir = fresh_inbox(fx, "unsafe");
+    put(fx, &dir, "ok.csv", b"1");
+    put(fx, &dir, "a\\b.csv", b"2");
+    let mut src = fx.source("unsafe");
+    let list = src.list().expect("list");
+    assert!(
+        names(&list).contains(&"a\\b.csv"),
+        "the raw name should be listed: {list:?}"
+    );
+    let db = tempfile::tempdir().unwrap();
+    let conn = milebatch::db::open(&db.path().join("t.sqlite")).unwrap();
+    let stop = AtomicBool::new(false);
+    let c = milebatch::pipeline::pickup::candidates(src.as_mut(), &pickup(), &conn, "p", &stop)
+        .expect("candidates");
+    assert_eq!(names(&c), ["ok.csv"]);
+}
+
+/// Bytes arrive identical; a size that does not match the listing is an
+/// error, and one worth retrying.
+pub fn fetch(fx: &dyn Fixture) {
+    let dir = fresh_inbox(fx, "fetch");
+    let data = payload(300_000, 2);
+    put(fx, &dir, "big.csv", &data);
+    put(fx, &dir, "empty.csv", b"");
+    let mut src = fx.source("fetch");
+    let list = src.list().expect("list");
+    let out = tempfile::tempdir().unwrap();
+
+    let dest = out.path().join("big");
+    src.fetch(find(&list, "big.csv"), &dest).expect("fetch");
+    assert!(fs::read(&dest).unwrap() == data, "downloaded bytes differ");
+
+    let dest = out.path().join("empty");
+    src.fetch(find(&list, "empty.csv"), &dest)
+        .expect("fetch empty");
+    assert_eq!(fs::read(&dest).unwrap(), b"");
+
+    // The file changed size since the listing.
+    let mut stale = find(&list, "big.csv").clone();
+    stale.size += 10;
+    let e = src
+        .fetch(&stale, &out.path().join("stale"))
+        .expect_err("a size mismatch must be an error");
+    assert!(e.retryable(), "size mismatch should be Transient: {e:?}");
+
+    // The source is still usable after an error.
+    let dest = out.path().join("again");
+    src.fetch(find(&list, "big.csv"), &dest)
+        .expect("fetch after error");
+    assert!(fs::read(&dest).unwrap() == data);
+
+    // A file that vanished is an error (not a panic, not an empty file).
+    let gone = RemoteFile {
+        name: "gone.csv".into(),
+        size: 5,
+        mtime: None,
+    };
+    let e = src
+        .fetch(&gone, &out.path().join("gone"))
+        .expect_err("fetching a missing file must fail");
+    assert!(
+        !matches!(e, SourceError::Auth(_) | SourceError::HostKey(_)),
+        "{e:?}"
+    );
+}
+
+/// Moving puts the file under the sub-folder, replaces a same-named file
+/// there, and moving a file that is gone already is fine.
+pub fn move_to(fx: &dyn Fixture) {
+    let dir = fresh_inbox(fx, "move");
+    put(fx, &dir, "a.csv", b"first");
+    let mut src = fx.source("move");
+    src.move_to("a.csv", "processed").expect("move");
+    assert!(!dir.join("a.csv").exists(), "still in the inbox");
+    assert_eq!(fs::read(dir.join("processed/a.csv")).unwrap(), b"first");
+
+    // again: already moved
+    src.move_to("a.csv", "processed")
+        .expect("moving again is Ok");
+    assert_eq!(fs::read(dir.join("processed/a.csv")).unwrap(), b"first");
+
+    // a same-named file arrives again and replaces the processed one
+    put(fx, &dir, "a.csv", b"second");
+    src.move_to("a.csv", "processed").expect("move over");
+    assert!(!dir.join("a.csv").exists());
+    assert_eq!(fs::read(dir.join("processed/a.csv")).unwrap(), b"second");
+
+    // nested folders are created
+    put(fx, &dir, "b.csv", b"b");
+    src.move_to("b.csv", "done/2026").expect("move nested");
+    assert_eq!(fs::read(dir.join("done/2026/b.csv")).unwrap(), b"b");
+
+    // the moved file no longer lists
+    let list = src.list().expect("list");
+    assert!(list.is_empty(), "{list:?}");
+}
+
+/// Removing is idempotent.
+pub fn remove(fx: &dyn Fixture) {
+    let dir = fresh_inbox(fx, "remove");
+    put(fx, &dir, "a.csv", b"x");
+    put(fx, &dir, "a.csv.done", b"");
+    let mut src = fx.source("remove");
+    src.remove("a.csv").expect("remove");
+    assert!(!dir.join("a.csv").exists());
+    assert!(dir.join("a.csv.done").exists(), "removed the wrong file");
+    src.remove("a.csv").expect("removing again is Ok");
+    src.remove("a.csv.done").expect("remove marker");
+    assert!(!dir.join("a.csv.done").exists());
+}
+
+/// Upload lands under the folder (created if needed), replaces an older
+/// copy, and leaves no temporary file behind.
+pub fn upload(fx: &dyn Fixture) {
+    let dir = fresh_inbox(fx, "upload");
+    let mut src = fx.source("upload");
+    let data = payload(5000, 3);
+    src.upload("errors", "x.errors.csv", &data).expect("upload");
+    assert!(fs::read(dir.join("errors/x.errors.csv")).unwrap() == data);
+    src.upload("errors", "x.errors.csv", b"newer\n")
+        .expect("upload over");
+    assert_eq!(
+        fs::read(dir.join("errors/x.errors.csv")).unwrap(),
+        b"newer\n"
+    );
+    let left: Vec<String> = fs::read_dir(dir.join("errors"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["x.errors.csv"], "temporary files left behind");
+    // the reports folder is not an inbox file
+    let list = src.list().expect("list");
+    assert!(list.is_empty(), "{list:?}");
+}
+
+/// Every case, for sources that can tidy.
+pub fn run_all(fx: &dyn Fixture) {
+    listing(fx);
+    unsafe_names_are_skipped(fx);
+    fetch(fx);
+    move_to(fx);
+    remove(fx);
+    upload(fx);
+}
