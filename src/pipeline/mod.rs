@@ -313,6 +313,10 @@ fn run_inner(
         let fspan = tracing::info_span!("file", file = %f.name, bytes = f.size);
         let _fenter = fspan.enter();
         let fetched = pickup::fetch(source.as_mut(), pickup_cfg, &f, &partner.id, &archive_dir)?;
+        if pickup::unchanged(&conn, &partner.id, &fetched).map_err(DbError::from)? {
+            tracing::debug!("same name and content as a file already recorded: skipped");
+            continue;
+        }
         let stem = std::path::Path::new(&fetched.name)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

@@ -119,7 +119,13 @@ fn sleep_unless(d: Duration, shutdown: &AtomicBool) -> bool {
 }
 
 /// Whether this exact listing entry was recorded before (any outcome).
+/// Without an mtime, name and size are not enough to tell a regenerated file
+/// from the old one: such files are downloaded and judged by content
+/// ([`unchanged`]).
 fn seen(conn: &Connection, partner: &str, f: &RemoteFile) -> rusqlite::Result<bool> {
+    if f.mtime.is_none() {
+        return Ok(false);
+    }
     conn.query_row(
         "SELECT 1 FROM files WHERE partner = ?1 AND name = ?2 AND size = ?3 AND mtime IS ?4 LIMIT 1",
         params![partner, f.name, f.size as i64, f.mtime],
@@ -205,4 +211,17 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 /// `data_dir/archive/<partner>`.
 pub fn archive_dir(data_dir: &Path, partner: &str) -> PathBuf {
     data_dir.join("archive").join(partner)
+}
+
+/// Whether the same name with the same content was recorded before: the
+/// same delivery seen again (e.g. an HTTP URL that still serves yesterday's
+/// answer), not a new one, so not a duplicate delivery either.
+pub fn unchanged(conn: &Connection, partner: &str, f: &Fetched) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM files WHERE partner = ?1 AND name = ?2 AND sha256 = ?3 LIMIT 1",
+        params![partner, f.name, f.sha256],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
 }
