@@ -271,6 +271,136 @@ pub fn upload(fx: &dyn Fixture) {
     assert!(list.is_empty(), "{list:?}");
 }
 
+fn temp_db() -> (tempfile::TempDir, rusqlite::Connection) {
+    let d = tempfile::tempdir().unwrap();
+    let c = milebatch::db::open(&d.path().join("t.sqlite")).unwrap();
+    (d, c)
+}
+
+fn candidate_names(fx: &dyn Fixture, inbox: &str, ready: Ready) -> Vec<String> {
+    let (_d, conn) = temp_db();
+    let mut src = fx.source(inbox);
+    let stop = AtomicBool::new(false);
+    let p = Pickup { ready, ..pickup() };
+    let mut v: Vec<String> =
+        milebatch::pipeline::pickup::candidates(src.as_mut(), &p, &conn, "p", &stop)
+            .expect("candidates")
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+    v.sort();
+    v
+}
+
+/// `ready = "done-file"`: only files whose `.done` marker is there.
+pub fn ready_done_file(fx: &dyn Fixture) {
+    let dir = fresh_inbox(fx, "ready-done");
+    put(fx, &dir, "a.csv", b"1");
+    put(fx, &dir, "b.csv", b"2");
+    put(fx, &dir, "b.csv.done", b"");
+    put(fx, &dir, "c.csv.done", b"");
+    assert_eq!(
+        candidate_names(fx, "ready-done", Ready::DoneFile),
+        ["b.csv"]
+    );
+}
+
+/// `ready = "stable:…"`: a file still growing between two listings waits.
+pub fn ready_stable(fx: &dyn Fixture) {
+    let dir = fresh_inbox(fx, "ready-stable");
+    put(fx, &dir, "done.csv", b"complete");
+    let growing = put(fx, &dir, "growing.csv", b"part");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(&growing).unwrap();
+        f.write_all(b" more bytes").unwrap();
+    });
+    let got = candidate_names(
+        fx,
+        "ready-stable",
+        Ready::Stable(Duration::from_millis(1500)),
+    );
+    writer.join().unwrap();
+    assert_eq!(got, ["done.csv"]);
+    // Left alone, it becomes stable.
+    let got = candidate_names(
+        fx,
+        "ready-stable",
+        Ready::Stable(Duration::from_millis(300)),
+    );
+    assert_eq!(got, ["done.csv", "growing.csv"]);
+}
+
+/// After a commit: the report goes up to `errors/`, the file is deleted or
+/// moved (refused ones to `failed/`), the done-file goes, the row is marked
+/// tidied.
+pub fn tidy(fx: &dyn Fixture) {
+    use milebatch::pipeline::tidy::{tidy, TidyItem};
+    let dir = fresh_inbox(fx, "tidy");
+    let (d, conn) = temp_db();
+    let report = d.path().join("x.errors.csv");
+    fs::write(&report, b"bad,row,1,E003\r\n").unwrap();
+    let mut src = fx.source("tidy");
+    let cases = [
+        ("x.csv", "credited", After::Delete, Some(&report)),
+        ("y.csv", "credited", After::Move("processed".into()), None),
+        ("z.csv", "refused", After::Delete, None),
+    ];
+    for (i, (name, outcome, after, rep)) in cases.iter().enumerate() {
+        put(fx, &dir, name, b"data");
+        put(fx, &dir, &format!("{name}.done"), b"");
+        conn.execute(
+            "INSERT INTO files(id, partner, name, size, sha256, outcome, started_at) VALUES (?1, 'p', ?2, 4, ?3, ?4, 'now')",
+            rusqlite::params![i as i64 + 1, name, format!("h{i}"), outcome],
+        )
+        .unwrap();
+        let item = TidyItem {
+            file_id: i as i64 + 1,
+            name: name.to_string(),
+            outcome: outcome.to_string(),
+            report_path: rep.map(|p| p.display().to_string()),
+        };
+        let p = Pickup {
+            ready: Ready::DoneFile,
+            after: after.clone(),
+            ..pickup()
+        };
+        tidy(src.as_mut(), &p, &conn, &item).expect("tidy");
+        assert!(!dir.join(name).exists(), "{name} left the inbox");
+        assert!(
+            !dir.join(format!("{name}.done")).exists(),
+            "{name}.done removed"
+        );
+        let tidied: String = conn
+            .query_row(
+                "SELECT tidy FROM files WHERE id = ?1",
+                [i as i64 + 1],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tidied, "done");
+    }
+    assert_eq!(
+        fs::read(dir.join("errors/x.errors.csv")).unwrap(),
+        b"bad,row,1,E003\r\n"
+    );
+    assert!(dir.join("processed/y.csv").exists());
+    assert!(
+        dir.join("failed/z.csv").exists(),
+        "a refused file goes to move_failed"
+    );
+    // Tidying again (a retried, interrupted tidy) is harmless.
+    let item = TidyItem {
+        file_id: 2,
+        name: "y.csv".into(),
+        outcome: "credited".into(),
+        report_path: None,
+    };
+    tidy(src.as_mut(), &pickup(), &conn, &item).expect("tidy again");
+    assert!(dir.join("processed/y.csv").exists());
+}
+
 /// Every case, for sources that can tidy.
 pub fn run_all(fx: &dyn Fixture) {
     listing(fx);
@@ -279,4 +409,7 @@ pub fn run_all(fx: &dyn Fixture) {
     move_to(fx);
     remove(fx);
     upload(fx);
+    ready_done_file(fx);
+    ready_stable(fx);
+    tidy(fx);
 }
