@@ -68,11 +68,16 @@ impl Workspace {
 
     /// Run the binary with `--config` and `args`.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[("RUST_LOG", "info")])
+    }
+
+    /// Run with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(BIN)
             .arg("--config")
             .arg(self.config_path())
             .args(args)
-            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .output()
             .expect("run milebatch")
     }
