@@ -335,7 +335,9 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         });
-        daemon::run(config, clock, rx).await.map_err(anyhow::Error::from)
+        daemon::run(config, clock, rx)
+            .await
+            .map_err(anyhow::Error::from)
     });
     // A run that outlived shutdown_timeout is abandoned here: its open
     // transaction rolls back with the process.

@@ -434,7 +434,6 @@ fn spawn_job(sh: &Arc<Shared>, idx: usize, trigger: Trigger) -> JoinHandle<()> {
             )
         })
         .await;
-        drop(permit);
         match result {
             Ok(report) => {
                 if report.run_id.is_none() {
@@ -454,6 +453,9 @@ fn spawn_job(sh: &Arc<Shared>, idx: usize, trigger: Trigger) -> JoinHandle<()> {
                 sh.set_last(idx, now, "panicked");
             }
         }
+        // Released only after `Finished`, so the events never show more than
+        // `max_concurrent` runs in flight.
+        drop(permit);
     })
 }
 
@@ -505,5 +507,393 @@ pub fn clock_from_env() -> Result<Arc<dyn Clock>, String> {
             );
             Ok(Arc::new(OffsetClock::new(start)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop against a `ManualClock`, the real pipeline, real SQLite files
+    //! and real local inboxes. Where a run must be "still going" at a given
+    //! moment, the test holds SQLite's write lock (`BEGIN IMMEDIATE`), so the
+    //! run is parked on `busy_timeout` until the test lets it go: no timing.
+
+    use super::*;
+    use crate::schedule::ManualClock;
+    use chrono::TimeZone;
+    use rusqlite::Connection;
+    use std::path::Path;
+
+    /// Generous bound on waiting for an event; only a guard against a hang.
+    const PATIENCE: Duration = Duration::from_secs(120);
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    struct Ws {
+        dir: tempfile::TempDir,
+        config: Arc<Config>,
+    }
+
+    /// A workspace with `partners` (all `daily 03:00` Tokyo, local inbox
+    /// `inbox/<id>`) and members M0..M999.
+    fn workspace(partners: &[&str], max_concurrent: usize) -> Ws {
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = format!(
+            "[daemon]\ndatabase = \"var/m.db\"\ndata_dir = \"var\"\ntimezone = \"Asia/Tokyo\"\n\
+             max_concurrent = {max_concurrent}\nshutdown_timeout = \"60s\"\n"
+        );
+        for id in partners {
+            toml.push_str(&format!(
+                "\n[[partner]]\nid = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 100000\n\
+                 [partner.source]\nkind = \"local\"\ndir = \"inbox/{id}\"\nready = \"immediate\"\n"
+            ));
+            std::fs::create_dir_all(dir.path().join("inbox").join(id)).unwrap();
+        }
+        let path = dir.path().join("partners.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let members: String = (0..1000)
+            .map(|i| format!("M{i},m{i}@example.com,active\n"))
+            .collect();
+        let mut conn = db::open(&config.daemon.database).unwrap();
+        crate::members::import_from(&mut conn, members.as_bytes(), "members.csv").unwrap();
+        Ws { dir, config }
+    }
+
+    impl Ws {
+        /// Drop an exchange file of `rows` valid rows (1..=rows miles each
+        /// row's number mod 100 + 1) into the partner's inbox.
+        fn deliver(&self, partner: &str, name: &str, rows: usize) {
+            let text: String = (0..rows)
+                .map(|i| format!("M{},{partner}-{name}-{i},{}\n", i % 1000, i % 100 + 1))
+                .collect();
+            let p = self.dir.path().join("inbox").join(partner).join(name);
+            std::fs::write(p, text).unwrap();
+        }
+        fn db(&self) -> Connection {
+            Connection::open(&self.config.daemon.database).unwrap()
+        }
+        fn count(&self, sql: &str) -> i64 {
+            self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+        }
+        fn db_path(&self) -> &Path {
+            &self.config.daemon.database
+        }
+    }
+
+    struct Running {
+        handle: JoinHandle<Result<(), DaemonError>>,
+        stop: watch::Sender<bool>,
+        rx: mpsc::UnboundedReceiver<Event>,
+        /// Every event received so far, in order.
+        seen: Vec<Event>,
+        /// Received but not yet matched by an `expect`, in order.
+        pending: std::collections::VecDeque<Event>,
+    }
+
+    fn start(ws: &Ws, clock: &ManualClock) -> Running {
+        let (stop, shutdown) = watch::channel(false);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let clock: Arc<dyn Clock> = Arc::new(clock.clone());
+        let handle = tokio::spawn(run_observed(ws.config.clone(), clock, shutdown, Some(tx)));
+        Running {
+            handle,
+            stop,
+            rx,
+            seen: vec![],
+            pending: Default::default(),
+        }
+    }
+
+    impl Running {
+        /// Take in whatever the daemon has sent so far, without waiting.
+        fn drain(&mut self) {
+            while let Ok(e) = self.rx.try_recv() {
+                self.seen.push(e.clone());
+                self.pending.push_back(e);
+            }
+        }
+
+        /// The first not-yet-matched event that satisfies `f`, waiting for it.
+        async fn expect(&mut self, what: &str, f: impl Fn(&Event) -> bool) -> Event {
+            if let Some(i) = self.pending.iter().position(&f) {
+                return self.pending.remove(i).unwrap();
+            }
+            let found = tokio::time::timeout(PATIENCE, async {
+                loop {
+                    let e = self.rx.recv().await?;
+                    self.seen.push(e.clone());
+                    if f(&e) {
+                        return Some(e);
+                    }
+                    self.pending.push_back(e);
+                }
+            })
+            .await;
+            match found {
+                Ok(Some(e)) => e,
+                Ok(None) => panic!("daemon ended before {what}; saw {:#?}", self.seen),
+                Err(_) => panic!("no {what} within {PATIENCE:?}; saw {:#?}", self.seen),
+            }
+        }
+
+        async fn scheduled(&mut self, partner: &str, at: DateTime<Utc>) {
+            self.expect(
+                &format!("{partner} scheduled at {at}"),
+                |e| matches!(e, Event::Scheduled { partner: p, at: t } if p == partner && *t == at),
+            )
+            .await;
+        }
+
+        async fn finished(&mut self, partner: &str) -> (Trigger, RunReport) {
+            match self
+                .expect(
+                    &format!("{partner} finished"),
+                    |e| matches!(e, Event::Finished { partner: p, .. } if p == partner),
+                )
+                .await
+            {
+                Event::Finished {
+                    trigger, report, ..
+                } => (trigger, *report),
+                _ => unreachable!(),
+            }
+        }
+
+        /// Shut down, wait for `run` to return Ok, and keep the remaining events.
+        async fn shutdown(mut self) -> Vec<Event> {
+            self.stop.send_replace(true);
+            tokio::time::timeout(PATIENCE, &mut self.handle)
+                .await
+                .expect("daemon did not stop")
+                .expect("daemon task panicked")
+                .expect("daemon returned an error");
+            self.drain();
+            self.seen
+        }
+    }
+
+    fn started(events: &[Event]) -> Vec<(String, Trigger)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Started { partner, trigger } => Some((partner.clone(), *trigger)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Occurrences of `daily 03:00` Tokyo, in UTC.
+    fn tokyo_3am(day: u32) -> DateTime<Utc> {
+        // 03:00 JST on `day` is 18:00 UTC the day before.
+        utc(2026, 11, day - 1, 18, 0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catch_up_after_downtime_runs_exactly_once() {
+        let ws = workspace(&["acme"], 4);
+        // Last success: a run at 03:00 JST on Nov 21 (through the pipeline).
+        let stop = AtomicBool::new(false);
+        let seed = pipeline::run_partner(
+            &ws.config,
+            &ws.config.partners[0],
+            &RunOptions {
+                dry_run: false,
+                trigger: Trigger::Schedule,
+                now: tokyo_3am(21),
+                shutdown: &stop,
+            },
+        );
+        assert_eq!(seed.outcome, "no-file", "{seed:?}");
+        ws.deliver("acme", "a.csv", 50);
+
+        // Down over Nov 22, 23 and 24 03:00 JST; back at 21:00 JST on Nov 24.
+        let clock = ManualClock::new(utc(2026, 11, 24, 12, 0));
+        let mut d = start(&ws, &clock);
+        let (trigger, report) = d.finished("acme").await;
+        assert_eq!(trigger, Trigger::CatchUp);
+        assert_eq!(report.outcome, "ok", "{report:?}");
+        assert_eq!(report.counts.credited, 50);
+        d.scheduled("acme", tokyo_3am(25)).await;
+        // The next firing is a plain scheduled run: the three missed
+        // occurrences produced one catch-up, not three.
+        clock.set(tokyo_3am(25));
+        let (trigger, report) = d.finished("acme").await;
+        assert_eq!(trigger, Trigger::Schedule);
+        assert_eq!(report.outcome, "no-file");
+        let events = d.shutdown().await;
+        assert_eq!(
+            started(&events),
+            vec![
+                ("acme".to_string(), Trigger::CatchUp),
+                ("acme".to_string(), Trigger::Schedule)
+            ]
+        );
+        assert_eq!(
+            ws.count("SELECT count(*) FROM runs WHERE trigger = 'catch-up'"),
+            1
+        );
+        assert_eq!(ws.count("SELECT count(*) FROM ledger"), 50);
+
+        // Restarted after the catch-up succeeded (last_success = the 25th
+        // run): nothing is due, so no second catch-up.
+        clock.set(utc(2026, 11, 25, 1, 0));
+        let mut d = start(&ws, &clock);
+        d.expect("ready", |e| matches!(e, Event::Ready)).await;
+        d.scheduled("acme", tokyo_3am(26)).await;
+        clock.set(tokyo_3am(26));
+        let (trigger, _) = d.finished("acme").await;
+        assert_eq!(trigger, Trigger::Schedule);
+        let events = d.shutdown().await;
+        assert_eq!(
+            started(&events),
+            vec![("acme".to_string(), Trigger::Schedule)]
+        );
+        assert_eq!(
+            ws.count("SELECT count(*) FROM runs WHERE trigger = 'catch-up'"),
+            1
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_catch_up_for_a_partner_that_never_ran() {
+        let ws = workspace(&["fresh"], 4);
+        ws.deliver("fresh", "a.csv", 10);
+        let clock = ManualClock::new(utc(2026, 11, 24, 12, 0));
+        let mut d = start(&ws, &clock);
+        d.expect("ready", |e| matches!(e, Event::Ready)).await;
+        d.scheduled("fresh", tokyo_3am(25)).await;
+        clock.set(tokyo_3am(25));
+        let (trigger, report) = d.finished("fresh").await;
+        // Had a catch-up been started, it would have come first (and this
+        // firing would have been skipped or been the second run).
+        assert_eq!(trigger, Trigger::Schedule);
+        assert_eq!(report.counts.credited, 10);
+        let events = d.shutdown().await;
+        assert_eq!(
+            started(&events),
+            vec![("fresh".to_string(), Trigger::Schedule)]
+        );
+        assert!(!events.iter().any(|e| matches!(e, Event::Skipped { .. })));
+        assert_eq!(ws.count("SELECT count(*) FROM runs"), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_firing_during_a_run_of_the_same_partner_is_skipped() {
+        let ws = workspace(&["slow"], 4);
+        ws.deliver("slow", "a.csv", 20);
+        let clock = ManualClock::new(utc(2026, 11, 24, 12, 0));
+        let mut d = start(&ws, &clock);
+        d.scheduled("slow", tokyo_3am(25)).await;
+
+        // Park the run: it cannot even record itself while we hold the lock.
+        let blocker = Connection::open(ws.db_path()).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        clock.set(tokyo_3am(25));
+        d.expect("the run started", |e| matches!(e, Event::Started { .. }))
+            .await;
+        d.scheduled("slow", tokyo_3am(26)).await;
+        clock.set(tokyo_3am(26));
+        let skipped = d
+            .expect("the second firing skipped", |e| {
+                matches!(e, Event::Skipped { .. })
+            })
+            .await;
+        assert!(
+            matches!(&skipped, Event::Skipped { partner, at } if partner == "slow" && *at == tokyo_3am(26)),
+            "{skipped:?}"
+        );
+        blocker.execute_batch("COMMIT").unwrap();
+        let (trigger, report) = d.finished("slow").await;
+        assert_eq!(
+            (trigger, report.outcome.as_str()),
+            (Trigger::Schedule, "ok")
+        );
+        assert_eq!(report.counts.credited, 20);
+
+        // The loop goes on after a skip.
+        d.scheduled("slow", tokyo_3am(27)).await;
+        clock.set(tokyo_3am(27));
+        let (_, report) = d.finished("slow").await;
+        assert_eq!(report.outcome, "no-file");
+        let events = d.shutdown().await;
+        assert_eq!(started(&events).len(), 2, "{events:#?}");
+        assert_eq!(ws.count("SELECT count(*) FROM runs"), 2);
+        assert_eq!(ws.count("SELECT count(*) FROM ledger"), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partners_run_in_parallel_within_max_concurrent_without_sqlite_busy() {
+        const ROWS: usize = 5000;
+        let ids = ["p1", "p2", "p3", "p4", "p5"];
+        let ws = workspace(&ids, 2);
+        for id in ids {
+            ws.deliver(id, "a.csv", ROWS);
+            ws.deliver(id, "b.csv", ROWS / 2);
+        }
+        let clock = ManualClock::new(utc(2026, 11, 24, 12, 0));
+        let mut d = start(&ws, &clock);
+        for id in ids {
+            d.scheduled(id, tokyo_3am(25)).await;
+        }
+        // All five fire together; hold the write lock until two are in.
+        let blocker = Connection::open(ws.db_path()).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        clock.set(tokyo_3am(25));
+        for n in 1..=2 {
+            d.expect(&format!("run {n} started"), |e| {
+                matches!(e, Event::Started { .. })
+            })
+            .await;
+        }
+        // Both permits are held by runs parked on the lock: a third cannot
+        // start. (Checked again over the whole event log below.)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.drain();
+        assert_eq!(started(&d.seen).len(), 2, "{:#?}", d.seen);
+        blocker.execute_batch("COMMIT").unwrap();
+
+        let mut reports = Vec::new();
+        for _ in ids {
+            match d
+                .expect("a run finished", |e| matches!(e, Event::Finished { .. }))
+                .await
+            {
+                Event::Finished { report, .. } => reports.push(*report),
+                _ => unreachable!(),
+            }
+        }
+        let events = d.shutdown().await;
+        for r in &reports {
+            assert_eq!(r.error, None, "{r:?}");
+            assert_eq!(r.outcome, "ok", "{r:?}");
+            assert_eq!(r.counts.credited, (ROWS + ROWS / 2) as u64, "{r:?}");
+        }
+        // In flight at any moment, from the ordered events.
+        let (mut now, mut max) = (0i32, 0i32);
+        for e in &events {
+            match e {
+                Event::Started { .. } => now += 1,
+                Event::Finished { .. } => now -= 1,
+                _ => {}
+            }
+            max = max.max(now);
+        }
+        assert_eq!(max, 2, "max_concurrent = 2 must be reached, never passed");
+        let total = (ids.len() * (ROWS + ROWS / 2)) as i64;
+        assert_eq!(ws.count("SELECT count(*) FROM ledger"), total);
+        assert_eq!(
+            ws.count("SELECT sum(miles) FROM ledger"),
+            ws.count("SELECT sum(miles) FROM balances")
+        );
+        assert_eq!(
+            ws.count("SELECT count(*) FROM runs WHERE outcome = 'ok' AND error IS NULL"),
+            ids.len() as i64
+        );
+        assert_eq!(
+            ws.count("SELECT count(*) FROM files WHERE outcome = 'credited'"),
+            2 * ids.len() as i64
+        );
     }
 }
