@@ -255,6 +255,12 @@ pub(crate) async fn run_observed(
         tracing::warn!(config = %shared.config.path.display(), "no partners configured: nothing to schedule");
     }
 
+    // The first firing of every partner, so READY=1 already carries it.
+    if let Ok(mut boards) = shared.boards.lock() {
+        for (b, p) in boards.iter_mut().zip(&shared.config.partners) {
+            b.next = p.schedule.next_after(now, tz);
+        }
+    }
     let mut loops = JoinSet::new();
     for (idx, p) in shared.config.partners.iter().enumerate() {
         let last_success = last.get(&p.id).copied();

@@ -60,8 +60,9 @@ fn run_catches_up_at_startup_and_status_shows_last_and_next_run() {
     // Down over three occurrences (Nov 22-24 03:00 JST); back at 21:00 JST.
     let mut d = ws.spawn_daemon(Some("2026-11-24T12:00:00Z"));
     wait_for("the catch-up run to finish", LONG, || {
-        ws.int("SELECT count(*) FROM runs WHERE trigger = 'catch-up' AND finished_at IS NOT NULL")
-            == 1
+        ws.try_int(
+            "SELECT count(*) FROM runs WHERE trigger = 'catch-up' AND finished_at IS NOT NULL",
+        ) == Ok(1)
     });
     d.wait_log("catching up once now", LONG);
 
@@ -227,15 +228,11 @@ fn systemd_notify_ready_status_watchdog_stopping() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
 
-    let log = ws.path("daemon.log");
-    let mut child = ws
-        .cmd(&["run"])
-        .env(FAKE_NOW, "2026-11-24T12:00:00Z")
+    let mut run = ws.cmd(&["run"]);
+    run.env(FAKE_NOW, "2026-11-24T12:00:00Z")
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .env("WATCHDOG_USEC", "400000");
+    let mut d = ws.spawn(run);
     let mut msgs: Vec<String> = Vec::new();
     let mut buf = [0u8; 4096];
     let mut recv_until = |msgs: &mut Vec<String>, done: &dyn Fn(&[String]) -> bool| {
@@ -257,17 +254,41 @@ fn systemd_notify_ready_status_watchdog_stopping() {
     recv_until(&mut msgs, &|m| {
         m.iter().filter(|s| s.contains("WATCHDOG=1")).count() >= 3
     });
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    d.signal("TERM");
     recv_until(&mut msgs, &|m| m.iter().any(|s| s.contains("STOPPING=1")));
-    let code = child.wait().unwrap().code();
-    assert_eq!(
-        code,
-        Some(0),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+}
+
+/// A scheduled run that finds nothing for an `expect_file` partner is a
+/// missed delivery: logged at WARN and shown by `status`.
+#[test]
+fn missed_delivery_is_shown_by_status() {
+    let ws = Workspace::new();
+    let partner = ws
+        .local_partner("punctual", "daily 03:00")
+        .replace("[partner.source]", "expect_file = true\n[partner.source]");
+    ws.write_config("", &partner);
+    let mut d = ws.spawn_daemon(Some("2026-11-24T17:59:59Z"));
+    wait_for("the scheduled run to finish", LONG, || {
+        ws.try_int("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL") == Ok(1)
+    });
+    d.wait_log("missed delivery", LONG);
+    assert!(d.log_text().contains("WARN"), "{}", d.log_text());
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+
+    let st = status_json(&ws, "2026-11-24T18:10:00Z");
+    let p = &st["partners"][0];
+    assert_eq!(p["last_run"]["trigger"], "schedule", "{st:#}");
+    assert_eq!(p["last_run"]["outcome"], "missed", "{st:#}");
+    assert_eq!(p["last_missed"], p["last_run"]["started_at"], "{st:#}");
+    assert!(
+        p["last_missed"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-11-24T18:00:0"),
+        "{st:#}"
     );
+    assert_eq!(p["consecutive_failures"], 1, "{st:#}");
+    assert_eq!(p["next_run"], "2026-11-26T03:00:00+09:00", "{st:#}");
 }

@@ -112,34 +112,53 @@ impl Workspace {
 
     /// Start `milebatch run` in the background, stderr to `daemon.log`.
     pub fn spawn_daemon(&self, fake_now: Option<&str>) -> Daemon {
-        let log = self.path("daemon.log");
         let mut c = self.cmd(&["run"]);
         if let Some(t) = fake_now {
             c.env(FAKE_NOW, t);
         }
-        let child = c
+        self.spawn(c)
+    }
+
+    /// Start `cmd` in the background, stdout discarded, stderr to
+    /// `daemon.log`; killed when the returned guard drops.
+    pub fn spawn(&self, mut cmd: Command) -> Daemon {
+        let log = self.path("daemon.log");
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("spawn milebatch run");
+            .expect("spawn milebatch");
         Daemon {
             child: Some(child),
             log,
         }
     }
 
+    /// The daemon's database; never creates it (that is milebatch's job).
     pub fn db(&self) -> Connection {
-        let c = Connection::open(self.path("var/milebatch.db")).expect("open db");
-        c.busy_timeout(Duration::from_secs(30)).unwrap();
-        c
+        self.try_db().expect("open the database")
+    }
+
+    fn try_db(&self) -> rusqlite::Result<Connection> {
+        let c = Connection::open_with_flags(
+            self.path("var/milebatch.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        )?;
+        c.busy_timeout(Duration::from_secs(30))?;
+        Ok(c)
     }
 
     /// One integer from SQL (`NULL` reads as 0).
     pub fn int(&self, sql: &str) -> i64 {
-        self.db()
+        self.try_int(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Like [`Self::int`], but an error (no database or schema yet) is `Err`,
+    /// for polling while milebatch starts.
+    pub fn try_int(&self, sql: &str) -> rusqlite::Result<i64> {
+        self.try_db()?
             .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .unwrap_or(0)
+            .map(|v| v.unwrap_or(0))
     }
 }
 
