@@ -357,9 +357,12 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
     let partner = &sh.config.partners[idx];
     let tz = sh.tz();
     let mut shutdown = sh.shutdown.clone();
+    // Set from the moment a run is queued until its result is recorded: the
+    // overlap guard. (The task's own `is_finished` lags behind `Finished`.)
+    let busy = Arc::new(AtomicBool::new(false));
     let mut running: Option<JoinHandle<()>> = None;
     if catch_up {
-        running = Some(spawn_job(&sh, idx, Trigger::CatchUp));
+        running = Some(spawn_job(&sh, idx, Trigger::CatchUp, &busy));
     }
     loop {
         let now = sh.clock.now();
@@ -377,7 +380,7 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
         if !sleep_until(&*sh.clock, next, &mut shutdown).await {
             break;
         }
-        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+        if busy.load(Ordering::SeqCst) {
             tracing::warn!(
                 partner = %partner.id,
                 scheduled_for = %zoned(next, tz),
@@ -389,7 +392,7 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
             });
             continue;
         }
-        running = Some(spawn_job(&sh, idx, Trigger::Schedule));
+        running = Some(spawn_job(&sh, idx, Trigger::Schedule, &busy));
     }
     if let Some(h) = running {
         if let Err(e) = h.await {
@@ -400,8 +403,15 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
 
 /// Start one run of partner `idx`: wait for a concurrency permit (or
 /// shutdown), then the blocking pipeline on the blocking pool.
-fn spawn_job(sh: &Arc<Shared>, idx: usize, trigger: Trigger) -> JoinHandle<()> {
+fn spawn_job(
+    sh: &Arc<Shared>,
+    idx: usize,
+    trigger: Trigger,
+    busy: &Arc<AtomicBool>,
+) -> JoinHandle<()> {
     let sh = sh.clone();
+    busy.store(true, Ordering::SeqCst);
+    let busy = BusyGuard(busy.clone());
     tokio::spawn(async move {
         let id = sh.config.partners[idx].id.clone();
         let mut shutdown = sh.shutdown.clone();
@@ -448,6 +458,7 @@ fn spawn_job(sh: &Arc<Shared>, idx: usize, trigger: Trigger) -> JoinHandle<()> {
                     tracing::warn!(partner = %id, error = report.error.as_deref().unwrap_or(""), "run did not start");
                 }
                 sh.set_last(idx, now, &report.outcome);
+                drop(busy);
                 sh.emit(Event::Finished {
                     partner: id,
                     trigger,
@@ -457,12 +468,22 @@ fn spawn_job(sh: &Arc<Shared>, idx: usize, trigger: Trigger) -> JoinHandle<()> {
             Err(e) => {
                 tracing::error!(partner = %id, error = %e, "the run panicked; the partner keeps its schedule");
                 sh.set_last(idx, now, "panicked");
+                drop(busy);
             }
         }
         // Released only after `Finished`, so the events never show more than
         // `max_concurrent` runs in flight.
         drop(permit);
     })
+}
+
+/// Clears a partner's busy flag when the run is over, whichever way it ends.
+struct BusyGuard(Arc<AtomicBool>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 // ---------------------------------------------------------------------------
