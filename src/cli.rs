@@ -4,13 +4,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
-use crate::{db, members, query};
+use crate::schedule::Clock;
+use crate::{daemon, db, members, query};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,7 +49,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate the configuration and list the partners.
+    /// The daemon: run every partner on its schedule until SIGTERM/SIGINT
+    /// (what the systemd unit runs). Catches up a run missed while down.
+    Run,
+    /// Per partner: last run, next run, consecutive failures, last error,
+    /// last missed delivery. Reads the database; safe while the daemon runs.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration, list the partners and their next three runs.
     Check {
         #[arg(long)]
         json: bool,
@@ -128,6 +139,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => once(&cli, partner.as_deref(), *dry_run, *json),
         Command::Check { json } => check(&cli, *json),
+        Command::Run => run_daemon(&cli),
+        Command::Status { json } => status(&cli, *json),
         Command::Members {
             command: MembersCommand::Import { file, json },
         } => {
@@ -225,6 +238,7 @@ fn once(cli: &Cli, only: Option<&str>, dry_run: bool, json: bool) -> anyhow::Res
     };
     // Fail early and clearly if the database cannot be opened.
     db::open(&config.daemon.database)?;
+    let clock = clock()?;
     let shutdown = AtomicBool::new(false);
     let reports: Vec<RunReport> = partners
         .into_iter()
@@ -235,7 +249,7 @@ fn once(cli: &Cli, only: Option<&str>, dry_run: bool, json: bool) -> anyhow::Res
                 &RunOptions {
                     dry_run,
                     trigger: Trigger::Manual,
-                    now: chrono::Utc::now(),
+                    now: clock.now(),
                     shutdown: &shutdown,
                 },
             )
@@ -287,8 +301,108 @@ fn print_run(r: &RunReport, dry_run: bool) {
     }
 }
 
+/// The system clock, or the test-only fake one (see [`daemon::FAKE_NOW_ENV`]).
+fn clock() -> anyhow::Result<Arc<dyn Clock>> {
+    daemon::clock_from_env().map_err(anyhow::Error::msg)
+}
+
+/// `milebatch run`: a tokio runtime, SIGTERM/SIGINT wired to the daemon's
+/// shutdown, exit 0 after a clean stop.
+fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let config = Arc::new(load(cli)?);
+    let clock = clock()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("milebatch")
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = rt.block_on(async move {
+        // Install the handlers before anything is scheduled (and before
+        // READY=1), so an early SIGTERM is never the default "die now".
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                if tx.send_replace(true) {
+                    tracing::warn!(signal = name, "already shutting down");
+                } else {
+                    tracing::info!(signal = name, "signal received: shutting down");
+                }
+            }
+        });
+        daemon::run(config, clock, rx)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    // A run that outlived shutdown_timeout is abandoned here: its open
+    // transaction rolls back with the process.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
+    let config = load(cli)?;
+    let conn = db::open(&config.daemon.database)?;
+    let tz = config.daemon.timezone;
+    let now = clock()?.now();
+    let mut out = Vec::new();
+    for p in &config.partners {
+        let st = query::partner_status(&conn, &p.id)?;
+        let next = p.schedule.next_after(now, tz).map(|t| daemon::zoned(t, tz));
+        let mut v = serde_json::to_value(&st)?;
+        v["id"] = p.id.clone().into();
+        v["schedule"] = p.schedule.to_string().into();
+        v["next_run"] = next.into();
+        out.push(v);
+    }
+    if json {
+        print_json(&serde_json::json!({
+            "now": daemon::zoned(now, tz),
+            "timezone": tz.to_string(),
+            "partners": out,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("now {} ({tz})", daemon::zoned(now, tz));
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    for v in &out {
+        println!("{} ({})", s(&v["id"]), s(&v["schedule"]));
+        match v["last_run"].as_object() {
+            Some(r) => println!(
+                "  last run  {} [{}] {} — {} file(s), {} rows, credited {}, failed {}",
+                s(&r["started_at"]),
+                s(&r["trigger"]),
+                r["outcome"].as_str().unwrap_or("running"),
+                r["files"],
+                r["rows"],
+                r["credited"],
+                r["failed"]
+            ),
+            None => println!("  last run  never"),
+        }
+        println!("  next run  {}", s(&v["next_run"]));
+        println!("  failures  {} in a row", v["consecutive_failures"]);
+        if let Some(e) = v["last_error"].as_str() {
+            println!("  error     {e}");
+        }
+        if let Some(m) = v["last_missed"].as_str() {
+            println!("  missed    delivery expected at {m}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn check(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
     let config = load(cli)?;
+    let tz = config.daemon.timezone;
+    let now = clock()?.now();
     let mut out = Vec::new();
     for p in &config.partners {
         let secrets: Vec<String> = p
@@ -308,6 +422,7 @@ fn check(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
             "source": p.source.to_string(),
             "kind": p.source.kind(),
             "secrets": secrets,
+            "next_runs": p.schedule.upcoming(now, tz, 3).into_iter().map(|t| daemon::zoned(t, tz)).collect::<Vec<_>>(),
         }));
     }
     if json {
@@ -329,6 +444,13 @@ fn check(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
                 p["source"].as_str().unwrap_or(""),
                 p["encoding"].as_str().unwrap_or("")
             );
+            let next: Vec<&str> = p["next_runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str())
+                .collect();
+            println!("    next runs: {}", next.join(", "));
             for s in p["secrets"].as_array().into_iter().flatten() {
                 println!("    secret {}", s.as_str().unwrap_or(""));
             }

@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod members;
 pub mod pipeline;

@@ -111,6 +111,8 @@ pub struct PartnerStatus {
     pub last_success: Option<String>,
     pub consecutive_failures: i64,
     pub last_error: Option<String>,
+    /// Start of the latest run that found no file although `expect_file`.
+    pub last_missed: Option<String>,
 }
 
 pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus, DbError> {
@@ -144,10 +146,18 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
         )
         .optional()?;
     let (last_success, consecutive_failures, last_error) = state.unwrap_or((None, 0, None));
+    let last_missed = conn
+        .query_row(
+            "SELECT started_at FROM runs WHERE partner = ?1 AND outcome = 'missed' ORDER BY id DESC LIMIT 1",
+            [partner],
+            |r| r.get(0),
+        )
+        .optional()?;
     Ok(PartnerStatus {
         last_run,
         last_success,
         consecutive_failures,
         last_error,
+        last_missed,
     })
 }

@@ -1,0 +1,294 @@
+//! `milebatch run`, `status` and `check`, driven through the real binary on a
+//! temp folder: config, members, local inboxes, SQLite. Time is injected with
+//! the test-only `MILEBATCH_FAKE_NOW` (a clock that starts there and then
+//! runs in real time), so a 03:00 JST occurrence is seconds away.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::workspace::{has_file_ending, wait_for, Workspace, FAKE_NOW};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// `rows` exchange rows for partner `p`; every `bad_every`-th names an
+/// unknown member (E003). Returns the text and the number of valid rows.
+fn exchange(p: &str, rows: usize, members: usize, bad_every: usize) -> (String, u64) {
+    let mut text = String::with_capacity(rows * 24);
+    let mut valid = 0;
+    for i in 0..rows {
+        if bad_every > 0 && i % bad_every == bad_every - 1 {
+            text.push_str(&format!("NOBODY{i},{p}-{i},5\n"));
+        } else {
+            text.push_str(&format!("M{:06},{p}-{i},{}\n", i % members, i % 50 + 1));
+            valid += 1;
+        }
+    }
+    (text, valid)
+}
+
+fn status_json(ws: &Workspace, fake_now: &str) -> serde_json::Value {
+    let mut c = ws.cmd(&["status", "--json"]);
+    c.env(FAKE_NOW, fake_now);
+    let out = ws.ok_cmd(c);
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+/// Catch-up at start-up credits the file; `status --json` shows the run
+/// while the daemon is up and after it stopped; SIGTERM when idle exits 0.
+#[test]
+fn run_catches_up_at_startup_and_status_shows_last_and_next_run() {
+    let ws = Workspace::new();
+    ws.write_config("", &ws.scheduled_partner("demo-shop", "daily 03:00"));
+    ws.members(100);
+
+    // A successful (empty) run at 03:00 JST on Nov 21 sets last_success.
+    let mut once = ws.cmd(&["once", "--partner", "demo-shop"]);
+    once.env(FAKE_NOW, "2026-11-20T18:00:00Z");
+    ws.ok_cmd(once);
+    assert_eq!(
+        ws.int(
+            "SELECT count(*) FROM partner_state WHERE last_success = '2026-11-20T18:00:00.000Z'"
+        ),
+        1
+    );
+    let (text, valid) = exchange("demo-shop", 100, 100, 25);
+    assert_eq!(valid, 96);
+    ws.write("inbox/demo-shop/demo.csv", text);
+
+    // Down over three occurrences (Nov 22-24 03:00 JST); back at 21:00 JST.
+    let mut d = ws.spawn_daemon(Some("2026-11-24T12:00:00Z"));
+    wait_for("the catch-up run to finish", LONG, || {
+        ws.try_int(
+            "SELECT count(*) FROM runs WHERE trigger = 'catch-up' AND finished_at IS NOT NULL",
+        ) == Ok(1)
+    });
+    d.wait_log("catching up once now", LONG);
+
+    let st = status_json(&ws, "2026-11-24T12:01:00Z");
+    let p = &st["partners"][0];
+    assert_eq!(p["id"], "demo-shop");
+    assert_eq!(p["next_run"], "2026-11-25T03:00:00+09:00", "{st:#}");
+    let last = &p["last_run"];
+    assert_eq!(last["trigger"], "catch-up", "{st:#}");
+    assert_eq!(last["outcome"], "ok", "{st:#}");
+    assert_eq!(last["files"], 1);
+    assert_eq!(last["credited"], 96);
+    assert_eq!(last["failed"], 4);
+    assert_eq!(p["consecutive_failures"], 0);
+    assert!(p["last_missed"].is_null(), "{st:#}");
+
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+    assert!(d.log_text().contains("daemon stopped"), "{}", d.log_text());
+
+    // Exactly one catch-up for three missed occurrences; credited once.
+    assert_eq!(
+        ws.int("SELECT count(*) FROM runs WHERE trigger = 'catch-up'"),
+        1
+    );
+    assert_eq!(ws.int("SELECT count(*) FROM runs"), 2);
+    assert_eq!(ws.int("SELECT count(*) FROM ledger"), 96);
+    assert_eq!(
+        ws.int("SELECT sum(miles) FROM ledger"),
+        ws.int("SELECT sum(miles) FROM balances")
+    );
+    // After the daemon stopped, status still reads it, in text form too.
+    let st = status_json(&ws, "2026-11-24T12:05:00Z");
+    assert_eq!(st["partners"][0]["last_run"]["trigger"], "catch-up");
+    let mut c = ws.cmd(&["status"]);
+    c.env(FAKE_NOW, "2026-11-24T12:05:00Z");
+    let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
+    assert!(out.contains("next run  2026-11-25T03:00:00+09:00"), "{out}");
+    assert!(out.contains("[catch-up] ok"), "{out}");
+}
+
+/// SIGTERM while a 300k-row file is being credited: the file finishes its
+/// transaction (every valid row credited exactly once), the next file is not
+/// started, and the process exits 0.
+#[test]
+fn sigterm_mid_run_finishes_the_file_and_exits_0() {
+    const ROWS: usize = 300_000;
+    const MEMBERS: usize = 5_000;
+    let ws = Workspace::new();
+    ws.write_config(
+        "shutdown_timeout = \"300s\"",
+        &ws.scheduled_partner("bigco", "daily 03:00"),
+    );
+    ws.members(MEMBERS);
+    let (text, valid) = exchange("bigco", ROWS, MEMBERS, 1000);
+    ws.write("inbox/bigco/a-big.csv", text);
+    let (small, _) = exchange("small", 10, MEMBERS, 0);
+    ws.write("inbox/bigco/b-next.csv", small);
+
+    // 03:00 JST on Nov 25 is two seconds away.
+    let mut d = ws.spawn_daemon(Some("2026-11-24T17:59:58Z"));
+    let archive = ws.path("var/archive/bigco");
+    wait_for("the big file archived (credit starts next)", LONG, || {
+        has_file_ending(&archive, "-a-big.csv")
+    });
+    let credited_before = ws.int("SELECT count(*) FROM files");
+    d.signal("TERM");
+    let t = Instant::now();
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+    let log = d.log_text();
+    eprintln!("exited {:?} after SIGTERM", t.elapsed());
+
+    // The signal really came mid-file: before the commit, and logged before
+    // the file's "file done".
+    assert_eq!(
+        credited_before, 0,
+        "the file was already committed at SIGTERM"
+    );
+    let sig = log.find("signal received").expect("signal logged");
+    let done = log.find("file done").expect("file done logged");
+    assert!(sig < done, "SIGTERM was not handled mid-file:\n{log}");
+    assert!(log.contains("not starting another file"), "{log}");
+
+    // The big file: completely credited, each valid row exactly once.
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE name = 'a-big.csv' AND outcome = 'credited'"),
+        1
+    );
+    assert_eq!(ws.int("SELECT count(*) FROM ledger"), valid as i64);
+    assert_eq!(
+        ws.int("SELECT count(DISTINCT partner_key) FROM ledger"),
+        valid as i64
+    );
+    assert_eq!(
+        ws.int("SELECT count(DISTINCT line) FROM ledger"),
+        valid as i64
+    );
+    assert_eq!(
+        ws.int("SELECT sum(miles) FROM ledger"),
+        ws.int("SELECT sum(miles) FROM balances")
+    );
+    let expected_miles: i64 = (0..ROWS)
+        .filter(|i| i % 1000 != 999)
+        .map(|i| (i % 50 + 1) as i64)
+        .sum();
+    assert_eq!(ws.int("SELECT sum(miles) FROM balances"), expected_miles);
+    // The run is recorded as finished; the second file was never started.
+    assert_eq!(
+        ws.int("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL AND outcome = 'ok'"),
+        1
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE name = 'b-next.csv'"),
+        0
+    );
+    assert!(ws.inbox("bigco").join("b-next.csv").exists());
+}
+
+#[test]
+fn check_prints_the_next_three_runs_in_the_configured_zone() {
+    let ws = Workspace::new();
+    let partners = format!(
+        "{}{}",
+        ws.scheduled_partner("daily-co", "daily 03:00"),
+        ws.scheduled_partner("month-end", "monthly last 10:00")
+    );
+    ws.write_config("", &partners);
+    let mut c = ws.cmd(&["check"]);
+    c.env(FAKE_NOW, "2026-11-24T12:00:00Z");
+    let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
+    assert!(
+        out.contains(
+            "next runs: 2026-11-25T03:00:00+09:00, 2026-11-26T03:00:00+09:00, 2026-11-27T03:00:00+09:00"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "next runs: 2026-11-30T10:00:00+09:00, 2026-12-31T10:00:00+09:00, 2027-01-31T10:00:00+09:00"
+        ),
+        "{out}"
+    );
+    let mut c = ws.cmd(&["check", "--json"]);
+    c.env(FAKE_NOW, "2026-11-24T12:00:00Z");
+    let v: serde_json::Value = serde_json::from_slice(&ws.ok_cmd(c).stdout).unwrap();
+    assert_eq!(
+        v["partners"][1]["next_runs"],
+        serde_json::json!([
+            "2026-11-30T10:00:00+09:00",
+            "2026-12-31T10:00:00+09:00",
+            "2027-01-31T10:00:00+09:00"
+        ])
+    );
+}
+
+/// The sd_notify protocol against a real datagram socket, as systemd has it.
+#[test]
+fn systemd_notify_ready_status_watchdog_stopping() {
+    let ws = Workspace::new();
+    ws.write_config("", &ws.scheduled_partner("demo-shop", "daily 03:00"));
+    let sock_path = ws.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    let mut run = ws.cmd(&["run"]);
+    run.env(FAKE_NOW, "2026-11-24T12:00:00Z")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000");
+    let mut d = ws.spawn(run);
+    let mut msgs: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut recv_until = |msgs: &mut Vec<String>, done: &dyn Fn(&[String]) -> bool| {
+        let end = Instant::now() + LONG;
+        while !done(msgs) {
+            assert!(Instant::now() < end, "notifications so far: {msgs:?}");
+            if let Ok(n) = sock.recv(&mut buf) {
+                msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    recv_until(&mut msgs, &|m| m.iter().any(|s| s.contains("READY=1")));
+    let ready = msgs.iter().find(|s| s.contains("READY=1")).unwrap();
+    assert!(
+        ready.contains("STATUS=last: none yet; next: demo-shop at 2026-11-25T03:00:00+09:00"),
+        "{ready:?}"
+    );
+    // 400 ms watchdog: pings every 200 ms.
+    recv_until(&mut msgs, &|m| {
+        m.iter().filter(|s| s.contains("WATCHDOG=1")).count() >= 3
+    });
+    d.signal("TERM");
+    recv_until(&mut msgs, &|m| m.iter().any(|s| s.contains("STOPPING=1")));
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+}
+
+/// A scheduled run that finds nothing for an `expect_file` partner is a
+/// missed delivery: logged at WARN and shown by `status`.
+#[test]
+fn missed_delivery_is_shown_by_status() {
+    let ws = Workspace::new();
+    let partner = ws
+        .scheduled_partner("punctual", "daily 03:00")
+        .replace("[partner.source]", "expect_file = true\n[partner.source]");
+    ws.write_config("", &partner);
+    let mut d = ws.spawn_daemon(Some("2026-11-24T17:59:59Z"));
+    wait_for("the scheduled run to finish", LONG, || {
+        ws.try_int("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL") == Ok(1)
+    });
+    d.wait_log("missed delivery", LONG);
+    assert!(d.log_text().contains("WARN"), "{}", d.log_text());
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+
+    let st = status_json(&ws, "2026-11-24T18:10:00Z");
+    let p = &st["partners"][0];
+    assert_eq!(p["last_run"]["trigger"], "schedule", "{st:#}");
+    assert_eq!(p["last_run"]["outcome"], "missed", "{st:#}");
+    assert_eq!(p["last_missed"], p["last_run"]["started_at"], "{st:#}");
+    assert!(
+        p["last_missed"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-11-24T18:00:0"),
+        "{st:#}"
+    );
+    assert_eq!(p["consecutive_failures"], 1, "{st:#}");
+    assert_eq!(p["next_run"], "2026-11-26T03:00:00+09:00", "{st:#}");
+}
