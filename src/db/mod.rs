@@ -38,8 +38,11 @@ pub enum DbError {
     Sql(#[from] rusqlite::Error),
 }
 
-/// How long a writer waits for another writer before giving up.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a writer waits for another writer before giving up. A file's
+/// credit holds the write lock for its whole transaction (seconds for a
+/// million rows); waiting long is always better than failing a partner's run
+/// with SQLITE_BUSY.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Open (creating if needed) and migrate the database at `path`.
 pub fn open(path: &Path) -> Result<Connection, DbError> {

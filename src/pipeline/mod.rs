@@ -458,7 +458,10 @@ fn finish_run(
             r.error
         ],
     )?;
-    let ok = r.outcome == "ok" || r.outcome == "no-file";
+    // A missed delivery is the partner's failure, not ours: the run itself
+    // completed, so it does not count towards consecutive failures (status
+    // shows it as `last_missed`), and a restart does not catch it up again.
+    let ok = matches!(r.outcome.as_str(), "ok" | "no-file" | "missed");
     let last_error = r.error.clone().or_else(|| {
         r.files
             .iter()
