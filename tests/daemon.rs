@@ -294,3 +294,57 @@ fn missed_delivery_is_shown_by_status() {
     assert_eq!(p["last_success"], p["last_run"]["started_at"], "{st:#}");
     assert_eq!(p["next_run"], "2026-11-26T03:00:00+09:00", "{st:#}");
 }
+
+/// The example `partners.toml` with the demo fixtures, as a fresh clone has
+/// them: the daemon runs demo-shop at 03:00 JST, and after a day of downtime
+/// catches it up once at start-up.
+#[test]
+fn the_example_config_runs_on_schedule_and_on_catch_up() {
+    let ws = Workspace::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join("partners.toml"), ws.config_path()).unwrap();
+    let copy = |rel: &str| {
+        let to = ws.path(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(root.join(rel), to).unwrap();
+    };
+    copy("fixtures/members.csv");
+    copy("fixtures/inbox/demo-shop/exchange-20261124.csv");
+    copy("fixtures/inbox/demo-konbini/KOUKAN_20261124.csv");
+    ws.ok_cmd(ws.cmd(&["members", "import", "fixtures/members.csv"]));
+
+    // Two seconds before 03:00 JST on 25 November.
+    let mut d = ws.spawn_daemon(Some("2026-11-24T17:59:58Z"));
+    wait_for("demo-shop's scheduled run", LONG, || {
+        ws.try_int("SELECT count(*) FROM runs WHERE partner = 'demo-shop' AND trigger = 'schedule' AND finished_at IS NOT NULL") == Ok(1)
+    });
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+    assert_eq!(
+        ws.int("SELECT credited FROM files WHERE partner = 'demo-shop'"),
+        4,
+        "the demo file is credited"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM runs WHERE partner = 'demo-konbini'"),
+        0,
+        "not its time"
+    );
+
+    // Down for a day and an hour: one catch-up, not one per missed occurrence.
+    let mut d = ws.spawn_daemon(Some("2026-11-26T19:00:00Z"));
+    wait_for("demo-shop's catch-up run", LONG, || {
+        ws.try_int("SELECT count(*) FROM runs WHERE partner = 'demo-shop' AND trigger = 'catch-up' AND finished_at IS NOT NULL") == Ok(1)
+    });
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+    assert_eq!(
+        ws.int("SELECT count(*) FROM runs WHERE partner = 'demo-shop'"),
+        2
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE partner = 'demo-shop'"),
+        1,
+        "credited once"
+    );
+}
