@@ -15,7 +15,17 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
+use common::servers::{ensure_test_user, Sshd, SshdOpts};
 use common::workspace::{exchange_csv, local_partner, Workspace, BIN};
+
+/// Where the partner's inbox is: a local folder, or a real sshd's folder
+/// (so kills also land during the remote move and the report upload).
+enum Inbox<'a> {
+    Local,
+    Sftp(&'a Sshd),
+}
 
 const MEMBERS: usize = 2000;
 
@@ -59,9 +69,40 @@ fn file_for(i: usize, rows: usize) -> (Vec<u8>, Vec<i64>, Vec<u8>) {
     (out, expect, report)
 }
 
-fn soak(iterations: usize, rows: usize) -> Tally {
+fn soak(iterations: usize, rows: usize, inbox: Inbox<'_>) -> Tally {
     let w = Workspace::new();
-    w.config(&local_partner("shop", "inbox", ""));
+    let (dir, owner): (PathBuf, Option<(u32, u32)>) = match &inbox {
+        Inbox::Local => {
+            w.config(&local_partner("shop", "inbox", ""));
+            (w.path("inbox"), None)
+        }
+        Inbox::Sftp(sshd) => {
+            let ids = ensure_test_user();
+            let dir = sshd.root.join(format!("soak-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::chown(&dir, Some(ids.0), Some(ids.1)).unwrap();
+            w.config(&format!(
+                "[[partner]]\nid = \"shop\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 100000\n\
+                 [partner.source]\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+                 dir = \"{}\"\nkey_file = \"{}\"\nhost_key = \"{}\"\nready = \"immediate\"\n\
+                 timeout = \"10s\"\nretries = 2\n",
+                sshd.port,
+                sshd.user,
+                dir.display(),
+                sshd.client_key.display(),
+                sshd.host_key_fingerprint()
+            ));
+            (dir, Some(ids))
+        }
+    };
+    let put = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        if let Some((u, g)) = owner {
+            std::os::unix::fs::chown(&p, Some(u), Some(g)).unwrap();
+        }
+    };
     w.members(MEMBERS);
     let mut expect_total = vec![0i64; MEMBERS];
     let mut tally = Tally::default();
@@ -70,7 +111,7 @@ fn soak(iterations: usize, rows: usize) -> Tally {
     for i in 0..iterations {
         let name = format!("f{i:04}.csv");
         let (bytes, expect, report) = file_for(i, rows);
-        w.write(&format!("inbox/{name}"), &bytes);
+        put(&name, &bytes);
         for (t, e) in expect_total.iter_mut().zip(&expect) {
             *t += e;
         }
@@ -80,13 +121,22 @@ fn soak(iterations: usize, rows: usize) -> Tally {
             .arg(w.config_path())
             .args(["once", "--partner", "shop"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if i == 0 {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let start = Instant::now();
         if i == 0 {
             // Calibrate: the first run goes to the end, to know how long a run is.
-            assert!(child.wait().unwrap().success());
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             full_run = start.elapsed();
         } else {
             rng ^= rng << 13;
@@ -129,9 +179,16 @@ fn soak(iterations: usize, rows: usize) -> Tally {
         let (code, run) = w.once_json("shop", &[]);
         assert_eq!(code, 0, "iteration {i}: {run:#}");
         assert!(
-            w.path(&format!("inbox/processed/{name}")).exists(),
+            dir.join("processed").join(&name).exists(),
             "iteration {i}: tidied"
         );
+        if owner.is_some() {
+            assert_eq!(
+                std::fs::read(dir.join(format!("errors/f{i:04}.errors.csv"))).unwrap(),
+                report,
+                "iteration {i}: the report uploaded to the partner's server"
+            );
+        }
         assert_eq!(
             std::fs::read(w.path(&format!("var/reports/shop/f{i:04}.errors.csv"))).unwrap(),
             report,
@@ -171,9 +228,7 @@ fn soak(iterations: usize, rows: usize) -> Tally {
     tally
 }
 
-#[test]
-fn killed_mid_run_then_rerun_credits_each_row_exactly_once() {
-    let t = soak(8, 60_000);
+fn assert_mid_run(t: &Tally) {
     assert!(
         t.before_commit + t.before_archive + t.after_commit_before_tidy >= 3,
         "the kills must land mid-run to prove anything: {t:?}"
@@ -181,15 +236,29 @@ fn killed_mid_run_then_rerun_credits_each_row_exactly_once() {
 }
 
 #[test]
+fn killed_mid_run_then_rerun_credits_each_row_exactly_once() {
+    assert_mid_run(&soak(8, 60_000, Inbox::Local));
+}
+
+#[test]
+fn killed_mid_run_on_sftp_then_rerun_credits_each_row_exactly_once() {
+    let sshd = Sshd::start(SshdOpts::default());
+    assert_mid_run(&soak(8, 40_000, Inbox::Sftp(&sshd)));
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
 #[ignore = "long: the full soak, see the module docs"]
 fn crash_soak_full() {
-    let n = std::env::var("MILEBATCH_SOAK_ITERATIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    let rows = std::env::var("MILEBATCH_SOAK_ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    soak(n, rows);
+    let n = env_or("MILEBATCH_SOAK_ITERATIONS", 200);
+    let rows = env_or("MILEBATCH_SOAK_ROWS", 100_000);
+    soak(n, rows, Inbox::Local);
+    let sshd = Sshd::start(SshdOpts::default());
+    soak(n / 2, rows, Inbox::Sftp(&sshd));
 }

@@ -40,12 +40,27 @@ fn load(partners: usize, rows: usize) {
     });
     let total = started.elapsed();
     d.signal("TERM");
-    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(0), "{}", d.log_text());
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        d.log_text()
+    );
 
     let log = d.log_text();
-    assert!(!log.contains("database is locked") && !log.contains("SQLITE_BUSY"), "{log}");
-    assert_eq!(ws.int("SELECT count(*) FROM runs WHERE outcome = 'ok'"), partners as i64, "{log}");
-    assert_eq!(ws.int("SELECT count(*) FROM files WHERE outcome = 'credited'"), partners as i64);
+    assert!(
+        !log.contains("database is locked") && !log.contains("SQLITE_BUSY"),
+        "{log}"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM runs WHERE outcome = 'ok'"),
+        partners as i64,
+        "{log}"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE outcome = 'credited'"),
+        partners as i64
+    );
     assert_eq!(ws.ledger_rows(), (partners * rows) as i64);
     assert_eq!(ws.balances(MEMBERS), expect);
     println!(
