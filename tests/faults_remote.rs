@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::servers::{ensure_test_user, free_port, HttpAuth, HttpServer, Sshd, SshdOpts};
+use common::servers::{ensure_test_user, free_port, HttpServer, Sshd, SshdOpts};
 use common::workspace::{local_partner, Workspace};
 
 fn sftp_partner(sshd: &Sshd, id: &str, dir: &std::path::Path, port: u16) -> String {
