@@ -58,11 +58,39 @@ pub struct Found {
     pub status: Status,
 }
 
+/// Which unique index a lookup value probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyKind {
+    MemberId,
+    Email,
+}
+
+/// The form of `value` (as the partner wrote it) that is looked up, written
+/// into `buf`: trimmed; an e-mail (it has an `@`) also lower-cased. The one
+/// definition of matching, for [`Lookup::find`] and batched lookups alike.
+pub fn lookup_key(value: &str, buf: &mut String) -> KeyKind {
+    let v = value.trim();
+    buf.clear();
+    if v.contains('@') {
+        if v.is_ascii() {
+            // The common case, without allocating.
+            buf.push_str(v);
+            buf.make_ascii_lowercase();
+        } else {
+            buf.push_str(&v.to_lowercase());
+        }
+        KeyKind::Email
+    } else {
+        buf.push_str(v);
+        KeyKind::MemberId
+    }
+}
+
 /// Prepared lookups, held for the life of one transaction.
 pub struct Lookup<'c> {
     by_id: Statement<'c>,
     by_email: Statement<'c>,
-    email_buf: String,
+    key_buf: String,
 }
 
 impl<'c> Lookup<'c> {
@@ -70,32 +98,32 @@ impl<'c> Lookup<'c> {
         Ok(Lookup {
             by_id: conn.prepare("SELECT id, status FROM members WHERE member_id = ?1")?,
             by_email: conn.prepare("SELECT id, status FROM members WHERE email = ?1")?,
-            email_buf: String::new(),
+            key_buf: String::new(),
         })
     }
 
     /// Find a member by ID or e-mail; `value` is as the partner wrote it.
     pub fn find(&mut self, value: &str) -> Result<Option<Found>, DbError> {
-        let v = value.trim();
+        let mut buf = std::mem::take(&mut self.key_buf);
+        let kind = lookup_key(value, &mut buf);
+        let found = self.find_key(kind, &buf);
+        self.key_buf = buf;
+        found
+    }
+
+    /// Find a member by a value already in [`lookup_key`] form: one probe.
+    pub fn find_key(&mut self, kind: KeyKind, key: &str) -> Result<Option<Found>, DbError> {
         let row = |r: &rusqlite::Row<'_>| {
             Ok(Found {
                 id: r.get(0)?,
                 status: Status::from_db(r.get(1)?),
             })
         };
-        Ok(if v.contains('@') {
-            self.email_buf.clear();
-            if v.is_ascii() {
-                // The common case, without allocating.
-                self.email_buf.push_str(v);
-                self.email_buf.make_ascii_lowercase();
-            } else {
-                self.email_buf.push_str(&v.to_lowercase());
-            }
-            self.by_email.query_row([&self.email_buf], row).optional()?
-        } else {
-            self.by_id.query_row([v], row).optional()?
-        })
+        let st = match kind {
+            KeyKind::Email => &mut self.by_email,
+            KeyKind::MemberId => &mut self.by_id,
+        };
+        Ok(st.query_row([key], row).optional()?)
     }
 }
 

@@ -6,19 +6,23 @@
 //! A crash anywhere before `COMMIT` leaves the database as if the file had
 //! never been seen, and the rerun starts from the archived bytes.
 //!
-//! The rows stream through: parse → decode → validate → ledger insert (or the
-//! error CSV). Memory holds one record and one balance delta per member
-//! touched, whatever the file size.
+//! The rows stream through in batches of [`BATCH_ROWS`]: a reader thread
+//! parses and decodes the next batch while this thread validates and credits
+//! the current one (member lookups in index order, then ledger inserts and
+//! the error CSV in line order). Memory holds a few batches and one balance
+//! delta per member, whatever the file size.
 
 use std::collections::HashMap;
 use std::io::BufReader;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::config::PartnerConfig;
+use crate::config::{Encoding, PartnerConfig};
 use crate::db::{now_text, DbError};
-use crate::members::Lookup;
+use crate::members::{lookup_key, Found, KeyKind, Lookup};
 
 use super::parse::{LineEnding, ParseError, Records};
 use super::report::ReportWriter;
@@ -198,6 +202,139 @@ fn finish_report(report: ReportWriter) -> Result<Option<PathBuf>, CreditError> {
         .map_err(|source| CreditError::Io { path, source })
 }
 
+/// Rows per batch. Large enough that a batch's sorted member lookups walk
+/// the member indexes nearly in order (32k of 1M keys: about one key in 30),
+/// small enough that the batches in flight stay a few MiB.
+const BATCH_ROWS: usize = 32 * 1024;
+
+/// Batches decoded ahead of the credit thread.
+const BATCHES_AHEAD: usize = 2;
+
+/// One record as the reader thread left it: its bytes for the error CSV, and
+/// either its fields ready for the lookup or the code it already failed with.
+struct Row {
+    line: u64,
+    raw: Range<usize>,
+    ending: Option<LineEnding>,
+    pre: Pre,
+}
+
+enum Pre {
+    /// E009, E001 or E002: decided without the database.
+    Failed(Code),
+    /// `member` is in [`lookup_key`] form; `key` and `miles` as decoded.
+    Fields {
+        kind: KeyKind,
+        member: Range<usize>,
+        key: Range<usize>,
+        miles: Range<usize>,
+    },
+}
+
+/// Records in file order; every byte range points into `arena`.
+#[derive(Default)]
+struct Batch {
+    arena: Vec<u8>,
+    rows: Vec<Row>,
+}
+
+impl Batch {
+    fn text(&self, r: &Range<usize>) -> &str {
+        // Only decoded (UTF-8) text is stored at the ranges given to this.
+        std::str::from_utf8(&self.arena[r.clone()]).expect("decoded text is UTF-8")
+    }
+
+    fn push_text(&mut self, t: &str) -> Range<usize> {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(t.as_bytes());
+        start..self.arena.len()
+    }
+}
+
+/// Why the reader stopped early: the rows before it are in earlier batches.
+enum ReadFailure {
+    Io(std::io::Error),
+    Unreadable(ParseError),
+}
+
+/// The reader thread: parse and decode `input` into batches.
+fn read_batches(
+    input: std::fs::File,
+    encoding: Encoding,
+    header: bool,
+    out: SyncSender<Result<Batch, ReadFailure>>,
+    recycled: Receiver<Batch>,
+) {
+    let mut records = Records::new(BufReader::with_capacity(256 * 1024, input));
+    let mut header_pending = header;
+    let mut key_buf = String::new();
+    let fresh = |recycled: &Receiver<Batch>| {
+        let mut b = recycled.try_recv().unwrap_or_default();
+        b.arena.clear();
+        b.rows.clear();
+        b
+    };
+    let mut batch = fresh(&recycled);
+    loop {
+        let rec = match records.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                let failure = match e {
+                    ParseError::Io(e) => ReadFailure::Io(e),
+                    e => ReadFailure::Unreadable(e),
+                };
+                if !batch.rows.is_empty() {
+                    let _ = out.send(Ok(batch));
+                }
+                let _ = out.send(Err(failure));
+                return;
+            }
+        };
+        if header_pending {
+            header_pending = false;
+            continue;
+        }
+        let raw_start = batch.arena.len();
+        batch.arena.extend_from_slice(rec.raw);
+        let raw = raw_start..batch.arena.len();
+        let pre = if !decode::record_decodes(rec.raw, encoding) {
+            Pre::Failed(Code::E009)
+        } else {
+            match decode::three_fields(&rec, encoding) {
+                None => Pre::Failed(Code::E001),
+                Some([member, key, miles]) => match validate::member_present(&member) {
+                    Err(code) => Pre::Failed(code),
+                    Ok(()) => {
+                        let kind = lookup_key(&member, &mut key_buf);
+                        Pre::Fields {
+                            kind,
+                            member: batch.push_text(&key_buf),
+                            key: batch.push_text(&key),
+                            miles: batch.push_text(&miles),
+                        }
+                    }
+                },
+            }
+        };
+        batch.rows.push(Row {
+            line: rec.line,
+            raw,
+            ending: rec.ending,
+            pre,
+        });
+        if batch.rows.len() == BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, fresh(&recycled));
+            if out.send(Ok(full)).is_err() {
+                return; // the credit thread stopped: nothing more to do
+            }
+        }
+    }
+    if !batch.rows.is_empty() {
+        let _ = out.send(Ok(batch));
+    }
+}
+
 /// Parse, decode, validate and credit every row; failed rows go to `report`.
 fn stream_rows(
     tx: &Connection,
@@ -207,102 +344,210 @@ fn stream_rows(
     counts: &mut Counts,
 ) -> Result<Result<(), Refusal>, CreditError> {
     let p = job.partner;
+    let archive = &job.file.archive;
+    let input = std::fs::File::open(archive).map_err(|source| CreditError::Io {
+        path: archive.clone(),
+        source,
+    })?;
+    let (to_credit, batches) = sync_channel(BATCHES_AHEAD);
+    let (to_reader, recycled) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("milebatch-read".into())
+            .spawn_scoped(scope, move || {
+                read_batches(input, p.encoding, p.header, to_credit, recycled)
+            })
+            .map_err(|source| CreditError::Io {
+                path: archive.clone(),
+                source,
+            })?;
+        // Returning drops `batches`: a reader still sending then stops.
+        credit_batches(tx, job, file_id, report, counts, batches, to_reader)
+    })
+}
+
+fn credit_batches(
+    tx: &Connection,
+    job: &CreditJob<'_>,
+    file_id: i64,
+    report: &mut ReportWriter,
+    counts: &mut Counts,
+    batches: Receiver<Result<Batch, ReadFailure>>,
+    recycle: std::sync::mpsc::Sender<Batch>,
+) -> Result<Result<(), Refusal>, CreditError> {
+    let p = job.partner;
     let rules = p.rules();
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| CreditError::Io { path, source }
     };
-    let input = std::fs::File::open(&job.file.archive).map_err(io_err(&job.file.archive))?;
-    let mut records = Records::new(BufReader::with_capacity(256 * 1024, input));
     let mut lookup = Lookup::new(tx)?;
     let mut insert = tx.prepare(
         "INSERT INTO ledger(file_id, line, partner, member, partner_key, miles, credited_at, dup)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
     )?;
-    let credited_at = job.now.timestamp();
-    let mut deltas: HashMap<i64, i64> = HashMap::new();
+    // Bound once: SQLite keeps bindings across executions.
+    insert.raw_bind_parameter(1, file_id)?;
+    insert.raw_bind_parameter(3, &p.id)?;
+    insert.raw_bind_parameter(7, job.now.timestamp())?;
+    let max_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM members", [], |r| r.get(0))?;
+    let mut deltas = Deltas::new(max_id);
     let default_ending = match p.encoding {
-        crate::config::Encoding::ShiftJis => LineEnding::CrLf,
-        crate::config::Encoding::Utf8 => LineEnding::Lf,
+        Encoding::ShiftJis => LineEnding::CrLf,
+        Encoding::Utf8 => LineEnding::Lf,
     };
-    let mut header_pending = p.header;
-    loop {
-        let rec = match records.next_record() {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(ParseError::Io(e)) => return Err(io_err(&job.file.archive)(e)),
-            Err(e) => return Ok(Err(Refusal::Unreadable(e))),
+    let mut order: Vec<u32> = Vec::with_capacity(BATCH_ROWS);
+    let mut found: Vec<Option<Found>> = Vec::with_capacity(BATCH_ROWS);
+    for batch in batches {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(ReadFailure::Io(e)) => return Err(io_err(&job.file.archive)(e)),
+            Err(ReadFailure::Unreadable(e)) => return Ok(Err(Refusal::Unreadable(e))),
         };
-        if header_pending {
-            header_pending = false;
-            continue;
+        // Lookups in index order: neighbouring probes share B-tree pages, so
+        // a batch walks the member indexes instead of jumping around them.
+        order.clear();
+        order.extend(
+            (0..batch.rows.len() as u32)
+                .filter(|&i| matches!(batch.rows[i as usize].pre, Pre::Fields { .. })),
+        );
+        let sort_key = |i: u32| match &batch.rows[i as usize].pre {
+            Pre::Fields { kind, member, .. } => (*kind, &batch.arena[member.clone()]),
+            Pre::Failed(_) => unreachable!("only rows with fields are ordered"),
+        };
+        order.sort_unstable_by(|&a, &b| sort_key(a).cmp(&sort_key(b)));
+        found.clear();
+        found.resize(batch.rows.len(), None);
+        let mut last: Option<(u32, Option<Found>)> = None;
+        for &i in &order {
+            let f = match last {
+                Some((j, f)) if sort_key(j) == sort_key(i) => f,
+                _ => {
+                    let (kind, key) = sort_key(i);
+                    let key = std::str::from_utf8(key).expect("decoded text is UTF-8");
+                    lookup.find_key(kind, key)?
+                }
+            };
+            found[i as usize] = f;
+            last = Some((i, f));
         }
-        counts.rows += 1;
-        let code = if !decode::record_decodes(rec.raw, p.encoding) {
-            Some(Code::E009)
-        } else {
-            match decode::three_fields(&rec, p.encoding) {
-                None => Some(Code::E001),
-                Some(fields) => match validate::check(fields, &rules, &mut lookup)? {
-                    Err(code) => Some(code),
-                    Ok(v) => {
-                        let dup = if rules.allow_duplicate_rows {
-                            rec.line as i64
-                        } else {
-                            0
-                        };
-                        let n = insert.execute(params![
-                            file_id,
-                            rec.line as i64,
-                            p.id,
-                            v.member,
-                            v.key.as_ref(),
-                            v.miles as i64,
-                            credited_at,
-                            dup
-                        ])?;
-                        if n == 0 {
-                            Some(Code::E008)
-                        } else {
-                            let d = deltas.entry(v.member).or_insert(0);
-                            match d.checked_add(v.miles as i64) {
-                                Some(s) => *d = s,
-                                None => return Ok(Err(Refusal::Overflow(v.member))),
+
+        // Then every row in line order: E008 and the error CSV follow the file.
+        for (i, row) in batch.rows.iter().enumerate() {
+            counts.rows += 1;
+            let code = match &row.pre {
+                Pre::Failed(code) => Some(*code),
+                Pre::Fields { key, miles, .. } => {
+                    let key = std::borrow::Cow::Borrowed(batch.text(key));
+                    match validate::after_lookup(found[i], key, batch.text(miles), &rules) {
+                        Err(code) => Some(code),
+                        Ok(v) => {
+                            let dup = if rules.allow_duplicate_rows {
+                                row.line as i64
+                            } else {
+                                0
+                            };
+                            insert.raw_bind_parameter(2, row.line as i64)?;
+                            insert.raw_bind_parameter(4, v.member)?;
+                            insert.raw_bind_parameter(5, v.key.as_ref())?;
+                            insert.raw_bind_parameter(6, v.miles as i64)?;
+                            insert.raw_bind_parameter(8, dup)?;
+                            if insert.raw_execute()? == 0 {
+                                Some(Code::E008)
+                            } else {
+                                if !deltas.add(v.member, v.miles) {
+                                    return Ok(Err(Refusal::Overflow(v.member)));
+                                }
+                                counts.credited += 1;
+                                counts.miles = counts.miles.saturating_add(v.miles);
+                                None
                             }
-                            counts.credited += 1;
-                            counts.miles = counts.miles.saturating_add(v.miles);
-                            None
                         }
                     }
-                },
+                }
+            };
+            if let Some(code) = code {
+                counts.fail(code);
+                let ending = row.ending.unwrap_or(default_ending);
+                report
+                    .write(&batch.arena[row.raw.clone()], code, ending)
+                    .map_err(io_err(report.path()))?;
             }
-        };
-        if let Some(code) = code {
-            counts.fail(code);
-            let ending = rec.ending.unwrap_or(default_ending);
-            report
-                .write(rec.raw, code, ending)
-                .map_err(io_err(report.path()))?;
         }
+        let _ = recycle.send(batch);
     }
     drop(insert);
     drop(lookup);
     apply_balances(tx, deltas)
 }
 
+/// The file's credit per member, summed as it goes. Member keys are dense
+/// integers from 1, so a flat array indexed by key is the common case: no
+/// hashing, 8 bytes per member, independent of the file's size. Keys beyond
+/// the array (a member added by another process meanwhile) use a map.
+struct Deltas {
+    dense: Vec<i64>,
+    sparse: HashMap<i64, i64>,
+}
+
+/// Members up to this key get an array slot (at most 256 MiB of address
+/// space, touched only where members are credited).
+const DENSE_MAX: i64 = 32 << 20;
+
+impl Deltas {
+    fn new(max_id: i64) -> Deltas {
+        let n = max_id.clamp(0, DENSE_MAX) as usize + 1;
+        Deltas {
+            // Zeroed by the allocator (calloc): untouched pages cost nothing.
+            dense: vec![0; n],
+            sparse: HashMap::new(),
+        }
+    }
+
+    /// Add `miles` to `member`'s delta; false on i64 overflow.
+    fn add(&mut self, member: i64, miles: u64) -> bool {
+        let Ok(miles) = i64::try_from(miles) else {
+            return false;
+        };
+        let d = match usize::try_from(member)
+            .ok()
+            .and_then(|i| self.dense.get_mut(i))
+        {
+            Some(d) => d,
+            None => self.sparse.entry(member).or_insert(0),
+        };
+        match d.checked_add(miles) {
+            Some(s) => {
+                *d = s;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every touched member with its delta, in key order.
+    fn into_sorted(self) -> Vec<(i64, i64)> {
+        let mut v: Vec<(i64, i64)> = self
+            .dense
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d != 0)
+            .map(|(i, d)| (i as i64, *d))
+            .collect();
+        v.extend(self.sparse);
+        v.sort_unstable();
+        v
+    }
+}
+
 /// Add the file's per-member totals to the balances, in key order (sequential
 /// B-tree access). An overflow trips the table's CHECK and refuses the file.
-fn apply_balances(
-    tx: &Connection,
-    deltas: HashMap<i64, i64>,
-) -> Result<Result<(), Refusal>, CreditError> {
-    let mut v: Vec<(i64, i64)> = deltas.into_iter().collect();
-    v.sort_unstable();
+fn apply_balances(tx: &Connection, deltas: Deltas) -> Result<Result<(), Refusal>, CreditError> {
     let mut upsert = tx.prepare(
         "INSERT INTO balances(member, miles) VALUES (?1, ?2)
          ON CONFLICT(member) DO UPDATE SET miles = miles + excluded.miles",
     )?;
-    for (member, miles) in v {
+    for (member, miles) in deltas.into_sorted() {
         match upsert.execute(params![member, miles]) {
             Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
