@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension, Statement};
+use rusqlite::{Connection, OptionalExtension, Statement};
 
 use crate::db::DbError;
 
@@ -36,11 +36,16 @@ impl Status {
         }
     }
     fn parse(s: &str) -> Option<Status> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "active" => Some(Status::Active),
-            "suspended" => Some(Status::Suspended),
-            "withdrawn" => Some(Status::Withdrawn),
-            _ => None,
+        let s = s.trim();
+        [Status::Active, Status::Suspended, Status::Withdrawn]
+            .into_iter()
+            .find(|st| s.eq_ignore_ascii_case(st.name()))
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Suspended => "suspended",
+            Status::Withdrawn => "withdrawn",
         }
     }
 }
@@ -90,7 +95,10 @@ pub fn lookup_key(value: &str, buf: &mut String) -> KeyKind {
 pub struct Lookup<'c> {
     by_id: Statement<'c>,
     by_email: Statement<'c>,
+    many_by_id: Statement<'c>,
+    many_by_email: Statement<'c>,
     key_buf: String,
+    json_buf: Vec<u8>,
 }
 
 impl<'c> Lookup<'c> {
@@ -98,7 +106,10 @@ impl<'c> Lookup<'c> {
         Ok(Lookup {
             by_id: conn.prepare("SELECT id, status FROM members WHERE member_id = ?1")?,
             by_email: conn.prepare("SELECT id, status FROM members WHERE email = ?1")?,
+            many_by_id: conn.prepare(MANY_BY_ID)?,
+            many_by_email: conn.prepare(MANY_BY_EMAIL)?,
             key_buf: String::new(),
+            json_buf: Vec::new(),
         })
     }
 
@@ -125,7 +136,52 @@ impl<'c> Lookup<'c> {
         };
         Ok(st.query_row([key], row).optional()?)
     }
+
+    /// [`Lookup::find_key`] for many keys of one kind in one statement:
+    /// `out[i]` is the member of `keys[i]`. The same index probes, but one
+    /// statement run per batch instead of one per key (cursors opened once,
+    /// no per-key bind/step/reset); sorted keys make neighbouring probes
+    /// share B-tree pages.
+    pub fn find_many(
+        &mut self,
+        kind: KeyKind,
+        keys: &[&str],
+        out: &mut Vec<Option<Found>>,
+    ) -> Result<(), DbError> {
+        out.clear();
+        out.resize(keys.len(), None);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.json_buf.clear();
+        // A JSON array of strings: serde_json escapes whatever a key holds.
+        serde_json::to_writer(&mut self.json_buf, keys).expect("strings always serialise");
+        let json = std::str::from_utf8(&self.json_buf).expect("JSON is UTF-8");
+        let st = match kind {
+            KeyKind::Email => &mut self.many_by_email,
+            KeyKind::MemberId => &mut self.many_by_id,
+        };
+        let mut rows = st.query([json])?;
+        while let Some(r) = rows.next()? {
+            let i = r.get::<_, i64>(0)? as usize;
+            let id: Option<i64> = r.get(1)?;
+            if let Some(id) = id {
+                out[i] = Some(Found {
+                    id,
+                    status: Status::from_db(r.get(2)?),
+                });
+            }
+        }
+        Ok(())
+    }
 }
+
+// `json_each` yields the array in order, each key once; the LEFT JOIN probes
+// the unique index like `find_key` does (text = text, BINARY collation).
+const MANY_BY_ID: &str = "SELECT j.key, m.id, m.status FROM json_each(?1) AS j
+     LEFT JOIN members m ON m.member_id = j.value";
+const MANY_BY_EMAIL: &str = "SELECT j.key, m.id, m.status FROM json_each(?1) AS j
+     LEFT JOIN members m ON m.email = j.value";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -181,6 +237,7 @@ pub fn import_from(
             )
             .map_err(DbError::from)?;
         let mut rec = csv::ByteRecord::new();
+        let mut email_buf = String::new();
         let mut first = true;
         loop {
             let line = rdr.position().line();
@@ -226,10 +283,17 @@ pub fn import_from(
                 )));
             }
             let email = text(1)?.trim();
-            let email = (!email.is_empty()).then(|| normalize_email(email));
-            if email.as_deref().is_some_and(|e| !e.contains('@')) {
-                return Err(bad(format!("email {:?} has no '@'", email.unwrap())));
-            }
+            let email = if email.is_empty() {
+                None
+            } else if lookup_key(email, &mut email_buf) == KeyKind::Email {
+                // Trimmed and lower-cased: the form lookups match.
+                Some(email_buf.as_str())
+            } else {
+                return Err(bad(format!(
+                    "email {:?} has no '@'",
+                    normalize_email(email)
+                )));
+            };
             let status = Status::parse(text(2)?).ok_or_else(|| {
                 bad(format!(
                     "status {:?}: use active, suspended or withdrawn",
@@ -237,14 +301,17 @@ pub fn import_from(
                 ))
             })?;
             upsert
-                .execute(params![member_id, email, status.to_db()])
+                .raw_bind_parameter(1, member_id)
+                .and_then(|()| upsert.raw_bind_parameter(2, email))
+                .and_then(|()| upsert.raw_bind_parameter(3, status.to_db()))
+                .and_then(|()| upsert.raw_execute())
                 .map_err(|e| match e {
                     rusqlite::Error::SqliteFailure(f, _)
                         if f.code == rusqlite::ErrorCode::ConstraintViolation =>
                     {
                         bad(format!(
                             "email {:?} is already registered to another member",
-                            email.as_deref().unwrap_or("")
+                            email.unwrap_or("")
                         ))
                     }
                     e => ImportError::Db(e.into()),
@@ -295,6 +362,40 @@ mod tests {
         assert_eq!(l.find("NM2").unwrap().unwrap().status, Status::Suspended);
         assert_eq!(l.find("nm1").unwrap(), None);
         assert_eq!(l.find("nobody@example.jp").unwrap(), None);
+    }
+
+    #[test]
+    fn find_many_agrees_with_find_key() {
+        let (_d, mut c) = db();
+        let csv = "NM1,a@x.jp,active\n\"N\"\"Q\\1\",\"b,\"\"q\"\"@x.jp\",suspended\n\
+                   髙橋①,髙@x.jp,withdrawn\n12345,\u{1}@x.jp,active\n";
+        assert_eq!(import_from(&mut c, csv.as_bytes(), "m").unwrap().rows, 4);
+        let mut l = Lookup::new(&c).unwrap();
+        let ids = [
+            "12345",
+            "NM1",
+            "NM1",
+            "N\"Q\\1",
+            "nobody",
+            "髙橋①",
+            "",
+            "a@x.jp",
+        ];
+        let emails = [
+            "a@x.jp",
+            "b,\"q\"@x.jp",
+            "髙@x.jp",
+            "\u{1}@x.jp",
+            "zz@x.jp",
+            "NM1",
+        ];
+        for (kind, keys) in [(KeyKind::MemberId, &ids[..]), (KeyKind::Email, &emails[..])] {
+            let mut got = Vec::new();
+            l.find_many(kind, keys, &mut got).unwrap();
+            let want: Vec<_> = keys.iter().map(|k| l.find_key(kind, k).unwrap()).collect();
+            assert_eq!(got, want, "{kind:?}");
+            assert!(got.iter().filter(|f| f.is_some()).count() >= 4, "{got:?}");
+        }
     }
 
     #[test]

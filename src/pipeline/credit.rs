@@ -398,6 +398,7 @@ fn credit_batches(
     };
     let mut order: Vec<u32> = Vec::with_capacity(BATCH_ROWS);
     let mut found: Vec<Option<Found>> = Vec::with_capacity(BATCH_ROWS);
+    let mut found_keys: Vec<Option<Found>> = Vec::with_capacity(BATCH_ROWS);
     for batch in batches {
         let batch = match batch {
             Ok(b) => b,
@@ -418,18 +419,25 @@ fn credit_batches(
         order.sort_unstable_by(|&a, &b| sort_key(a).cmp(&sort_key(b)));
         found.clear();
         found.resize(batch.rows.len(), None);
-        let mut last: Option<(u32, Option<Found>)> = None;
-        for &i in &order {
-            let f = match last {
-                Some((j, f)) if sort_key(j) == sort_key(i) => f,
-                _ => {
-                    let (kind, key) = sort_key(i);
-                    let key = std::str::from_utf8(key).expect("decoded text is UTF-8");
-                    lookup.find_key(kind, key)?
+        let mut keys: Vec<&str> = Vec::with_capacity(order.len());
+        for kind in [KeyKind::MemberId, KeyKind::Email] {
+            // The batch's distinct keys of this kind, in index order.
+            let of_kind = order.iter().filter(|&&i| sort_key(i).0 == kind);
+            keys.clear();
+            for &i in of_kind.clone() {
+                let key = std::str::from_utf8(sort_key(i).1).expect("decoded text is UTF-8");
+                if keys.last() != Some(&key) {
+                    keys.push(key);
                 }
-            };
-            found[i as usize] = f;
-            last = Some((i, f));
+            }
+            lookup.find_many(kind, &keys, &mut found_keys)?;
+            let mut k = 0;
+            for &i in of_kind {
+                if keys[k].as_bytes() != sort_key(i).1 {
+                    k += 1;
+                }
+                found[i as usize] = found_keys[k];
+            }
         }
 
         // Then every row in line order: E008 and the error CSV follow the file.
