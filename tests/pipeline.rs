@@ -273,9 +273,9 @@ fn a_multi_batch_file_matches_the_row_by_row_model() {
     // same member, however spelled); every 1000th past 40k repeats a row of
     // the previous batch (same member: 33003 is a multiple of 9).
     fn key_miles(line: usize) -> (String, u64) {
-        if line > 40_000 && line % 1000 == 0 {
+        if line > 40_000 && line.is_multiple_of(1000) {
             key_miles(line - 33_003)
-        } else if line % 7 == 0 {
+        } else if line.is_multiple_of(7) {
             key_miles(line - 1)
         } else {
             (format!("K{line}"), (line % 4999 + 1) as u64)
@@ -289,7 +289,7 @@ fn a_multi_batch_file_matches_the_row_by_row_model() {
     for line in 1..=n {
         let (member, owner) = members[line % members.len()];
         let (key, miles) = key_miles(line);
-        let bad_miles = line % 997 == 0;
+        let bad_miles = line.is_multiple_of(997);
         let row = if bad_miles {
             format!("{member},{key},12a")
         } else {
