@@ -38,6 +38,9 @@ pub enum DbError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// Page cache of a lookup connection ([`open_reader`]), negative: KiB.
+const READER_CACHE_KIB: i64 = -32768;
+
 /// How long a writer waits for another writer before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -83,6 +86,25 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
     conn.set_prepared_statement_cache_capacity(64);
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// A second, read-only connection to `conn`'s database, in a read
+/// transaction begun now (for lookups on another thread).
+pub fn open_reader(conn: &Connection) -> Result<Connection, DbError> {
+    let path = PathBuf::from(conn.path().unwrap_or_default());
+    let open_err = |source| DbError::Open {
+        path: path.clone(),
+        source,
+    };
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let reader = Connection::open_with_flags(&path, flags).map_err(open_err)?;
+    reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    reader
+        .pragma_update(None, "cache_size", READER_CACHE_KIB)
+        .map_err(open_err)?;
+    reader.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")?;
+    Ok(reader)
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {

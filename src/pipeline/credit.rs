@@ -21,7 +21,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::config::{Encoding, PartnerConfig};
-use crate::db::{now_text, DbError};
+use crate::db::{self, now_text, DbError};
 use crate::members::{lookup_key, Found, KeyKind, Lookup};
 
 use super::parse::{LineEnding, ParseError, Records};
@@ -236,6 +236,8 @@ enum Pre {
 struct Batch {
     arena: Vec<u8>,
     rows: Vec<Row>,
+    /// The member each row names (rows with fields only), from the lookup.
+    found: Vec<Option<Found>>,
 }
 
 impl Batch {
@@ -255,6 +257,7 @@ impl Batch {
 enum ReadFailure {
     Io(std::io::Error),
     Unreadable(ParseError),
+    Db(DbError),
 }
 
 /// The reader thread: parse and decode `input` into batches.
@@ -262,9 +265,27 @@ fn read_batches(
     input: std::fs::File,
     encoding: Encoding,
     header: bool,
+    members: &Connection,
     out: SyncSender<Result<Batch, ReadFailure>>,
     recycled: Receiver<Batch>,
 ) {
+    let mut lookup = match Lookup::new(members) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = out.send(Err(ReadFailure::Db(e)));
+            return;
+        }
+    };
+    let mut order = Vec::with_capacity(BATCH_ROWS);
+    let mut found_keys = Vec::with_capacity(BATCH_ROWS);
+    let mut send = |mut batch: Batch| {
+        let msg = match resolve(&mut batch, &mut lookup, &mut order, &mut found_keys) {
+            Ok(()) => Ok(batch),
+            Err(e) => Err(ReadFailure::Db(e)),
+        };
+        let failed = msg.is_err();
+        out.send(msg).is_ok() && !failed
+    };
     let mut records = Records::new(BufReader::with_capacity(256 * 1024, input));
     let mut header_pending = header;
     let mut key_buf = String::new();
@@ -284,10 +305,9 @@ fn read_batches(
                     ParseError::Io(e) => ReadFailure::Io(e),
                     e => ReadFailure::Unreadable(e),
                 };
-                if !batch.rows.is_empty() {
-                    let _ = out.send(Ok(batch));
+                if batch.rows.is_empty() || send(batch) {
+                    let _ = out.send(Err(failure));
                 }
-                let _ = out.send(Err(failure));
                 return;
             }
         };
@@ -325,14 +345,61 @@ fn read_batches(
         });
         if batch.rows.len() == BATCH_ROWS {
             let full = std::mem::replace(&mut batch, fresh(&recycled));
-            if out.send(Ok(full)).is_err() {
-                return; // the credit thread stopped: nothing more to do
+            if !send(full) {
+                return; // the credit thread stopped, or a lookup failed
             }
         }
     }
     if !batch.rows.is_empty() {
-        let _ = out.send(Ok(batch));
+        send(batch);
     }
+}
+
+/// Look up every member a batch names, in index order: neighbouring probes
+/// share B-tree pages, so a batch walks the member indexes instead of
+/// jumping around them, and each distinct key is probed once.
+fn resolve(
+    batch: &mut Batch,
+    lookup: &mut Lookup<'_>,
+    order: &mut Vec<u32>,
+    found_keys: &mut Vec<Option<Found>>,
+) -> Result<(), DbError> {
+    let mut found = std::mem::take(&mut batch.found);
+    found.clear();
+    found.resize(batch.rows.len(), None);
+    let sort_key = |i: u32| match &batch.rows[i as usize].pre {
+        Pre::Fields { kind, member, .. } => (*kind, &batch.arena[member.clone()]),
+        Pre::Failed(_) => unreachable!("only rows with fields are ordered"),
+    };
+    order.clear();
+    order.extend(
+        (0..batch.rows.len() as u32)
+            .filter(|&i| matches!(batch.rows[i as usize].pre, Pre::Fields { .. })),
+    );
+    order.sort_unstable_by(|&a, &b| sort_key(a).cmp(&sort_key(b)));
+    let mut keys: Vec<&str> = Vec::with_capacity(order.len());
+    for kind in [KeyKind::MemberId, KeyKind::Email] {
+        // The batch's distinct keys of this kind, in index order.
+        let of_kind = order.iter().filter(|&&i| sort_key(i).0 == kind);
+        keys.clear();
+        for &i in of_kind.clone() {
+            let key = std::str::from_utf8(sort_key(i).1).expect("decoded text is UTF-8");
+            if keys.last() != Some(&key) {
+                keys.push(key);
+            }
+        }
+        lookup.find_many(kind, &keys, found_keys)?;
+        let mut k = 0;
+        for &i in of_kind {
+            if keys[k].as_bytes() != sort_key(i).1 {
+                k += 1;
+            }
+            found[i as usize] = found_keys[k];
+        }
+    }
+    drop(keys);
+    batch.found = found;
+    Ok(())
 }
 
 /// Parse, decode, validate and credit every row; failed rows go to `report`.
@@ -349,13 +416,19 @@ fn stream_rows(
         path: archive.clone(),
         source,
     })?;
+    // The reader thread looks members up on its own read-only connection,
+    // in parallel with the inserts here. It opens its read transaction after
+    // ours began (BEGIN IMMEDIATE): no other writer can commit until we do,
+    // and this transaction writes no member, so it sees exactly the members
+    // this one sees.
+    let members = db::open_reader(tx)?;
     let (to_credit, batches) = sync_channel(BATCHES_AHEAD);
     let (to_reader, recycled) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("milebatch-read".into())
             .spawn_scoped(scope, move || {
-                read_batches(input, p.encoding, p.header, to_credit, recycled)
+                read_batches(input, p.encoding, p.header, &members, to_credit, recycled)
             })
             .map_err(|source| CreditError::Io {
                 path: archive.clone(),
@@ -381,7 +454,6 @@ fn credit_batches(
         let path = path.to_owned();
         move |source| CreditError::Io { path, source }
     };
-    let mut lookup = Lookup::new(tx)?;
     let mut insert = tx.prepare(
         "INSERT INTO ledger(file_id, line, partner, member, partner_key, miles, credited_at, dup)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
@@ -396,50 +468,13 @@ fn credit_batches(
         Encoding::ShiftJis => LineEnding::CrLf,
         Encoding::Utf8 => LineEnding::Lf,
     };
-    let mut order: Vec<u32> = Vec::with_capacity(BATCH_ROWS);
-    let mut found: Vec<Option<Found>> = Vec::with_capacity(BATCH_ROWS);
-    let mut found_keys: Vec<Option<Found>> = Vec::with_capacity(BATCH_ROWS);
     for batch in batches {
         let batch = match batch {
             Ok(b) => b,
             Err(ReadFailure::Io(e)) => return Err(io_err(&job.file.archive)(e)),
             Err(ReadFailure::Unreadable(e)) => return Ok(Err(Refusal::Unreadable(e))),
+            Err(ReadFailure::Db(e)) => return Err(e.into()),
         };
-        // Lookups in index order: neighbouring probes share B-tree pages, so
-        // a batch walks the member indexes instead of jumping around them.
-        order.clear();
-        order.extend(
-            (0..batch.rows.len() as u32)
-                .filter(|&i| matches!(batch.rows[i as usize].pre, Pre::Fields { .. })),
-        );
-        let sort_key = |i: u32| match &batch.rows[i as usize].pre {
-            Pre::Fields { kind, member, .. } => (*kind, &batch.arena[member.clone()]),
-            Pre::Failed(_) => unreachable!("only rows with fields are ordered"),
-        };
-        order.sort_unstable_by(|&a, &b| sort_key(a).cmp(&sort_key(b)));
-        found.clear();
-        found.resize(batch.rows.len(), None);
-        let mut keys: Vec<&str> = Vec::with_capacity(order.len());
-        for kind in [KeyKind::MemberId, KeyKind::Email] {
-            // The batch's distinct keys of this kind, in index order.
-            let of_kind = order.iter().filter(|&&i| sort_key(i).0 == kind);
-            keys.clear();
-            for &i in of_kind.clone() {
-                let key = std::str::from_utf8(sort_key(i).1).expect("decoded text is UTF-8");
-                if keys.last() != Some(&key) {
-                    keys.push(key);
-                }
-            }
-            lookup.find_many(kind, &keys, &mut found_keys)?;
-            let mut k = 0;
-            for &i in of_kind {
-                if keys[k].as_bytes() != sort_key(i).1 {
-                    k += 1;
-                }
-                found[i as usize] = found_keys[k];
-            }
-        }
-
         // Then every row in line order: E008 and the error CSV follow the file.
         for (i, row) in batch.rows.iter().enumerate() {
             counts.rows += 1;
@@ -447,7 +482,7 @@ fn credit_batches(
                 Pre::Failed(code) => Some(*code),
                 Pre::Fields { key, miles, .. } => {
                     let key = std::borrow::Cow::Borrowed(batch.text(key));
-                    match validate::after_lookup(found[i], key, batch.text(miles), &rules) {
+                    match validate::after_lookup(batch.found[i], key, batch.text(miles), &rules) {
                         Err(code) => Some(code),
                         Ok(v) => {
                             let dup = if rules.allow_duplicate_rows {
@@ -485,7 +520,6 @@ fn credit_batches(
         let _ = recycle.send(batch);
     }
     drop(insert);
-    drop(lookup);
     apply_balances(tx, deltas)
 }
 
