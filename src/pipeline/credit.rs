@@ -12,6 +12,7 @@
 //! the error CSV in line order). Memory holds a few batches and one balance
 //! delta per member, whatever the file size.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::ops::Range;
@@ -454,14 +455,19 @@ fn credit_batches(
         let path = path.to_owned();
         move |source| CreditError::Io { path, source }
     };
-    let mut insert = tx.prepare(
-        "INSERT INTO ledger(file_id, line, partner, member, partner_key, miles, credited_at, dup)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-    )?;
+    let mut insert_many = tx.prepare(&insert_sql(INSERT_ROWS))?;
+    let mut insert_one = tx.prepare(&insert_sql(1))?;
     // Bound once: SQLite keeps bindings across executions.
-    insert.raw_bind_parameter(1, file_id)?;
-    insert.raw_bind_parameter(3, &p.id)?;
-    insert.raw_bind_parameter(7, job.now.timestamp())?;
+    for st in [&mut insert_many, &mut insert_one] {
+        st.raw_bind_parameter(1, file_id)?;
+        st.raw_bind_parameter(2, &p.id)?;
+        st.raw_bind_parameter(3, job.now.timestamp())?;
+    }
+    let mut lines_in =
+        tx.prepare("SELECT line FROM ledger WHERE file_id = ?1 AND line BETWEEN ?2 AND ?3")?;
+    lines_in.raw_bind_parameter(1, file_id)?;
+    let mut codes: Vec<Option<Code>> = Vec::with_capacity(BATCH_ROWS);
+    let mut inserted: Vec<i64> = Vec::with_capacity(BATCH_ROWS);
     let max_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM members", [], |r| r.get(0))?;
     let mut deltas = Deltas::new(max_id);
     let default_ending = match p.encoding {
@@ -475,41 +481,70 @@ fn credit_batches(
             Err(ReadFailure::Unreadable(e)) => return Ok(Err(Refusal::Unreadable(e))),
             Err(ReadFailure::Db(e)) => return Err(e.into()),
         };
-        // Then every row in line order: E008 and the error CSV follow the file.
+        // Validate every row in line order.
+        codes.clear();
+        // (line, member, key, miles) of the rows that passed E001–E007
+        let mut valid: Vec<(i64, i64, Cow<'_, str>, u64)> = Vec::with_capacity(batch.rows.len());
         for (i, row) in batch.rows.iter().enumerate() {
-            counts.rows += 1;
-            let code = match &row.pre {
+            codes.push(match &row.pre {
                 Pre::Failed(code) => Some(*code),
                 Pre::Fields { key, miles, .. } => {
-                    let key = std::borrow::Cow::Borrowed(batch.text(key));
+                    let key = Cow::Borrowed(batch.text(key));
                     match validate::after_lookup(batch.found[i], key, batch.text(miles), &rules) {
                         Err(code) => Some(code),
                         Ok(v) => {
-                            let dup = if rules.allow_duplicate_rows {
-                                row.line as i64
-                            } else {
-                                0
-                            };
-                            insert.raw_bind_parameter(2, row.line as i64)?;
-                            insert.raw_bind_parameter(4, v.member)?;
-                            insert.raw_bind_parameter(5, v.key.as_ref())?;
-                            insert.raw_bind_parameter(6, v.miles as i64)?;
-                            insert.raw_bind_parameter(8, dup)?;
-                            if insert.raw_execute()? == 0 {
-                                Some(Code::E008)
-                            } else {
-                                if !deltas.add(v.member, v.miles) {
-                                    return Ok(Err(Refusal::Overflow(v.member)));
-                                }
-                                counts.credited += 1;
-                                counts.miles = counts.miles.saturating_add(v.miles);
-                                None
-                            }
+                            valid.push((row.line as i64, v.member, v.key, v.miles));
+                            None
                         }
                     }
                 }
-            };
-            if let Some(code) = code {
+            });
+        }
+        // Insert them in line order, INSERT_ROWS per statement: a row that
+        // repeats an earlier one (ledger_by_key) is skipped by ON CONFLICT DO
+        // NOTHING exactly as one row at a time would be. Which lines went in,
+        // the ledger then says (a range scan of this batch's lines).
+        for chunk in valid.chunks(INSERT_ROWS) {
+            if chunk.len() == INSERT_ROWS {
+                bind_rows(&mut insert_many, chunk, rules.allow_duplicate_rows)?;
+                insert_many.raw_execute()?;
+            } else {
+                for row in chunk {
+                    bind_rows(
+                        &mut insert_one,
+                        std::slice::from_ref(row),
+                        rules.allow_duplicate_rows,
+                    )?;
+                    insert_one.raw_execute()?;
+                }
+            }
+        }
+        inserted.clear();
+        if let (Some(first), Some(last)) = (valid.first(), valid.last()) {
+            lines_in.raw_bind_parameter(2, first.0)?;
+            lines_in.raw_bind_parameter(3, last.0)?;
+            let mut rows = lines_in.raw_query();
+            while let Some(r) = rows.next()? {
+                inserted.push(r.get::<_, i64>(0)?);
+            }
+        }
+        let mut next_inserted = inserted.iter().peekable();
+        let mut next_valid = valid.iter();
+        for (row, code) in batch.rows.iter().zip(codes.iter_mut()) {
+            counts.rows += 1;
+            if code.is_none() {
+                let (line, member, _, miles) = next_valid.next().expect("one per valid row");
+                if next_inserted.next_if_eq(&line).is_some() {
+                    if !deltas.add(*member, *miles) {
+                        return Ok(Err(Refusal::Overflow(*member)));
+                    }
+                    counts.credited += 1;
+                    counts.miles = counts.miles.saturating_add(*miles);
+                } else {
+                    *code = Some(Code::E008);
+                }
+            }
+            if let Some(code) = *code {
                 counts.fail(code);
                 let ending = row.ending.unwrap_or(default_ending);
                 report
@@ -517,10 +552,67 @@ fn credit_batches(
                     .map_err(io_err(report.path()))?;
             }
         }
+        if let Some(line) = next_inserted.next() {
+            // Cannot happen: only this batch writes lines in its range.
+            return Err(DbError::Sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                Some(format!(
+                    "ledger line {line} of file {file_id} is not a valid row of its batch"
+                )),
+            ))
+            .into());
+        }
+        drop(valid);
         let _ = recycle.send(batch);
     }
-    drop(insert);
+    drop((insert_many, insert_one, lines_in));
     apply_balances(tx, deltas)
+}
+
+/// Ledger rows per INSERT statement: one statement run (cursor opens,
+/// foreign-key parent cursors, VDBE setup) serves this many rows.
+const INSERT_ROWS: usize = 64;
+
+/// `INSERT INTO ledger … VALUES (…), (…) ON CONFLICT DO NOTHING` for `rows`
+/// rows: ?1 file, ?2 partner, ?3 time; then line, member, key, miles, dup
+/// per row. Rows go in in the order written.
+fn insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|j| {
+            let at = 4 + 5 * j;
+            format!(
+                "(?1, ?{}, ?2, ?{}, ?{}, ?{}, ?3, ?{})",
+                at,
+                at + 1,
+                at + 2,
+                at + 3,
+                at + 4
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO ledger(file_id, line, partner, member, partner_key, miles, credited_at, dup)
+         VALUES {} ON CONFLICT DO NOTHING",
+        values.join(", ")
+    )
+}
+
+/// Bind (line, member, key, miles) rows to an [`insert_sql`] statement.
+fn bind_rows(
+    st: &mut rusqlite::Statement<'_>,
+    rows: &[(i64, i64, Cow<'_, str>, u64)],
+    allow_duplicate_rows: bool,
+) -> rusqlite::Result<()> {
+    for (j, (line, member, key, miles)) in rows.iter().enumerate() {
+        let at = 4 + 5 * j;
+        let dup = if allow_duplicate_rows { *line } else { 0 };
+        st.raw_bind_parameter(at, *line)?;
+        st.raw_bind_parameter(at + 1, *member)?;
+        st.raw_bind_parameter(at + 2, key.as_ref())?;
+        st.raw_bind_parameter(at + 3, *miles as i64)?;
+        st.raw_bind_parameter(at + 4, dup)?;
+    }
+    Ok(())
 }
 
 /// The file's credit per member, summed as it goes. Member keys are dense
