@@ -332,3 +332,43 @@ fn a_multi_batch_file_matches_the_row_by_row_model() {
     }
     w.assert_balances_match_ledger();
 }
+
+/// A credit that would overflow a balance refuses the whole file and names
+/// the member, also when the balances are written many members per statement.
+#[test]
+fn a_balance_overflow_refuses_the_file_and_names_the_member() {
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox/shop", ""));
+    let mut members = String::from("member_id,email,status\n");
+    let mut file = String::new();
+    for i in 1..=150 {
+        members.push_str(&format!("M{i:04},m{i}@x.jp,active\n"));
+        file.push_str(&format!("M{i:04},K{i},10\n"));
+    }
+    let csv = w.write("members.csv", &members);
+    w.ok(&["members", "import", csv.to_str().unwrap()]);
+    let id: i64 = w
+        .db()
+        .query_row(
+            "SELECT id FROM members WHERE member_id = 'M0100'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    w.db()
+        .execute(
+            "INSERT INTO balances VALUES (?1, 9223372036854775800)",
+            [id],
+        )
+        .unwrap();
+    w.write("inbox/shop/a.csv", &file);
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 1, "{run:#}");
+    let f = &run["files"][0];
+    assert_eq!(f["outcome"], "refused", "{f:#}");
+    let reason = f["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("member #{id}")), "{reason}");
+    assert_eq!(w.ledger_rows(), 0);
+    assert_eq!(w.balance("M0001"), 0, "nothing of a refused file stays");
+    assert_eq!(w.balance("M0100"), 9223372036854775800);
+}

@@ -675,21 +675,47 @@ impl Deltas {
 }
 
 /// Add the file's per-member totals to the balances, in key order (sequential
-/// B-tree access). An overflow trips the table's CHECK and refuses the file.
+/// B-tree access), INSERT_ROWS members per statement. An overflow trips the
+/// table's CHECK and refuses the file; the statement that tripped it is
+/// undone and its members retried one by one, to name the member.
 fn apply_balances(tx: &Connection, deltas: Deltas) -> Result<Result<(), Refusal>, CreditError> {
-    let mut upsert = tx.prepare(
-        "INSERT INTO balances(member, miles) VALUES (?1, ?2)
-         ON CONFLICT(member) DO UPDATE SET miles = miles + excluded.miles",
-    )?;
-    for (member, miles) in deltas.into_sorted() {
-        match upsert.execute(params![member, miles]) {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_CHECK =>
-            {
-                return Ok(Err(Refusal::Overflow(member)))
+    let upsert_sql = |rows: usize| {
+        let values: Vec<String> = (0..rows)
+            .map(|j| format!("(?{}, ?{})", 2 * j + 1, 2 * j + 2))
+            .collect();
+        format!(
+            "INSERT INTO balances(member, miles) VALUES {}
+             ON CONFLICT(member) DO UPDATE SET miles = miles + excluded.miles",
+            values.join(", ")
+        )
+    };
+    let mut upsert_many = tx.prepare(&upsert_sql(INSERT_ROWS))?;
+    let mut upsert_one = tx.prepare(&upsert_sql(1))?;
+    let is_overflow = |e: &rusqlite::Error| {
+        matches!(e, rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_CHECK)
+    };
+    let deltas = deltas.into_sorted();
+    for chunk in deltas.chunks(INSERT_ROWS) {
+        if chunk.len() == INSERT_ROWS {
+            for (j, (member, miles)) in chunk.iter().enumerate() {
+                upsert_many.raw_bind_parameter(2 * j + 1, *member)?;
+                upsert_many.raw_bind_parameter(2 * j + 2, *miles)?;
             }
-            Err(e) => return Err(e.into()),
+            match upsert_many.raw_execute() {
+                Ok(_) => continue,
+                Err(e) if is_overflow(&e) => {} // find the member below
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (member, miles) in chunk {
+            upsert_one.raw_bind_parameter(1, *member)?;
+            upsert_one.raw_bind_parameter(2, *miles)?;
+            match upsert_one.raw_execute() {
+                Ok(_) => {}
+                Err(e) if is_overflow(&e) => return Ok(Err(Refusal::Overflow(*member))),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(Ok(()))
