@@ -102,6 +102,11 @@ pub fn open_reader(conn: &Connection) -> Result<Connection, DbError> {
         path: path.clone(),
         source,
     };
+    if path.as_os_str().is_empty() {
+        // An in-memory or temporary database has no second connection: a
+        // lookup there would find no member at all.
+        return Err(open_err(rusqlite::Error::InvalidPath(path.clone())));
+    }
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let reader = Connection::open_with_flags(&path, flags).map_err(open_err)?;
@@ -174,6 +179,22 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dmode, 0o700);
+    }
+
+    #[test]
+    fn a_reader_needs_a_database_file() {
+        let d = tempfile::tempdir().unwrap();
+        let c = open(&d.path().join("m.db")).unwrap();
+        c.execute("INSERT INTO members(member_id, status) VALUES ('A', 0)", [])
+            .unwrap();
+        let r = open_reader(&c).unwrap();
+        let n: i64 = r
+            .query_row("SELECT count(*) FROM members", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(r.execute("DELETE FROM members", []).is_err(), "read-only");
+        let mem = Connection::open_in_memory().unwrap();
+        assert!(open_reader(&mem).is_err());
     }
 
     #[test]
