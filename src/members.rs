@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension, Statement};
+use rusqlite::{Connection, OptionalExtension, Statement};
 
 use crate::db::DbError;
 
@@ -36,11 +36,16 @@ impl Status {
         }
     }
     fn parse(s: &str) -> Option<Status> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "active" => Some(Status::Active),
-            "suspended" => Some(Status::Suspended),
-            "withdrawn" => Some(Status::Withdrawn),
-            _ => None,
+        let s = s.trim();
+        [Status::Active, Status::Suspended, Status::Withdrawn]
+            .into_iter()
+            .find(|st| s.eq_ignore_ascii_case(st.name()))
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Suspended => "suspended",
+            Status::Withdrawn => "withdrawn",
         }
     }
 }
@@ -58,11 +63,42 @@ pub struct Found {
     pub status: Status,
 }
 
+/// Which unique index a lookup value probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyKind {
+    MemberId,
+    Email,
+}
+
+/// The form of `value` (as the partner wrote it) that is looked up, written
+/// into `buf`: trimmed; an e-mail (it has an `@`) also lower-cased. The one
+/// definition of matching, for [`Lookup::find`] and batched lookups alike.
+pub fn lookup_key(value: &str, buf: &mut String) -> KeyKind {
+    let v = value.trim();
+    buf.clear();
+    if v.contains('@') {
+        if v.is_ascii() {
+            // The common case, without allocating.
+            buf.push_str(v);
+            buf.make_ascii_lowercase();
+        } else {
+            buf.push_str(&v.to_lowercase());
+        }
+        KeyKind::Email
+    } else {
+        buf.push_str(v);
+        KeyKind::MemberId
+    }
+}
+
 /// Prepared lookups, held for the life of one transaction.
 pub struct Lookup<'c> {
     by_id: Statement<'c>,
     by_email: Statement<'c>,
-    email_buf: String,
+    many_by_id: Statement<'c>,
+    many_by_email: Statement<'c>,
+    key_buf: String,
+    json_buf: Vec<u8>,
 }
 
 impl<'c> Lookup<'c> {
@@ -70,34 +106,82 @@ impl<'c> Lookup<'c> {
         Ok(Lookup {
             by_id: conn.prepare("SELECT id, status FROM members WHERE member_id = ?1")?,
             by_email: conn.prepare("SELECT id, status FROM members WHERE email = ?1")?,
-            email_buf: String::new(),
+            many_by_id: conn.prepare(MANY_BY_ID)?,
+            many_by_email: conn.prepare(MANY_BY_EMAIL)?,
+            key_buf: String::new(),
+            json_buf: Vec::new(),
         })
     }
 
     /// Find a member by ID or e-mail; `value` is as the partner wrote it.
     pub fn find(&mut self, value: &str) -> Result<Option<Found>, DbError> {
-        let v = value.trim();
+        let mut buf = std::mem::take(&mut self.key_buf);
+        let kind = lookup_key(value, &mut buf);
+        let found = self.find_key(kind, &buf);
+        self.key_buf = buf;
+        found
+    }
+
+    /// Find a member by a value already in [`lookup_key`] form: one probe.
+    pub fn find_key(&mut self, kind: KeyKind, key: &str) -> Result<Option<Found>, DbError> {
         let row = |r: &rusqlite::Row<'_>| {
             Ok(Found {
                 id: r.get(0)?,
                 status: Status::from_db(r.get(1)?),
             })
         };
-        Ok(if v.contains('@') {
-            self.email_buf.clear();
-            if v.is_ascii() {
-                // The common case, without allocating.
-                self.email_buf.push_str(v);
-                self.email_buf.make_ascii_lowercase();
-            } else {
-                self.email_buf.push_str(&v.to_lowercase());
+        let st = match kind {
+            KeyKind::Email => &mut self.by_email,
+            KeyKind::MemberId => &mut self.by_id,
+        };
+        Ok(st.query_row([key], row).optional()?)
+    }
+
+    /// [`Lookup::find_key`] for many keys of one kind in one statement:
+    /// `out[i]` is the member of `keys[i]`. The same index probes, but one
+    /// statement run per batch instead of one per key (cursors opened once,
+    /// no per-key bind/step/reset); sorted keys make neighbouring probes
+    /// share B-tree pages.
+    pub fn find_many(
+        &mut self,
+        kind: KeyKind,
+        keys: &[&str],
+        out: &mut Vec<Option<Found>>,
+    ) -> Result<(), DbError> {
+        out.clear();
+        out.resize(keys.len(), None);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.json_buf.clear();
+        // A JSON array of strings: serde_json escapes whatever a key holds.
+        serde_json::to_writer(&mut self.json_buf, keys).expect("strings always serialise");
+        let json = std::str::from_utf8(&self.json_buf).expect("JSON is UTF-8");
+        let st = match kind {
+            KeyKind::Email => &mut self.many_by_email,
+            KeyKind::MemberId => &mut self.many_by_id,
+        };
+        let mut rows = st.query([json])?;
+        while let Some(r) = rows.next()? {
+            let i = r.get::<_, i64>(0)? as usize;
+            let id: Option<i64> = r.get(1)?;
+            if let Some(id) = id {
+                out[i] = Some(Found {
+                    id,
+                    status: Status::from_db(r.get(2)?),
+                });
             }
-            self.by_email.query_row([&self.email_buf], row).optional()?
-        } else {
-            self.by_id.query_row([v], row).optional()?
-        })
+        }
+        Ok(())
     }
 }
+
+// `json_each` yields the array in order, each key once; the LEFT JOIN probes
+// the unique index like `find_key` does (text = text, BINARY collation).
+const MANY_BY_ID: &str = "SELECT j.key, m.id, m.status FROM json_each(?1) AS j
+     LEFT JOIN members m ON m.member_id = j.value";
+const MANY_BY_EMAIL: &str = "SELECT j.key, m.id, m.status FROM json_each(?1) AS j
+     LEFT JOIN members m ON m.email = j.value";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -146,86 +230,174 @@ pub fn import_from(
         .map_err(DbError::from)?;
     let mut summary = ImportSummary::default();
     {
-        let mut upsert = tx
-            .prepare(
-                "INSERT INTO members(member_id, email, status) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(member_id) DO UPDATE SET email = excluded.email, status = excluded.status",
-            )
+        let mut upsert_many = tx
+            .prepare(&upsert_sql(UPSERT_ROWS))
             .map_err(DbError::from)?;
+        let mut upsert_one = tx.prepare(&upsert_sql(1)).map_err(DbError::from)?;
+        let mut pending: Vec<PendingMember> =
+            (0..UPSERT_ROWS).map(|_| Default::default()).collect();
+        let mut filled = 0;
         let mut rec = csv::ByteRecord::new();
-        let mut first = true;
-        loop {
-            let line = rdr.position().line();
-            let more = rdr
-                .read_byte_record(&mut rec)
-                .map_err(|e| ImportError::Row {
+        let mut read_all = || -> Result<(), ImportError> {
+            let mut email_buf = String::new();
+            let mut first = true;
+            loop {
+                let line = rdr.position().line();
+                let more = rdr
+                    .read_byte_record(&mut rec)
+                    .map_err(|e| ImportError::Row {
+                        file: file.to_owned(),
+                        line,
+                        message: e.to_string(),
+                    })?;
+                if !more {
+                    break;
+                }
+                let bad = |message: String| ImportError::Row {
                     file: file.to_owned(),
                     line,
-                    message: e.to_string(),
-                })?;
-            if !more {
-                break;
-            }
-            let bad = |message: String| ImportError::Row {
-                file: file.to_owned(),
-                line,
-                message,
-            };
-            if first {
-                first = false;
-                if rec
-                    .get(0)
-                    .map(|f| f.trim_ascii().eq_ignore_ascii_case(b"member_id"))
-                    == Some(true)
-                {
-                    continue;
-                }
-            }
-            if rec.len() != 3 {
-                return Err(bad(format!(
-                    "expected 3 columns (member_id,email,status), found {}",
-                    rec.len()
-                )));
-            }
-            let text = |i: usize| {
-                std::str::from_utf8(&rec[i])
-                    .map_err(|_| bad(format!("column {} is not UTF-8", i + 1)))
-            };
-            let member_id = text(0)?.trim();
-            if member_id.is_empty() || member_id.contains('@') {
-                return Err(bad(format!(
-                    "member_id {member_id:?} must be non-empty and have no '@'"
-                )));
-            }
-            let email = text(1)?.trim();
-            let email = (!email.is_empty()).then(|| normalize_email(email));
-            if email.as_deref().is_some_and(|e| !e.contains('@')) {
-                return Err(bad(format!("email {:?} has no '@'", email.unwrap())));
-            }
-            let status = Status::parse(text(2)?).ok_or_else(|| {
-                bad(format!(
-                    "status {:?}: use active, suspended or withdrawn",
-                    text(2).unwrap_or("")
-                ))
-            })?;
-            upsert
-                .execute(params![member_id, email, status.to_db()])
-                .map_err(|e| match e {
-                    rusqlite::Error::SqliteFailure(f, _)
-                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    message,
+                };
+                if first {
+                    first = false;
+                    if rec
+                        .get(0)
+                        .map(|f| f.trim_ascii().eq_ignore_ascii_case(b"member_id"))
+                        == Some(true)
                     {
-                        bad(format!(
-                            "email {:?} is already registered to another member",
-                            email.as_deref().unwrap_or("")
-                        ))
+                        continue;
                     }
-                    e => ImportError::Db(e.into()),
+                }
+                if rec.len() != 3 {
+                    return Err(bad(format!(
+                        "expected 3 columns (member_id,email,status), found {}",
+                        rec.len()
+                    )));
+                }
+                let text = |i: usize| {
+                    std::str::from_utf8(&rec[i])
+                        .map_err(|_| bad(format!("column {} is not UTF-8", i + 1)))
+                };
+                let member_id = text(0)?.trim();
+                if member_id.is_empty() || member_id.contains('@') {
+                    return Err(bad(format!(
+                        "member_id {member_id:?} must be non-empty and have no '@'"
+                    )));
+                }
+                let email = text(1)?.trim();
+                let email = if email.is_empty() {
+                    None
+                } else if lookup_key(email, &mut email_buf) == KeyKind::Email {
+                    // Trimmed and lower-cased: the form lookups match.
+                    Some(email_buf.as_str())
+                } else {
+                    return Err(bad(format!(
+                        "email {:?} has no '@'",
+                        normalize_email(email)
+                    )));
+                };
+                let status = Status::parse(text(2)?).ok_or_else(|| {
+                    bad(format!(
+                        "status {:?}: use active, suspended or withdrawn",
+                        text(2).unwrap_or("")
+                    ))
                 })?;
-            summary.rows += 1;
-        }
+                let slot = &mut pending[filled];
+                slot.line = line;
+                slot.member_id.clear();
+                slot.member_id.push_str(member_id);
+                slot.email.clear();
+                slot.has_email = email.is_some();
+                slot.email.push_str(email.unwrap_or(""));
+                slot.status = status.to_db();
+                filled += 1;
+                if filled == UPSERT_ROWS {
+                    filled = 0;
+                    upsert_rows(&mut upsert_many, &mut upsert_one, &pending, file)?;
+                }
+                summary.rows += 1;
+            }
+            Ok(())
+        };
+        let read = read_all();
+        // The lines before a bad line go in first: an error among them is
+        // reported, as it would be one row at a time.
+        upsert_rows(&mut upsert_many, &mut upsert_one, &pending[..filled], file)?;
+        read?;
     }
     tx.commit().map_err(DbError::from)?;
     Ok(summary)
+}
+
+/// Members per upsert statement: one statement run (cursor opens, VDBE
+/// setup) serves this many rows.
+const UPSERT_ROWS: usize = 64;
+
+fn upsert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|j| format!("(?{}, ?{}, ?{})", 3 * j + 1, 3 * j + 2, 3 * j + 3))
+        .collect();
+    format!(
+        "INSERT INTO members(member_id, email, status) VALUES {}
+         ON CONFLICT(member_id) DO UPDATE SET email = excluded.email, status = excluded.status",
+        values.join(", ")
+    )
+}
+
+/// A validated member line waiting for its upsert statement.
+#[derive(Default)]
+struct PendingMember {
+    line: u64,
+    member_id: String,
+    email: String,
+    has_email: bool,
+    status: i64,
+}
+
+/// Upsert `rows` in file order: a full statement's worth at once, else (or
+/// when that statement fails: SQLite undoes just that statement) one by
+/// one, so that an error names its line exactly as a row at a time would.
+fn upsert_rows(
+    many: &mut Statement<'_>,
+    one: &mut Statement<'_>,
+    rows: &[PendingMember],
+    file: &str,
+) -> Result<(), ImportError> {
+    let bind = |st: &mut Statement<'_>, j: usize, r: &PendingMember| {
+        st.raw_bind_parameter(3 * j + 1, r.member_id.as_str())?;
+        st.raw_bind_parameter(3 * j + 2, r.has_email.then_some(r.email.as_str()))?;
+        st.raw_bind_parameter(3 * j + 3, r.status)
+    };
+    if rows.len() == UPSERT_ROWS {
+        for (j, r) in rows.iter().enumerate() {
+            bind(many, j, r).map_err(DbError::from)?;
+        }
+        match many.raw_execute() {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation => {} // below
+            Err(e) => return Err(ImportError::Db(e.into())),
+        }
+    }
+    for r in rows {
+        bind(one, 0, r).map_err(DbError::from)?;
+        one.raw_execute().map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                ImportError::Row {
+                    file: file.to_owned(),
+                    line: r.line,
+                    message: format!(
+                        "email {:?} is already registered to another member",
+                        r.email
+                    ),
+                }
+            }
+            e => ImportError::Db(e.into()),
+        })?;
+    }
+    Ok(())
 }
 
 /// A member's balance, looked up by ID or e-mail.
@@ -267,6 +439,99 @@ mod tests {
         assert_eq!(l.find("NM2").unwrap().unwrap().status, Status::Suspended);
         assert_eq!(l.find("nm1").unwrap(), None);
         assert_eq!(l.find("nobody@example.jp").unwrap(), None);
+    }
+
+    #[test]
+    fn import_errors_name_the_line_as_row_by_row() {
+        // Members are upserted many per statement: a duplicate e-mail in a
+        // full statement, in the tail, and before a bad line must still name
+        // the first bad line.
+        let csv = |dup_at: usize, bad_at: Option<usize>| {
+            let mut s = String::new();
+            for i in 1..=200 {
+                let email = if i == dup_at { 7 } else { i };
+                let status = if Some(i) == bad_at {
+                    "sleeping"
+                } else {
+                    "active"
+                };
+                s.push_str(&format!("N{i},u{email}@x.jp,{status}\n"));
+            }
+            s
+        };
+        for (dup_at, bad_at, want) in [
+            (
+                70,
+                None,
+                "m.csv:70: email \"u7@x.jp\" is already registered",
+            ),
+            (
+                199,
+                None,
+                "m.csv:199: email \"u7@x.jp\" is already registered",
+            ),
+            (70, Some(90), "m.csv:70: email"),
+            (120, Some(90), "m.csv:90: status \"sleeping\""),
+        ] {
+            let (_d, mut c) = db();
+            let e = import_from(&mut c, csv(dup_at, bad_at).as_bytes(), "m.csv")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{e} (want {want})");
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM members", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0, "all or nothing");
+        }
+        let (_d, mut c) = db();
+        assert_eq!(
+            import_from(&mut c, csv(0, None).as_bytes(), "m")
+                .unwrap()
+                .rows,
+            200
+        );
+        assert_eq!(
+            import_from(&mut c, csv(0, None).as_bytes(), "m")
+                .unwrap()
+                .rows,
+            200
+        );
+        let mut l = Lookup::new(&c).unwrap();
+        assert_eq!(l.find("u150@x.jp").unwrap(), l.find("N150").unwrap());
+    }
+
+    #[test]
+    fn find_many_agrees_with_find_key() {
+        let (_d, mut c) = db();
+        let csv = "NM1,a@x.jp,active\n\"N\"\"Q\\1\",\"b,\"\"q\"\"@x.jp\",suspended\n\
+                   髙橋①,髙@x.jp,withdrawn\n12345,\u{1}@x.jp,active\n";
+        assert_eq!(import_from(&mut c, csv.as_bytes(), "m").unwrap().rows, 4);
+        let mut l = Lookup::new(&c).unwrap();
+        let ids = [
+            "12345",
+            "NM1",
+            "NM1",
+            "N\"Q\\1",
+            "nobody",
+            "髙橋①",
+            "",
+            "a@x.jp",
+        ];
+        let emails = [
+            "a@x.jp",
+            "b,\"q\"@x.jp",
+            "髙@x.jp",
+            "\u{1}@x.jp",
+            "zz@x.jp",
+            "NM1",
+        ];
+        for (kind, keys) in [(KeyKind::MemberId, &ids[..]), (KeyKind::Email, &emails[..])] {
+            let mut got = Vec::new();
+            l.find_many(kind, keys, &mut got).unwrap();
+            let want: Vec<_> = keys.iter().map(|k| l.find_key(kind, k).unwrap()).collect();
+            assert_eq!(got, want, "{kind:?}");
+            assert!(got.iter().filter(|f| f.is_some()).count() >= 4, "{got:?}");
+        }
     }
 
     #[test]

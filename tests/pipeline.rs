@@ -243,3 +243,132 @@ fn trailing_blank_lines_header_and_bom_are_handled() {
         "no failed row, no error file"
     );
 }
+
+/// A file of several credit batches (the credit step works in batches of
+/// 32k rows, member lookups sorted within a batch): every row gets the same
+/// code and credit as a row-by-row model says, E008 is decided across batch
+/// boundaries in file order, and the report keeps file order.
+#[test]
+fn a_multi_batch_file_matches_the_row_by_row_model() {
+    let w = Workspace::new();
+    w.config(&local_partner(
+        "shop",
+        "inbox/shop",
+        "max_error_ratio = 0.9",
+    ));
+    w.demo_members();
+    // (as written in the file, owner or the code it fails with)
+    let members: [(&str, Result<&str, &str>); 9] = [
+        ("NM0000000001", Ok("NM0000000001")),
+        ("TARO.YAMADA@example.jp", Ok("NM0000000001")),
+        ("NM0000000002", Ok("NM0000000002")),
+        (" hanako.sato@example.jp ", Ok("NM0000000002")),
+        ("NM0000000003", Err("E004")),
+        ("NM0000000005", Ok("NM0000000005")),
+        ("NM0000000099", Err("E003")),
+        ("nobody@example.jp", Err("E003")),
+        ("NM0000000004", Err("E004")),
+    ];
+    // Every 7th row repeats the previous row's key and miles (E008 when the
+    // same member, however spelled); every 1000th past 40k repeats a row of
+    // the previous batch (same member: 33003 is a multiple of 9).
+    fn key_miles(line: usize) -> (String, u64) {
+        if line > 40_000 && line.is_multiple_of(1000) {
+            key_miles(line - 33_003)
+        } else if line.is_multiple_of(7) {
+            key_miles(line - 1)
+        } else {
+            (format!("K{line}"), (line % 4999 + 1) as u64)
+        }
+    }
+    let n = 70_000usize;
+    let (mut file, mut want_report) = (String::new(), String::new());
+    let (mut credited, mut failed) = (0u64, 0u64);
+    let mut balances = std::collections::HashMap::<&str, i64>::new();
+    let mut seen = std::collections::HashSet::<(&str, String, u64)>::new();
+    for line in 1..=n {
+        let (member, owner) = members[line % members.len()];
+        let (key, miles) = key_miles(line);
+        let bad_miles = line.is_multiple_of(997);
+        let row = if bad_miles {
+            format!("{member},{key},12a")
+        } else {
+            format!("{member},{key},{miles}")
+        };
+        file.push_str(&row);
+        file.push('\n');
+        let code = match owner {
+            Err(code) => Some(code),
+            Ok(_) if bad_miles => Some("E006"),
+            Ok(owner) if !seen.insert((owner, key.clone(), miles)) => Some("E008"),
+            Ok(owner) => {
+                *balances.entry(owner).or_default() += miles as i64;
+                None
+            }
+        };
+        match code {
+            Some(c) => {
+                failed += 1;
+                want_report.push_str(&format!("{row},{c}\n"));
+            }
+            None => credited += 1,
+        }
+    }
+    w.write("inbox/shop/big.csv", &file);
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    let f = &run["files"][0];
+    assert_eq!(f["rows"], n as u64);
+    assert_eq!(f["credited"], credited, "{f:#}");
+    assert_eq!(f["failed"], failed, "{f:#}");
+    assert!(f["by_code"]["E008"].as_u64().unwrap() > 1000, "{f:#}");
+    let report = std::fs::read_to_string(w.path("var/reports/shop/big.errors.csv")).unwrap();
+    assert!(
+        report == want_report,
+        "the error report differs from the model"
+    );
+    for (member, miles) in balances {
+        assert_eq!(w.balance(member), miles, "{member}");
+    }
+    w.assert_balances_match_ledger();
+}
+
+/// A credit that would overflow a balance refuses the whole file and names
+/// the member, also when the balances are written many members per statement.
+#[test]
+fn a_balance_overflow_refuses_the_file_and_names_the_member() {
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox/shop", ""));
+    let mut members = String::from("member_id,email,status\n");
+    let mut file = String::new();
+    for i in 1..=150 {
+        members.push_str(&format!("M{i:04},m{i}@x.jp,active\n"));
+        file.push_str(&format!("M{i:04},K{i},10\n"));
+    }
+    let csv = w.write("members.csv", &members);
+    w.ok(&["members", "import", csv.to_str().unwrap()]);
+    let id: i64 = w
+        .db()
+        .query_row(
+            "SELECT id FROM members WHERE member_id = 'M0100'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    w.db()
+        .execute(
+            "INSERT INTO balances VALUES (?1, 9223372036854775800)",
+            [id],
+        )
+        .unwrap();
+    w.write("inbox/shop/a.csv", &file);
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 1, "{run:#}");
+    let f = &run["files"][0];
+    assert_eq!(f["outcome"], "refused", "{f:#}");
+    let reason = f["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("member #{id}")), "{reason}");
+    assert_eq!(w.ledger_rows(), 0);
+    assert_eq!(w.balance("M0001"), 0, "nothing of a refused file stays");
+    assert_eq!(w.balance("M0100"), 9223372036854775800);
+}

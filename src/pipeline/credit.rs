@@ -6,19 +6,24 @@
 //! A crash anywhere before `COMMIT` leaves the database as if the file had
 //! never been seen, and the rerun starts from the archived bytes.
 //!
-//! The rows stream through: parse → decode → validate → ledger insert (or the
-//! error CSV). Memory holds one record and one balance delta per member
-//! touched, whatever the file size.
+//! The rows stream through in batches of [`BATCH_ROWS`]: a reader thread
+//! parses and decodes the next batch while this thread validates and credits
+//! the current one (member lookups in index order, then ledger inserts and
+//! the error CSV in line order). Memory holds a few batches and one balance
+//! delta per member, whatever the file size.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::BufReader;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::config::PartnerConfig;
-use crate::db::{now_text, DbError};
-use crate::members::Lookup;
+use crate::config::{Encoding, PartnerConfig};
+use crate::db::{self, now_text, DbError};
+use crate::members::{lookup_key, Found, KeyKind, Lookup};
 
 use super::parse::{LineEnding, ParseError, Records};
 use super::report::ReportWriter;
@@ -198,6 +203,206 @@ fn finish_report(report: ReportWriter) -> Result<Option<PathBuf>, CreditError> {
         .map_err(|source| CreditError::Io { path, source })
 }
 
+/// Rows per batch. Large enough that a batch's sorted member lookups walk
+/// the member indexes nearly in order (32k of 1M keys: about one key in 30),
+/// small enough that the batches in flight stay a few MiB.
+const BATCH_ROWS: usize = 32 * 1024;
+
+/// Batches decoded ahead of the credit thread.
+const BATCHES_AHEAD: usize = 2;
+
+/// One record as the reader thread left it: its bytes for the error CSV, and
+/// either its fields ready for the lookup or the code it already failed with.
+struct Row {
+    line: u64,
+    raw: Range<usize>,
+    ending: Option<LineEnding>,
+    pre: Pre,
+}
+
+enum Pre {
+    /// E009, E001 or E002: decided without the database.
+    Failed(Code),
+    /// `member` is in [`lookup_key`] form; `key` and `miles` as decoded.
+    Fields {
+        kind: KeyKind,
+        member: Range<usize>,
+        key: Range<usize>,
+        miles: Range<usize>,
+    },
+}
+
+/// Records in file order; every byte range points into `arena`.
+#[derive(Default)]
+struct Batch {
+    arena: Vec<u8>,
+    rows: Vec<Row>,
+    /// The member each row names (rows with fields only), from the lookup.
+    found: Vec<Option<Found>>,
+}
+
+impl Batch {
+    fn text(&self, r: &Range<usize>) -> &str {
+        // Only decoded (UTF-8) text is stored at the ranges given to this.
+        std::str::from_utf8(&self.arena[r.clone()]).expect("decoded text is UTF-8")
+    }
+
+    fn push_text(&mut self, t: &str) -> Range<usize> {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(t.as_bytes());
+        start..self.arena.len()
+    }
+}
+
+/// Why the reader stopped early: the rows before it are in earlier batches.
+enum ReadFailure {
+    Io(std::io::Error),
+    Unreadable(ParseError),
+    Db(DbError),
+}
+
+/// The reader thread: parse and decode `input` into batches.
+fn read_batches(
+    input: std::fs::File,
+    encoding: Encoding,
+    header: bool,
+    members: &Connection,
+    out: SyncSender<Result<Batch, ReadFailure>>,
+    recycled: Receiver<Batch>,
+) {
+    let mut lookup = match Lookup::new(members) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = out.send(Err(ReadFailure::Db(e)));
+            return;
+        }
+    };
+    let mut order = Vec::with_capacity(BATCH_ROWS);
+    let mut found_keys = Vec::with_capacity(BATCH_ROWS);
+    let mut send = |mut batch: Batch| {
+        let msg = match resolve(&mut batch, &mut lookup, &mut order, &mut found_keys) {
+            Ok(()) => Ok(batch),
+            Err(e) => Err(ReadFailure::Db(e)),
+        };
+        let failed = msg.is_err();
+        out.send(msg).is_ok() && !failed
+    };
+    let mut records = Records::new(BufReader::with_capacity(256 * 1024, input));
+    let mut header_pending = header;
+    let mut key_buf = String::new();
+    let fresh = |recycled: &Receiver<Batch>| {
+        let mut b = recycled.try_recv().unwrap_or_default();
+        b.arena.clear();
+        b.rows.clear();
+        b
+    };
+    let mut batch = fresh(&recycled);
+    loop {
+        let rec = match records.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                let failure = match e {
+                    ParseError::Io(e) => ReadFailure::Io(e),
+                    e => ReadFailure::Unreadable(e),
+                };
+                if batch.rows.is_empty() || send(batch) {
+                    let _ = out.send(Err(failure));
+                }
+                return;
+            }
+        };
+        if header_pending {
+            header_pending = false;
+            continue;
+        }
+        let raw_start = batch.arena.len();
+        batch.arena.extend_from_slice(rec.raw);
+        let raw = raw_start..batch.arena.len();
+        let pre = if !decode::record_decodes(rec.raw, encoding) {
+            Pre::Failed(Code::E009)
+        } else {
+            match decode::three_fields(&rec, encoding) {
+                None => Pre::Failed(Code::E001),
+                Some([member, key, miles]) => match validate::member_present(&member) {
+                    Err(code) => Pre::Failed(code),
+                    Ok(()) => {
+                        let kind = lookup_key(&member, &mut key_buf);
+                        Pre::Fields {
+                            kind,
+                            member: batch.push_text(&key_buf),
+                            key: batch.push_text(&key),
+                            miles: batch.push_text(&miles),
+                        }
+                    }
+                },
+            }
+        };
+        batch.rows.push(Row {
+            line: rec.line,
+            raw,
+            ending: rec.ending,
+            pre,
+        });
+        if batch.rows.len() == BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, fresh(&recycled));
+            if !send(full) {
+                return; // the credit thread stopped, or a lookup failed
+            }
+        }
+    }
+    if !batch.rows.is_empty() {
+        send(batch);
+    }
+}
+
+/// Look up every member a batch names, in index order: neighbouring probes
+/// share B-tree pages, so a batch walks the member indexes instead of
+/// jumping around them, and each distinct key is probed once.
+fn resolve(
+    batch: &mut Batch,
+    lookup: &mut Lookup<'_>,
+    order: &mut Vec<u32>,
+    found_keys: &mut Vec<Option<Found>>,
+) -> Result<(), DbError> {
+    let mut found = std::mem::take(&mut batch.found);
+    found.clear();
+    found.resize(batch.rows.len(), None);
+    let sort_key = |i: u32| match &batch.rows[i as usize].pre {
+        Pre::Fields { kind, member, .. } => (*kind, &batch.arena[member.clone()]),
+        Pre::Failed(_) => unreachable!("only rows with fields are ordered"),
+    };
+    order.clear();
+    order.extend(
+        (0..batch.rows.len() as u32)
+            .filter(|&i| matches!(batch.rows[i as usize].pre, Pre::Fields { .. })),
+    );
+    order.sort_unstable_by(|&a, &b| sort_key(a).cmp(&sort_key(b)));
+    let mut keys: Vec<&str> = Vec::with_capacity(order.len());
+    for kind in [KeyKind::MemberId, KeyKind::Email] {
+        // The batch's distinct keys of this kind, in index order.
+        let of_kind = order.iter().filter(|&&i| sort_key(i).0 == kind);
+        keys.clear();
+        for &i in of_kind.clone() {
+            let key = std::str::from_utf8(sort_key(i).1).expect("decoded text is UTF-8");
+            if keys.last() != Some(&key) {
+                keys.push(key);
+            }
+        }
+        lookup.find_many(kind, &keys, found_keys)?;
+        let mut k = 0;
+        for &i in of_kind {
+            if keys[k].as_bytes() != sort_key(i).1 {
+                k += 1;
+            }
+            found[i as usize] = found_keys[k];
+        }
+    }
+    drop(keys);
+    batch.found = found;
+    Ok(())
+}
+
 /// Parse, decode, validate and credit every row; failed rows go to `report`.
 fn stream_rows(
     tx: &Connection,
@@ -207,110 +412,310 @@ fn stream_rows(
     counts: &mut Counts,
 ) -> Result<Result<(), Refusal>, CreditError> {
     let p = job.partner;
+    let archive = &job.file.archive;
+    let input = std::fs::File::open(archive).map_err(|source| CreditError::Io {
+        path: archive.clone(),
+        source,
+    })?;
+    // The reader thread looks members up on its own read-only connection,
+    // in parallel with the inserts here. It opens its read transaction after
+    // ours began (BEGIN IMMEDIATE): no other writer can commit until we do,
+    // and this transaction writes no member, so it sees exactly the members
+    // this one sees.
+    let members = db::open_reader(tx)?;
+    let (to_credit, batches) = sync_channel(BATCHES_AHEAD);
+    let (to_reader, recycled) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("milebatch-read".into())
+            .spawn_scoped(scope, move || {
+                read_batches(input, p.encoding, p.header, &members, to_credit, recycled)
+            })
+            .map_err(|source| CreditError::Io {
+                path: archive.clone(),
+                source,
+            })?;
+        // Returning drops `batches`: a reader still sending then stops.
+        credit_batches(tx, job, file_id, report, counts, batches, to_reader)
+    })
+}
+
+fn credit_batches(
+    tx: &Connection,
+    job: &CreditJob<'_>,
+    file_id: i64,
+    report: &mut ReportWriter,
+    counts: &mut Counts,
+    batches: Receiver<Result<Batch, ReadFailure>>,
+    recycle: std::sync::mpsc::Sender<Batch>,
+) -> Result<Result<(), Refusal>, CreditError> {
+    let p = job.partner;
     let rules = p.rules();
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| CreditError::Io { path, source }
     };
-    let input = std::fs::File::open(&job.file.archive).map_err(io_err(&job.file.archive))?;
-    let mut records = Records::new(BufReader::with_capacity(256 * 1024, input));
-    let mut lookup = Lookup::new(tx)?;
-    let mut insert = tx.prepare(
-        "INSERT INTO ledger(file_id, line, partner, member, partner_key, miles, credited_at, dup)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-    )?;
-    let credited_at = job.now.timestamp();
-    let mut deltas: HashMap<i64, i64> = HashMap::new();
+    let mut insert_many = tx.prepare(&insert_sql(INSERT_ROWS))?;
+    let mut insert_one = tx.prepare(&insert_sql(1))?;
+    // Bound once: SQLite keeps bindings across executions.
+    for st in [&mut insert_many, &mut insert_one] {
+        st.raw_bind_parameter(1, file_id)?;
+        st.raw_bind_parameter(2, &p.id)?;
+        st.raw_bind_parameter(3, job.now.timestamp())?;
+    }
+    let mut lines_in =
+        tx.prepare("SELECT line FROM ledger WHERE file_id = ?1 AND line BETWEEN ?2 AND ?3")?;
+    lines_in.raw_bind_parameter(1, file_id)?;
+    let mut codes: Vec<Option<Code>> = Vec::with_capacity(BATCH_ROWS);
+    let mut inserted: Vec<i64> = Vec::with_capacity(BATCH_ROWS);
+    let max_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM members", [], |r| r.get(0))?;
+    let mut deltas = Deltas::new(max_id);
     let default_ending = match p.encoding {
-        crate::config::Encoding::ShiftJis => LineEnding::CrLf,
-        crate::config::Encoding::Utf8 => LineEnding::Lf,
+        Encoding::ShiftJis => LineEnding::CrLf,
+        Encoding::Utf8 => LineEnding::Lf,
     };
-    let mut header_pending = p.header;
-    loop {
-        let rec = match records.next_record() {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(ParseError::Io(e)) => return Err(io_err(&job.file.archive)(e)),
-            Err(e) => return Ok(Err(Refusal::Unreadable(e))),
+    for batch in batches {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(ReadFailure::Io(e)) => return Err(io_err(&job.file.archive)(e)),
+            Err(ReadFailure::Unreadable(e)) => return Ok(Err(Refusal::Unreadable(e))),
+            Err(ReadFailure::Db(e)) => return Err(e.into()),
         };
-        if header_pending {
-            header_pending = false;
-            continue;
-        }
-        counts.rows += 1;
-        let code = if !decode::record_decodes(rec.raw, p.encoding) {
-            Some(Code::E009)
-        } else {
-            match decode::three_fields(&rec, p.encoding) {
-                None => Some(Code::E001),
-                Some(fields) => match validate::check(fields, &rules, &mut lookup)? {
-                    Err(code) => Some(code),
-                    Ok(v) => {
-                        let dup = if rules.allow_duplicate_rows {
-                            rec.line as i64
-                        } else {
-                            0
-                        };
-                        let n = insert.execute(params![
-                            file_id,
-                            rec.line as i64,
-                            p.id,
-                            v.member,
-                            v.key.as_ref(),
-                            v.miles as i64,
-                            credited_at,
-                            dup
-                        ])?;
-                        if n == 0 {
-                            Some(Code::E008)
-                        } else {
-                            let d = deltas.entry(v.member).or_insert(0);
-                            match d.checked_add(v.miles as i64) {
-                                Some(s) => *d = s,
-                                None => return Ok(Err(Refusal::Overflow(v.member))),
-                            }
-                            counts.credited += 1;
-                            counts.miles = counts.miles.saturating_add(v.miles);
+        // Validate every row in line order.
+        codes.clear();
+        // (line, member, key, miles) of the rows that passed E001–E007
+        let mut valid: Vec<(i64, i64, Cow<'_, str>, u64)> = Vec::with_capacity(batch.rows.len());
+        for (i, row) in batch.rows.iter().enumerate() {
+            codes.push(match &row.pre {
+                Pre::Failed(code) => Some(*code),
+                Pre::Fields { key, miles, .. } => {
+                    let key = Cow::Borrowed(batch.text(key));
+                    match validate::after_lookup(batch.found[i], key, batch.text(miles), &rules) {
+                        Err(code) => Some(code),
+                        Ok(v) => {
+                            valid.push((row.line as i64, v.member, v.key, v.miles));
                             None
                         }
                     }
-                },
-            }
-        };
-        if let Some(code) = code {
-            counts.fail(code);
-            let ending = rec.ending.unwrap_or(default_ending);
-            report
-                .write(rec.raw, code, ending)
-                .map_err(io_err(report.path()))?;
+                }
+            });
         }
+        // Insert them in line order, INSERT_ROWS per statement: a row that
+        // repeats an earlier one (ledger_by_key) is skipped by ON CONFLICT DO
+        // NOTHING exactly as one row at a time would be. Which lines went in,
+        // the ledger then says (a range scan of this batch's lines).
+        for chunk in valid.chunks(INSERT_ROWS) {
+            if chunk.len() == INSERT_ROWS {
+                bind_rows(&mut insert_many, chunk, rules.allow_duplicate_rows)?;
+                insert_many.raw_execute()?;
+            } else {
+                for row in chunk {
+                    bind_rows(
+                        &mut insert_one,
+                        std::slice::from_ref(row),
+                        rules.allow_duplicate_rows,
+                    )?;
+                    insert_one.raw_execute()?;
+                }
+            }
+        }
+        inserted.clear();
+        if let (Some(first), Some(last)) = (valid.first(), valid.last()) {
+            lines_in.raw_bind_parameter(2, first.0)?;
+            lines_in.raw_bind_parameter(3, last.0)?;
+            let mut rows = lines_in.raw_query();
+            while let Some(r) = rows.next()? {
+                inserted.push(r.get::<_, i64>(0)?);
+            }
+        }
+        let mut next_inserted = inserted.iter().peekable();
+        let mut next_valid = valid.iter();
+        for (row, code) in batch.rows.iter().zip(codes.iter_mut()) {
+            counts.rows += 1;
+            if code.is_none() {
+                let (line, member, _, miles) = next_valid.next().expect("one per valid row");
+                if next_inserted.next_if_eq(&line).is_some() {
+                    if !deltas.add(*member, *miles) {
+                        return Ok(Err(Refusal::Overflow(*member)));
+                    }
+                    counts.credited += 1;
+                    counts.miles = counts.miles.saturating_add(*miles);
+                } else {
+                    *code = Some(Code::E008);
+                }
+            }
+            if let Some(code) = *code {
+                counts.fail(code);
+                let ending = row.ending.unwrap_or(default_ending);
+                report
+                    .write(&batch.arena[row.raw.clone()], code, ending)
+                    .map_err(io_err(report.path()))?;
+            }
+        }
+        if let Some(line) = next_inserted.next() {
+            // Cannot happen: only this batch writes lines in its range.
+            return Err(DbError::Sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                Some(format!(
+                    "ledger line {line} of file {file_id} is not a valid row of its batch"
+                )),
+            ))
+            .into());
+        }
+        drop(valid);
+        let _ = recycle.send(batch);
     }
-    drop(insert);
-    drop(lookup);
+    drop((insert_many, insert_one, lines_in));
     apply_balances(tx, deltas)
 }
 
-/// Add the file's per-member totals to the balances, in key order (sequential
-/// B-tree access). An overflow trips the table's CHECK and refuses the file.
-fn apply_balances(
-    tx: &Connection,
-    deltas: HashMap<i64, i64>,
-) -> Result<Result<(), Refusal>, CreditError> {
-    let mut v: Vec<(i64, i64)> = deltas.into_iter().collect();
-    v.sort_unstable();
-    let mut upsert = tx.prepare(
-        "INSERT INTO balances(member, miles) VALUES (?1, ?2)
-         ON CONFLICT(member) DO UPDATE SET miles = miles + excluded.miles",
-    )?;
-    for (member, miles) in v {
-        match upsert.execute(params![member, miles]) {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_CHECK =>
-            {
-                return Ok(Err(Refusal::Overflow(member)))
+/// Ledger rows per INSERT statement: one statement run (cursor opens,
+/// foreign-key parent cursors, VDBE setup) serves this many rows.
+const INSERT_ROWS: usize = 64;
+
+/// `INSERT INTO ledger … VALUES (…), (…) ON CONFLICT DO NOTHING` for `rows`
+/// rows: ?1 file, ?2 partner, ?3 time; then line, member, key, miles, dup
+/// per row. Rows go in in the order written.
+fn insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|j| {
+            let at = 4 + 5 * j;
+            format!(
+                "(?1, ?{}, ?2, ?{}, ?{}, ?{}, ?3, ?{})",
+                at,
+                at + 1,
+                at + 2,
+                at + 3,
+                at + 4
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO ledger(file_id, line, partner, member, partner_key, miles, credited_at, dup)
+         VALUES {} ON CONFLICT DO NOTHING",
+        values.join(", ")
+    )
+}
+
+/// Bind (line, member, key, miles) rows to an [`insert_sql`] statement.
+fn bind_rows(
+    st: &mut rusqlite::Statement<'_>,
+    rows: &[(i64, i64, Cow<'_, str>, u64)],
+    allow_duplicate_rows: bool,
+) -> rusqlite::Result<()> {
+    for (j, (line, member, key, miles)) in rows.iter().enumerate() {
+        let at = 4 + 5 * j;
+        let dup = if allow_duplicate_rows { *line } else { 0 };
+        st.raw_bind_parameter(at, *line)?;
+        st.raw_bind_parameter(at + 1, *member)?;
+        st.raw_bind_parameter(at + 2, key.as_ref())?;
+        st.raw_bind_parameter(at + 3, *miles as i64)?;
+        st.raw_bind_parameter(at + 4, dup)?;
+    }
+    Ok(())
+}
+
+/// The file's credit per member, summed as it goes. Member keys are dense
+/// integers from 1, so a flat array indexed by key is the common case: no
+/// hashing, 8 bytes per member, independent of the file's size. Keys beyond
+/// the array (a member added by another process meanwhile) use a map.
+struct Deltas {
+    dense: Vec<i64>,
+    sparse: HashMap<i64, i64>,
+}
+
+/// Members up to this key get an array slot (at most 256 MiB of address
+/// space, touched only where members are credited).
+const DENSE_MAX: i64 = 32 << 20;
+
+impl Deltas {
+    fn new(max_id: i64) -> Deltas {
+        let n = max_id.clamp(0, DENSE_MAX) as usize + 1;
+        Deltas {
+            // Zeroed by the allocator (calloc): untouched pages cost nothing.
+            dense: vec![0; n],
+            sparse: HashMap::new(),
+        }
+    }
+
+    /// Add `miles` to `member`'s delta; false on i64 overflow.
+    fn add(&mut self, member: i64, miles: u64) -> bool {
+        let Ok(miles) = i64::try_from(miles) else {
+            return false;
+        };
+        let d = match usize::try_from(member)
+            .ok()
+            .and_then(|i| self.dense.get_mut(i))
+        {
+            Some(d) => d,
+            None => self.sparse.entry(member).or_insert(0),
+        };
+        match d.checked_add(miles) {
+            Some(s) => {
+                *d = s;
+                true
             }
-            Err(e) => return Err(e.into()),
+            None => false,
+        }
+    }
+
+    /// Every touched member with its delta, in key order.
+    fn into_sorted(self) -> Vec<(i64, i64)> {
+        let mut v: Vec<(i64, i64)> = self
+            .dense
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d != 0)
+            .map(|(i, d)| (i as i64, *d))
+            .collect();
+        v.extend(self.sparse);
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Add the file's per-member totals to the balances, in key order (sequential
+/// B-tree access), INSERT_ROWS members per statement. An overflow trips the
+/// table's CHECK and refuses the file; the statement that tripped it is
+/// undone and its members retried one by one, to name the member.
+fn apply_balances(tx: &Connection, deltas: Deltas) -> Result<Result<(), Refusal>, CreditError> {
+    let upsert_sql = |rows: usize| {
+        let values: Vec<String> = (0..rows)
+            .map(|j| format!("(?{}, ?{})", 2 * j + 1, 2 * j + 2))
+            .collect();
+        format!(
+            "INSERT INTO balances(member, miles) VALUES {}
+             ON CONFLICT(member) DO UPDATE SET miles = miles + excluded.miles",
+            values.join(", ")
+        )
+    };
+    let mut upsert_many = tx.prepare(&upsert_sql(INSERT_ROWS))?;
+    let mut upsert_one = tx.prepare(&upsert_sql(1))?;
+    let is_overflow = |e: &rusqlite::Error| {
+        matches!(e, rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_CHECK)
+    };
+    let deltas = deltas.into_sorted();
+    for chunk in deltas.chunks(INSERT_ROWS) {
+        if chunk.len() == INSERT_ROWS {
+            for (j, (member, miles)) in chunk.iter().enumerate() {
+                upsert_many.raw_bind_parameter(2 * j + 1, *member)?;
+                upsert_many.raw_bind_parameter(2 * j + 2, *miles)?;
+            }
+            match upsert_many.raw_execute() {
+                Ok(_) => continue,
+                Err(e) if is_overflow(&e) => {} // find the member below
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (member, miles) in chunk {
+            upsert_one.raw_bind_parameter(1, *member)?;
+            upsert_one.raw_bind_parameter(2, *miles)?;
+            match upsert_one.raw_execute() {
+                Ok(_) => {}
+                Err(e) if is_overflow(&e) => return Ok(Err(Refusal::Overflow(*member))),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(Ok(()))

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use crate::db::DbError;
-use crate::members::{Lookup, Status};
+use crate::members::{Found, Lookup, Status};
 
 /// The contract with partners: stable, documented, never reused.
 #[derive(
@@ -91,31 +91,49 @@ pub fn check<'a>(
     rules: &Rules,
     lookup: &mut Lookup<'_>,
 ) -> Result<Result<Valid<'a>, Code>, DbError> {
-    if member.trim().is_empty() {
-        return Ok(Err(Code::E002));
+    if let Err(code) = member_present(&member) {
+        return Ok(Err(code));
     }
-    let found = match lookup.find(&member)? {
-        None => return Ok(Err(Code::E003)),
-        Some(f) => f,
-    };
+    let found = lookup.find(&member)?;
+    Ok(after_lookup(found, key, &miles, rules))
+}
+
+/// E002, the one rule checked before the member lookup.
+pub fn member_present(member: &str) -> Result<(), Code> {
+    if member.trim().is_empty() {
+        Err(Code::E002)
+    } else {
+        Ok(())
+    }
+}
+
+/// E003–E007, given the lookup of a present member: [`check`] split in two
+/// so that a batch can do its lookups in index order.
+pub fn after_lookup<'a>(
+    found: Option<Found>,
+    key: Cow<'a, str>,
+    miles: &str,
+    rules: &Rules,
+) -> Result<Valid<'a>, Code> {
+    let found = found.ok_or(Code::E003)?;
     if found.status != Status::Active {
-        return Ok(Err(Code::E004));
+        return Err(Code::E004);
     }
     let key = trim_cow(key);
     if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
-        return Ok(Err(Code::E005));
+        return Err(Code::E005);
     }
-    let miles = match parse_miles(&miles) {
-        Miles::Bad => return Ok(Err(Code::E006)),
-        Miles::TooBig => return Ok(Err(Code::E007)),
-        Miles::Ok(m) if m > rules.max_miles_per_row => return Ok(Err(Code::E007)),
+    let miles = match parse_miles(miles) {
+        Miles::Bad => return Err(Code::E006),
+        Miles::TooBig => return Err(Code::E007),
+        Miles::Ok(m) if m > rules.max_miles_per_row => return Err(Code::E007),
         Miles::Ok(m) => m,
     };
-    Ok(Ok(Valid {
+    Ok(Valid {
         member: found.id,
         key,
         miles,
-    }))
+    })
 }
 
 #[derive(Debug, PartialEq, Eq)]

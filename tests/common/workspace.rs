@@ -238,10 +238,14 @@ impl Workspace {
         let bad: i64 = self
             .db()
             .query_row(
+                // One pass over the ledger (it has no index by member).
                 "SELECT count(*) FROM (
-                   SELECT m.id, COALESCE(b.miles, 0) AS bal,
-                          (SELECT COALESCE(SUM(miles), 0) FROM ledger l WHERE l.member = m.id) AS led
-                   FROM members m LEFT JOIN balances b ON b.member = m.id) WHERE bal <> led",
+                   SELECT COALESCE(b.miles, 0) AS bal, COALESCE(l.total, 0) AS led
+                   FROM members m
+                   LEFT JOIN balances b ON b.member = m.id
+                   LEFT JOIN (SELECT member, SUM(miles) AS total FROM ledger GROUP BY member) l
+                     ON l.member = m.id)
+                 WHERE bal <> led",
                 [],
                 |r| r.get(0),
             )

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# The milebatch benchmark: the shared reference workload, both baselines and
+# milebatch, timed as whole processes in the same run, plus correctness checks.
+#
+# usage (from the repo root):
+#   bench/run.sh [--members N] [--rows N] [--repeat N] [--flat] [--big ROWS]
+#                [--smoke] [--bin PATH] [--keep]
+#
+#   --members N   members in the store (default 1000000)
+#   --rows N      rows in the exchange file (default 1000000)
+#   --repeat N    run the timed jobs N times, interleaved; report the median
+#                 wall time and the highest peak RSS (default 1)
+#   --flat        also credit a 5x larger file (same members) and check that
+#                 its peak RSS is within 20% of the first one's
+#   --big ROWS    also credit a ROWS-row file once and report time and RSS
+#   --smoke       10k members x 10k rows, no build, correctness checks only
+#                 (the performance targets are printed but do not fail)
+#   --bin PATH    the milebatch binary to use (skips `cargo build --release`)
+#   --keep        keep the work folder (printed at the end)
+#
+# Environment: SHARED (default ../shared, beside the repo) holds bench/gen.py
+# and the baselines; BENCH_DIR the work folder (default a new /tmp folder).
+# Exit status: 1 if a correctness check fails, 2 if a target is missed
+# (never in --smoke), 0 otherwise.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+SHARED=${SHARED:-$root/../shared}
+shared_bench=$SHARED/bench
+
+members=1000000
+rows=1000000
+repeat=1
+flat=0
+big=0
+smoke=0
+keep=0
+bin=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --members) members=$2; shift 2 ;;
+        --rows) rows=$2; shift 2 ;;
+        --repeat) repeat=$2; shift 2 ;;
+        --flat) flat=1; shift ;;
+        --big) big=$2; shift 2 ;;
+        --smoke) smoke=1; members=10000; rows=10000; shift ;;
+        --bin) bin=$2; shift 2 ;;
+        --keep) keep=1; shift ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "bench/run.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
+    esac
+done
+
+die() { echo "bench/run.sh: $*" >&2; exit 1; }
+for f in gen.py mkmembers.sh sqlite_floor.sh python_baseline.py; do
+    [ -f "$shared_bench/$f" ] || die "$shared_bench/$f not found (set SHARED to the shared folder)"
+done
+command -v sqlite3 >/dev/null || die "sqlite3 not found (apt-get install sqlite3)"
+command -v python3 >/dev/null || die "python3 not found"
+[ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install time)"
+
+if [ -z "$bin" ]; then
+    echo "== cargo build --release" >&2
+    cargo build --release --quiet
+    bin=${CARGO_TARGET_DIR:-$root/target}/release/milebatch
+fi
+bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+[ -x "$bin" ] || die "no milebatch binary at $bin"
+
+work=${BENCH_DIR:-$(mktemp -d /tmp/milebatch-bench.XXXXXX)}
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+cleanup() { if [ "$keep" = 0 ] && [ -z "${BENCH_DIR:-}" ]; then rm -rf "$work"; fi; }
+trap cleanup EXIT
+data=$work/data
+results=$work/results.tsv
+: >"$results"
+
+echo "== generating $members members x $rows rows in $data" >&2
+python3 "$shared_bench/gen.py" "$data" "$members" "$rows"
+
+# measure NAME ROWS CMD...: run CMD under /usr/bin/time -v, append
+# "NAME wall_s rss_kib rows" to the results; CMD's stdout goes to NAME.out.
+measure() {
+    local name=$1 n=$2; shift 2
+    local t=$work/$name.time
+    if ! /usr/bin/time -v -o "$t" "$@" >"$work/$name.out" 2>"$work/$name.err"; then
+        # milebatch exits 1 when a file is refused: the checks below say why.
+        echo "bench/run.sh: $name exited non-zero; stderr tail:" >&2
+        tail -5 "$work/$name.err" >&2
+    fi
+    local wall rss
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {
+        n = split($2, p, ":"); s = 0
+        for (i = 1; i <= n; i++) s = s * 60 + p[i]
+        print s }' "$t")
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$t")
+    printf '%s\t%s\t%s\t%s\n' "$name" "$wall" "$rss" "$n" >>"$results"
+}
+
+# A milebatch installation: config with one local partner, database empty.
+mb=$work/mb
+mkdir -p "$mb"
+cat >"$mb/partners.toml" <<'TOML'
+[daemon]
+database = "var/milebatch.db"
+data_dir = "var"
+timezone = "UTC"
+
+[[partner]]
+id = "bench"
+name = "Benchmark partner"
+schedule = "daily 03:00"
+encoding = "utf-8"
+header = false
+max_miles_per_row = 5000
+max_error_ratio = 0.05
+[partner.source]
+kind = "local"
+dir = "inbox"
+ready = "immediate"
+TOML
+
+# Fresh state for one credit run: the imported members, an empty ledger.
+prepare_once() {
+    local csv=$1
+    rm -rf "$mb/var" "$mb/inbox"
+    mkdir -p "$mb/var" "$mb/inbox"
+    cp "$work/members.db" "$mb/var/milebatch.db"
+    cp "$csv" "$mb/inbox/exchange.csv"
+    sync
+}
+
+# The floor, unchanged except that it keeps its database for the checks
+# (the `rm` of its temp database is the last line; removing it afterwards is
+# left out of the timing, a few milliseconds).
+sed 's|^rm -f "\$db" "\$db-wal" "\$db-shm"$|echo "FLOOR_DB=$db"|' \
+    "$shared_bench/sqlite_floor.sh" >"$work/sqlite_floor_keep.sh"
+grep -q '^echo "FLOOR_DB=' "$work/sqlite_floor_keep.sh" ||
+    die "sqlite_floor.sh changed: cannot keep its database for the checks"
+
+for i in $(seq 1 "$repeat"); do
+    echo "== round $i/$repeat: member import (mkmembers.sh, milebatch members import)" >&2
+    measure mkmembers "$members" bash "$shared_bench/mkmembers.sh" "$data"
+    rm -f "$mb/var/milebatch.db" "$mb/var/milebatch.db-wal" "$mb/var/milebatch.db-shm"
+    mkdir -p "$mb/var"
+    measure import "$members" "$bin" --config "$mb/partners.toml" members import "$data/members.csv"
+done
+# Checkpointed, closed: the starting state of every credit run.
+sqlite3 "$mb/var/milebatch.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
+cp "$mb/var/milebatch.db" "$work/members.db"
+imported=$(sqlite3 "$work/members.db" "SELECT count(*) FROM members")
+
+for i in $(seq 1 "$repeat"); do
+    echo "== round $i/$repeat: sqlite3 floor, Python, milebatch once" >&2
+    measure floor "$rows" bash "$work/sqlite_floor_keep.sh" "$data"
+    floor_db=$(sed -n 's/^FLOOR_DB=//p' "$work/floor.out")
+    sqlite3 "$floor_db" "SELECT count(*), COALESCE(SUM(miles), 0) FROM ledger" | tr '|' '\t' >"$work/floor.counts"
+    rm -f "$floor_db" "$floor_db-wal" "$floor_db-shm"
+    measure python "$rows" python3 "$shared_bench/python_baseline.py" "$data"
+    prepare_once "$data/exchange.csv"
+    (cd "$mb" && measure once "$rows" "$bin" --config partners.toml once --json)
+    cp "$work/once.out" "$work/once.json"
+done
+
+flat_rows=0
+if [ "$flat" = 1 ]; then
+    flat_rows=$((rows * 5))
+    echo "== flatness: $flat_rows rows against the same $members members" >&2
+    python3 "$shared_bench/gen.py" "$work/flat" "$members" "$flat_rows"
+    cmp -s "$work/flat/members.csv" "$data/members.csv" || die "gen.py made different members"
+    prepare_once "$work/flat/exchange.csv"
+    (cd "$mb" && measure flat "$flat_rows" "$bin" --config partners.toml once --json)
+    cp "$work/flat.out" "$work/flat.json"
+    rm -rf "$work/flat"
+fi
+if [ "$big" != 0 ]; then
+    echo "== big file: $big rows against the same $members members" >&2
+    python3 "$shared_bench/gen.py" "$work/big" "$members" "$big"
+    prepare_once "$work/big/exchange.csv"
+    (cd "$mb" && measure big "$big" "$bin" --config partners.toml once --json)
+    cp "$work/big.out" "$work/big.json"
+    rm -rf "$work/big"
+fi
+
+status=0
+python3 - "$work" "$rows" "$members" "$imported" "$smoke" "$flat" "$big" <<'PY' || status=$?
+import json, statistics, sys
+work, rows, members, imported, smoke, flat, big = sys.argv[1:]
+rows, members, imported, smoke, flat, big = int(rows), int(members), int(imported), smoke == "1", flat == "1", int(big)
+runs = {}
+for line in open(f"{work}/results.tsv"):
+    name, wall, rss, n = line.split("\t")
+    runs.setdefault(name, []).append((float(wall), int(rss), int(n)))
+def stat(name):
+    v = runs[name]
+    return statistics.median(w for w, _, _ in v), max(r for _, r, _ in v) / 1024, v[0][2]
+
+ok = True      # correctness
+met = True     # targets
+def check(what, good):
+    global ok
+    print(f"  {'OK  ' if good else 'FAIL'} {what}")
+    ok &= good
+
+floor_w, python_w = stat("floor")[0], stat("python")[0]
+print(f"\nmilebatch benchmark: {members:,} members, {rows:,} rows "
+      f"(median of {len(runs['once'])} run(s); wall s, peak RSS MiB)\n")
+print(f"{'job':<34}{'wall s':>8}{'rows/s':>12}{'RSS MiB':>9}{'vs floor':>10}{'vs Python':>11}")
+labels = [("mkmembers", "mkmembers.sh (sqlite3 .import)"),
+          ("import", "milebatch members import"),
+          ("floor", "sqlite_floor.sh"),
+          ("python", "python_baseline.py"),
+          ("once", "milebatch once"),
+          ("flat", f"milebatch once, 5x rows"),
+          ("big", f"milebatch once, {big:,} rows")]
+for key, label in labels:
+    if key not in runs:
+        continue
+    w, rss, n = stat(key)
+    per = f"{n / w:,.0f}" if w > 0 else "-"
+    vs = "" if key in ("mkmembers", "import") else f"{w / floor_w:>9.2f}x {python_w / w:>9.1f}x" if w > 0 else ""
+    print(f"{label:<34}{w:>8.2f}{per:>12}{rss:>9.1f} {vs}")
+
+print("\ncorrectness")
+once = json.load(open(f"{work}/once.json"))[0]
+f = once["files"][0] if once["files"] else {}
+check(f"milebatch credited the file (outcome {f.get('outcome')})", f.get("outcome") == "credited")
+check(f"credited {f.get('credited')} + failed {f.get('failed')} = rows {rows}",
+      f.get("credited", -1) + f.get("failed", -1) == rows and f.get("rows") == rows)
+floor_n, floor_miles = (int(x) for x in open(f"{work}/floor.counts").read().split())
+check(f"credited rows = the floor's ledger rows ({floor_n})", f.get("credited") == floor_n)
+check(f"credited miles = the floor's ({floor_miles})", f.get("miles") == floor_miles)
+py_err = int(open(f"{work}/python.out").read().split()[0])
+check(f"failed rows = Python's errors ({py_err})", f.get("failed") == py_err)
+check(f"members imported = members ({imported})", imported == members)
+for extra in (["flat"] if flat else []) + (["big"] if big else []):
+    e = json.load(open(f"{work}/{extra}.json"))[0]["files"][0]
+    n = runs[extra][0][2]
+    check(f"{extra}: credited, credited + failed = rows {n}",
+          e["outcome"] == "credited" and e["credited"] + e["failed"] == n == e["rows"])
+
+print("\ntargets" + ("  (smoke run: shown, not enforced)" if smoke else ""))
+def target(what, good):
+    global met
+    print(f"  {'PASS' if good else 'FAIL'} {what}")
+    met &= good
+once_w, once_rss, _ = stat("once")
+target(f"once {once_w:.2f}s <= floor/3 {floor_w / 3:.2f}s", once_w <= floor_w / 3)
+target(f"once {python_w / once_w:.1f}x faster than Python (>= 7x)", python_w >= 7 * once_w)
+imp_w, mk_w = stat("import")[0], stat("mkmembers")[0]
+target(f"members import {imp_w:.2f}s <= mkmembers.sh {mk_w:.2f}s", imp_w <= mk_w)
+target(f"once peak RSS {once_rss:.1f} MiB <= 200 MiB", once_rss <= 200)
+if flat:
+    fr = stat("flat")[1]
+    target(f"5x rows peak RSS {fr:.1f} MiB within 20% of {once_rss:.1f} MiB ({fr / once_rss - 1:+.1%})",
+           fr <= once_rss * 1.2)
+sys.exit(1 if not ok else 0 if (met or smoke) else 2)
+PY
+if [ "$keep" = 1 ]; then echo "work folder: $work" >&2; fi
+exit $status

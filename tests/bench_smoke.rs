@@ -1,0 +1,61 @@
+//! `bench/run.sh --smoke`: the benchmark script end to end on 10k members x
+//! 10k rows with this build's binary. The timings are meaningless at this
+//! size (and in a debug build); what is checked is that the script runs and
+//! that milebatch agrees with both baselines: credited + failed = rows,
+//! credited rows and miles equal the sqlite3 floor's ledger, failed rows equal
+//! the Python baseline's errors. Needs the shared folder (`SHARED`, default
+//! `../shared` beside the repo), sqlite3, python3 and /usr/bin/time.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn bench_smoke_run_agrees_with_the_baselines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = std::env::var_os("SHARED")
+        .map(Into::into)
+        .unwrap_or_else(|| root.join("../shared"));
+    assert!(
+        shared.join("bench/gen.py").exists(),
+        "the shared bench folder is missing at {} (set SHARED)",
+        shared.display()
+    );
+    let out = Command::new("bash")
+        .arg(root.join("bench/run.sh"))
+        .args(["--smoke", "--bin", env!("CARGO_BIN_EXE_milebatch")])
+        .env("SHARED", &shared)
+        .output()
+        .expect("run bench/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench/run.sh --smoke failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for job in [
+        "mkmembers.sh",
+        "milebatch members import",
+        "sqlite_floor.sh",
+        "python_baseline.py",
+        "milebatch once",
+    ] {
+        assert!(stdout.contains(job), "no {job:?} row in:\n{stdout}");
+    }
+    let correctness = stdout
+        .split("correctness")
+        .nth(1)
+        .and_then(|s| s.split("targets").next())
+        .unwrap_or_default();
+    assert_eq!(correctness.matches("  OK   ").count(), 6, "{stdout}");
+    assert!(!correctness.contains("FAIL"), "{stdout}");
+    // Both sides agreeing on nothing credited would prove nothing.
+    let credited: u64 = correctness
+        .lines()
+        .find(|l| l.contains(" + failed "))
+        .and_then(|l| l.split("credited ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a credited count");
+    assert!(credited > 9_000, "{stdout}");
+}
