@@ -101,4 +101,36 @@ CREATE TABLE partner_state(
     // from `balances`, history goes through `ledger_by_key`. A per-member
     // audit is an ops query that may scan the ledger.
     "DROP INDEX ledger_by_member;",
+    // 3: the ledger clustered on its key. `ledger_by_key` (history search,
+    // and E008 as a uniqueness conflict) becomes the table's primary key, so
+    // a credited row costs one B-tree insert instead of two (the (file_id,
+    // line) primary key was the second). A line still cannot be credited
+    // twice: a file's lines go in within the one transaction that records
+    // the file, and the file row is unique per content.
+    // No REFERENCES here: checked per row they were a members probe for
+    // every credited line. The member is still checked, once per member per
+    // file: every credited row adds to its member's balance in the same
+    // transaction, and `balances.member REFERENCES members(id)` is enforced.
+    // `file_id` is the file row inserted by that same transaction.
+    r#"
+CREATE TABLE ledger_v3(
+    partner     TEXT NOT NULL,
+    partner_key TEXT NOT NULL,
+    file_id     INTEGER NOT NULL,
+    member      INTEGER NOT NULL,
+    miles       INTEGER NOT NULL CHECK (miles > 0),
+    dup         INTEGER NOT NULL,       -- 0; the line number when the partner allows duplicate rows
+    line        INTEGER NOT NULL,
+    credited_at INTEGER NOT NULL,       -- unix seconds
+    PRIMARY KEY (partner, partner_key, file_id, member, miles, dup)
+) WITHOUT ROWID;
+INSERT INTO ledger_v3(partner, partner_key, file_id, member, miles, dup, line, credited_at)
+    SELECT partner, partner_key, file_id, member, miles, dup, line, credited_at FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v3 RENAME TO ledger;
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+"#,
 ];

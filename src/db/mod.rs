@@ -48,6 +48,16 @@ const CACHE_KIB: i64 = -16384;
 /// Page cache of a lookup connection ([`open_reader`]), negative: KiB.
 const READER_CACHE_KIB: i64 = -8192;
 
+/// The lookup connection reads member pages through a memory map of this
+/// size. Profile of 1M members x 1M rows with the small page caches above:
+/// ~30% of the run was the kernel copying member-index pages into SQLite's
+/// cache (`pread`, `_copy_to_iter`); mapped pages are read in place
+/// (2.45 s → 2.26 s). Only the reader maps: it reads member pages only, so
+/// its resident size is bounded by the member store, not the file; mapping
+/// the writer too (2.05 s) would map the growing ledger and took peak RSS
+/// to 256 MiB.
+const MMAP_BYTES: i64 = 256 << 20;
+
 /// How long a writer waits for another writer before giving up. A file's
 /// credit holds the write lock for its whole transaction (seconds for a
 /// million rows); waiting long is always better than failing a partner's run
@@ -116,6 +126,9 @@ pub fn open_reader(conn: &Connection) -> Result<Connection, DbError> {
     reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     reader
         .pragma_update(None, "cache_size", READER_CACHE_KIB)
+        .map_err(open_err)?;
+    reader
+        .pragma_update(None, "mmap_size", MMAP_BYTES)
         .map_err(open_err)?;
     reader.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")?;
     Ok(reader)
@@ -207,7 +220,8 @@ mod tests {
         c.execute_batch(
             "INSERT INTO members(id, member_id, status) VALUES (1, 'A', 0);
              INSERT INTO files(id, partner, name, size, sha256, outcome, started_at) VALUES (1, 'p', 'f', 1, 'h', 'credited', 'now');
-             INSERT INTO ledger VALUES (1, 1, 'p', 1, 'k', 5, 0, 0);",
+             INSERT INTO ledger(file_id, line, partner, member, partner_key, miles, credited_at, dup)
+               VALUES (1, 1, 'p', 1, 'k', 5, 0, 0);",
         )
         .unwrap();
         let e = c.execute("UPDATE ledger SET miles = 6", []).unwrap_err();

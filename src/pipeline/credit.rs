@@ -463,9 +463,6 @@ fn credit_batches(
         st.raw_bind_parameter(2, &p.id)?;
         st.raw_bind_parameter(3, job.now.timestamp())?;
     }
-    let mut lines_in =
-        tx.prepare("SELECT line FROM ledger WHERE file_id = ?1 AND line BETWEEN ?2 AND ?3")?;
-    lines_in.raw_bind_parameter(1, file_id)?;
     let mut codes: Vec<Option<Code>> = Vec::with_capacity(BATCH_ROWS);
     let mut inserted: Vec<i64> = Vec::with_capacity(BATCH_ROWS);
     let max_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM members", [], |r| r.get(0))?;
@@ -501,33 +498,31 @@ fn credit_batches(
             });
         }
         // Insert them in line order, INSERT_ROWS per statement: a row that
-        // repeats an earlier one (ledger_by_key) is skipped by ON CONFLICT DO
-        // NOTHING exactly as one row at a time would be. Which lines went in,
-        // the ledger then says (a range scan of this batch's lines).
+        // repeats an earlier one (the ledger's primary key) is skipped by ON
+        // CONFLICT DO NOTHING exactly as one row at a time would be, and
+        // RETURNING names the lines that went in.
+        inserted.clear();
         for chunk in valid.chunks(INSERT_ROWS) {
-            if chunk.len() == INSERT_ROWS {
-                bind_rows(&mut insert_many, chunk, rules.allow_duplicate_rows)?;
-                insert_many.raw_execute()?;
+            let pieces: Vec<&[(i64, i64, Cow<'_, str>, u64)]> = if chunk.len() == INSERT_ROWS {
+                vec![chunk]
             } else {
-                for row in chunk {
-                    bind_rows(
-                        &mut insert_one,
-                        std::slice::from_ref(row),
-                        rules.allow_duplicate_rows,
-                    )?;
-                    insert_one.raw_execute()?;
+                chunk.chunks(1).collect()
+            };
+            for rows in pieces {
+                let st = if rows.len() == INSERT_ROWS {
+                    &mut insert_many
+                } else {
+                    &mut insert_one
+                };
+                bind_rows(st, rows, rules.allow_duplicate_rows)?;
+                let mut returned = st.raw_query();
+                while let Some(r) = returned.next()? {
+                    inserted.push(r.get::<_, i64>(0)?);
                 }
             }
         }
-        inserted.clear();
-        if let (Some(first), Some(last)) = (valid.first(), valid.last()) {
-            lines_in.raw_bind_parameter(2, first.0)?;
-            lines_in.raw_bind_parameter(3, last.0)?;
-            let mut rows = lines_in.raw_query();
-            while let Some(r) = rows.next()? {
-                inserted.push(r.get::<_, i64>(0)?);
-            }
-        }
+        // RETURNING promises no order.
+        inserted.sort_unstable();
         let mut next_inserted = inserted.iter().peekable();
         let mut next_valid = valid.iter();
         for (row, code) in batch.rows.iter().zip(codes.iter_mut()) {
@@ -565,7 +560,7 @@ fn credit_batches(
         drop(valid);
         let _ = recycle.send(batch);
     }
-    drop((insert_many, insert_one, lines_in));
+    drop((insert_many, insert_one));
     apply_balances(tx, deltas)
 }
 
@@ -573,7 +568,7 @@ fn credit_batches(
 /// foreign-key parent cursors, VDBE setup) serves this many rows.
 const INSERT_ROWS: usize = 64;
 
-/// `INSERT INTO ledger … VALUES (…), (…) ON CONFLICT DO NOTHING` for `rows`
+/// `INSERT INTO ledger … VALUES (…), (…) ON CONFLICT DO NOTHING RETURNING line` for `rows`
 /// rows: ?1 file, ?2 partner, ?3 time; then line, member, key, miles, dup
 /// per row. Rows go in in the order written.
 fn insert_sql(rows: usize) -> String {
@@ -592,7 +587,7 @@ fn insert_sql(rows: usize) -> String {
         .collect();
     format!(
         "INSERT INTO ledger(file_id, line, partner, member, partner_key, miles, credited_at, dup)
-         VALUES {} ON CONFLICT DO NOTHING",
+         VALUES {} ON CONFLICT DO NOTHING RETURNING line",
         values.join(", ")
     )
 }
