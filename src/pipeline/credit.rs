@@ -503,17 +503,13 @@ fn credit_batches(
         // RETURNING names the lines that went in.
         inserted.clear();
         for chunk in valid.chunks(INSERT_ROWS) {
-            let pieces: Vec<&[(i64, i64, Cow<'_, str>, u64)]> = if chunk.len() == INSERT_ROWS {
-                vec![chunk]
+            // A full chunk in one statement; the tail one row at a time.
+            let (st, per) = if chunk.len() == INSERT_ROWS {
+                (&mut insert_many, INSERT_ROWS)
             } else {
-                chunk.chunks(1).collect()
+                (&mut insert_one, 1)
             };
-            for rows in pieces {
-                let st = if rows.len() == INSERT_ROWS {
-                    &mut insert_many
-                } else {
-                    &mut insert_one
-                };
+            for rows in chunk.chunks(per) {
                 bind_rows(st, rows, rules.allow_duplicate_rows)?;
                 let mut returned = st.raw_query();
                 while let Some(r) = returned.next()? {
