@@ -5,11 +5,10 @@ mod common;
 mod conformance;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::servers::{ensure_test_user, Ftpd, TestCa};
 use milebatch::source::ftp::FtpSource;
-use milebatch::source::{After, FtpConfig, Pickup, Ready, SecretRef, Source, SourceError};
+use milebatch::source::{FtpConfig, SecretRef, Source, SourceError};
 
 fn secret(dir: &Path, pw: &str) -> SecretRef {
     use std::os::unix::fs::PermissionsExt;
@@ -28,15 +27,7 @@ fn config(ftpd: &Ftpd, dir: &str, pw: SecretRef, ca: Option<&TestCa>) -> FtpConf
         password: pw,
         tls: ftpd.tls,
         ca_file: ca.map(|c| c.ca_pem.clone()),
-        pickup: Pickup {
-            pattern: glob::Pattern::new("*.csv").unwrap(),
-            ready: Ready::Immediate,
-            after: After::Move("processed".into()),
-            move_failed: None,
-            errors_dir: Some("errors".into()),
-            timeout: Duration::from_secs(5),
-            retries: 2,
-        },
+        pickup: conformance::test_pickup(2),
     }
 }
 

@@ -10,19 +10,11 @@ use std::time::{Duration, Instant};
 use common::servers::{ensure_test_user, KeyType, Sshd, SshdOpts};
 use milebatch::source::sftp::SftpSource;
 use milebatch::source::{
-    After, HostKeyCheck, Pickup, Ready, SecretRef, SftpAuth, SftpConfig, Source, SourceError,
+    HostKeyCheck, Pickup, SecretRef, SftpAuth, SftpConfig, Source, SourceError,
 };
 
 fn pickup() -> Pickup {
-    Pickup {
-        pattern: glob::Pattern::new("*.csv").unwrap(),
-        ready: Ready::Immediate,
-        after: After::Move("processed".into()),
-        move_failed: None,
-        errors_dir: Some("errors".into()),
-        timeout: Duration::from_secs(5),
-        retries: 2,
-    }
+    conformance::test_pickup(2)
 }
 
 fn config(sshd: &Sshd, dir: &Path) -> SftpConfig {

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -61,30 +61,7 @@ impl FtpSource {
     fn open(&self) -> Result<Conn, SourceError> {
         let c = &self.c;
         let timeout = c.pickup.timeout;
-        let addrs: Vec<SocketAddr> = (c.host.as_str(), c.port)
-            .to_socket_addrs()
-            .map_err(|e| SourceError::Transient(format!("resolving {}:{}: {e}", c.host, c.port)))?
-            .collect();
-        let mut last = None;
-        let mut tcp = None;
-        for a in &addrs {
-            match connect_bounded(*a, timeout) {
-                Ok(t) => {
-                    tcp = Some(t);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| {
-            SourceError::Transient(format!(
-                "connecting to {}:{}: {}",
-                c.host,
-                c.port,
-                last.map(|e| e.to_string())
-                    .unwrap_or_else(|| "no address".into())
-            ))
-        })?;
+        let tcp = super::connect_tcp(&c.host, c.port, timeout, connect_bounded)?;
         let data_builder = move |addr: SocketAddr| {
             connect_bounded(addr, timeout).map_err(FtpError::ConnectionError)
         };

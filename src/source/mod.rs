@@ -674,6 +674,34 @@ fn subdir(s: &str, key: &str) -> Result<String, String> {
     Ok(t.to_owned())
 }
 
+/// Connect to `host:port`, trying each address it resolves to with
+/// `connect` (each attempt bounded by `timeout`). Every failure is transient:
+/// a server that is down or unreachable may come back.
+pub(crate) fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    connect: impl Fn(std::net::SocketAddr, Duration) -> std::io::Result<std::net::TcpStream>,
+) -> Result<std::net::TcpStream, SourceError> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| SourceError::Transient(format!("resolving {host}:{port}: {e}")))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match connect(a, timeout) {
+            Ok(t) => return Ok(t),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(SourceError::Transient(format!(
+        "connecting to {host}:{port}: {}",
+        last.map(|e| e.to_string())
+            .unwrap_or_else(|| "no address".into())
+    )))
+}
+
 /// Whether a name from a listing may be used at all: not empty, no path
 /// separators, no `.`/`..`, no control characters, at most 255 bytes.
 pub fn safe_name(name: &str) -> bool {

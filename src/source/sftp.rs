@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -68,29 +68,8 @@ impl SftpSource {
     fn open(&self) -> Result<Conn, SourceError> {
         let c = &self.c;
         let timeout = c.pickup.timeout;
-        let addrs: Vec<_> = (c.host.as_str(), c.port)
-            .to_socket_addrs()
-            .map_err(|e| SourceError::Transient(format!("resolving {}:{}: {e}", c.host, c.port)))?
-            .collect();
-        let mut last = None;
-        let mut tcp = None;
-        for a in &addrs {
-            match TcpStream::connect_timeout(a, timeout) {
-                Ok(t) => {
-                    tcp = Some(t);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| {
-            SourceError::Transient(format!(
-                "connecting to {}:{}: {}",
-                c.host,
-                c.port,
-                last.map(|e| e.to_string())
-                    .unwrap_or_else(|| "no address".into())
-            ))
+        let tcp = super::connect_tcp(&c.host, c.port, timeout, |a, t| {
+            TcpStream::connect_timeout(&a, t)
         })?;
         let _ = tcp.set_nodelay(true);
         let mut sess = Session::new()

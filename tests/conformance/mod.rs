@@ -80,7 +80,8 @@ fn find<'a>(list: &'a [RemoteFile], name: &str) -> &'a RemoteFile {
         .unwrap_or_else(|| panic!("{name} not in listing {:?}", names(list)))
 }
 
-fn pickup() -> Pickup {
+/// The pickup options the suite and the source test files use.
+pub fn test_pickup(retries: u32) -> Pickup {
     Pickup {
         pattern: glob::Pattern::new("*.csv").unwrap(),
         ready: Ready::Immediate,
@@ -88,8 +89,12 @@ fn pickup() -> Pickup {
         move_failed: Some("failed".into()),
         errors_dir: Some("errors".into()),
         timeout: Duration::from_secs(5),
-        retries: 0,
+        retries,
     }
+}
+
+fn pickup() -> Pickup {
+    test_pickup(0)
 }
 
 /// Regular files only, with their sizes; folders and symlinks are not files.
