@@ -156,3 +156,19 @@ fn database_reports_and_archive_are_owner_only() {
         assert_eq!(mode(&e.unwrap().path()), 0o600);
     }
 }
+
+#[test]
+fn a_header_only_file_is_refused_as_empty() {
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox", "header = true"));
+    w.demo_members();
+    w.write("inbox/h.csv", "member,key,miles\r\n");
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 1, "{run:#}");
+    assert_eq!(run["files"][0]["outcome"], "refused");
+    assert!(run["files"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no data rows"));
+    assert_eq!(w.ledger_rows(), 0);
+}
