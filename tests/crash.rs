@@ -108,6 +108,7 @@ fn soak(iterations: usize, rows: usize, inbox: Inbox<'_>) -> Tally {
     let mut tally = Tally::default();
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut full_run = Duration::ZERO;
+    let mut tidy_window: Option<(Duration, Duration)> = None;
     for i in 0..iterations {
         let name = format!("f{i:04}.csv");
         let (bytes, expect, report) = file_for(i, rows);
@@ -130,7 +131,20 @@ fn soak(iterations: usize, rows: usize, inbox: Inbox<'_>) -> Tally {
             .unwrap();
         let start = Instant::now();
         if i == 0 {
-            // Calibrate: the first run goes to the end, to know how long a run is.
+            // Calibrate: the first run goes to the end, to know how long a
+            // run is and when it commits and finishes tidying.
+            let mut commit_at = None;
+            while child.try_wait().unwrap().is_none() {
+                let state = w.try_int("SELECT COALESCE(MAX(tidy = 'done') + 1, 0) FROM files");
+                match state {
+                    Ok(1) | Ok(2) if commit_at.is_none() => commit_at = Some(start.elapsed()),
+                    _ => {}
+                }
+                if state == Ok(2) && tidy_window.is_none() {
+                    tidy_window = Some((commit_at.unwrap(), start.elapsed()));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
             let out = child.wait_with_output().unwrap();
             assert!(
                 out.status.success(),
@@ -142,9 +156,19 @@ fn soak(iterations: usize, rows: usize, inbox: Inbox<'_>) -> Tally {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            let at = full_run.mul_f64((rng % 1100) as f64 / 1000.0);
+            // Every third kill aims at the commit and the tidy-up (the
+            // remote move and report upload): a window of milliseconds that
+            // uniform timing almost never hits.
+            let at = match tidy_window {
+                Some((from, to)) if i % 3 == 0 => {
+                    let from = from.saturating_sub(Duration::from_millis(3));
+                    let span = (to + Duration::from_millis(3)).saturating_sub(from);
+                    from + span.mul_f64((rng % 1000) as f64 / 1000.0)
+                }
+                _ => full_run.mul_f64((rng % 1100) as f64 / 1000.0),
+            };
             while start.elapsed() < at && child.try_wait().unwrap().is_none() {
-                std::thread::sleep(Duration::from_millis(1));
+                std::hint::spin_loop();
             }
             child.kill().ok(); // SIGKILL
             child.wait().unwrap();
