@@ -123,6 +123,34 @@ enum StartError {
 
 /// Waits until `port` accepts TCP connections, or the child exits, or
 /// [`START_TIMEOUT`] passes.
+/// Start a server in the foreground with its output in `log`, and wait
+/// until it listens on `port` (killed again if it does not).
+fn spawn_logged(mut cmd: Command, log: &Path, port: u16) -> Result<Child, StartError> {
+    let out = File::create(log).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    match wait_for_port(&mut child, port) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            kill_tree(&mut child);
+            Err(e)
+        }
+    }
+}
+
+impl StartError {
+    fn describe(&self) -> String {
+        match self {
+            StartError::Exited(s) => format!("exited ({s})"),
+            StartError::Timeout => format!("not listening after {START_TIMEOUT:?}"),
+        }
+    }
+}
+
 fn wait_for_port(child: &mut Child, port: u16) -> Result<(), StartError> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let deadline = Instant::now() + START_TIMEOUT;
@@ -632,22 +660,10 @@ impl Sshd {
     }
 
     fn spawn(&mut self) -> Result<(), StartError> {
-        let log = File::create(&self.log).unwrap();
-        let mut child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {SSHD}: {e}"));
-        let r = wait_for_port(&mut child, self.port);
-        if r.is_err() {
-            kill_tree(&mut child);
-        } else {
-            self.child = Some(child);
-        }
-        r
+        let mut cmd = Command::new(SSHD);
+        cmd.args(["-D", "-e", "-f"]).arg(&self.config);
+        self.child = Some(spawn_logged(cmd, &self.log, self.port)?);
+        Ok(())
     }
 
     fn log_says_in_use(&self) -> bool {
@@ -655,10 +671,7 @@ impl Sshd {
     }
 
     fn start_failed(&self, e: StartError) -> ! {
-        let why = match e {
-            StartError::Exited(s) => format!("exited ({s})"),
-            StartError::Timeout => format!("not listening after {START_TIMEOUT:?}"),
-        };
+        let why = e.describe();
         panic!(
             "sshd on 127.0.0.1:{} {why}; log {}:\n{}",
             self.port,
@@ -872,21 +885,10 @@ impl Ftpd {
     }
 
     fn spawn(&mut self) -> Result<(), StartError> {
-        let log = File::create(&self.log).unwrap();
-        let mut child = Command::new(VSFTPD)
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {VSFTPD}: {e}"));
-        let r = wait_for_port(&mut child, self.port);
-        if r.is_err() {
-            kill_tree(&mut child);
-        } else {
-            self.child = Some(child);
-        }
-        r
+        let mut cmd = Command::new(VSFTPD);
+        cmd.arg(&self.config);
+        self.child = Some(spawn_logged(cmd, &self.log, self.port)?);
+        Ok(())
     }
 
     fn log_says_in_use(&self) -> bool {
@@ -894,10 +896,7 @@ impl Ftpd {
     }
 
     fn start_failed(&self, e: StartError) -> ! {
-        let why = match e {
-            StartError::Exited(s) => format!("exited ({s})"),
-            StartError::Timeout => format!("not listening after {START_TIMEOUT:?}"),
-        };
+        let why = e.describe();
         panic!(
             "vsftpd on 127.0.0.1:{} {why}; output {}:\n{}\nconfig:\n{}",
             self.port,
