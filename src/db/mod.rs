@@ -214,6 +214,44 @@ mod tests {
     }
 
     #[test]
+    fn migrating_keeps_every_ledger_row_and_the_append_only_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.db");
+        {
+            // A database as milebatch left it at schema version 2, with money in it.
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute_batch(
+                "INSERT INTO members(id, member_id, status) VALUES (1, 'A', 0), (2, 'B', 0);
+                 INSERT INTO files(id, partner, name, size, sha256, outcome, started_at)
+                   VALUES (1, 'p', 'f', 1, 'h', 'credited', 'now');
+                 INSERT INTO ledger VALUES (1, 1, 'p', 1, 'k1', 5, 100, 0);
+                 INSERT INTO ledger VALUES (1, 2, 'p', 2, 'k2', 7, 100, 0);
+                 INSERT INTO balances VALUES (1, 5), (2, 7);",
+            )
+            .unwrap();
+        }
+        let c = open(&p).unwrap();
+        let rows: Vec<(i64, i64, String, i64, i64)> = c
+            .prepare("SELECT file_id, line, partner_key, member, miles FROM ledger ORDER BY line")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![(1, 1, "k1".into(), 1, 5), (1, 2, "k2".into(), 2, 7)]
+        );
+        let e = c.execute("DELETE FROM ledger", []).unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{e}");
+    }
+
+    #[test]
     fn ledger_is_append_only() {
         let d = tempfile::tempdir().unwrap();
         let c = open(&d.path().join("m.db")).unwrap();
