@@ -162,7 +162,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Balance { member, json } => {
             let config = load(&cli)?;
-            let conn = db::open(&config.daemon.database)?;
+            let conn = db::open_query(&config.daemon.database)?;
             let Some((member_id, status, miles)) = members::balance(&conn, member)? else {
                 bail!("no member {member:?} (neither a member ID nor a registered e-mail)");
             };
@@ -180,7 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::History { partner, key, json } => {
             let config = load(&cli)?;
-            let conn = db::open(&config.daemon.database)?;
+            let conn = db::open_query(&config.daemon.database)?;
             let rows = query::history(&conn, partner, key)?;
             if *json {
                 print_json(&rows)?;
@@ -199,7 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Files { partner, json } => {
             let config = load(&cli)?;
-            let conn = db::open(&config.daemon.database)?;
+            let conn = db::open_query(&config.daemon.database)?;
             let rows = query::files(&conn, partner.as_deref())?;
             if *json {
                 print_json(&rows)?;
@@ -349,12 +349,20 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
 
 fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
     let config = load(cli)?;
-    let conn = db::open(&config.daemon.database)?;
+    // Before the first run there is no database: every partner simply has
+    // no history yet.
+    let conn = match db::open_query(&config.daemon.database) {
+        Err(db::DbError::Missing { .. }) => None,
+        other => Some(other?),
+    };
     let tz = config.daemon.timezone;
     let now = clock()?.now();
     let mut out = Vec::new();
     for p in &config.partners {
-        let st = query::partner_status(&conn, &p.id)?;
+        let st = match &conn {
+            Some(c) => query::partner_status(c, &p.id)?,
+            None => query::PartnerStatus::default(),
+        };
         let next = p.schedule.next_after(now, tz).map(|t| daemon::zoned(t, tz));
         let mut v = serde_json::to_value(&st)?;
         v["id"] = p.id.clone().into();

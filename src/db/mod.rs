@@ -34,6 +34,14 @@ pub enum DbError {
         found: i64,
         known: usize,
     },
+    #[error("database {path} does not exist yet: run `milebatch members import` or `milebatch once` first")]
+    Missing { path: PathBuf },
+    #[error("database {path} has schema version {found}, this milebatch reads {known}: run `milebatch once` (or the daemon) once to migrate it")]
+    Version {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -104,6 +112,37 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
         .map_err(open_err)?;
     conn.set_prepared_statement_cache_capacity(64);
     migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// A read-only connection for the query commands (`status`, `files`,
+/// `history`, `balance`): it never creates, migrates or writes the database.
+/// (Run as root next to a `DynamicUser=` daemon, the `-wal`/`-shm` files
+/// SQLite may create are given the database file's owner by SQLite itself.)
+pub fn open_query(path: &Path) -> Result<Connection, DbError> {
+    if !path.exists() {
+        return Err(DbError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let open_err = |source| DbError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(open_err)?;
+    if version as usize != MIGRATIONS.len() {
+        return Err(DbError::Version {
+            path: path.to_owned(),
+            found: version,
+            known: MIGRATIONS.len(),
+        });
+    }
     Ok(conn)
 }
 
@@ -195,6 +234,28 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dmode, 0o700);
+    }
+
+    #[test]
+    fn query_connections_read_without_creating_anything() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.db");
+        let e = open_query(&p).unwrap_err().to_string();
+        assert!(e.contains("does not exist yet"), "{e}");
+        assert!(!p.exists(), "nothing created");
+        {
+            let c = open(&p).unwrap();
+            c.execute("INSERT INTO members(member_id, status) VALUES ('A', 0)", [])
+                .unwrap();
+        }
+        // The writer closed cleanly: no -wal/-shm left.
+        assert!(!d.path().join("m.db-wal").exists());
+        let q = open_query(&p).unwrap();
+        let n: i64 = q
+            .query_row("SELECT count(*) FROM members", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(q.execute("DELETE FROM members", []).is_err(), "read-only");
     }
 
     #[test]
