@@ -123,6 +123,28 @@ enum StartError {
 
 /// Waits until `port` accepts TCP connections, or the child exits, or
 /// [`START_TIMEOUT`] passes.
+/// What `respawn_on_same_port` needs of a server.
+trait Respawn {
+    fn spawn(&mut self) -> Result<(), StartError>;
+    fn log_says_in_use(&self) -> bool;
+    fn start_failed(&self, e: StartError) -> !;
+}
+
+/// Start a killed server again on its old port, which the kernel may still
+/// hold for a moment: retry while the log says so, up to START_TIMEOUT.
+fn respawn_on_same_port(server: &mut impl Respawn) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match server.spawn() {
+            Ok(()) => return,
+            Err(StartError::Exited(_)) if server.log_says_in_use() && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => server.start_failed(e),
+        }
+    }
+}
+
 /// Start a server in the foreground with its output in `log`, and wait
 /// until it listens on `port` (killed again if it does not).
 fn spawn_logged(mut cmd: Command, log: &Path, port: u16) -> Result<Child, StartError> {
@@ -658,7 +680,9 @@ impl Sshd {
             write_file(&self.config, &c, 0o644);
         }
     }
+}
 
+impl Respawn for Sshd {
     fn spawn(&mut self) -> Result<(), StartError> {
         let mut cmd = Command::new(SSHD);
         cmd.args(["-D", "-e", "-f"]).arg(&self.config);
@@ -679,7 +703,9 @@ impl Sshd {
             read_log(&self.log)
         );
     }
+}
 
+impl Sshd {
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -717,19 +743,7 @@ impl Sshd {
     /// keys, so clients see the same host key.
     pub fn restart(&mut self) {
         self.kill();
-        // the port may still be briefly held; sshd sets SO_REUSEADDR
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(StartError::Exited(_))
-                    if self.log_says_in_use() && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => self.start_failed(e),
-            }
-        }
+        respawn_on_same_port(self);
     }
 }
 
@@ -883,7 +897,9 @@ impl Ftpd {
         }
         ftpd
     }
+}
 
+impl Respawn for Ftpd {
     fn spawn(&mut self) -> Result<(), StartError> {
         let mut cmd = Command::new(VSFTPD);
         cmd.arg(&self.config);
@@ -905,7 +921,9 @@ impl Ftpd {
             fs::read_to_string(&self.config).unwrap_or_default()
         );
     }
+}
 
+impl Ftpd {
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -928,18 +946,7 @@ impl Ftpd {
     /// Kills (if running) and starts again on the same ports.
     pub fn restart(&mut self) {
         self.kill();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(StartError::Exited(_))
-                    if self.log_says_in_use() && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => self.start_failed(e),
-            }
-        }
+        respawn_on_same_port(self);
     }
 }
 
