@@ -98,7 +98,6 @@ pub struct Lookup<'c> {
     many_by_id: Statement<'c>,
     many_by_email: Statement<'c>,
     key_buf: String,
-    json_buf: Vec<u8>,
 }
 
 impl<'c> Lookup<'c> {
@@ -109,7 +108,6 @@ impl<'c> Lookup<'c> {
             many_by_id: conn.prepare(MANY_BY_ID)?,
             many_by_email: conn.prepare(MANY_BY_EMAIL)?,
             key_buf: String::new(),
-            json_buf: Vec::new(),
         })
     }
 
@@ -138,14 +136,14 @@ impl<'c> Lookup<'c> {
     }
 
     /// [`Lookup::find_key`] for many keys of one kind in one statement:
-    /// `out[i]` is the member of `keys[i]`. The same index probes, but one
-    /// statement run per batch instead of one per key (cursors opened once,
-    /// no per-key bind/step/reset); sorted keys make neighbouring probes
-    /// share B-tree pages.
+    /// `out[i]` is the member of the `i`th key of `keys`. The same index
+    /// probes, but one statement run per batch instead of one per key
+    /// (cursors opened once, no per-key bind/step/reset); sorted keys make
+    /// neighbouring probes share B-tree pages.
     pub fn find_many(
         &mut self,
         kind: KeyKind,
-        keys: &[&str],
+        keys: &KeyList,
         out: &mut Vec<Option<Found>>,
     ) -> Result<(), DbError> {
         out.clear();
@@ -153,15 +151,11 @@ impl<'c> Lookup<'c> {
         if keys.is_empty() {
             return Ok(());
         }
-        self.json_buf.clear();
-        // A JSON array of strings: serde_json escapes whatever a key holds.
-        serde_json::to_writer(&mut self.json_buf, keys).expect("strings always serialise");
-        let json = std::str::from_utf8(&self.json_buf).expect("JSON is UTF-8");
         let st = match kind {
             KeyKind::Email => &mut self.many_by_email,
             KeyKind::MemberId => &mut self.many_by_id,
         };
-        let mut rows = st.query([json])?;
+        let mut rows = st.query([keys.as_json()])?;
         while let Some(r) = rows.next()? {
             let i = r.get::<_, i64>(0)? as usize;
             let id: Option<i64> = r.get(1)?;
@@ -173,6 +167,71 @@ impl<'c> Lookup<'c> {
             }
         }
         Ok(())
+    }
+}
+
+/// Keys for [`Lookup::find_many`], kept as the JSON array of strings that
+/// `json_each` reads: adding a key is a copy (escaped only when it holds a
+/// quote, a backslash or a control character), not a serialisation of the
+/// whole batch.
+#[derive(Debug, Clone)]
+pub struct KeyList {
+    json: String,
+    len: usize,
+}
+
+impl Default for KeyList {
+    fn default() -> KeyList {
+        KeyList {
+            json: "[]".into(),
+            len: 0,
+        }
+    }
+}
+
+impl KeyList {
+    pub fn clear(&mut self) {
+        self.json.clear();
+        self.json.push_str("[]");
+        self.len = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append `key` (in [`lookup_key`] form).
+    pub fn push(&mut self, key: &str) {
+        use std::fmt::Write;
+        self.json.pop(); // the closing ']'
+        if self.len > 0 {
+            self.json.push(',');
+        }
+        self.json.push('"');
+        if key.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            for c in key.chars() {
+                match c {
+                    '"' => self.json.push_str("\\\""),
+                    '\\' => self.json.push_str("\\\\"),
+                    c if (c as u32) < 0x20 => {
+                        let _ = write!(self.json, "\\u{:04x}", c as u32);
+                    }
+                    c => self.json.push(c),
+                }
+            }
+        } else {
+            self.json.push_str(key);
+        }
+        self.json.push_str("\"]");
+        self.len += 1;
+    }
+
+    fn as_json(&self) -> &str {
+        &self.json
     }
 }
 
@@ -526,12 +585,38 @@ mod tests {
             "NM1",
         ];
         for (kind, keys) in [(KeyKind::MemberId, &ids[..]), (KeyKind::Email, &emails[..])] {
+            let mut list = KeyList::default();
+            keys.iter().for_each(|k| list.push(k));
             let mut got = Vec::new();
-            l.find_many(kind, keys, &mut got).unwrap();
+            l.find_many(kind, &list, &mut got).unwrap();
             let want: Vec<_> = keys.iter().map(|k| l.find_key(kind, k).unwrap()).collect();
             assert_eq!(got, want, "{kind:?}");
             assert!(got.iter().filter(|f| f.is_some()).count() >= 4, "{got:?}");
         }
+    }
+
+    #[test]
+    fn key_list_is_the_json_array_of_its_keys() {
+        let keys = [
+            "NM1",
+            "a\"b",
+            "back\\slash",
+            "tab\tnew\nline\r\u{1}\u{1f}",
+            "\u{7f}髙橋①",
+            "",
+            "user@example.jp",
+        ];
+        let mut list = KeyList::default();
+        assert_eq!(list.as_json(), "[]");
+        for (i, k) in keys.iter().enumerate() {
+            list.push(k);
+            assert_eq!(list.len(), i + 1);
+            let back: Vec<String> = serde_json::from_str(list.as_json()).unwrap();
+            assert_eq!(back, keys[..=i], "{}", list.as_json());
+        }
+        list.clear();
+        assert!(list.is_empty());
+        assert_eq!(list.as_json(), "[]");
     }
 
     #[test]

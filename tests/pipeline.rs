@@ -245,9 +245,11 @@ fn trailing_blank_lines_header_and_bom_are_handled() {
 }
 
 /// A file of several credit batches (the credit step works in batches of
-/// 32k rows, member lookups sorted within a batch): every row gets the same
-/// code and credit as a row-by-row model says, E008 is decided across batch
-/// boundaries in file order, and the report keeps file order.
+/// `BATCH_ROWS` rows, member lookups sorted within a batch and shared by two
+/// threads, ledger rows inserted 64 per statement): every row gets the same
+/// code and credit as a row-by-row model says, E008 is decided within one
+/// statement, across statements and across batch boundaries in file order,
+/// and the report keeps file order.
 #[test]
 fn a_multi_batch_file_matches_the_row_by_row_model() {
     let w = Workspace::new();
@@ -270,18 +272,24 @@ fn a_multi_batch_file_matches_the_row_by_row_model() {
         ("NM0000000004", Err("E004")),
     ];
     // Every 7th row repeats the previous row's key and miles (E008 when the
-    // same member, however spelled); every 1000th past 40k repeats a row of
-    // the previous batch (same member: 33003 is a multiple of 9).
+    // same member, however spelled); every 1000th past the first batch
+    // repeats a row about half a batch back, often in the previous batch
+    // (the same member: BACK is a multiple of 9).
+    const BATCH: usize = milebatch::pipeline::batch::BATCH_ROWS;
+    const BACK: usize = BATCH / 2 / 9 * 9;
     fn key_miles(line: usize) -> (String, u64) {
-        if line > 40_000 && line.is_multiple_of(1000) {
-            key_miles(line - 33_003)
+        if line > BATCH && line.is_multiple_of(1000) {
+            key_miles(line - BACK)
         } else if line.is_multiple_of(7) {
             key_miles(line - 1)
         } else {
             (format!("K{line}"), (line % 4999 + 1) as u64)
         }
     }
-    let n = 70_000usize;
+    // Rows are short (under 90 bytes, decoded text included): BATCH_ROWS,
+    // not BATCH_BYTES, ends each batch.
+    assert!(90 * BATCH < milebatch::pipeline::batch::BATCH_BYTES);
+    let n = BATCH * 2 + BATCH / 3;
     let (mut file, mut want_report) = (String::new(), String::new());
     let (mut credited, mut failed) = (0u64, 0u64);
     let mut balances = std::collections::HashMap::<&str, i64>::new();

@@ -16,6 +16,7 @@
 //! uncreditable a second time. Everything after the commit (tidy) may fail
 //! and be retried without touching money.
 
+pub mod batch;
 pub mod credit;
 pub mod decode;
 pub mod parse;
