@@ -288,7 +288,7 @@ fn a_multi_batch_file_matches_the_row_by_row_model() {
     }
     // Rows are short (under 90 bytes, decoded text included): BATCH_ROWS,
     // not BATCH_BYTES, ends each batch.
-    assert!(90 * BATCH < milebatch::pipeline::batch::BATCH_BYTES);
+    const { assert!(90 * BATCH < milebatch::pipeline::batch::BATCH_BYTES) };
     let n = BATCH * 2 + BATCH / 3;
     let (mut file, mut want_report) = (String::new(), String::new());
     let (mut credited, mut failed) = (0u64, 0u64);

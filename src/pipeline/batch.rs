@@ -153,7 +153,7 @@ pub fn read_batches(
     encoding: Encoding,
     header: bool,
     members: &Connection,
-    helper: Option<Helper>,
+    helper: Helper,
     pipe: Pipe,
 ) {
     let Pipe { out, recycled } = pipe;
@@ -320,7 +320,7 @@ impl Sorted {
 
 struct Resolver<'c> {
     lookup: Lookup<'c>,
-    helper: Option<Helper>,
+    helper: Helper,
     order: Vec<Sorted>,
     /// Where each distinct key starts in `order`, per kind.
     starts: [Vec<u32>; 2],
@@ -330,7 +330,7 @@ struct Resolver<'c> {
 }
 
 impl<'c> Resolver<'c> {
-    fn new(members: &'c Connection, helper: Option<Helper>) -> Result<Resolver<'c>, DbError> {
+    fn new(members: &'c Connection, helper: Helper) -> Result<Resolver<'c>, DbError> {
         Ok(Resolver {
             lookup: Lookup::new(members)?,
             helper,
@@ -373,14 +373,9 @@ impl<'c> Resolver<'c> {
             }
         }
         let mut theirs = self.spare.take().unwrap_or_default();
-        let share = self.helper.is_some();
         for k in 0..2 {
             let starts = &self.starts[k];
-            let half = if share {
-                starts.len() / 2
-            } else {
-                starts.len()
-            };
+            let half = starts.len() / 2;
             for (job, part) in [
                 (&mut self.mine, &starts[..half]),
                 (&mut theirs, &starts[half..]),
@@ -391,17 +386,10 @@ impl<'c> Resolver<'c> {
                 }
             }
         }
-        let theirs = match &self.helper {
-            Some(h) => {
-                h.jobs.send(theirs).map_err(|_| helper_gone())?;
-                self.mine.run(&mut self.lookup)?;
-                h.done.recv().map_err(|_| helper_gone())??
-            }
-            None => {
-                self.mine.run(&mut self.lookup)?;
-                theirs
-            }
-        };
+        let h = &self.helper;
+        h.jobs.send(theirs).map_err(|_| helper_gone())?;
+        self.mine.run(&mut self.lookup)?;
+        let theirs = h.done.recv().map_err(|_| helper_gone())??;
         // Members in `order`'s order: per kind, this thread's half, then the
         // helper's.
         let found = &mut batch.found;

@@ -252,7 +252,7 @@ fn stream_rows(
         std::thread::Builder::new()
             .name("milebatch-read".into())
             .spawn_scoped(scope, move || {
-                batch::read_batches(input, p.encoding, p.header, &members, Some(helper), pipe)
+                batch::read_batches(input, p.encoding, p.header, &members, helper, pipe)
             })
             .map_err(spawn_err)?;
         // Returning drops `batches`: a reader still sending then stops, and
