@@ -246,7 +246,8 @@ fn trailing_blank_lines_header_and_bom_are_handled() {
 
 /// A file of several credit batches (the credit step works in batches of
 /// `BATCH_ROWS` rows, member lookups sorted within a batch and shared by two
-/// threads, ledger rows inserted 64 per statement): every row gets the same
+/// threads, ledger rows inserted 64 per statement in key order, not line
+/// order: `K10` before `K9`): every row gets the same
 /// code and credit as a row-by-row model says, E008 is decided within one
 /// statement, across statements and across batch boundaries in file order,
 /// and the report keeps file order.
