@@ -10,8 +10,6 @@
 //! - after a transient fault the connection is dropped and the next call
 //!   reconnects.
 
-use std::fs::File;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -282,27 +280,6 @@ fn map_err(e: FtpError, what: &str) -> SourceError {
     }
 }
 
-fn copy_transfer<R: Read>(src: &mut R, dest: &Path, what: &str) -> Result<u64, SourceError> {
-    let mut out = File::create(dest)
-        .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
-    let mut buf = vec![0u8; READ_BUF];
-    let mut n = 0u64;
-    loop {
-        let k = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(map_err(FtpError::ConnectionError(e), what)),
-        };
-        out.write_all(&buf[..k])
-            .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
-        n += k as u64;
-    }
-    out.flush()
-        .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
-    Ok(n)
-}
-
 fn retr<T: TlsStream>(
     f: &mut ImplFtpStream<T>,
     name: &str,
@@ -310,7 +287,9 @@ fn retr<T: TlsStream>(
 ) -> Result<u64, SourceError> {
     let what = format!("downloading {name}");
     let mut stream = f.retr_as_stream(name).map_err(|e| map_err(e, &what))?;
-    let copied = copy_transfer(&mut stream, dest, &what);
+    let copied = super::download_to(&mut stream, dest, READ_BUF, |e, _| {
+        map_err(FtpError::ConnectionError(e), &what)
+    });
     // Always read the completion reply, but the copy's error is the cause.
     let finished = stream.finish();
     let n = copied?;
@@ -340,10 +319,7 @@ impl Source for FtpSource {
             let conn = self.conn()?;
             let n = on!(conn, f => retr(f, &file.name, dest))?;
             if file.size != 0 && n != file.size {
-                return Err(SourceError::Transient(format!(
-                    "{}: size changed while reading ({} bytes listed, {n} read)",
-                    file.name, file.size
-                )));
+                return Err(super::size_changed(&file.name, file.size, n));
             }
             Ok(())
         })();

@@ -11,8 +11,6 @@
 //! `list` sends the GET and keeps the response; `fetch` streams that same
 //! response to disk, so a file is requested once per run.
 
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::Path;
 
 use reqwest::blocking::{Client, Response};
@@ -290,28 +288,12 @@ impl Source for HttpSource {
             },
         };
         let expect = header_u64(&resp, CONTENT_LENGTH);
-        let mut out = File::create(dest)
-            .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
-        let mut buf = vec![0u8; READ_BUF];
-        let mut n = 0u64;
-        loop {
-            let k = match resp.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(SourceError::Transient(format!(
-                        "{what}: body broke off after {n} bytes: {}",
-                        chain(&e)
-                    )))
-                }
-            };
-            out.write_all(&buf[..k])
-                .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
-            n += k as u64;
-        }
-        out.flush()
-            .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
+        let n = super::download_to(&mut resp, dest, READ_BUF, |e, n| {
+            SourceError::Transient(format!(
+                "{what}: body broke off after {n} bytes: {}",
+                chain(&e)
+            ))
+        })?;
         if let Some(len) = expect {
             if n != len {
                 return Err(SourceError::Transient(format!(

@@ -73,11 +73,7 @@ impl Source for LocalSource {
         let src = self.regular(&file.name)?;
         let n = fs::copy(&src, dest).map_err(|e| io_err(&src, e))?;
         if n != file.size {
-            return Err(SourceError::Transient(format!(
-                "{}: size changed while reading ({} bytes listed, {n} read)",
-                src.display(),
-                file.size
-            )));
+            return Err(super::size_changed(src.display(), file.size, n));
         }
         Ok(())
     }

@@ -702,6 +702,43 @@ pub(crate) fn connect_tcp(
     )))
 }
 
+/// Copy a download into a new file at `dest`, `buf_size` bytes at a time:
+/// the one copy loop of the remote sources. A read error goes through
+/// `read_err` (with the bytes copied before it); a local write error is
+/// Permanent. Returns the bytes copied.
+pub(crate) fn download_to(
+    src: &mut impl std::io::Read,
+    dest: &Path,
+    buf_size: usize,
+    mut read_err: impl FnMut(std::io::Error, u64) -> SourceError,
+) -> Result<u64, SourceError> {
+    use std::io::Write;
+    let local = |e: std::io::Error| SourceError::Permanent(format!("{}: {e}", dest.display()));
+    let mut out = std::fs::File::create(dest).map_err(local)?;
+    let mut buf = vec![0u8; buf_size];
+    let mut n = 0u64;
+    loop {
+        let k = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e, n)),
+        };
+        out.write_all(&buf[..k]).map_err(local)?;
+        n += k as u64;
+    }
+    out.flush().map_err(local)?;
+    Ok(n)
+}
+
+/// A file read whole but not at the size its listing gave: it changed while
+/// being read. Transient: the next run fetches it again.
+pub(crate) fn size_changed(what: impl fmt::Display, listed: u64, read: u64) -> SourceError {
+    SourceError::Transient(format!(
+        "{what}: size changed while reading ({listed} bytes listed, {read} read)"
+    ))
+}
+
 /// Whether a name from a listing may be used at all: not empty, no path
 /// separators, no `.`/`..`, no control characters, at most 255 bytes.
 pub fn safe_name(name: &str) -> bool {

@@ -8,8 +8,7 @@
 //! - after a transient fault the session is dropped and the next call
 //!   reconnects, so a retry starts clean.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
@@ -333,29 +332,9 @@ impl Source for SftpSource {
             let mut remote = sftp
                 .open_mode(&src, OpenFlags::READ, 0, OpenType::File)
                 .map_err(|e| map_err(e, &what))?;
-            let mut out = File::create(dest)
-                .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
-            let mut buf = vec![0u8; READ_BUF];
-            let mut n: u64 = 0;
-            loop {
-                let k = match remote.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err(e, &what)),
-                };
-                out.write_all(&buf[..k])
-                    .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
-                n += k as u64;
-            }
-            out.flush()
-                .map_err(|e| SourceError::Permanent(format!("{}: {e}", dest.display())))?;
+            let n = super::download_to(&mut remote, dest, READ_BUF, |e, _| io_err(e, &what))?;
             if file.size != 0 && n != file.size {
-                return Err(SourceError::Transient(format!(
-                    "{}: size changed while reading ({} bytes listed, {n} read)",
-                    src.display(),
-                    file.size
-                )));
+                return Err(super::size_changed(src.display(), file.size, n));
             }
             Ok(())
         })
