@@ -390,24 +390,34 @@ impl<'c> Resolver<'c> {
         h.jobs.send(theirs).map_err(|_| helper_gone())?;
         self.mine.run(&mut self.lookup)?;
         let theirs = h.done.recv().map_err(|_| helper_gone())??;
-        // Members in `order`'s order: per kind, this thread's half, then the
-        // helper's.
+        // One member per distinct key, in `order`'s order: per kind, this
+        // thread's half, then the helper's. `starts` are in that order too
+        // (kind by kind, ascending), and each key's rows run to the next
+        // start.
         let found = &mut batch.found;
         found.clear();
         found.resize(batch.rows.len(), None);
-        let mut next = self.mine.found[0]
+        let members = self.mine.found[0]
             .iter()
             .chain(&theirs.found[0])
             .chain(&self.mine.found[1])
             .chain(&theirs.found[1]);
-        let mut current = None;
-        for (pos, s) in self.order.iter().enumerate() {
-            if pos == 0 || !self.order[pos - 1].same_key(s, text) {
-                current = *next.next().expect("one result per distinct key");
+        let starts = self.starts[0].iter().chain(&self.starts[1]);
+        assert_eq!(
+            members.clone().count(),
+            starts.clone().count(),
+            "one member per distinct key"
+        );
+        let ends = starts
+            .clone()
+            .skip(1)
+            .map(|&e| e as usize)
+            .chain([self.order.len()]);
+        for ((&start, end), member) in starts.zip(ends).zip(members) {
+            for s in &self.order[start as usize..end] {
+                found[s.row as usize] = *member;
             }
-            found[s.row as usize] = current;
         }
-        debug_assert!(next.next().is_none(), "one distinct key per result");
         self.spare = Some(theirs);
         Ok(())
     }
