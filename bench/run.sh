@@ -18,16 +18,17 @@
 #   --bin PATH    the milebatch binary to use (skips `cargo build --release`)
 #   --keep        keep the work folder (printed at the end)
 #
-# Environment: SHARED (default ../shared, beside the repo) holds bench/gen.py
-# and the baselines; BENCH_DIR the work folder (default a new /tmp folder).
+# The workload generator and both baselines live beside this script
+# (gen.py, mkmembers.sh, sqlite_floor.sh, python_baseline.py: the operator's
+# reference workload, copied in so that a clone needs nothing outside it).
+# Environment: BENCH_DIR the work folder (default a new /tmp folder).
 # Exit status: 1 if a correctness check fails, 2 if a target is missed
 # (never in --smoke), 0 otherwise.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-SHARED=${SHARED:-$root/../shared}
-shared_bench=$SHARED/bench
+shared_bench=$root/bench
 
 members=1000000
 rows=1000000
@@ -54,7 +55,7 @@ done
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 for f in gen.py mkmembers.sh sqlite_floor.sh python_baseline.py; do
-    [ -f "$shared_bench/$f" ] || die "$shared_bench/$f not found (set SHARED to the shared folder)"
+    [ -f "$shared_bench/$f" ] || die "$shared_bench/$f not found (a broken checkout?)"
 done
 command -v sqlite3 >/dev/null || die "sqlite3 not found (apt-get install sqlite3)"
 command -v python3 >/dev/null || die "python3 not found"

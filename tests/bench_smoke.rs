@@ -3,8 +3,8 @@
 //! size (and in a debug build); what is checked is that the script runs and
 //! that milebatch agrees with both baselines: credited + failed = rows,
 //! credited rows and miles equal the sqlite3 floor's ledger, failed rows equal
-//! the Python baseline's errors. Needs the shared folder (`SHARED`, default
-//! `../shared` beside the repo), sqlite3, python3 and /usr/bin/time.
+//! the Python baseline's errors. The workload generator and the baselines are
+//! in `bench/`; needs sqlite3, python3 and /usr/bin/time.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,18 +12,9 @@ use std::process::Command;
 #[test]
 fn bench_smoke_run_agrees_with_the_baselines() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shared = std::env::var_os("SHARED")
-        .map(Into::into)
-        .unwrap_or_else(|| root.join("../shared"));
-    assert!(
-        shared.join("bench/gen.py").exists(),
-        "the shared bench folder is missing at {} (set SHARED)",
-        shared.display()
-    );
     let out = Command::new("bash")
         .arg(root.join("bench/run.sh"))
         .args(["--smoke", "--bin", env!("CARGO_BIN_EXE_milebatch")])
-        .env("SHARED", &shared)
         .output()
         .expect("run bench/run.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
