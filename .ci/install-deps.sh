@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the integration tests need (real sshd, vsftpd,
-# ssh-keygen, and the libssh2/openssl build deps). Idempotent: only installs
+# nginx, proftpd with mod_sftp, ssh-keygen, openssl, and the libssh2/openssl
+# build deps). Idempotent: only installs
 # what is missing, runs `apt-get update` at most once. Safe with CI=true and
 # no stdin.
 set -euo pipefail
@@ -29,6 +30,14 @@ need /usr/lib/openssh/sftp-server openssh-server
 need ssh-keygen openssh-client
 need ssh openssh-client
 need /usr/sbin/vsftpd vsftpd
+# The servers partners run: nginx (HTTPS, basic auth, WebDAV PUT), proftpd
+# (FTP, FTPS) and its mod_sftp. Debian 12 ships mod_sftp in proftpd-mod-crypto
+# (it also carries mod_tls); openssl makes the test CA and host keys.
+need /usr/sbin/nginx nginx
+need /usr/sbin/proftpd proftpd-core
+need /usr/lib/proftpd/mod_sftp.so proftpd-mod-crypto
+need /usr/lib/proftpd/mod_tls.so proftpd-mod-crypto
+need openssl openssl
 need pkg-config pkg-config
 # libssl-dev: check for the headers rather than a binary
 need /usr/include/openssl/ssl.h libssl-dev

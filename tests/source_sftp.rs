@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::servers::{ensure_test_user, KeyType, Sshd, SshdOpts};
 use milebatch::source::sftp::SftpSource;
 use milebatch::source::{
-    HostKeyCheck, Pickup, SecretRef, SftpAuth, SftpConfig, Source, SourceError,
+    HostKeyCheck, HostKeyPin, Pickup, SecretRef, SftpAuth, SftpConfig, Source, SourceError,
 };
 
 fn pickup() -> Pickup {
@@ -27,7 +27,9 @@ fn config(sshd: &Sshd, dir: &Path) -> SftpConfig {
             key_file: sshd.client_key.clone(),
             passphrase: None,
         },
-        host_key: HostKeyCheck::Fingerprint(sshd.host_key_fingerprint()),
+        host_key: HostKeyCheck::Pins(vec![
+            HostKeyPin::parse(&sshd.host_key_fingerprint()).unwrap()
+        ]),
         pickup: pickup(),
     }
 }
@@ -86,8 +88,10 @@ fn sftp_wrong_or_unknown_host_key_is_refused_before_auth() {
 
     // wrong fingerprint
     let mut c = config(&sshd, &sshd.root);
-    c.host_key =
-        HostKeyCheck::Fingerprint("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into());
+    c.host_key = HostKeyCheck::Pins(vec![HostKeyPin::parse(
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
+    .unwrap()]);
     let e = SftpSource::connect(&c)
         .err()
         .expect("a wrong host key must be refused");
