@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub mod host_keys;
+pub mod http;
 
 use milebatch::source::{After, Pickup, Ready, RemoteFile, Source, SourceError};
 
