@@ -46,9 +46,10 @@ pub fn run(
     let bogus = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
     for k in keys {
         let typed = format!("{} {}", k.kind, k.fingerprint);
-        let mut s = connect(pins(&[typed.clone()])).unwrap_or_else(|e| panic!("pin {typed}: {e}"));
+        let mut s = connect(pins(std::slice::from_ref(&typed)))
+            .unwrap_or_else(|e| panic!("pin {typed}: {e}"));
         s.list().expect("list after a typed pin");
-        connect(pins(&[k.fingerprint.clone()]))
+        connect(pins(std::slice::from_ref(&k.fingerprint)))
             .unwrap_or_else(|e| panic!("untyped pin {}: {e}", k.fingerprint));
 
         // known_hosts holding only this key's line
