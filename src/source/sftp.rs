@@ -1,8 +1,13 @@
 //! SFTP over `ssh2` (blocking; the daemon calls sources off the async runtime).
 //!
 //! What must stay true:
-//! - the server's host key is checked (fingerprint or known_hosts) right
-//!   after the handshake and **before** any credential is sent;
+//! - the server's host key is checked (pins or known_hosts) right after the
+//!   handshake and **before** any credential is sent; a server with several
+//!   host keys is asked for the pinned type first, then for each other type
+//!   on a new connection, and a refusal names every key it presented;
+//! - a session ends with SSH_MSG_DISCONNECT (`Conn`'s `Drop`), not a reset;
+//! - a download never asks for a byte at or past the file's size
+//!   (`UpToSize`): servers log every such request;
 //! - every blocking libssh2 call is bounded by the configured timeout
 //!   (`Session::set_timeout`; libssh2's default is to wait forever);
 //! - after a transient fault the session is dropped and the next call
@@ -22,8 +27,9 @@ use super::secret::check_private;
 use super::{HostKeyCheck, HostKeyKind, RemoteFile, SftpAuth, SftpConfig, Source, SourceError};
 
 /// Read buffer for downloads. libssh2 pipelines SFTP read requests up to
-/// the size of the buffer it is given, so a big buffer is what makes a
-/// download fast on a link with latency.
+/// four times the buffer it is given, so a big buffer is what makes a
+/// download fast on a link with latency (`UpToSize` shrinks it near the
+/// end of a file).
 const READ_BUF: usize = 4 << 20;
 
 // libssh2 error codes (session level) and SFTP status codes we tell apart.

@@ -1178,7 +1178,7 @@ impl Proftpd {
                  Group nogroup\n\
                  PidFile {d}/proftpd.pid\n\
                  ScoreboardFile {d}/scoreboard\n\
-                 DelayTable none\n\
+                 DelayEngine off\n\
                  WtmpLog off\n\
                  UseReverseDNS off\n\
                  RequireValidShell off\n\
