@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the integration tests need (real sshd, vsftpd,
-# ssh-keygen, and the libssh2/openssl build deps). Idempotent: only installs
+# nginx, proftpd with mod_sftp, ssh-keygen, openssl, and the libssh2/openssl
+# build deps). Idempotent: only installs
 # what is missing, runs `apt-get update` at most once. Safe with CI=true and
 # no stdin.
 set -euo pipefail
@@ -29,6 +30,23 @@ need /usr/lib/openssh/sftp-server openssh-server
 need ssh-keygen openssh-client
 need ssh openssh-client
 need /usr/sbin/vsftpd vsftpd
+# The servers partners run: nginx (HTTPS, basic auth, WebDAV PUT), proftpd
+# (FTP, FTPS) and its mod_sftp; openssl hashes nginx's htpasswd.
+need /usr/sbin/nginx nginx
+need openssl openssl
+# proftpd-core and vsftpd conflict in Debian (both provide "ftp-server"), so
+# installing one removes the other. proftpd is unpacked instead (below);
+# here come the libraries it and mod_sftp/mod_tls (proftpd-mod-crypto) link.
+need_pkg() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" && return 0
+    log "missing package $1"
+    missing+=("$1")
+}
+for p in libacl1 libcap2 libcrypt1 libhiredis0.14 libidn2-0 libmemcached11 \
+    libmemcachedutil2 libncursesw6 libpam0g libpcre2-8-0 libpcre2-posix3 \
+    libssl3 libtinfo6 zlib1g libsodium23; do
+    need_pkg "$p"
+done
 need pkg-config pkg-config
 # libssl-dev: check for the headers rather than a binary
 need /usr/include/openssl/ssl.h libssl-dev
@@ -61,6 +79,29 @@ else
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "${missing[@]}" </dev/null
     log "installed: ${missing[*]}"
+fi
+
+# proftpd 1.3.8 from Debian's own packages, unpacked (not installed) under
+# PROFTPD_ROOT; the tests run $PROFTPD_ROOT/usr/sbin/proftpd with
+# ModulePath $PROFTPD_ROOT/usr/lib/proftpd.
+PROFTPD_ROOT=/opt/milebatch-test/proftpd
+if [[ -x $PROFTPD_ROOT/usr/sbin/proftpd && -f $PROFTPD_ROOT/usr/lib/proftpd/mod_sftp.so \
+    && -f $PROFTPD_ROOT/usr/lib/proftpd/mod_tls.so ]]; then
+    log "proftpd present in $PROFTPD_ROOT"
+else
+    [[ $(id -u) -eq 0 ]] || { log "ERROR: unpacking proftpd needs root"; exit 1; }
+    work=$(mktemp -d)
+    chmod 0777 "$work"
+    if ! (cd "$work" && apt-get download -q proftpd-core proftpd-mod-crypto </dev/null); then
+        log "apt-get update (for apt-get download)"
+        apt-get update -q </dev/null
+        (cd "$work" && apt-get download -q proftpd-core proftpd-mod-crypto </dev/null)
+    fi
+    mkdir -p "$PROFTPD_ROOT"
+    for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$PROFTPD_ROOT"; done
+    rm -rf "$work"
+    "$PROFTPD_ROOT/usr/sbin/proftpd" -v
+    log "unpacked proftpd into $PROFTPD_ROOT"
 fi
 
 # sshd refuses to start without its privilege-separation directory.

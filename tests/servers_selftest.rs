@@ -139,6 +139,7 @@ fn sshd_rsa_keys_no_password() {
         host_key: KeyType::Rsa,
         client_key: KeyType::Rsa,
         password_auth: false,
+        ..SshdOpts::default()
     });
     assert!(sshd.host_key_openssh().starts_with("ssh-rsa "));
     let sess = ssh_session(&sshd);

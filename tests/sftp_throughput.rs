@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::servers::{ensure_test_user, Sshd, SshdOpts};
 use milebatch::source::sftp::SftpSource;
 use milebatch::source::{
-    After, HostKeyCheck, Pickup, Ready, RemoteFile, SftpAuth, SftpConfig, Source,
+    After, HostKeyCheck, HostKeyPin, Pickup, Ready, RemoteFile, SftpAuth, SftpConfig, Source,
 };
 
 const SIZE: u64 = 200 << 20;
@@ -76,7 +76,9 @@ fn sftp_fetch_is_at_least_half_the_openssh_client() {
                 key_file: sshd.client_key.clone(),
                 passphrase: None,
             },
-            host_key: HostKeyCheck::Fingerprint(sshd.host_key_fingerprint()),
+            host_key: HostKeyCheck::Pins(vec![
+                HostKeyPin::parse(&sshd.host_key_fingerprint()).unwrap()
+            ]),
             pickup: Pickup {
                 pattern: glob::Pattern::new("*").unwrap(),
                 ready: Ready::Immediate,

@@ -49,6 +49,61 @@ fn secret(dir: &Path, name: &str, value: &str) -> SecretRef {
     SecretRef::File(p)
 }
 
+struct Fx(HttpServer);
+
+impl conformance::http::HttpFixture for Fx {
+    fn url(&self, path: &str) -> String {
+        self.0.url(path)
+    }
+    fn serve(&self, path: &str, data: &[u8]) {
+        self.0.put_file(path, data);
+    }
+    fn uploaded(&self, path: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.0.uploads.join(path.trim_start_matches('/'))).ok()
+    }
+    fn config(&self, url: String, errors_url: Option<String>) -> HttpConfig {
+        config(url, errors_url, HttpAuth::None, None)
+    }
+}
+
+#[test]
+fn http_conformance() {
+    conformance::http::run(&Fx(HttpServer::start_plain()));
+}
+
+/// The report PUT says which charset it is in: the partner's encoding
+/// (`Shift_JIS` for a CP932 partner), UTF-8 otherwise.
+#[test]
+fn http_report_put_is_labelled_with_the_partner_charset() {
+    use milebatch::config::Encoding;
+    let srv = HttpServer::start_plain();
+    let c = config(
+        srv.url("/in/a.csv"),
+        Some(srv.url("/reports/")),
+        HttpAuth::None,
+        None,
+    );
+    let sjis = encoding_rs::SHIFT_JIS
+        .encode("髙橋,k1,5,E003\r\n")
+        .0
+        .into_owned();
+    for (enc, label) in [
+        (Encoding::ShiftJis, "text/csv; charset=Shift_JIS"),
+        (Encoding::Utf8, "text/csv; charset=utf-8"),
+    ] {
+        srv.clear_requests();
+        let mut s = milebatch::source::SourceConfig::Http(c.clone())
+            .build(today(), enc)
+            .expect("build");
+        s.upload("errors", "a.errors.csv", &sjis).expect("PUT");
+        let reqs = srv.requests();
+        let put = reqs.iter().find(|r| r.method == "PUT").expect("a PUT");
+        assert_eq!(put.header("content-type"), Some(label));
+    }
+    // the bytes are sent as they are, never re-encoded
+    assert!(std::fs::read(srv.uploads.join("reports/a.errors.csv")).unwrap() == sjis);
+}
+
 #[test]
 fn http_list_fetch_404_and_put() {
     let srv = HttpServer::start_plain();
@@ -215,8 +270,18 @@ fn http_faults_are_classified() {
 
     srv.set_fail(1, 429);
     assert!(s.list().expect_err("429").retryable());
+    // 403 is not a login failure (issue 11): Permanent, worded as such
+    srv.set_fail(1, 401);
+    assert!(matches!(s.list().expect_err("401"), SourceError::Auth(_)));
     srv.set_fail(1, 403);
-    assert!(matches!(s.list().expect_err("403"), SourceError::Auth(_)));
+    let e = s.list().expect_err("403");
+    assert!(matches!(e, SourceError::Permanent(_)), "{e:?}");
+    assert!(
+        e.to_string().ends_with(
+            "HTTP 403 Forbidden: forbidden (check the server's permissions for this path)"
+        ),
+        "{e}"
+    );
     srv.set_fail(1, 400);
     assert!(matches!(
         s.list().expect_err("400"),

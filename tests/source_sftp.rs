@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::servers::{ensure_test_user, KeyType, Sshd, SshdOpts};
 use milebatch::source::sftp::SftpSource;
 use milebatch::source::{
-    HostKeyCheck, Pickup, SecretRef, SftpAuth, SftpConfig, Source, SourceError,
+    HostKeyCheck, HostKeyPin, Pickup, SecretRef, SftpAuth, SftpConfig, Source, SourceError,
 };
 
 fn pickup() -> Pickup {
@@ -27,7 +27,9 @@ fn config(sshd: &Sshd, dir: &Path) -> SftpConfig {
             key_file: sshd.client_key.clone(),
             passphrase: None,
         },
-        host_key: HostKeyCheck::Fingerprint(sshd.host_key_fingerprint()),
+        host_key: HostKeyCheck::Pins(vec![
+            HostKeyPin::parse(&sshd.host_key_fingerprint()).unwrap()
+        ]),
         pickup: pickup(),
     }
 }
@@ -66,6 +68,7 @@ fn sftp_rsa_host_key_and_known_hosts_with_password() {
         host_key: KeyType::Rsa,
         client_key: KeyType::Rsa,
         password_auth: true,
+        ..SshdOpts::default()
     });
     let tmp = tempfile::tempdir().unwrap();
     // rsa client key (rsa-sha2 signatures)
@@ -86,8 +89,10 @@ fn sftp_wrong_or_unknown_host_key_is_refused_before_auth() {
 
     // wrong fingerprint
     let mut c = config(&sshd, &sshd.root);
-    c.host_key =
-        HostKeyCheck::Fingerprint("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into());
+    c.host_key = HostKeyCheck::Pins(vec![HostKeyPin::parse(
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
+    .unwrap()]);
     let e = SftpSource::connect(&c)
         .err()
         .expect("a wrong host key must be refused");
@@ -148,6 +153,61 @@ fn sftp_wrong_or_unknown_host_key_is_refused_before_auth() {
         !log.contains("Accepted publickey") && !log.contains("Failed "),
         "auth was attempted despite the host key failure:\n{log}"
     );
+}
+
+/// OpenSSH with an Ed25519, an RSA and an ECDSA host key at once (libssh2
+/// would negotiate Ed25519 on its own): a pin or known_hosts line of any
+/// one type connects.
+#[test]
+fn sftp_pins_of_each_type_against_a_multi_key_sshd() {
+    let sshd = Sshd::start(SshdOpts {
+        more_host_keys: vec![KeyType::Rsa, KeyType::Ecdsa],
+        ..SshdOpts::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let keys: Vec<conformance::host_keys::Key> = sshd
+        .host_keys
+        .iter()
+        .map(|k| conformance::host_keys::Key {
+            kind: k.kind.ssh_name().into(),
+            fingerprint: k.fingerprint.clone(),
+            line: k.line.clone(),
+        })
+        .collect();
+    conformance::host_keys::run(sshd.port, &keys, tmp.path(), &|check| {
+        let mut c = config(&sshd, &sshd.root);
+        c.host_key = check;
+        SftpSource::connect(&c).map(|s| Box::new(s) as Box<dyn Source>)
+    });
+    // No credential went to a server whose key did not match: each
+    // accepted login is one that matched (the probes before never logged in).
+    let log = sshd.log();
+    assert!(!log.contains("Failed "), "{log}");
+}
+
+/// A session ends with SSH_MSG_DISCONNECT (sshd logs "Received
+/// disconnect"), not with the TCP connection dropped under it.
+#[test]
+fn sftp_session_ends_with_a_clean_disconnect() {
+    let sshd = Sshd::start(SshdOpts::default());
+    let mut s = SftpSource::connect(&config(&sshd, &sshd.root)).expect("connect");
+    s.list().expect("list");
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = sshd.log();
+        if log.contains("Received disconnect from 127.0.0.1")
+            && log.contains("milebatch: session done")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sshd saw no clean disconnect:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sshd.log().contains("Connection reset"), "{}", sshd.log());
 }
 
 #[test]

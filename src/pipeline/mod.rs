@@ -277,7 +277,7 @@ fn run_inner(
     let pickup_cfg = partner.source.pickup();
     let today = opts.now.with_timezone(&config.daemon.timezone).date_naive();
     let mut source = crate::source::retry::with_retries(pickup_cfg.retries, "connecting", || {
-        partner.source.build(today)
+        partner.source.build(today, partner.encoding)
     })
     .map_err(|e| PipelineError::Source {
         partner: partner.id.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ftp, http, local, sftp, SecretRef, Source, SourceError};
-use crate::config::parse_duration;
+use crate::config::{parse_duration, Encoding};
 
 /// When a listed file may be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +62,124 @@ pub enum SftpAuth {
     Password(SecretRef),
 }
 
+/// A host-key type, as OpenSSH names it (`ssh-keygen -lf` prints it in
+/// brackets: RSA, ECDSA, ED25519).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostKeyKind {
+    Ed25519,
+    Ecdsa256,
+    Ecdsa384,
+    Ecdsa521,
+    Rsa,
+}
+
+impl HostKeyKind {
+    /// Every kind, in the order tried when nothing says which one to ask for.
+    pub const ALL: [HostKeyKind; 5] = [
+        HostKeyKind::Ed25519,
+        HostKeyKind::Ecdsa256,
+        HostKeyKind::Ecdsa384,
+        HostKeyKind::Ecdsa521,
+        HostKeyKind::Rsa,
+    ];
+
+    /// The key's type name (`ssh-rsa`, `ecdsa-sha2-nistp256`, `ssh-ed25519`…).
+    pub fn name(self) -> &'static str {
+        match self {
+            HostKeyKind::Ed25519 => "ssh-ed25519",
+            HostKeyKind::Ecdsa256 => "ecdsa-sha2-nistp256",
+            HostKeyKind::Ecdsa384 => "ecdsa-sha2-nistp384",
+            HostKeyKind::Ecdsa521 => "ecdsa-sha2-nistp521",
+            HostKeyKind::Rsa => "ssh-rsa",
+        }
+    }
+
+    /// The signature algorithms that ask a server for this kind of key
+    /// (an RSA key signs with SHA-2 where the server can).
+    pub fn algorithms(self) -> &'static [&'static str] {
+        match self {
+            HostKeyKind::Rsa => &["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
+            HostKeyKind::Ed25519 => &["ssh-ed25519"],
+            HostKeyKind::Ecdsa256 => &["ecdsa-sha2-nistp256"],
+            HostKeyKind::Ecdsa384 => &["ecdsa-sha2-nistp384"],
+            HostKeyKind::Ecdsa521 => &["ecdsa-sha2-nistp521"],
+        }
+    }
+
+    /// A key type or signature algorithm name (`rsa-sha2-512` is an RSA key).
+    pub fn parse(s: &str) -> Option<HostKeyKind> {
+        HostKeyKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s || k.algorithms().contains(&s))
+    }
+}
+
+impl fmt::Display for HostKeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One pinned host key: `SHA256:…` as `ssh-keygen -lf` prints it, with the
+/// key's type when the pin names it (`ssh-rsa SHA256:…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyPin {
+    pub kind: Option<HostKeyKind>,
+    /// `SHA256:` and unpadded base64.
+    pub fingerprint: String,
+}
+
+impl HostKeyPin {
+    /// `"SHA256:…"` or `"TYPE SHA256:…"`.
+    pub fn parse(text: &str) -> Result<HostKeyPin, String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let (kind, fp) = match words[..] {
+            [fp] => (None, fp),
+            [t, fp] => match HostKeyKind::parse(t) {
+                Some(k) => (Some(k), fp),
+                None => {
+                    return Err(format!(
+                        "`host_key` {text:?}: unknown key type {t:?} (one of ssh-ed25519, \
+                         ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, ssh-rsa)"
+                    ))
+                }
+            },
+            // empty, or more words: not a pin (the check below says so)
+            _ => (None, ""),
+        };
+        if !fp.starts_with("SHA256:") || fp.len() < 20 {
+            return Err(format!(
+                "`host_key` {text:?} is not a SHA256 fingerprint (\"SHA256:…\" or \
+                 \"ssh-rsa SHA256:…\", as `ssh-keygen -lf` prints)"
+            ));
+        }
+        // the trailing '=' some tools print is accepted and dropped
+        Ok(HostKeyPin {
+            kind,
+            fingerprint: fp.trim_end_matches('=').to_owned(),
+        })
+    }
+
+    /// Whether a key the server presented is this pin.
+    pub fn matches(&self, kind: Option<HostKeyKind>, fingerprint: &str) -> bool {
+        self.fingerprint == fingerprint && (self.kind.is_none() || self.kind == kind)
+    }
+}
+
+impl fmt::Display for HostKeyPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Some(k) => write!(f, "{k} {}", self.fingerprint),
+            None => f.write_str(&self.fingerprint),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum HostKeyCheck {
-    /// `SHA256:…` as `ssh-keygen -lf` prints it.
-    Fingerprint(String),
+    /// `host_key`: one pin, or several while a key is being rotated; any
+    /// one of them matching is enough.
+    Pins(Vec<HostKeyPin>),
     KnownHosts(PathBuf),
 }
 
@@ -145,13 +259,30 @@ pub struct RawSource {
     passphrase_env: Option<String>,
     passphrase_file: Option<String>,
     passphrase_credential: Option<String>,
-    host_key: Option<String>,
+    host_key: Option<OneOrMany>,
     known_hosts: Option<String>,
     ca_file: Option<String>,
     insecure_plaintext: Option<bool>,
     url: Option<String>,
     errors_url: Option<String>,
     auth: Option<String>,
+}
+
+/// A key that takes one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 impl SourceConfig {
@@ -275,27 +406,32 @@ impl SourceConfig {
                         )
                     }
                 };
-                let host_key = match (&r.host_key, &r.known_hosts) {
-                    (Some(fp), None) => {
-                        if !fp.starts_with("SHA256:") || fp.len() < 20 {
-                            return Err(format!(
-                                "`host_key` {fp:?} is not a SHA256 fingerprint (\"SHA256:…\", as `ssh-keygen -lf` prints)"
-                            ));
+                let host_key =
+                    match (&r.host_key, &r.known_hosts) {
+                        (Some(pins), None) => {
+                            let items = pins.items();
+                            if items.is_empty() {
+                                return Err("`host_key` is an empty list: give at least one \
+                                        \"SHA256:…\" fingerprint"
+                                    .into());
+                            }
+                            HostKeyCheck::Pins(
+                                items
+                                    .into_iter()
+                                    .map(HostKeyPin::parse)
+                                    .collect::<Result<_, _>>()?,
+                            )
                         }
-                        HostKeyCheck::Fingerprint(fp.trim_end_matches('=').to_owned())
-                    }
-                    (None, Some(kh)) => HostKeyCheck::KnownHosts(resolve(kh)),
-                    (Some(_), Some(_)) => {
-                        return Err("give either `host_key` or `known_hosts`, not both".into())
-                    }
-                    (None, None) => {
-                        return Err(
+                        (None, Some(kh)) => HostKeyCheck::KnownHosts(resolve(kh)),
+                        (Some(_), Some(_)) => {
+                            return Err("give either `host_key` or `known_hosts`, not both".into())
+                        }
+                        (None, None) => return Err(
                             "kind = \"sftp\" needs `host_key` (\"SHA256:…\") or `known_hosts`: \
                                     host key verification is mandatory"
                                 .into(),
-                        )
-                    }
-                };
+                        ),
+                    };
                 SourceConfig::Sftp(SftpConfig {
                     host: need(&r.host, "host")?,
                     port: r.port.unwrap_or(22),
@@ -405,13 +541,20 @@ impl SourceConfig {
     }
 
     /// Connect (where there is anything to connect to) and hand back the
-    /// source. `today` dates HTTP URL templates.
-    pub fn build(&self, today: chrono::NaiveDate) -> Result<Box<dyn Source>, SourceError> {
+    /// source. `today` dates HTTP URL templates; `encoding` (the partner's,
+    /// which its reports are written in) labels HTTP report uploads.
+    pub fn build(
+        &self,
+        today: chrono::NaiveDate,
+        encoding: Encoding,
+    ) -> Result<Box<dyn Source>, SourceError> {
         Ok(match self {
             SourceConfig::Local(c) => Box::new(local::LocalSource::new(c)),
             SourceConfig::Sftp(c) => Box::new(sftp::SftpSource::connect(c)?),
             SourceConfig::Ftp(c) => Box::new(ftp::FtpSource::connect(c)?),
-            SourceConfig::Http(c) => Box::new(http::HttpSource::new(c, today)?),
+            SourceConfig::Http(c) => {
+                Box::new(http::HttpSource::new(c, today)?.with_report_encoding(encoding))
+            }
         })
     }
 
@@ -628,8 +771,8 @@ mod tests {
             if key_file == Path::new("/etc/mb/keys/id_ed25519") && v == "KEY_PASS")
         );
         // the trailing '=' some tools print is accepted and dropped
-        assert!(matches!(&s.host_key, HostKeyCheck::Fingerprint(f)
-            if f == "SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"));
+        assert!(matches!(&s.host_key, HostKeyCheck::Pins(p)
+            if p == &[HostKeyPin { kind: None, fingerprint: "SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into() }]));
         assert_eq!(s.pickup.ready, Ready::DoneFile);
         assert_eq!(s.pickup.after, After::Delete);
         assert_eq!(s.pickup.timeout, Duration::from_secs(10));
@@ -696,6 +839,72 @@ mod tests {
         refused(
             &format!("{base}password_env = \"P\"\nknown_hosts = \"kh\"\ntimeout = \"0s\""),
             "more than 0s",
+        );
+    }
+
+    #[test]
+    fn sftp_host_key_pins() {
+        let base = "kind = \"sftp\"\nhost = \"h\"\nuser = \"u\"\npassword_env = \"P\"\n";
+        let pins = |v: &str| match build(&format!("{base}host_key = {v}")) {
+            Ok(SourceConfig::Sftp(s)) => match s.host_key {
+                HostKeyCheck::Pins(p) => p,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{v}: {other:?}"),
+        };
+        let fp = "SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+        // typed pins, every type OpenSSH prints; rsa-sha2-* names an RSA key
+        for (t, k) in [
+            ("ssh-rsa", HostKeyKind::Rsa),
+            ("rsa-sha2-512", HostKeyKind::Rsa),
+            ("ecdsa-sha2-nistp256", HostKeyKind::Ecdsa256),
+            ("ecdsa-sha2-nistp384", HostKeyKind::Ecdsa384),
+            ("ecdsa-sha2-nistp521", HostKeyKind::Ecdsa521),
+            ("ssh-ed25519", HostKeyKind::Ed25519),
+        ] {
+            assert_eq!(
+                pins(&format!("\"{t} {fp}=\"")),
+                [HostKeyPin {
+                    kind: Some(k),
+                    fingerprint: fp.into()
+                }]
+            );
+        }
+        // a list, for key rotation: order kept, typed and untyped mixed
+        let p = pins(&format!(
+            "[\"ssh-ed25519 {fp}\", \"SHA256:0123456789abcdefghijklmnop\"]"
+        ));
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].kind, Some(HostKeyKind::Ed25519));
+        assert_eq!(p[1].kind, None);
+        assert_eq!(p[0].to_string(), format!("ssh-ed25519 {fp}"));
+
+        // a typed pin matches only a key of its type; an untyped one any
+        assert!(p[0].matches(Some(HostKeyKind::Ed25519), fp));
+        assert!(!p[0].matches(Some(HostKeyKind::Rsa), fp));
+        assert!(!p[0].matches(Some(HostKeyKind::Ed25519), "SHA256:other"));
+        assert!(p[1].matches(Some(HostKeyKind::Rsa), "SHA256:0123456789abcdefghijklmnop"));
+
+        refused(&format!("{base}host_key = []"), "empty list");
+        refused(
+            &format!("{base}host_key = \"ssh-dss {fp}\""),
+            "unknown key type \"ssh-dss\"",
+        );
+        refused(
+            &format!("{base}host_key = \"RSA {fp}\""),
+            "unknown key type",
+        );
+        refused(
+            &format!("{base}host_key = \"ssh-rsa {fp} extra\""),
+            "not a SHA256 fingerprint",
+        );
+        refused(
+            &format!("{base}host_key = [\"{fp}\", \"MD5:aa:bb\"]"),
+            "not a SHA256 fingerprint",
+        );
+        refused(
+            &format!("{base}host_key = [\"{fp}\"]\nknown_hosts = \"kh\""),
+            "not both",
         );
     }
 

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use suppaftp::list::File as ListEntry;
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, FtpStream, ImplFtpStream, RustlsConnector, RustlsFtpStream, TlsStream};
 
@@ -118,8 +117,12 @@ impl FtpSource {
             if use_mlsd {
                 match f.mlsd(None) {
                     Ok(l) => got = Some((l, true)),
-                    Err(FtpError::UnexpectedResponse(r))
-                        if matches!(r.status.code(), 500 | 501 | 502 | 504) => {}
+                    // Not implemented (500-504) or refused (550 from
+                    // proftpd's `<Limit MLSD> DenyAll`, IIS without the
+                    // feature): LIST says the same in another format.
+                    Err(FtpError::UnexpectedResponse(r)) if (500..600).contains(&r.status.code()) => {
+                        tracing::debug!(reply = %String::from_utf8_lossy(&r.body).trim(), "MLSD refused; listing with LIST");
+                    }
                     Err(e) => return Err(map_err(e, "listing (MLSD)")),
                 }
             }
@@ -129,36 +132,43 @@ impl FtpSource {
             }
         });
         self.mlsd = Some(mlsd);
+        let now = chrono::Utc::now().timestamp();
         let mut out = Vec::new();
         for line in lines {
-            let parsed = if mlsd {
+            let entry = if mlsd {
                 suppaftp::list::ListParser::parse_mlsd(&line)
+                    .ok()
+                    .map(|e| Listed {
+                        kind: if e.is_symlink() {
+                            Kind::Other
+                        } else if e.is_file() {
+                            Kind::File
+                        } else {
+                            Kind::Dir
+                        },
+                        name: e.name().to_owned(),
+                        size: e.size() as u64,
+                        mtime: e
+                            .modified()
+                            .duration_since(UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs() as i64)
+                            .filter(|t| *t > 0),
+                    })
             } else {
-                ListEntry::try_from(line.as_str())
+                parse_list_line(&line, now)
             };
-            let entry = match parsed {
-                Ok(e) => e,
-                Err(_) => {
-                    tracing::warn!(line = %line, "skipping a listing line that does not parse");
-                    continue;
-                }
+            let Some(entry) = entry else {
+                tracing::warn!(line = %line, "skipping a listing line that does not parse");
+                continue;
             };
-            if !entry.is_file() || entry.is_symlink() {
+            if entry.kind != Kind::File || entry.name == "." || entry.name == ".." {
                 continue;
             }
-            if entry.name() == "." || entry.name() == ".." {
-                continue;
-            }
-            let mtime = entry
-                .modified()
-                .duration_since(UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_secs() as i64)
-                .filter(|t| *t > 0);
             out.push(RemoteFile {
-                name: entry.name().to_owned(),
-                size: entry.size() as u64,
-                mtime,
+                name: entry.name,
+                size: entry.size,
+                mtime: entry.mtime,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -202,6 +212,164 @@ impl FtpSource {
             Err(e) => Err(map_err(e, &format!("renaming {from} to {to}"))),
         })
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    /// Symlinks, devices…: never picked up.
+    Other,
+}
+
+/// One line of a directory listing, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    kind: Kind,
+    name: String,
+    size: u64,
+    mtime: Option<i64>,
+}
+
+/// One line of a `LIST` answer, in either format servers use:
+///
+/// - UNIX (`ls -l`; vsftpd, proftpd, IIS set to UNIX style):
+///   `-rw-r--r--   1 owner group    1234 Nov 29 18:12 POINT.csv`;
+/// - MS-DOS (IIS's default): `11-29-26  06:12PM       1234 POINT.csv`,
+///   `11-29-26  06:12PM       <DIR>          processed`.
+///
+/// Names keep their inner spaces and any script (they are the rest of the
+/// line). Times without a zone are read as UTC: they only need to compare
+/// with themselves from one listing to the next. `now` (seconds) places a
+/// UNIX date without a year. `None`: a line in neither format (a "total"
+/// line, a banner).
+fn parse_list_line(line: &str, now: i64) -> Option<Listed> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    parse_dos(line).or_else(|| parse_unix(line, now))
+}
+
+/// Splits off the first whitespace-separated word; the rest keeps its
+/// leading whitespace.
+fn word(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start();
+    if s.is_empty() {
+        return None;
+    }
+    let end = s.find(char::is_whitespace).unwrap_or(s.len());
+    Some((&s[..end], &s[end..]))
+}
+
+fn parse_dos(line: &str) -> Option<Listed> {
+    use chrono::{NaiveDate, NaiveTime};
+    let (date, rest) = word(line)?;
+    let (time, rest) = word(rest)?;
+    let d: Vec<&str> = date.split('-').collect();
+    let [m, day, y] = d[..] else { return None };
+    let (m, day): (u32, u32) = (m.parse().ok()?, day.parse().ok()?);
+    let y: i32 = match y.len() {
+        4 => y.parse().ok()?,
+        // POSIX's rule for two-digit years (strptime %y)
+        2 => match y.parse::<i32>().ok()? {
+            v @ 0..=68 => 2000 + v,
+            v => 1900 + v,
+        },
+        _ => return None,
+    };
+    let date = NaiveDate::from_ymd_opt(y, m, day)?;
+    let upper = time.to_ascii_uppercase();
+    let time = if let Some(t) = upper
+        .strip_suffix("AM")
+        .or_else(|| upper.strip_suffix("PM"))
+    {
+        let t = NaiveTime::parse_from_str(t, "%H:%M").ok()?;
+        let h = chrono::Timelike::hour(&t);
+        if !(1..=12).contains(&h) {
+            return None;
+        }
+        let h = h % 12 + if upper.ends_with("PM") { 12 } else { 0 };
+        NaiveTime::from_hms_opt(h, chrono::Timelike::minute(&t), 0)?
+    } else {
+        NaiveTime::parse_from_str(&upper, "%H:%M").ok()?
+    };
+    let (size, rest) = word(rest)?;
+    let name = rest.trim_start();
+    if name.is_empty() {
+        return None;
+    }
+    let (kind, size) = if size.eq_ignore_ascii_case("<DIR>") {
+        (Kind::Dir, 0)
+    } else {
+        (Kind::File, size.replace(',', "").parse().ok()?)
+    };
+    Some(Listed {
+        kind,
+        name: name.to_owned(),
+        size,
+        mtime: Some(date.and_time(time).and_utc().timestamp()),
+    })
+}
+
+fn parse_unix(line: &str, now: i64) -> Option<Listed> {
+    use chrono::{Datelike, NaiveDate, NaiveTime};
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let (perms, mut rest) = word(line)?;
+    let kind = match perms.as_bytes().first()? {
+        b'-' => Kind::File,
+        b'd' => Kind::Dir,
+        b'l' | b'b' | b'c' | b'p' | b's' => Kind::Other,
+        _ => return None,
+    };
+    if perms.len() < 10 {
+        return None;
+    }
+    // links, owner, [group], size, then the date: find the month, whose
+    // word before is the size (some servers leave out the group).
+    let mut words = Vec::new();
+    for _ in 0..5 {
+        let (w, r) = word(rest)?;
+        words.push(w);
+        rest = r;
+        if words.len() >= 3 {
+            if let Some(mi) = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(w)) {
+                let size: u64 = words[words.len() - 2].parse().ok()?;
+                let (day, r) = word(rest)?;
+                let (t, r) = word(r)?;
+                // exactly one space separates the date from the name
+                let name = r.strip_prefix(' ').unwrap_or(r);
+                if name.is_empty() {
+                    return None;
+                }
+                let name = match kind {
+                    Kind::Other => name.split(" -> ").next().unwrap_or(name),
+                    _ => name,
+                };
+                let day: u32 = day.parse().ok()?;
+                let mon = mi as u32 + 1;
+                let now_d = chrono::DateTime::from_timestamp(now, 0)?.date_naive();
+                let (year, time) = if t.contains(':') {
+                    // recent: this year, or last year if that is in the future
+                    let time = NaiveTime::parse_from_str(t, "%H:%M").ok()?;
+                    let mut y = now_d.year();
+                    if NaiveDate::from_ymd_opt(y, mon, day)? > now_d + chrono::Days::new(1) {
+                        y -= 1;
+                    }
+                    (y, time)
+                } else {
+                    (t.parse().ok()?, NaiveTime::MIN)
+                };
+                let date = NaiveDate::from_ymd_opt(year, mon, day)?;
+                return Some(Listed {
+                    kind,
+                    name: name.to_owned(),
+                    size,
+                    mtime: Some(date.and_time(time).and_utc().timestamp()),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// TCP connect with a timeout, and read/write timeouts on the socket.
@@ -374,5 +542,130 @@ impl Source for FtpSource {
             self.rename_over(&tmp, &format!("{dir}/{name}"))
         })();
         self.after(r, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-29T20:00:00Z
+    const NOW: i64 = 1_796_068_800;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Option<i64> {
+        Some(
+            chrono::NaiveDate::from_ymd_opt(y, mo, d)
+                .unwrap()
+                .and_hms_opt(h, mi, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp(),
+        )
+    }
+
+    fn file(name: &str, size: u64, mtime: Option<i64>) -> Option<Listed> {
+        Some(Listed {
+            kind: Kind::File,
+            name: name.into(),
+            size,
+            mtime,
+        })
+    }
+
+    /// IIS 10 in its default MS-DOS style (two-digit years, 12-hour
+    /// clock, `<DIR>`), as recorded from `LIST` on a Windows partner's
+    /// server, and with "four-digit years" switched on.
+    #[test]
+    fn ms_dos_listing_from_iis() {
+        let recorded = "11-29-26  06:12PM       <DIR>          processed\r\n\
+                        11-29-26  06:12PM                 1234 POINT.csv\r\n\
+                        11-28-26  09:05AM                56789 point exchange 2026.csv\r\n\
+                        11-28-26  12:30AM                  321 ポイント交換.csv\r\n\
+                        01-02-99  12:00PM                    0 old.csv\r\n\
+                        11-29-2026  06:12PM              1234 four digits.csv\r\n";
+        let got: Vec<_> = recorded
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(|l| parse_list_line(l, NOW))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some(Listed {
+                    kind: Kind::Dir,
+                    name: "processed".into(),
+                    size: 0,
+                    mtime: at(2026, 11, 29, 18, 12)
+                }),
+                file("POINT.csv", 1234, at(2026, 11, 29, 18, 12)),
+                file("point exchange 2026.csv", 56789, at(2026, 11, 28, 9, 5)),
+                file("ポイント交換.csv", 321, at(2026, 11, 28, 0, 30)),
+                file("old.csv", 0, at(1999, 1, 2, 12, 0)),
+                file("four digits.csv", 1234, at(2026, 11, 29, 18, 12)),
+            ]
+        );
+        // the issue's example, with single spaces
+        assert_eq!(
+            parse_list_line("11-29-26  06:12PM       1234 POINT.csv", NOW),
+            file("POINT.csv", 1234, at(2026, 11, 29, 18, 12))
+        );
+    }
+
+    /// UNIX style as vsftpd, proftpd and IIS (UNIX mode) send it.
+    #[test]
+    fn unix_listing() {
+        let recorded = [
+            // vsftpd (numeric owner), this year
+            "-rw-r--r--    1 1001     1001         1000 Nov 29 19:10 a.csv",
+            // proftpd, a date with a year, a name with spaces
+            "-rw-r--r--   1 mbtest   mbtest      56789 Nov 28  2025 point exchange 2026.csv",
+            // a Japanese name, a name whose spaces are doubled
+            "-rw-r--r--   1 mbtest   mbtest        321 Nov 29 18:12 ポイント交換.csv",
+            "-rw-r--r--   1 mbtest   mbtest          7 Nov 29 18:12 two  spaces.csv",
+            // IIS in UNIX style
+            "-rwxrwxrwx   1 owner    group            1234 Nov 29 18:12 POINT.csv",
+            // no group column
+            "-rw-r--r--   1 ftp          42 Dec 31 23:59 nogroup.csv",
+            "drwxr-xr-x   2 mbtest   mbtest       4096 Nov 29 18:12 processed",
+            "lrwxrwxrwx   1 mbtest   mbtest          5 Nov 29 18:12 link.csv -> a.csv",
+        ];
+        let got: Vec<_> = recorded.iter().map(|l| parse_list_line(l, NOW)).collect();
+        assert_eq!(got[0], file("a.csv", 1000, at(2026, 11, 29, 19, 10)));
+        assert_eq!(
+            got[1],
+            file("point exchange 2026.csv", 56789, at(2025, 11, 28, 0, 0))
+        );
+        assert_eq!(
+            got[2],
+            file("ポイント交換.csv", 321, at(2026, 11, 29, 18, 12))
+        );
+        assert_eq!(got[3], file("two  spaces.csv", 7, at(2026, 11, 29, 18, 12)));
+        assert_eq!(got[4], file("POINT.csv", 1234, at(2026, 11, 29, 18, 12)));
+        // Dec 31 is in the future on Nov 29: last year's
+        assert_eq!(got[5], file("nogroup.csv", 42, at(2025, 12, 31, 23, 59)));
+        assert_eq!(
+            got[6].as_ref().map(|l| (l.kind, l.name.as_str())),
+            Some((Kind::Dir, "processed"))
+        );
+        assert_eq!(
+            got[7].as_ref().map(|l| (l.kind, l.name.as_str())),
+            Some((Kind::Other, "link.csv"))
+        );
+    }
+
+    #[test]
+    fn other_lines_do_not_parse() {
+        for l in [
+            "total 12",
+            "",
+            "garbage",
+            "13-45-26  06:12PM       1234 bad-date.csv",
+            "11-29-26  06:12PM       12x4 bad-size.csv",
+            "11-29-26  06:12PM       1234",
+            "-rw-r--r--   1 u g notasize Nov 29 18:12 x.csv",
+            "-rw-r--r--   1 u g 12 Nov 29 18:12",
+        ] {
+            assert_eq!(parse_list_line(l, NOW), None, "{l:?}");
+        }
     }
 }

@@ -18,6 +18,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, LAS
 use reqwest::StatusCode;
 
 use super::{HttpAuth, HttpConfig, RemoteFile, Source, SourceError};
+use crate::config::Encoding;
 
 const READ_BUF: usize = 1 << 20;
 
@@ -28,6 +29,9 @@ pub struct HttpSource {
     client: Client,
     /// The response `list` got, body not yet read.
     pending: Option<(RemoteFile, Response)>,
+    /// `charset` of the report PUT: the partner's encoding, which the
+    /// report is written in.
+    report_charset: &'static str,
 }
 
 impl HttpSource {
@@ -104,7 +108,14 @@ impl HttpSource {
             name,
             client,
             pending: None,
+            report_charset: charset_label(Encoding::Utf8),
         })
+    }
+
+    /// Label report uploads with the partner's encoding (default UTF-8).
+    pub fn with_report_encoding(mut self, enc: Encoding) -> HttpSource {
+        self.report_charset = charset_label(enc);
+        self
     }
 
     fn get(&self) -> Result<Option<Response>, SourceError> {
@@ -119,6 +130,15 @@ impl HttpSource {
             StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::NO_CONTENT => Ok(None),
             s => Err(status_err(s, &what)),
         }
+    }
+}
+
+/// The IANA charset name of a partner encoding (CP932 is labelled
+/// `Shift_JIS`, the name Windows and browsers read it by).
+pub fn charset_label(enc: Encoding) -> &'static str {
+    match enc {
+        Encoding::Utf8 => "utf-8",
+        Encoding::ShiftJis => "Shift_JIS",
     }
 }
 
@@ -236,7 +256,13 @@ fn req_err(e: reqwest::Error, what: &str) -> SourceError {
 fn status_err(s: StatusCode, what: &str) -> SourceError {
     let msg = format!("{what}: HTTP {s}");
     match s.as_u16() {
-        401 | 403 => SourceError::Auth(msg),
+        // `Auth` prints as "authentication failed: …".
+        401 => SourceError::Auth(msg),
+        // Logged in (or no login needed), but not allowed: a server-side
+        // permission, not our credentials. Not retried either.
+        403 => SourceError::Permanent(format!(
+            "{msg}: forbidden (check the server's permissions for this path)"
+        )),
         408 | 429 | 500..=599 => SourceError::Transient(msg),
         _ => SourceError::Permanent(msg),
     }
@@ -333,7 +359,10 @@ impl Source for HttpSource {
         let resp = self
             .client
             .put(&url)
-            .header(reqwest::header::CONTENT_TYPE, "text/csv; charset=utf-8")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("text/csv; charset={}", self.report_charset),
+            )
             .body(data.to_vec())
             .send()
             .map_err(|e| req_err(e, &what))?;
@@ -370,6 +399,28 @@ mod tests {
         );
         assert!(expand_date("https://x/{date:%Y", d).is_err());
         assert!(expand_date("https://x/{date:%Q}", d).is_err());
+    }
+
+    #[test]
+    fn statuses_say_what_to_fix() {
+        let e = status_err(StatusCode::UNAUTHORIZED, "PUT x");
+        assert!(matches!(e, SourceError::Auth(_)));
+        assert!(
+            e.to_string()
+                .starts_with("authentication failed: PUT x: HTTP 401"),
+            "{e}"
+        );
+        let e = status_err(StatusCode::FORBIDDEN, "PUT x");
+        assert!(!e.retryable());
+        assert!(!e.to_string().contains("authentication"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("forbidden (check the server's permissions for this path)"),
+            "{e}"
+        );
+        assert!(status_err(StatusCode::SERVICE_UNAVAILABLE, "GET x").retryable());
+        assert_eq!(charset_label(Encoding::ShiftJis), "Shift_JIS");
+        assert_eq!(charset_label(Encoding::Utf8), "utf-8");
     }
 
     #[test]

@@ -24,8 +24,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use config::{
-    After, FtpConfig, HostKeyCheck, HttpAuth, HttpConfig, LocalConfig, Pickup, RawSource, Ready,
-    SftpAuth, SftpConfig, SourceConfig,
+    After, FtpConfig, HostKeyCheck, HostKeyKind, HostKeyPin, HttpAuth, HttpConfig, LocalConfig,
+    Pickup, RawSource, Ready, SftpAuth, SftpConfig, SourceConfig,
 };
 pub use secret::SecretRef;
 

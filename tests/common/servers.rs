@@ -471,14 +471,70 @@ impl Default for TestCa {
 pub enum KeyType {
     Ed25519,
     Rsa,
+    /// ECDSA on P-256 (`ecdsa-sha2-nistp256`).
+    Ecdsa,
 }
 
 impl KeyType {
+    pub const ALL: [KeyType; 3] = [KeyType::Rsa, KeyType::Ecdsa, KeyType::Ed25519];
+
     fn keygen_args(self) -> &'static [&'static str] {
         match self {
             KeyType::Ed25519 => &["-t", "ed25519"],
-            KeyType::Rsa => &["-t", "rsa", "-b", "3072"],
+            // PEM: the format every server reads (proftpd's mod_sftp too)
+            KeyType::Rsa => &["-t", "rsa", "-b", "3072", "-m", "PEM"],
+            KeyType::Ecdsa => &["-t", "ecdsa", "-b", "256", "-m", "PEM"],
         }
+    }
+
+    /// The key's type name in known_hosts and typed pins.
+    pub fn ssh_name(self) -> &'static str {
+        match self {
+            KeyType::Ed25519 => "ssh-ed25519",
+            KeyType::Rsa => "ssh-rsa",
+            KeyType::Ecdsa => "ecdsa-sha2-nistp256",
+        }
+    }
+}
+
+/// A host key pair made with ssh-keygen: private key file, fingerprint as
+/// `ssh-keygen -lf` prints it, and the `keytype base64` public line.
+#[derive(Clone, Debug)]
+pub struct HostKey {
+    pub kind: KeyType,
+    pub path: PathBuf,
+    pub fingerprint: String,
+    pub line: String,
+}
+
+impl HostKey {
+    pub fn generate(kind: KeyType, path: &Path) -> HostKey {
+        keygen(kind, path, "milebatch-test-host");
+        let public = PathBuf::from(format!("{}.pub", path.display()));
+        let fp_out = run(Command::new(SSH_KEYGEN).arg("-lf").arg(&public));
+        let fingerprint = fp_out
+            .split_whitespace()
+            .nth(1)
+            .filter(|f| f.starts_with("SHA256:"))
+            .unwrap_or_else(|| panic!("unexpected ssh-keygen -lf output: {fp_out}"))
+            .to_string();
+        let line = fs::read_to_string(&public)
+            .unwrap()
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        HostKey {
+            kind,
+            path: path.to_path_buf(),
+            fingerprint,
+            line,
+        }
+    }
+
+    /// A typed pin: `ssh-rsa SHA256:…`.
+    pub fn typed_pin(&self) -> String {
+        format!("{} {}", self.kind.ssh_name(), self.fingerprint)
     }
 }
 
@@ -490,6 +546,9 @@ pub struct SshdOpts {
     pub client_key: KeyType,
     /// Allow password authentication with [`TEST_PASSWORD`] (default true).
     pub password_auth: bool,
+    /// More host keys served beside `host_key` (default none), as a server
+    /// with one key of each type does.
+    pub more_host_keys: Vec<KeyType>,
 }
 
 impl Default for SshdOpts {
@@ -498,6 +557,7 @@ impl Default for SshdOpts {
             host_key: KeyType::Ed25519,
             client_key: KeyType::Ed25519,
             password_auth: true,
+            more_host_keys: vec![],
         }
     }
 }
@@ -521,6 +581,8 @@ pub struct Sshd {
     /// The server's temp dir (config, keys, log).
     pub dir: PathBuf,
     pub opts: SshdOpts,
+    /// Every host key served, `host_key` first.
+    pub host_keys: Vec<HostKey>,
     fingerprint: String,
     host_key_line: String,
     config: PathBuf,
@@ -580,8 +642,13 @@ impl Sshd {
         let dir = tmp.path().to_path_buf();
         let root = user_dir(&dir.join("root"));
 
-        let host_key = dir.join("ssh_host_key");
-        keygen(opts.host_key, &host_key, "milebatch-test-host");
+        let mut host_keys = vec![HostKey::generate(opts.host_key, &dir.join("ssh_host_key"))];
+        for (i, k) in opts.more_host_keys.iter().enumerate() {
+            host_keys.push(HostKey::generate(
+                *k,
+                &dir.join(format!("ssh_host_key_{i}")),
+            ));
+        }
         let host_key_pub = dir.join("ssh_host_key.pub");
         let client_key = dir.join("client_key");
         keygen(opts.client_key, &client_key, "milebatch-test-client");
@@ -593,19 +660,8 @@ impl Sshd {
             0o644,
         );
 
-        let fp_out = run(Command::new(SSH_KEYGEN).arg("-lf").arg(&host_key_pub));
-        let fingerprint = fp_out
-            .split_whitespace()
-            .nth(1)
-            .filter(|f| f.starts_with("SHA256:"))
-            .unwrap_or_else(|| panic!("unexpected ssh-keygen -lf output: {fp_out}"))
-            .to_string();
-        let pub_text = fs::read_to_string(&host_key_pub).unwrap();
-        let host_key_line = pub_text
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let fingerprint = host_keys[0].fingerprint.clone();
+        let host_key_line = host_keys[0].line.clone();
 
         let config = dir.join("sshd_config");
         let log = dir.join("sshd.log");
@@ -620,6 +676,7 @@ impl Sshd {
             root,
             dir,
             opts,
+            host_keys,
             fingerprint,
             host_key_line,
             config,
@@ -651,7 +708,7 @@ impl Sshd {
             "Port {port}\n\
              ListenAddress 127.0.0.1\n\
              AddressFamily inet\n\
-             HostKey {d}/ssh_host_key\n\
+             {host_keys}\
              PidFile none\n\
              AuthorizedKeysFile {d}/authorized_keys\n\
              StrictModes no\n\
@@ -673,6 +730,11 @@ impl Sshd {
             d = d.display(),
             pw = if self.opts.password_auth { "yes" } else { "no" },
             user = TEST_USER,
+            host_keys = self
+                .host_keys
+                .iter()
+                .map(|k| format!("HostKey {}\n", k.path.display()))
+                .collect::<String>(),
         );
         write_file(&self.config, &c, 0o644);
         if sshd_has_penalties(&self.config) {
@@ -715,6 +777,14 @@ impl Sshd {
     /// (`SHA256:` + unpadded base64).
     pub fn host_key_fingerprint(&self) -> String {
         self.fingerprint.clone()
+    }
+
+    /// The host key of one type (`host_key` or one of `more_host_keys`).
+    pub fn host_key(&self, kind: KeyType) -> &HostKey {
+        self.host_keys
+            .iter()
+            .find(|k| k.kind == kind)
+            .expect("sshd serves this key type")
     }
 
     /// `keytype base64` of the host key (as in known_hosts / the .pub file).
@@ -953,6 +1023,421 @@ impl Ftpd {
 impl Drop for Ftpd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Proftpd (FTP, FTPS, mod_sftp)
+// ---------------------------------------------------------------------------
+
+/// Where `.ci/install-deps.sh` unpacks Debian's proftpd (its package
+/// conflicts with vsftpd's, so it is not installed).
+const PROFTPD_ROOT: &str = "/opt/milebatch-test/proftpd";
+const PROFTPD: &str = "/opt/milebatch-test/proftpd/usr/sbin/proftpd";
+
+/// What a [`Proftpd`] serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProftpdKind {
+    /// Plain FTP.
+    Ftp,
+    /// Explicit FTPS (mod_tls, `TLSRequired on`).
+    Ftps,
+    /// SFTP (mod_sftp) with an RSA, an ECDSA and an Ed25519 host key at
+    /// once; password logins.
+    Sftp,
+}
+
+/// Debian's proftpd on 127.0.0.1 as a partner's admin would set it up:
+/// local user [`TEST_USER`] with [`TEST_PASSWORD`], no chroot (the client
+/// sees absolute paths), passive mode. Runs as root in the foreground
+/// (`-n`), forking one process per session.
+pub struct Proftpd {
+    pub port: u16,
+    pub kind: ProftpdKind,
+    pub user: String,
+    pub password: String,
+    /// Local absolute path of the served directory (owned by the user).
+    pub root: PathBuf,
+    /// `root` as the client sees it.
+    pub remote_dir: String,
+    /// SFTP only: the host keys served, RSA, ECDSA, Ed25519.
+    pub host_keys: Vec<HostKey>,
+    /// FTP only: whether `MLSD` is allowed (else `<Limit MLSD> DenyAll`,
+    /// which answers 550).
+    pub mlsd: bool,
+    pub dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    _tmp: TempDir,
+}
+
+impl Proftpd {
+    /// FTP (`ca: None`) or FTPS with a certificate from `ca`, MLSD allowed
+    /// or denied.
+    pub fn start_ftp(ca: Option<&TestCa>, mlsd: bool) -> Proftpd {
+        let kind = if ca.is_some() {
+            ProftpdKind::Ftps
+        } else {
+            ProftpdKind::Ftp
+        };
+        Self::start(kind, ca, mlsd)
+    }
+
+    /// mod_sftp with three host keys (RSA, ECDSA, Ed25519).
+    pub fn start_sftp() -> Proftpd {
+        Self::start(ProftpdKind::Sftp, None, true)
+    }
+
+    fn start(kind: ProftpdKind, ca: Option<&TestCa>, mlsd: bool) -> Proftpd {
+        require_tool(PROFTPD, "proftpd-core (unpacked by .ci/install-deps.sh)");
+        let module = match kind {
+            ProftpdKind::Ftp => None,
+            ProftpdKind::Ftps => Some("mod_tls"),
+            ProftpdKind::Sftp => Some("mod_sftp"),
+        };
+        if let Some(m) = module {
+            require_tool(
+                &format!("{PROFTPD_ROOT}/usr/lib/proftpd/{m}.so"),
+                "proftpd-mod-crypto (unpacked by .ci/install-deps.sh)",
+            );
+        }
+        require_root("proftpd");
+        ensure_test_user();
+        let tmp = server_tempdir("mb-proftpd-");
+        let dir = tmp.path().to_path_buf();
+        let root = user_dir(&dir.join("root"));
+        let host_keys = if kind == ProftpdKind::Sftp {
+            KeyType::ALL
+                .iter()
+                .map(|k| HostKey::generate(*k, &dir.join(format!("host_{}", k.ssh_name()))))
+                .collect()
+        } else {
+            vec![]
+        };
+        let d = dir.display();
+        let extra = match kind {
+            ProftpdKind::Ftp => String::new(),
+            ProftpdKind::Ftps => {
+                let (cert, key) = ca.expect("FTPS needs a CA").server_cert("proftpd");
+                // rcgen's keys are ECDSA: the EC certificate directives
+                format!(
+                    "<IfModule mod_dso.c>\n  ModulePath {PROFTPD_ROOT}/usr/lib/proftpd\n  LoadModule mod_tls.c\n</IfModule>\n\
+                     TLSEngine on\n\
+                     TLSLog {d}/tls.log\n\
+                     TLSRequired on\n\
+                     TLSECCertificateFile {cert}\n\
+                     TLSECCertificateKeyFile {key}\n\
+                     TLSProtocol TLSv1.2 TLSv1.3\n\
+                     TLSOptions NoSessionReuseRequired\n\
+                     TLSVerifyClient off\n",
+                    cert = cert.display(),
+                    key = key.display(),
+                )
+            }
+            ProftpdKind::Sftp => format!(
+                "<IfModule mod_dso.c>\n  ModulePath {PROFTPD_ROOT}/usr/lib/proftpd\n  LoadModule mod_sftp.c\n</IfModule>\n\
+                 SFTPEngine on\n\
+                 SFTPLog {d}/sftp.log\n\
+                 SFTPAuthMethods password\n\
+                 {keys}\
+                 TraceLog {d}/trace.log\n\
+                 Trace sftp:8 ssh2:1 disconnect:8\n",
+                keys = host_keys
+                    .iter()
+                    .map(|k: &HostKey| format!("SFTPHostKey {}\n", k.path.display()))
+                    .collect::<String>(),
+            ),
+        };
+        let mut server = Proftpd {
+            port: 0,
+            kind,
+            user: TEST_USER.to_string(),
+            password: TEST_PASSWORD.to_string(),
+            remote_dir: root.to_string_lossy().into_owned(),
+            root,
+            host_keys,
+            mlsd,
+            config: dir.join("proftpd.conf"),
+            log: dir.join("proftpd.log"),
+            dir: dir.clone(),
+            child: None,
+            _tmp: tmp,
+        };
+        for attempt in 1..=3 {
+            server.port = free_port();
+            let (pmin, pmax) = free_port_range(20);
+            let conf = format!(
+                "ServerType standalone\n\
+                 ServerName \"milebatch test proftpd\"\n\
+                 DefaultAddress 127.0.0.1\n\
+                 SocketBindTight on\n\
+                 UseIPv6 off\n\
+                 Port {port}\n\
+                 User nobody\n\
+                 Group nogroup\n\
+                 PidFile {d}/proftpd.pid\n\
+                 ScoreboardFile {d}/scoreboard\n\
+                 DelayEngine off\n\
+                 WtmpLog off\n\
+                 UseReverseDNS off\n\
+                 RequireValidShell off\n\
+                 AuthOrder mod_auth_unix.c\n\
+                 MaxLoginAttempts 10\n\
+                 MaxInstances 100\n\
+                 SystemLog {d}/system.log\n\
+                 TransferLog {d}/xfer.log\n\
+                 PassivePorts {pmin} {pmax}\n\
+                 Umask 022\n\
+                 <Directory />\n  AllowOverwrite on\n</Directory>\n\
+                 {mlsd}\
+                 {extra}",
+                port = server.port,
+                mlsd = if mlsd {
+                    ""
+                } else {
+                    "<Limit MLSD>\n  DenyAll\n</Limit>\n"
+                },
+            );
+            write_file(&server.config, &conf, 0o600);
+            match server.spawn() {
+                Ok(()) => break,
+                Err(StartError::Exited(_)) if attempt < 3 && server.log_says_in_use() => continue,
+                Err(e) => server.start_failed(e),
+            }
+        }
+        server
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The host key of one type (SFTP only).
+    pub fn host_key(&self, kind: KeyType) -> &HostKey {
+        self.host_keys
+            .iter()
+            .find(|k| k.kind == kind)
+            .expect("proftpd serves this key type")
+    }
+
+    /// Every log the server wrote: stderr, system log, SFTP log, trace log.
+    pub fn log(&self) -> String {
+        [
+            "proftpd.log",
+            "system.log",
+            "sftp.log",
+            "tls.log",
+            "trace.log",
+        ]
+        .iter()
+        .map(|f| fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+        .collect()
+    }
+}
+
+impl Respawn for Proftpd {
+    fn spawn(&mut self) -> Result<(), StartError> {
+        let mut cmd = Command::new(PROFTPD);
+        cmd.arg("-n").arg("-c").arg(&self.config);
+        self.child = Some(spawn_logged(cmd, &self.log, self.port)?);
+        Ok(())
+    }
+
+    fn log_says_in_use(&self) -> bool {
+        self.log().contains("in use")
+    }
+
+    fn start_failed(&self, e: StartError) -> ! {
+        panic!(
+            "proftpd on 127.0.0.1:{} {}; logs:\n{}\nconfig:\n{}",
+            self.port,
+            e.describe(),
+            self.log(),
+            fs::read_to_string(&self.config).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Proftpd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_tree(&mut c);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Nginx
+// ---------------------------------------------------------------------------
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// Debian's nginx on 127.0.0.1 over TLS (certificate from a [`TestCa`]),
+/// set up as a partner would publish files:
+///
+/// - `/in/` serves `root/in/` behind basic auth ([`TEST_USER`],
+///   [`TEST_PASSWORD`]);
+/// - `/reports/` takes WebDAV `PUT` (`create_full_put_path on`) into
+///   `root/reports/`, behind the same basic auth;
+/// - `/readonly/` refuses `PUT` with 403 (`limit_except GET { deny all; }`).
+///
+/// The access log records each request's method, path, status and
+/// `Content-Type` ([`Nginx::access_log`]).
+pub struct Nginx {
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    /// Document root: `in/`, `reports/`, `readonly/` under it.
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    _tmp: TempDir,
+}
+
+impl Nginx {
+    pub fn start(ca: &TestCa) -> Nginx {
+        require_tool(NGINX, "nginx");
+        require_root("nginx");
+        let tmp = server_tempdir("mb-nginx-");
+        let dir = tmp.path().to_path_buf();
+        let root = dir.join("www");
+        for sub in ["in", "reports", "readonly", "body"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let (cert, key) = ca.server_cert("nginx");
+        let hash = run(Command::new("openssl")
+            .args(["passwd", "-apr1"])
+            .arg(TEST_PASSWORD));
+        write_file(
+            &dir.join("htpasswd"),
+            &format!("{TEST_USER}:{}\n", hash.trim()),
+            0o644,
+        );
+        let mut server = Nginx {
+            port: 0,
+            user: TEST_USER.to_string(),
+            password: TEST_PASSWORD.to_string(),
+            root,
+            config: dir.join("nginx.conf"),
+            log: dir.join("nginx.log"),
+            dir,
+            child: None,
+            _tmp: tmp,
+        };
+        for attempt in 1..=3 {
+            server.port = free_port();
+            let d = server.dir.display();
+            let conf = format!(
+                "daemon off;\n\
+                 master_process on;\n\
+                 worker_processes 1;\n\
+                 user root root;\n\
+                 pid {d}/nginx.pid;\n\
+                 error_log {d}/error.log info;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n\
+                   log_format mb '$request_method $uri $status \"$content_type\"';\n\
+                   access_log {d}/access.log mb;\n\
+                   client_body_temp_path {d}/www/body;\n\
+                   proxy_temp_path {d}/proxy;\n\
+                   fastcgi_temp_path {d}/fastcgi;\n\
+                   uwsgi_temp_path {d}/uwsgi;\n\
+                   scgi_temp_path {d}/scgi;\n\
+                   types {{ text/csv csv; }}\n\
+                   server {{\n\
+                     listen 127.0.0.1:{port} ssl;\n\
+                     server_name localhost;\n\
+                     ssl_certificate {cert};\n\
+                     ssl_certificate_key {key};\n\
+                     root {d}/www;\n\
+                     auth_basic \"partner\";\n\
+                     auth_basic_user_file {d}/htpasswd;\n\
+                     location /in/ {{ }}\n\
+                     location /reports/ {{\n\
+                       dav_methods PUT;\n\
+                       create_full_put_path on;\n\
+                       dav_access user:rw group:r all:r;\n\
+                       client_max_body_size 20m;\n\
+                     }}\n\
+                     location /readonly/ {{\n\
+                       dav_methods PUT;\n\
+                       limit_except GET {{ deny all; }}\n\
+                     }}\n\
+                   }}\n\
+                 }}\n",
+                port = server.port,
+                cert = cert.display(),
+                key = key.display(),
+            );
+            write_file(&server.config, &conf, 0o644);
+            match server.spawn() {
+                Ok(()) => break,
+                Err(StartError::Exited(_)) if attempt < 3 && server.log_says_in_use() => continue,
+                Err(e) => server.start_failed(e),
+            }
+        }
+        server
+    }
+
+    /// `https://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Put a file where nginx serves it (`rel` under the document root).
+    pub fn put_file(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.root.join(rel.trim_start_matches('/'));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, contents).unwrap();
+        p
+    }
+
+    /// One line per request: `METHOD /path STATUS "content-type"`.
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        format!(
+            "{}{}",
+            read_log(&self.log),
+            read_log(&self.dir.join("error.log"))
+        )
+    }
+}
+
+impl Respawn for Nginx {
+    fn spawn(&mut self) -> Result<(), StartError> {
+        let mut cmd = Command::new(NGINX);
+        // -p: a prefix of its own, so nginx never touches /var/lib/nginx
+        cmd.arg("-p").arg(&self.dir).arg("-c").arg(&self.config);
+        self.child = Some(spawn_logged(cmd, &self.log, self.port)?);
+        Ok(())
+    }
+
+    fn log_says_in_use(&self) -> bool {
+        self.log().contains("Address already in use")
+    }
+
+    fn start_failed(&self, e: StartError) -> ! {
+        panic!(
+            "nginx on 127.0.0.1:{} {}; logs:\n{}\nconfig:\n{}",
+            self.port,
+            e.describe(),
+            self.log(),
+            fs::read_to_string(&self.config).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_tree(&mut c);
+        }
     }
 }
 

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+pub mod host_keys;
+pub mod http;
+
 use milebatch::source::{After, Pickup, Ready, RemoteFile, Source, SourceError};
 
 /// A server (or folder) under test.
