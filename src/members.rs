@@ -278,7 +278,9 @@ pub fn import(
         file: file.clone(),
         source,
     })?;
-    import_encoded(conn, f, &file, encoding)
+    // A members line is about 40 bytes: room for that many IDs up front.
+    let expect = f.metadata().map_or(0, |m| m.len() / 40);
+    import_inner(conn, f, &file, encoding, expect as usize)
 }
 
 /// [`import_encoded`] of UTF-8 input.
@@ -297,6 +299,17 @@ pub fn import_encoded(
     file: &str,
     encoding: Encoding,
 ) -> Result<ImportSummary, ImportError> {
+    import_inner(conn, input, file, encoding, 0)
+}
+
+/// The import, with room for `expect` member IDs made up front.
+fn import_inner(
+    conn: &mut Connection,
+    input: impl Read,
+    file: &str,
+    encoding: Encoding,
+    expect: usize,
+) -> Result<ImportSummary, ImportError> {
     // The exchange files' parser: the same quoting rules, BOM handling,
     // blank lines and line numbers (CRLF or LF), and a bounded record size.
     let mut records =
@@ -313,7 +326,7 @@ pub fn import_encoded(
         let mut pending: Vec<PendingMember> =
             (0..UPSERT_ROWS).map(|_| Default::default()).collect();
         let mut filled = 0;
-        let mut seen = SeenIds::default();
+        let mut seen = SeenIds::with_capacity(expect);
         let mut read_all = || -> Result<(), ImportError> {
             use crate::pipeline::parse::ParseError;
             let mut email_buf = String::new();
@@ -376,12 +389,7 @@ pub fn import_encoded(
                         "member_id {member_id:?} must be non-empty and have no '@'"
                     )));
                 }
-                if let Some(earlier) = seen.insert(member_id, line) {
-                    return Err(bad(format!(
-                        "member_id {member_id:?} is on line {earlier} and again on line {line}: \
-                         list each member once (nothing was imported)"
-                    )));
-                }
+                seen.push(member_id, line);
                 let email = text(1)?;
                 let email = email.trim();
                 let email = if email.is_empty() {
@@ -423,7 +431,24 @@ pub fn import_encoded(
         // The lines before a bad line go in first: an error among them is
         // reported, as it would be one row at a time.
         upsert_rows(&mut upsert_many, &mut upsert_one, &pending[..filled], file)?;
-        read?;
+        // A repeated member ID is found once the lines are read; it is
+        // reported if its second line comes before a bad line read.
+        let repeat = seen.first_repeat().map(|(first, again)| ImportError::Row {
+            file: file.to_owned(),
+            line: again,
+            message: format!(
+                "member_id is the same as on line {first}: list each member once \
+                 (nothing was imported)"
+            ),
+        });
+        match (read, repeat) {
+            (
+                Err(e @ ImportError::Row { line, .. }),
+                Some(r @ ImportError::Row { line: again, .. }),
+            ) => return Err(if again < line { r } else { e }),
+            (Err(e), _) | (Ok(()), Some(e)) => return Err(e),
+            (Ok(()), None) => {}
+        }
     }
     tx.commit().map_err(DbError::from)?;
     Ok(summary)
@@ -443,73 +468,55 @@ fn not_decodable(column: usize, encoding: Encoding) -> String {
     }
 }
 
-/// The member IDs of one import file so far, with the line of each. Kept
-/// as a 96-bit hash of the ID, not the ID, so 3 million members cost tens of
-/// MiB: a 64-bit SipHash as the map key, and a second, independent 32-bit
-/// one packed with the line in the value. Two IDs that share the key but not
-/// the check go to `overflow` (for 3M IDs about one import in four million
-/// sees that at all), so the only way to take two different IDs for the
-/// same is a 96-bit collision: about 1 in 10^16 for 3M IDs.
+/// The member IDs of one import file, with the line of each: not the IDs
+/// themselves but 96 bits of SipHash per ID packed with its line into one
+/// `u128`, appended in file order (no random access while reading) and
+/// sorted once at the end, where a repeated ID shows as two neighbours with
+/// the same upper 96 bits. 16 bytes a member; two different IDs are taken
+/// for the same only on a 96-bit collision (about 1 in 10^16 for 3M IDs).
 #[derive(Default)]
-struct SeenIds {
-    first: std::collections::HashMap<u64, u64, std::hash::BuildHasherDefault<PassThrough>>,
-    overflow: Vec<(u64, u64)>,
-}
+struct SeenIds(Vec<u128>);
 
 impl SeenIds {
-    /// Record `id` at `line`; the earlier line if it was there already.
-    /// (Lines past 2^32 - 1 are remembered as that: no real file has them.)
-    fn insert(&mut self, id: &str, line: u64) -> Option<u64> {
-        use std::hash::{Hash, Hasher};
-        let hash = |salt: u8| {
-            let mut h = std::hash::DefaultHasher::new();
-            salt.hash(&mut h);
-            id.hash(&mut h);
-            h.finish()
-        };
-        self.insert_hashed(hash(0), hash(1) as u32, line)
+    fn with_capacity(n: usize) -> SeenIds {
+        SeenIds(Vec::with_capacity(n))
     }
 
-    fn insert_hashed(&mut self, key: u64, check: u32, line: u64) -> Option<u64> {
-        const LINE: u64 = u32::MAX as u64;
-        let packed = (u64::from(check) << 32) | line.min(LINE);
-        let same = |v: u64| v >> 32 == u64::from(check);
-        match self.first.entry(key) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(packed);
-                None
-            }
-            std::collections::hash_map::Entry::Occupied(e) if same(*e.get()) => {
-                Some(*e.get() & LINE)
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                match self.overflow.iter().find(|(k, v)| *k == key && same(*v)) {
-                    Some((_, v)) => Some(v & LINE),
-                    None => {
-                        self.overflow.push((key, packed));
-                        None
-                    }
+    /// Note `id` on `line` (lines past 2^32 - 1 are noted as that: no real
+    /// members file has them).
+    fn push(&mut self, id: &str, line: u64) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        id.hash(&mut h);
+        let high = h.finish();
+        // SipHash of a longer message: independent of `high`.
+        0xA5u8.hash(&mut h);
+        let check = h.finish() as u32;
+        self.push_hashed(high, check, line);
+    }
+
+    fn push_hashed(&mut self, high: u64, check: u32, line: u64) {
+        let line = line.min(u64::from(u32::MAX)) as u32;
+        self.0
+            .push((u128::from(high) << 64) | (u128::from(check) << 32) | u128::from(line));
+    }
+
+    /// The repeat whose second line comes first in the file: (its first
+    /// line, that second line).
+    fn first_repeat(&mut self) -> Option<(u64, u64)> {
+        self.0.sort_unstable();
+        let mut best: Option<(u64, u64)> = None;
+        // Within one ID the lines ascend: the pair of its first two lines
+        // has the smallest second line.
+        for w in self.0.windows(2) {
+            if w[0] >> 32 == w[1] >> 32 {
+                let (first, again) = (u64::from(w[0] as u32), u64::from(w[1] as u32));
+                if best.is_none_or(|(_, b)| again < b) {
+                    best = Some((first, again));
                 }
             }
         }
-    }
-}
-
-/// The keys of [`SeenIds`] are already hashes: use their bits as they are.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+        best
     }
 }
 
@@ -789,13 +796,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("m.csv:3: member_id \"NM1\" is on line 1 and again on line 3"),
+            e.starts_with("m.csv:3: member_id is the same as on line 1"),
             "{e}"
         );
         let n: i64 = c
             .query_row("SELECT count(*) FROM members", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0, "all or nothing");
+        // The first bad line is reported, a repeat or not.
+        let later_bad = format!("{csv}NM4,d@x.jp,sleeping\n");
+        let e = import_from(&mut c, later_bad.as_bytes(), "m.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("m.csv:3: member_id"), "{e}");
+        let earlier_bad = format!("NM0,z@x.jp,sleeping\n{csv}");
+        let e = import_from(&mut c, earlier_bad.as_bytes(), "m.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("m.csv:1: status"), "{e}");
     }
 
     #[test]
@@ -818,18 +836,26 @@ mod tests {
     }
 
     #[test]
-    fn seen_ids_tell_ids_sharing_a_key_apart() {
+    fn seen_ids_find_the_repeat_that_comes_first() {
         let mut s = SeenIds::default();
-        assert_eq!(s.insert("NM1", 1), None);
-        assert_eq!(s.insert("NM2", 2), None);
-        assert_eq!(s.insert("NM1", 9), Some(1));
-        // Same 64-bit key, different check: two IDs, each found again.
-        assert_eq!(s.insert_hashed(7, 1, 10), None);
-        assert_eq!(s.insert_hashed(7, 2, 11), None);
-        assert_eq!(s.insert_hashed(7, 3, 12), None);
-        assert_eq!(s.insert_hashed(7, 2, 20), Some(11));
-        assert_eq!(s.insert_hashed(7, 1, 21), Some(10));
-        assert_eq!(s.insert_hashed(7, 3, 22), Some(12));
-        assert_eq!(s.overflow.len(), 2);
+        assert_eq!(s.first_repeat(), None);
+        for (id, line) in [
+            ("NM1", 1),
+            ("NM2", 2),
+            ("NM3", 3),
+            ("NM2", 7),
+            ("NM1", 5),
+            ("NM1", 9),
+        ] {
+            s.push(id, line);
+        }
+        assert_eq!(s.first_repeat(), Some((1, 5)));
+        // The same 64 high bits with another check are two different IDs.
+        let mut s = SeenIds::default();
+        s.push_hashed(7, 1, 10);
+        s.push_hashed(7, 2, 11);
+        assert_eq!(s.first_repeat(), None);
+        s.push_hashed(7, 2, 20);
+        assert_eq!(s.first_repeat(), Some((11, 20)));
     }
 }

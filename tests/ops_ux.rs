@@ -187,7 +187,7 @@ fn members_import_refuses_repeats_counts_crlf_lines_and_reads_shift_jis() {
     let err = text(&o.stderr);
     assert_ne!(o.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("dup.csv:5: member_id \"M1\" is on line 2 and again on line 5"),
+        err.contains("dup.csv:5: member_id is the same as on line 2"),
         "{err}"
     );
     // A bad line in a CRLF file: its real line number.
