@@ -367,7 +367,8 @@ fn import_inner(
                 };
                 if first {
                     first = false;
-                    if rec.len() > 0 && rec.field(0).trim_ascii().eq_ignore_ascii_case(b"member_id")
+                    if !rec.is_empty()
+                        && rec.field(0).trim_ascii().eq_ignore_ascii_case(b"member_id")
                     {
                         continue;
                     }
