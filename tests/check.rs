@@ -297,6 +297,20 @@ fn check_passes_a_config_that_can_run_and_checks_systemd_credentials() {
     );
 }
 
+/// The example `partners.toml` (the README's first command) is runnable.
+#[test]
+fn the_example_config_passes_check() {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("partners.toml");
+    let o = Command::new(common::workspace::BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains(": OK, 2 partner(s)"), "{}", stdout(&o));
+}
+
 /// Every file under `dir` with its size and mtime: what `--connect` must
 /// leave exactly as it was.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
