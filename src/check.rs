@@ -123,8 +123,12 @@ fn check_partner(p: &PartnerConfig, today: chrono::NaiveDate) -> PartnerCheck {
     }
     match &p.source {
         SourceConfig::Local(l) => {
-            check_inbox(&l.dir, &mut pc);
             let pickup = &l.pickup;
+            // Moving, deleting or copying a report in writes the inbox.
+            let writes = pickup.after != After::Keep
+                || pickup.move_failed.is_some()
+                || pickup.errors_dir.is_some();
+            check_inbox(&l.dir, writes, &mut pc);
             let mut subs = Vec::new();
             if let After::Move(s) = &pickup.after {
                 subs.push(("after = \"move:…\"", s));
@@ -270,7 +274,7 @@ fn secret_file(what: &str, path: &Path, owner: &str) -> Option<String> {
     }
 }
 
-fn check_inbox(dir: &Path, pc: &mut PartnerCheck) {
+fn check_inbox(dir: &Path, writes: bool, pc: &mut PartnerCheck) {
     let shown = dir.display();
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => pc.problems.push(format!(
@@ -287,6 +291,14 @@ fn check_inbox(dir: &Path, pc: &mut PartnerCheck) {
                 "inbox {shown} cannot be listed: {e}: give the user milebatch runs as read \
                  access (under systemd, a folder outside /var/lib/milebatch also needs \
                  ReadWritePaths= in the unit)"
+            )),
+            // access(2) also says no on a read-only mount: what the unit's
+            // ProtectSystem=strict makes of a folder not in ReadWritePaths=.
+            Ok(_) if writes && !access(dir, libc::W_OK | libc::X_OK) => pc.problems.push(format!(
+                "inbox {shown} is not writable by this user, and files are moved out of it or \
+                 reports written into it (`after`, `move_failed`, `errors_dir`): give write \
+                 access (under systemd: ReadWritePaths={shown} in the unit), or set them to \
+                 \"keep\" / \"none\""
             )),
             Ok(_) => pc.notes.push(format!("inbox {shown} is a readable folder")),
         },

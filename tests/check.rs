@@ -56,6 +56,27 @@ fn sftp_partner(id: &str, port: u16, keys: &str) -> String {
     )
 }
 
+/// `chattr +i` on a path (stops even root from writing it, as a read-only
+/// mount would), undone on drop.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(p: &Path) -> Immutable {
+        let st = Command::new("chattr").arg("+i").arg(p).status();
+        assert!(
+            st.expect("chattr (e2fsprogs)").success(),
+            "chattr +i needs root and e2fsprogs"
+        );
+        Immutable(p.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -164,6 +185,13 @@ fn check_names_every_problem_of_a_config_that_cannot_run() {
         .replace("data_dir = \"var\"", "data_dir = \"not-a-folder/var\"");
     w.write("partners.toml", text);
 
+    // An inbox milebatch moves files out of, but cannot write (the immutable
+    // flag stops even root, as a read-only mount would).
+    std::fs::create_dir_all(w.path("inbox/frozen")).unwrap();
+    let _frozen = Immutable::set(&w.path("inbox/frozen"));
+    let text = std::fs::read_to_string(w.config_path()).unwrap()
+        + &local_partner("frozen", "inbox/frozen", "");
+    w.write("partners.toml", text);
     let o = w.run_env(&["check"], &[("MB_CHECK_EMPTY", "")]);
     let out = stdout(&o);
     assert_eq!(
@@ -190,6 +218,7 @@ fn check_names_every_problem_of_a_config_that_cannot_run() {
         ("absent-pw", "secrets/absent does not exist"),
         ("bad-ca", "ca.bad"),
         ("absent-ca", "ca.absent"),
+        ("frozen", "is not writable by this user"),
     ];
     let lines = problems(&out);
     for (who, what) in expect {
