@@ -1,5 +1,11 @@
 //! The command line. Each subcommand is a small function over the library;
-//! `anyhow` is used here and in `main.rs` only.
+//! `anyhow` is used here only (`main.rs` prints what `run` returns).
+//!
+//! What must stay true:
+//! - every argument has help text (a unit test walks the clap `Command`);
+//! - exit 1 means "the answer is no" (a refused file, a `check` problem, an
+//!   unknown `--partner` or member) and 2 "could not start";
+//! - times for people go through `timefmt`, in the configured zone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
