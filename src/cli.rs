@@ -1,18 +1,24 @@
 //! The command line. Each subcommand is a small function over the library;
-//! `anyhow` is used here and in `main.rs` only.
+//! `anyhow` is used here only (`main.rs` prints what `run` returns).
+//!
+//! What must stay true:
+//! - every argument has help text (a unit test walks the clap `Command`);
+//! - exit 1 means "the answer is no" (a refused file, a `check` problem, an
+//!   unknown `--partner` or member) and 2 "could not start";
+//! - times for people go through `timefmt`, in the configured zone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
 use crate::schedule::Clock;
-use crate::{daemon, db, members, query};
+use crate::{check, daemon, db, members, query, timefmt};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,7 +28,12 @@ use crate::{daemon, db, members, query};
 )]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, global = true, default_value = "partners.toml")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "partners.toml"
+    )]
     pub config: PathBuf,
     /// Log line format on stderr (filter with RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -41,11 +52,13 @@ pub enum LogFormat {
 pub enum Command {
     /// Run every partner (or one) now, once.
     Once {
-        #[arg(long)]
+        /// Run only this partner (its `id` in partners.toml).
+        #[arg(long, value_name = "ID")]
         partner: Option<String>,
         /// Validate and write the error reports, credit nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the run reports as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -55,11 +68,19 @@ pub enum Command {
     /// Per partner: last run, next run, consecutive failures, last error,
     /// last missed delivery. Reads the database; safe while the daemon runs.
     Status {
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Validate the configuration, list the partners and their next three runs.
+    /// Check that every partner can run: secrets, key files, known_hosts,
+    /// CA files, inboxes, the database and data_dir. Exits 1 naming each
+    /// problem. Also lists the partners and their next three runs.
     Check {
+        /// Also connect to each partner's server (host key, login), list the
+        /// inbox and count the files matching the pattern. Changes nothing.
+        #[arg(long)]
+        connect: bool,
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -68,25 +89,46 @@ pub enum Command {
         #[command(subcommand)]
         command: MembersCommand,
     },
-    /// A member's balance, by member ID or e-mail.
+    /// A member's balance, by member ID or e-mail. Exits 1 if there is no
+    /// such member.
     Balance {
+        /// A member ID, or a registered e-mail (any case).
         member: String,
+        /// Print as JSON (`"found": false` for an unknown member).
         #[arg(long)]
         json: bool,
     },
     /// Every credit of one partner key.
     History {
-        #[arg(long)]
+        /// The partner (its `id` in partners.toml).
+        #[arg(long, value_name = "ID")]
         partner: String,
+        /// The partner key to search for, as in the exchange file.
         #[arg(long)]
         key: String,
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Processed and refused files with their counts.
+    /// Delivered files, newest first: outcome, counts, error report, reason.
     Files {
-        #[arg(long)]
+        /// Only this partner's files.
+        #[arg(long, value_name = "ID")]
         partner: Option<String>,
+        /// Only files received on or after this day (YYYY-MM-DD, in the
+        /// configured time zone).
+        #[arg(long, value_name = "DATE", value_parser = parse_date)]
+        since: Option<chrono::NaiveDate>,
+        /// Only files with this outcome (`refused` includes `duplicate`).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(query::FILE_OUTCOMES))]
+        outcome: Option<String>,
+        /// Show at most this many files (0: all).
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u64,
+        /// Oldest first instead of newest first.
+        #[arg(long)]
+        oldest_first: bool,
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -94,14 +136,46 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum MembersCommand {
-    /// Upsert members from a `member_id,email,status` CSV.
+    /// Upsert members from a `member_id,email,status` CSV. All or nothing.
     Import {
+        /// The CSV file: `member_id,email,status` (optional header line).
         file: PathBuf,
+        /// The file's text encoding.
+        #[arg(long, value_enum, default_value_t = FileEncoding::Utf8)]
+        encoding: FileEncoding,
+        /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
 }
 
+/// Text encodings `members import` reads.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileEncoding {
+    #[value(name = "utf-8")]
+    Utf8,
+    /// Shift_JIS as Windows writes it (CP932).
+    #[value(name = "shift_jis")]
+    ShiftJis,
+}
+
+impl From<FileEncoding> for crate::config::Encoding {
+    fn from(e: FileEncoding) -> Self {
+        match e {
+            FileEncoding::Utf8 => crate::config::Encoding::Utf8,
+            FileEncoding::ShiftJis => crate::config::Encoding::ShiftJis,
+        }
+    }
+}
+
+fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("{s:?} is not a date: use YYYY-MM-DD, e.g. 2026-11-24"))
+}
+
+/// Text logs carry their time in the configured zone. The config is read
+/// here only for that; an unreadable one is reported by the command itself,
+/// and logs fall back to UTC until then.
 pub fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -117,7 +191,10 @@ pub fn init_tracing(cli: &Cli) {
             .with_current_span(true)
             .init();
     } else {
-        builder.init();
+        let tz = Config::load(&cli.config)
+            .map(|c| c.daemon.timezone)
+            .unwrap_or(chrono_tz::UTC);
+        builder.with_timer(crate::timefmt::LogTimer(tz)).init();
     }
 }
 
@@ -130,6 +207,31 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Print `milebatch: error: …` and give exit code 1: the command ran and
+/// the answer is "no" (an unknown partner or member, a problem found).
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("milebatch: error: {message}");
+    ExitCode::from(1)
+}
+
+/// `Err(exit code 1)` unless `id` is a partner of `config`; the message
+/// names the partners there are.
+fn known_partner(config: &Config, id: &str) -> Result<(), ExitCode> {
+    if config.partner(id).is_some() {
+        return Ok(());
+    }
+    let known: Vec<&str> = config.partners.iter().map(|p| p.id.as_str()).collect();
+    Err(fail(format_args!(
+        "no partner {id:?} in {}; the partners are: {}",
+        config.path.display(),
+        if known.is_empty() {
+            "(none)".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
 /// Run the parsed command. `Ok(code)`: the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
@@ -138,16 +240,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             json,
         } => once(&cli, partner.as_deref(), *dry_run, *json),
-        Command::Check { json } => check(&cli, *json),
+        Command::Check { json, connect } => check(&cli, *json, *connect),
         Command::Run => run_daemon(&cli),
         Command::Status { json } => status(&cli, *json),
         Command::Members {
-            command: MembersCommand::Import { file, json },
+            command:
+                MembersCommand::Import {
+                    file,
+                    encoding,
+                    json,
+                },
         } => {
             let config = load(&cli)?;
             let mut conn = db::open(&config.daemon.database)?;
             let started = std::time::Instant::now();
-            let s = members::import(&mut conn, file)?;
+            let s = members::import(&mut conn, file, (*encoding).into())?;
             if *json {
                 print_json(&s)?;
             } else {
@@ -164,12 +271,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(&cli)?;
             let conn = db::open_query(&config.daemon.database)?;
             let Some((member_id, status, miles)) = members::balance(&conn, member)? else {
-                bail!("no member {member:?} (neither a member ID nor a registered e-mail)");
+                if *json {
+                    print_json(&serde_json::json!({"member": member, "found": false}))?;
+                }
+                return Ok(fail(format_args!(
+                    "no member {member:?} (neither a member ID nor a registered e-mail)"
+                )));
             };
             if *json {
-                print_json(
-                    &serde_json::json!({"member_id": member_id, "status": status, "miles": miles}),
-                )?;
+                print_json(&serde_json::json!({
+                    "member": member,
+                    "found": true,
+                    "member_id": member_id,
+                    "status": status,
+                    "miles": miles,
+                }))?;
             } else {
                 println!(
                     "{member_id}\t{miles} miles\t{}",
@@ -180,48 +296,95 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::History { partner, key, json } => {
             let config = load(&cli)?;
+            if let Err(code) = known_partner(&config, partner) {
+                return Ok(code);
+            }
             let conn = db::open_query(&config.daemon.database)?;
             let rows = query::history(&conn, partner, key)?;
+            let tz = config.daemon.timezone;
             if *json {
                 print_json(&rows)?;
             } else if rows.is_empty() {
                 println!("no credits for partner {partner} key {key:?}");
             } else {
-                println!("credited_at\tmember\tmiles\tfile:line");
+                println!("credited at\tmember\tmiles\tfile:line");
                 for r in rows {
                     println!(
                         "{}\t{}\t{}\t{}:{}",
-                        r.credited_at, r.member_id, r.miles, r.file, r.line
+                        timefmt::stored_for_people(&r.credited_at, tz),
+                        r.member_id,
+                        r.miles,
+                        r.file,
+                        r.line
                     );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Files { partner, json } => {
+        Command::Files {
+            partner,
+            since,
+            outcome,
+            limit,
+            oldest_first,
+            json,
+        } => {
             let config = load(&cli)?;
-            let conn = db::open_query(&config.daemon.database)?;
-            let rows = query::files(&conn, partner.as_deref())?;
-            if *json {
-                print_json(&rows)?;
-            } else {
-                println!(
-                    "id\tpartner\tfile\toutcome\trows\tcredited\tfailed\tmiles\treport/reason"
-                );
-                for r in rows {
-                    let note = r.reason.or(r.report_path).unwrap_or_default();
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                        r.id,
-                        r.partner,
-                        r.name,
-                        r.outcome,
-                        r.rows,
-                        r.credited,
-                        r.failed,
-                        r.miles,
-                        note
-                    );
+            if let Some(id) = partner {
+                if let Err(code) = known_partner(&config, id) {
+                    return Ok(code);
                 }
+            }
+            let tz = config.daemon.timezone;
+            let conn = db::open_query(&config.daemon.database)?;
+            let page = query::files(
+                &conn,
+                &query::FileFilter {
+                    partner: partner.as_deref(),
+                    since: since.map(|d| timefmt::start_of_day(d, tz)),
+                    outcome: outcome.as_deref(),
+                    limit: (*limit > 0).then_some(*limit),
+                    newest_first: !*oldest_first,
+                },
+                tz,
+            )?;
+            let more = page.total - page.rows.len() as u64;
+            let hint = format!(
+                "{more} more file(s) not shown; use --limit {} (or --limit 0 for all)",
+                page.total
+            );
+            if *json {
+                print_json(&page.rows)?;
+                if more > 0 {
+                    eprintln!("milebatch: {hint}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if page.rows.is_empty() {
+                println!("no files");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "id\treceived\tpartner\tfile\toutcome\trows\tcredited\tfailed\tmiles\treport\treason"
+            );
+            for r in &page.rows {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    r.id,
+                    timefmt::stored_for_people(&r.started_at, tz),
+                    r.partner,
+                    r.name,
+                    r.outcome,
+                    r.rows,
+                    r.credited,
+                    r.failed,
+                    r.miles,
+                    r.report_path.as_deref().unwrap_or("-"),
+                    r.reason.as_deref().unwrap_or("-"),
+                );
+            }
+            if more > 0 {
+                println!("{hint}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -231,9 +394,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn once(cli: &Cli, only: Option<&str>, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
     let config = load(cli)?;
     let partners: Vec<_> = match only {
-        Some(id) => vec![config
-            .partner(id)
-            .with_context(|| format!("no partner {id:?} in {}", config.path.display()))?],
+        Some(id) => match known_partner(&config, id) {
+            Ok(()) => config.partners.iter().filter(|p| p.id == id).collect(),
+            Err(code) => return Ok(code),
+        },
         None => config.partners.iter().collect(),
     };
     // Fail early and clearly if the database cannot be opened.
@@ -407,62 +571,153 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
+/// `milebatch check [--connect]`: the partners, their next runs, and every
+/// problem a run would meet (see `check.rs`). Exit 1 when there is one.
+fn check(cli: &Cli, json: bool, connect: bool) -> anyhow::Result<ExitCode> {
     let config = load(cli)?;
     let tz = config.daemon.timezone;
     let now = clock()?.now();
-    let mut out = Vec::new();
-    for p in &config.partners {
-        let secrets: Vec<String> = p
-            .source
-            .secrets()
-            .iter()
-            .map(|s| match s.read() {
-                Ok(_) => format!("{s}: readable"),
-                Err(e) => format!("{e} (not readable here)"),
-            })
-            .collect();
-        out.push(serde_json::json!({
-            "id": p.id,
-            "name": p.name,
-            "schedule": p.schedule.to_string(),
-            "encoding": p.encoding.to_string(),
-            "source": p.source.to_string(),
-            "kind": p.source.kind(),
-            "secrets": secrets,
-            "next_runs": p.schedule.upcoming(now, tz, 3).into_iter().map(|t| daemon::zoned(t, tz)).collect::<Vec<_>>(),
-        }));
-    }
-    if json {
-        print_json(&serde_json::json!({"config": config.path, "partners": out}))?;
-    } else {
-        println!(
-            "{}: OK, {} partner(s), time zone {}, database {}",
-            config.path.display(),
-            config.partners.len(),
-            config.daemon.timezone,
-            config.daemon.database.display()
-        );
-        for p in &out {
-            println!(
-                "  {} ({}): {} — {} [{}]",
-                p["id"].as_str().unwrap_or(""),
-                p["name"].as_str().unwrap_or(""),
-                p["schedule"].as_str().unwrap_or(""),
-                p["source"].as_str().unwrap_or(""),
-                p["encoding"].as_str().unwrap_or("")
-            );
-            let next: Vec<&str> = p["next_runs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_str())
-                .collect();
-            println!("    next runs: {}", next.join(", "));
-            for s in p["secrets"].as_array().into_iter().flatten() {
-                println!("    secret {}", s.as_str().unwrap_or(""));
+    let today = now.with_timezone(&tz).date_naive();
+    let mut report = check::check(&config, today);
+    if connect {
+        for (p, pc) in config.partners.iter().zip(report.partners.iter_mut()) {
+            // A partner whose settings are already wrong would only fail
+            // again, less clearly (and a bad password may count against
+            // the account).
+            if !pc.problems.is_empty() {
+                continue;
             }
+            let c = check::connect(p, today);
+            if let Some(e) = &c.error {
+                pc.problems
+                    .push(format!("connecting to {}: {e}", c.location));
+            }
+            pc.connect = Some(c);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    let problems = report.problems();
+    if json {
+        let partners: Vec<_> = config
+            .partners
+            .iter()
+            .zip(&report.partners)
+            .map(|(p, pc)| {
+                serde_json::json!({
+                    "id": p.id,
+                    "name": p.name,
+                    "schedule": p.schedule.to_string(),
+                    "encoding": p.encoding.to_string(),
+                    "source": p.source.to_string(),
+                    "kind": p.source.kind(),
+                    "next_runs": p.schedule.upcoming(now, tz, 3).into_iter().map(|t| daemon::zoned(t, tz)).collect::<Vec<_>>(),
+                    "problems": pc.problems,
+                    "notes": pc.notes,
+                    "connect": pc.connect,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "config": config.path,
+            "ok": problems.is_empty(),
+            "problems": problems,
+            "partners": partners,
+        }))?;
+    } else {
+        println!(
+            "{}: {}, {} partner(s), time zone {}, database {}",
+            config.path.display(),
+            if problems.is_empty() {
+                "OK".to_owned()
+            } else {
+                format!("{} problem(s)", problems.len())
+            },
+            config.partners.len(),
+            tz,
+            config.daemon.database.display()
+        );
+        for (p, pc) in config.partners.iter().zip(&report.partners) {
+            println!(
+                "  {} ({}): {} — {} [{}]",
+                p.id, p.name, p.schedule, p.source, p.encoding
+            );
+            let next: Vec<String> = p
+                .schedule
+                .upcoming(now, tz, 3)
+                .into_iter()
+                .map(|t| daemon::zoned(t, tz))
+                .collect();
+            println!("    next runs: {}", next.join(", "));
+            for n in &pc.notes {
+                println!("    ok: {n}");
+            }
+            if let Some(c) = &pc.connect {
+                match c.matching_files {
+                    Some(0) if p.source.kind() == "http" => {
+                        println!("    connect: ok, no file today at {}", c.location)
+                    }
+                    Some(n) => println!(
+                        "    connect: ok, {n} file(s) matching {:?} at {}",
+                        c.pattern, c.location
+                    ),
+                    None => println!("    connect: FAILED (see below)"),
+                }
+            } else if connect {
+                println!("    connect: not tried (fix the problems below first)");
+            }
+        }
+        for pr in &problems {
+            match &pr.partner {
+                Some(id) => println!("problem: {id}: {}", pr.problem),
+                None => println!("problem: [daemon]: {}", pr.problem),
+            }
+        }
+        if !problems.is_empty() {
+            println!(
+                "{} problem(s): fix each one above, then run `milebatch check` again",
+                problems.len()
+            );
+        }
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand says what it does and every flag and argument has
+    /// help text: `--help` is the manual on a server without the README.
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{p} (the subcommand)"));
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cmd = Cli::command();
+        walk(&cmd, "milebatch", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        // The walk does see every argument (a check that cannot fail is no check).
+        let files = cmd.find_subcommand("files").unwrap();
+        assert!(files.get_arguments().any(|a| a.get_id() == "since"));
+    }
 }

@@ -14,8 +14,11 @@
 //! - [`schedule`]: partner schedules in the daemon's time zone.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
+//! - [`check`]: `milebatch check`: what a run needs, found before a run.
+//! - [`timefmt`]: times for people, in the configured zone.
 //! - [`cli`]: the command line; `main.rs` only calls it.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -25,3 +28,4 @@ pub mod pipeline;
 pub mod query;
 pub mod schedule;
 pub mod source;
+pub mod timefmt;

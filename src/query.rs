@@ -24,15 +24,63 @@ pub struct FileRow {
     pub started_at: String,
     pub finished_at: Option<String>,
     pub tidy: String,
+    /// The day the file was received (`started_at`), in the configured
+    /// zone: `2026-11-24`. What `--since` compares with.
+    pub date: String,
 }
 
-pub fn files(conn: &Connection, partner: Option<&str>) -> Result<Vec<FileRow>, DbError> {
-    let mut st = conn.prepare(
+/// The outcomes `files --outcome` takes. `refused` also selects
+/// `duplicate` (a duplicate is refused whole too).
+pub const FILE_OUTCOMES: &[&str] = &["credited", "refused", "duplicate"];
+
+/// Which files `files` shows, in which order.
+#[derive(Debug, Clone, Default)]
+pub struct FileFilter<'a> {
+    pub partner: Option<&'a str>,
+    /// Received at or after this instant.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// One of [`FILE_OUTCOMES`].
+    pub outcome: Option<&'a str>,
+    /// At most this many rows (`None`: all).
+    pub limit: Option<u64>,
+    pub newest_first: bool,
+}
+
+/// One page of files, and how many match in all.
+#[derive(Debug)]
+pub struct FilePage {
+    pub rows: Vec<FileRow>,
+    pub total: u64,
+}
+
+pub fn files(
+    conn: &Connection,
+    f: &FileFilter<'_>,
+    tz: chrono_tz::Tz,
+) -> Result<FilePage, DbError> {
+    // `started_at` is stored by `db::now_text` (RFC 3339 UTC, fixed width),
+    // so text order is time order.
+    let since = f.since.map(crate::db::now_text);
+    let (outcome, also) = match f.outcome {
+        Some("refused") => (Some("refused"), Some("duplicate")),
+        o => (o, None),
+    };
+    const WHERE: &str = "WHERE (?1 IS NULL OR partner = ?1) AND (?2 IS NULL OR started_at >= ?2)
+           AND (?3 IS NULL OR outcome = ?3 OR outcome = ?4)";
+    let total: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM files {WHERE}"),
+        params![f.partner, since, outcome, also],
+        |r| r.get(0),
+    )?;
+    let mut st = conn.prepare(&format!(
         "SELECT id, partner, name, sha256, outcome, reason, rows, credited, failed, failed_by_code, miles,
                 report_path, archive_path, started_at, finished_at, tidy
-         FROM files WHERE (?1 IS NULL OR partner = ?1) ORDER BY id",
-    )?;
-    let rows = st.query_map(params![partner], |r| {
+         FROM files {WHERE} ORDER BY id {} LIMIT ?5",
+        if f.newest_first { "DESC" } else { "ASC" }
+    ))?;
+    let limit = f.limit.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
+    let rows = st.query_map(params![f.partner, since, outcome, also, limit], |r| {
+        let started_at: String = r.get(13)?;
         Ok(FileRow {
             id: r.get(0)?,
             partner: r.get(1)?,
@@ -47,12 +95,18 @@ pub fn files(conn: &Connection, partner: Option<&str>) -> Result<Vec<FileRow>, D
             miles: r.get(10)?,
             report_path: r.get(11)?,
             archive_path: r.get(12)?,
-            started_at: r.get(13)?,
+            date: crate::timefmt::parse_stored(&started_at)
+                .map(|t| crate::timefmt::local_date(t, tz))
+                .unwrap_or_default(),
+            started_at,
             finished_at: r.get(14)?,
             tidy: r.get(15)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(FilePage {
+        rows: rows.collect::<Result<_, _>>()?,
+        total: total as u64,
+    })
 }
 
 #[derive(Debug, Serialize)]

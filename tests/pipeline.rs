@@ -157,7 +157,8 @@ fn redelivered_content_under_another_name_is_not_credited_again() {
     assert_eq!(code, 0, "{run:#}");
     assert_eq!(run["outcome"], "no-file");
     // `files` shows both, with the duplicate refused.
-    let files: serde_json::Value = serde_json::from_str(&w.ok(&["files", "--json"])).unwrap();
+    let files: serde_json::Value =
+        serde_json::from_str(&w.ok(&["files", "--json", "--oldest-first"])).unwrap();
     assert_eq!(files.as_array().unwrap().len(), 2);
     assert_eq!(files[1]["outcome"], "duplicate");
 }

@@ -1,0 +1,718 @@
+//! `milebatch check`: does this configuration have what a run needs?
+//!
+//! Loading `partners.toml` already proved the file is well formed. This
+//! looks at the things a run touches outside it: secrets (environment,
+//! files, systemd credentials), key files, `known_hosts`, CA files, local
+//! inboxes, the database and `data_dir`. With `--connect` it also logs in to
+//! each partner's server and lists the inbox.
+//!
+//! What must stay true:
+//! - every problem is found, not just the first: one [`Problem`] each,
+//!   whose text says what is wrong and what to do about it;
+//! - nothing is changed, here or on a partner's server: no file is created,
+//!   moved, uploaded or deleted (`--connect` only lists, like a run's first
+//!   step; HTTP sends the GET a run would send and does not read the body);
+//! - secret values are read only to see that they are there, and never
+//!   appear in a message.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{Config, PartnerConfig};
+use crate::source::secret::{check_private, read_secret_file};
+use crate::source::{safe_name, After, HostKeyCheck, HttpAuth, SecretRef, SftpAuth, SourceConfig};
+
+/// Something that stops a run, with what to do about it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// The partner it belongs to; `None`: the `[daemon]` section.
+    pub partner: Option<String>,
+    pub problem: String,
+}
+
+/// What `check` found for one partner.
+#[derive(Debug, Default, Serialize)]
+pub struct PartnerCheck {
+    pub id: String,
+    /// Problems: each one stops this partner's runs.
+    pub problems: Vec<String>,
+    /// What was confirmed, or could not be confirmed here and is not a
+    /// problem (a systemd credential outside systemd).
+    pub notes: Vec<String>,
+    /// `--connect` only.
+    pub connect: Option<Connected>,
+}
+
+/// The answer of one partner's server to `check --connect`.
+#[derive(Debug, Serialize)]
+pub struct Connected {
+    /// Where, without secrets (`sftp://user@host:22/dir`).
+    pub location: String,
+    /// `None` when connecting failed (see `error`).
+    pub matching_files: Option<usize>,
+    pub pattern: String,
+    pub error: Option<String>,
+}
+
+/// The whole answer of `check`.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Problems of the `[daemon]` section (database, `data_dir`).
+    pub daemon: Vec<String>,
+    pub partners: Vec<PartnerCheck>,
+}
+
+impl Report {
+    /// Every problem, the daemon's first, then each partner's in order.
+    pub fn problems(&self) -> Vec<Problem> {
+        let daemon = self.daemon.iter().map(|p| Problem {
+            partner: None,
+            problem: p.clone(),
+        });
+        let partners = self.partners.iter().flat_map(|pc| {
+            pc.problems.iter().map(|p| Problem {
+                partner: Some(pc.id.clone()),
+                problem: p.clone(),
+            })
+        });
+        daemon.chain(partners).collect()
+    }
+}
+
+/// Check everything a run of every partner needs, without connecting.
+/// `today` (in the configured zone) fills HTTP URL templates.
+pub fn check(config: &Config, today: chrono::NaiveDate) -> Report {
+    let mut daemon = Vec::new();
+    let d = &config.daemon;
+    if let Some(dir) = d.database.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(p) = writable_dir("the database's folder", dir) {
+            daemon.push(p);
+        }
+    }
+    match std::fs::metadata(&d.database) {
+        Ok(m) if !m.is_file() => daemon.push(format!(
+            "database {} exists and is not a file: point `database` at a file",
+            d.database.display()
+        )),
+        Ok(_) if !access(&d.database, libc::R_OK | libc::W_OK) => daemon.push(format!(
+            "database {} is not readable and writable by this user: run milebatch as its owner, \
+             or fix its ownership",
+            d.database.display()
+        )),
+        _ => {}
+    }
+    if let Some(p) = writable_dir("data_dir", &d.data_dir) {
+        daemon.push(p);
+    }
+    let partners = config
+        .partners
+        .iter()
+        .map(|p| check_partner(p, today))
+        .collect();
+    Report { daemon, partners }
+}
+
+fn check_partner(p: &PartnerConfig, today: chrono::NaiveDate) -> PartnerCheck {
+    let mut pc = PartnerCheck {
+        id: p.id.clone(),
+        ..Default::default()
+    };
+    for (what, s) in secrets(&p.source) {
+        check_secret(what, s, &mut pc);
+    }
+    match &p.source {
+        SourceConfig::Local(l) => {
+            let pickup = &l.pickup;
+            // Moving, deleting or copying a report in writes the inbox.
+            let writes = pickup.after != After::Keep
+                || pickup.move_failed.is_some()
+                || pickup.errors_dir.is_some();
+            check_inbox(&l.dir, writes, &mut pc);
+            let mut subs = Vec::new();
+            if let After::Move(s) = &pickup.after {
+                subs.push(("after = \"move:…\"", s));
+            }
+            if let Some(s) = &pickup.move_failed {
+                subs.push(("move_failed", s));
+            }
+            if let Some(s) = &pickup.errors_dir {
+                subs.push(("errors_dir", s));
+            }
+            for (key, sub) in subs {
+                check_subfolder(&l.dir, key, sub, &mut pc);
+            }
+        }
+        SourceConfig::Sftp(s) => {
+            if let SftpAuth::Key {
+                key_file,
+                passphrase,
+            } = &s.auth
+            {
+                check_key_file(key_file, passphrase.is_some(), &mut pc);
+            }
+            if let HostKeyCheck::KnownHosts(kh) = &s.host_key {
+                check_known_hosts(kh, &s.host, s.port, &mut pc);
+            }
+        }
+        SourceConfig::Ftp(f) => {
+            if let Some(ca) = &f.ca_file {
+                check_ca_file(ca, &mut pc);
+            }
+        }
+        SourceConfig::Http(h) => {
+            if let Some(ca) = &h.ca_file {
+                check_ca_file(ca, &mut pc);
+            }
+            for (key, url) in [("url", Some(&h.url)), ("errors_url", h.errors_url.as_ref())] {
+                if let Some(Err(e)) = url.map(|u| crate::source::http::expand_date(u, today)) {
+                    pc.problems
+                        .push(format!("`{key}`: {e}: use {{date:%Y%m%d}} (strftime)"));
+                }
+            }
+        }
+    }
+    pc
+}
+
+/// Where each secret of a source is read from, named as `partners.toml`
+/// names it.
+fn secrets(src: &SourceConfig) -> Vec<(&'static str, &SecretRef)> {
+    match src {
+        SourceConfig::Local(_) => vec![],
+        SourceConfig::Sftp(c) => match &c.auth {
+            SftpAuth::Key { passphrase, .. } => {
+                passphrase.iter().map(|p| ("key passphrase", p)).collect()
+            }
+            SftpAuth::Password(p) => vec![("password", p)],
+        },
+        SourceConfig::Ftp(c) => vec![("password", &c.password)],
+        SourceConfig::Http(c) => match &c.auth {
+            HttpAuth::None => vec![],
+            HttpAuth::Basic { password, .. } => vec![("password", password)],
+            HttpAuth::Bearer(t) => vec![("token", t)],
+        },
+    }
+}
+
+fn check_secret(what: &str, s: &SecretRef, pc: &mut PartnerCheck) {
+    match s {
+        SecretRef::Env(var) => match std::env::var_os(var) {
+            None => pc.problems.push(format!(
+                "{what}: environment variable {var} is not set: set it where milebatch runs \
+                 (under systemd prefer LoadCredential= and `credential = \"NAME\"`)"
+            )),
+            Some(v) if v.is_empty() => pc.problems.push(format!(
+                "{what}: environment variable {var} is set but empty: give it the {what}"
+            )),
+            Some(v) if v.to_str().is_none() => pc.problems.push(format!(
+                "{what}: environment variable {var} is not valid UTF-8: set it again"
+            )),
+            Some(_) => pc
+                .notes
+                .push(format!("{what}: environment variable {var} is set")),
+        },
+        SecretRef::File(path) => {
+            if let Some(p) = secret_file(what, path, "the file") {
+                pc.problems.push(p);
+            } else {
+                pc.notes
+                    .push(format!("{what}: file {} is readable", path.display()));
+            }
+        }
+        SecretRef::Credential(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => {
+                let path = Path::new(&dir).join(name);
+                let missing = !path.exists();
+                if missing {
+                    pc.problems.push(format!(
+                        "{what}: credential {name:?} is not in $CREDENTIALS_DIRECTORY ({}): add \
+                         LoadCredential={name}:/path/to/secret to the unit",
+                        Path::new(&dir).display()
+                    ));
+                } else if let Some(p) = secret_file(what, &path, "the credential's source file") {
+                    pc.problems.push(p);
+                } else {
+                    pc.notes
+                        .push(format!("{what}: credential {name:?} is readable"));
+                }
+            }
+            None => pc.notes.push(format!(
+                "{what}: credential {name:?} will be read from $CREDENTIALS_DIRECTORY/{name} at \
+                 run time (systemd LoadCredential=); $CREDENTIALS_DIRECTORY is not set here, so \
+                 it is not checked"
+            )),
+        },
+    }
+}
+
+/// A secret file that cannot be used, as a problem; `None` when it can.
+fn secret_file(what: &str, path: &Path, owner: &str) -> Option<String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!(
+                "{what}: file {shown} does not exist: create it (mode 0600) or correct the path"
+            ))
+        }
+        Ok(m) if !m.is_file() => {
+            return Some(format!(
+                "{what}: {shown} is not a file: point the setting at the file holding the {what}"
+            ))
+        }
+        _ => {}
+    }
+    match read_secret_file(path) {
+        Ok(_) => None,
+        Err(e) if e.contains("chmod 600") => Some(format!("{what}: {e}")),
+        Err(e) if e == "is empty" => Some(format!(
+            "{what}: file {shown} is empty: write the {what} into it"
+        )),
+        Err(e) => Some(format!(
+            "{what}: file {shown}: {e}: make {owner} readable by the user milebatch runs as"
+        )),
+    }
+}
+
+fn check_inbox(dir: &Path, writes: bool, pc: &mut PartnerCheck) {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => pc.problems.push(format!(
+            "inbox {shown} does not exist: create it (mkdir -p) or correct `dir`"
+        )),
+        Err(e) => pc.problems.push(format!(
+            "inbox {shown} cannot be read: {e}: fix the permissions of it and its parents"
+        )),
+        Ok(m) if !m.is_dir() => pc.problems.push(format!(
+            "inbox {shown} is not a folder: point `dir` at the folder the partner's files arrive in"
+        )),
+        Ok(_) => match std::fs::read_dir(dir) {
+            Err(e) => pc.problems.push(format!(
+                "inbox {shown} cannot be listed: {e}: give the user milebatch runs as read \
+                 access (under systemd, a folder outside /var/lib/milebatch also needs \
+                 ReadWritePaths= in the unit)"
+            )),
+            // access(2) also says no on a read-only mount: what the unit's
+            // ProtectSystem=strict makes of a folder not in ReadWritePaths=.
+            Ok(_) if writes && !access(dir, libc::W_OK | libc::X_OK) => pc.problems.push(format!(
+                "inbox {shown} is not writable by this user, and files are moved out of it or \
+                 reports written into it (`after`, `move_failed`, `errors_dir`): give write \
+                 access (under systemd: ReadWritePaths={shown} in the unit), or set them to \
+                 \"keep\" / \"none\""
+            )),
+            Ok(_) => pc.notes.push(format!("inbox {shown} is a readable folder")),
+        },
+    }
+}
+
+/// A sub-folder of a local inbox (`after`, `move_failed`, `errors_dir`): it
+/// is created when first needed, but if it is there it must be a real folder
+/// (a symlink could lead out of the inbox, and is not followed).
+fn check_subfolder(inbox: &Path, key: &str, sub: &str, pc: &mut PartnerCheck) {
+    let p = inbox.join(sub);
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.file_type().is_symlink() => pc.problems.push(format!(
+            "`{key}` folder {} is a symbolic link: files stay inside the inbox, so make it a \
+             real folder",
+            p.display()
+        )),
+        Ok(m) if !m.is_dir() => pc.problems.push(format!(
+            "`{key}` folder {} exists and is not a folder: remove or rename it",
+            p.display()
+        )),
+        _ => {}
+    }
+}
+
+/// What the first line of a key file says it is.
+#[derive(Debug, PartialEq, Eq)]
+enum KeyKind {
+    Private { encrypted: bool },
+    Public,
+    Putty,
+    Unknown,
+}
+
+fn key_kind(text: &str) -> KeyKind {
+    let t = text.trim_start();
+    let first = t.lines().next().unwrap_or("").trim();
+    match first {
+        "-----BEGIN OPENSSH PRIVATE KEY-----" => KeyKind::Private {
+            encrypted: openssh_key_encrypted(t),
+        },
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----" => KeyKind::Private { encrypted: true },
+        "-----BEGIN PRIVATE KEY-----" => KeyKind::Private { encrypted: false },
+        "-----BEGIN RSA PRIVATE KEY-----"
+        | "-----BEGIN EC PRIVATE KEY-----"
+        | "-----BEGIN DSA PRIVATE KEY-----" => KeyKind::Private {
+            encrypted: t.contains("Proc-Type: 4,ENCRYPTED"),
+        },
+        f if f.starts_with("ssh-")
+            || f.starts_with("ecdsa-")
+            || f.starts_with("sk-")
+            || f == "-----BEGIN SSH2 PUBLIC KEY-----"
+            || f == "-----BEGIN PUBLIC KEY-----" =>
+        {
+            KeyKind::Public
+        }
+        f if f.starts_with("PuTTY-User-Key-File") => KeyKind::Putty,
+        _ => KeyKind::Unknown,
+    }
+}
+
+/// An OpenSSH private key names its cipher right after the magic:
+/// `openssh-key-v1\0`, then a length-prefixed string, `none` when plain.
+fn openssh_key_encrypted(text: &str) -> bool {
+    use base64::Engine as _;
+    let body: String = text
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .map(str::trim)
+        .collect();
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(body) else {
+        return false;
+    };
+    const MAGIC: &[u8] = b"openssh-key-v1\0";
+    let Some(rest) = bytes.strip_prefix(MAGIC) else {
+        return false;
+    };
+    let Some(len) = rest.get(..4) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    rest.get(4..4 + len).is_some_and(|c| c != b"none")
+}
+
+fn check_key_file(path: &Path, has_passphrase: bool, pc: &mut PartnerCheck) {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            pc.problems.push(format!(
+                "key_file {shown} does not exist: copy the private key there (mode 0600) or \
+                 correct `key_file`"
+            ));
+            return;
+        }
+        Ok(m) if !m.is_file() => {
+            pc.problems.push(format!(
+                "key_file {shown} is not a file: point it at the private key"
+            ));
+            return;
+        }
+        _ => {}
+    }
+    if let Err(e) = check_private(path) {
+        // Reported, and the content is still looked at: all problems at once.
+        pc.problems.push(format!("key_file: {e}"));
+    }
+    // A key is a few KiB; anything far larger is not one.
+    let text = match std::fs::read(path) {
+        Ok(b) if b.len() > 1 << 20 => {
+            pc.problems.push(format!(
+                "key_file {shown} is {} bytes: that is not a private key",
+                b.len()
+            ));
+            return;
+        }
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            pc.problems.push(format!(
+                "key_file {shown} cannot be read: {e}: make it readable by the user milebatch \
+                 runs as"
+            ));
+            return;
+        }
+    };
+    match key_kind(&text) {
+        KeyKind::Private { encrypted: true } if !has_passphrase => pc.problems.push(format!(
+            "key_file {shown} is encrypted and no passphrase is configured: add \
+             passphrase_env, passphrase_file or passphrase_credential"
+        )),
+        KeyKind::Private { .. } => pc.notes.push(format!("key_file {shown} is a private key")),
+        KeyKind::Public => pc.problems.push(format!(
+            "key_file {shown} is a public key: give the private key (the file without .pub)"
+        )),
+        KeyKind::Putty => pc.problems.push(format!(
+            "key_file {shown} is a PuTTY key: convert it with \
+             `puttygen KEY.ppk -O private-openssh -o KEY`"
+        )),
+        KeyKind::Unknown => pc.problems.push(format!(
+            "key_file {shown} does not look like a private key (no OpenSSH or PEM \
+             \"-----BEGIN … PRIVATE KEY-----\" line): give the private key file"
+        )),
+    }
+}
+
+fn check_known_hosts(path: &Path, host: &str, port: u16, pc: &mut PartnerCheck) {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            pc.problems.push(format!(
+                "known_hosts {shown} does not exist: create it with `ssh-keyscan -p {port} \
+                 {host} > {shown}` and compare the fingerprint with the partner's"
+            ));
+            return;
+        }
+        Err(e) => {
+            pc.problems
+                .push(format!("known_hosts {shown} cannot be read: {e}"));
+            return;
+        }
+    };
+    // libssh2 reads the file during the run: it must accept it.
+    let parsed = ssh2::Session::new()
+        .and_then(|s| s.known_hosts())
+        .and_then(|mut kh| kh.read_file(path, ssh2::KnownHostFileKind::OpenSSH));
+    if let Err(e) = parsed {
+        pc.problems.push(format!(
+            "known_hosts {shown} cannot be parsed ({}): each line must be \
+             `HOST KEYTYPE BASE64-KEY`, as ssh-keyscan prints",
+            e.message()
+        ));
+        return;
+    }
+    let mut bad_line = None;
+    let mut hashed = false;
+    let mut found = false;
+    let want = [
+        host.to_ascii_lowercase(),
+        format!("[{}]:{port}", host.to_ascii_lowercase()),
+    ];
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let mut fields: Vec<&str> = l.split_whitespace().collect();
+        if fields.first().is_some_and(|f| f.starts_with('@')) {
+            fields.remove(0);
+        }
+        if fields.len() < 3 || !base64_ok(fields[2]) {
+            bad_line.get_or_insert(i + 1);
+            continue;
+        }
+        if fields[0].starts_with('|') {
+            hashed = true;
+        } else if fields[0]
+            .split(',')
+            .any(|h| want.contains(&h.to_ascii_lowercase()))
+        {
+            found = true;
+        }
+    }
+    if let Some(n) = bad_line {
+        pc.problems.push(format!(
+            "known_hosts {shown} line {n} is not `HOST KEYTYPE BASE64-KEY`: fix or remove it"
+        ));
+    } else if !found && !hashed {
+        pc.problems.push(format!(
+            "known_hosts {shown} has no entry for {}: add the line `ssh-keyscan -p {port} {host}` \
+             prints, after comparing its fingerprint with the partner's",
+            want[if port == 22 { 0 } else { 1 }]
+        ));
+    } else {
+        pc.notes.push(format!("known_hosts {shown} parses"));
+    }
+}
+
+fn base64_ok(s: &str) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).is_ok()
+}
+
+fn check_ca_file(path: &Path, pc: &mut PartnerCheck) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let shown = path.display();
+    if let Err(e) = std::fs::metadata(path) {
+        pc.problems.push(format!(
+            "ca_file {shown}: {e}: put the partner's CA certificate (PEM) there or correct \
+             `ca_file`"
+        ));
+        return;
+    }
+    let certs =
+        CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<Vec<_>, _>>());
+    match certs {
+        Err(e) => pc.problems.push(format!(
+            "ca_file {shown} cannot be read as PEM: {e}: it must hold \
+             \"-----BEGIN CERTIFICATE-----\" blocks"
+        )),
+        Ok(c) if c.is_empty() => pc.problems.push(format!(
+            "ca_file {shown} holds no PEM certificate: it must hold \
+             \"-----BEGIN CERTIFICATE-----\" blocks"
+        )),
+        Ok(c) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let (_, bad) = roots.add_parsable_certificates(c);
+            if bad > 0 {
+                pc.problems.push(format!(
+                    "ca_file {shown}: {bad} certificate(s) in it cannot be parsed: replace them"
+                ));
+            } else {
+                pc.notes.push(format!("ca_file {shown} parses"));
+            }
+        }
+    }
+}
+
+/// A folder milebatch writes into: there and writable, or creatable (its
+/// nearest existing ancestor is a writable folder).
+fn writable_dir(label: &str, dir: &Path) -> Option<String> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => return Some(format!("{label} {shown} exists and is not a folder")),
+        Ok(_) if access(dir, libc::W_OK | libc::X_OK) => return None,
+        Ok(_) => {
+            return Some(format!(
+                "{label} {shown} is not writable by this user: run milebatch as the user that \
+                 owns it, or fix its ownership (under systemd, point it into /var/lib/milebatch)"
+            ))
+        }
+        Err(e) if !missing(&e) => return Some(format!("{label} {shown}: {e}")),
+        Err(_) => {}
+    }
+    let mut up: PathBuf = dir.to_path_buf();
+    while up.pop() {
+        let at = if up.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            up.as_path()
+        };
+        match std::fs::metadata(at) {
+            Ok(m) if !m.is_dir() => {
+                return Some(format!(
+                    "{label} {shown} cannot be created: {} is not a folder",
+                    at.display()
+                ))
+            }
+            Ok(_) if access(at, libc::W_OK | libc::X_OK) => return None,
+            Ok(_) => {
+                return Some(format!(
+                    "{label} {shown} does not exist and cannot be created: {} is not writable \
+                     by this user",
+                    at.display()
+                ))
+            }
+            Err(e) if !missing(&e) => {
+                return Some(format!(
+                    "{label} {shown} cannot be created: {}: {e}",
+                    at.display()
+                ))
+            }
+            Err(_) => {}
+        }
+        if at == Path::new(".") {
+            break;
+        }
+    }
+    Some(format!(
+        "{label} {shown} cannot be created: no existing parent folder"
+    ))
+}
+
+/// Not there, or a parent on the way is not a folder: found by walking up.
+fn missing(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+/// access(2): may this process (its real IDs, as a run would be) do `mode`?
+/// Also false on a read-only file system and for an immutable file, where
+/// even root may not write.
+fn access(path: &Path, mode: libc::c_int) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    unsafe { libc::access(c.as_ptr(), mode) == 0 }
+}
+
+/// `check --connect` for one partner: connect as a run would (host key,
+/// login), list the inbox and count the files the pattern matches. Nothing
+/// is changed on the server.
+pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate) -> Connected {
+    let pickup = p.source.pickup();
+    let mut out = Connected {
+        location: p.source.to_string(),
+        matching_files: None,
+        pattern: pickup.pattern.as_str().to_owned(),
+        error: None,
+    };
+    let listed = p.source.build(today).and_then(|mut src| {
+        out.location = src.describe();
+        src.list()
+    });
+    match listed {
+        Ok(files) => {
+            out.matching_files = Some(
+                files
+                    .iter()
+                    .filter(|f| {
+                        safe_name(&f.name)
+                            && !f.name.starts_with('.')
+                            && pickup.pattern.matches(&f.name)
+                    })
+                    .count(),
+            )
+        }
+        Err(e) => out.error = Some(e.to_string()),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_are_told_apart_by_their_first_line() {
+        // The start of an unencrypted and of an encrypted OpenSSH key.
+        use base64::Engine as _;
+        let key = |cipher: &str| {
+            let mut b = b"openssh-key-v1\0".to_vec();
+            b.extend((cipher.len() as u32).to_be_bytes());
+            b.extend(cipher.as_bytes());
+            b.extend([0, 0, 0, 6]);
+            b.extend(b"bcrypt");
+            let body = base64::engine::general_purpose::STANDARD.encode(b);
+            format!(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n"
+            )
+        };
+        let (plain, enc) = (key("none"), key("aes256-ctr"));
+        assert_eq!(key_kind(&plain), KeyKind::Private { encrypted: false });
+        assert_eq!(key_kind(&enc), KeyKind::Private { encrypted: true });
+        assert_eq!(
+            key_kind("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"),
+            KeyKind::Private { encrypted: true }
+        );
+        assert_eq!(
+            key_kind("\n-----BEGIN EC PRIVATE KEY-----\nMHcC\n"),
+            KeyKind::Private { encrypted: false }
+        );
+        assert_eq!(key_kind("ssh-ed25519 AAAAC3Nz x@y\n"), KeyKind::Public);
+        assert_eq!(
+            key_kind("PuTTY-User-Key-File-3: ssh-ed25519\n"),
+            KeyKind::Putty
+        );
+        assert_eq!(key_kind("hunter2\n"), KeyKind::Unknown);
+    }
+
+    #[test]
+    fn a_folder_is_writable_or_creatable_below_a_writable_one() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(writable_dir("data_dir", d.path()), None);
+        assert_eq!(writable_dir("data_dir", &d.path().join("a/b/c")), None);
+        std::fs::write(d.path().join("f"), "x").unwrap();
+        let e = writable_dir("data_dir", &d.path().join("f/var")).unwrap();
+        assert!(e.contains("is not a folder"), "{e}");
+        let e = writable_dir("data_dir", &d.path().join("f")).unwrap();
+        assert!(e.contains("exists and is not a folder"), "{e}");
+    }
+}

@@ -1,0 +1,516 @@
+//! `milebatch check` on the real binary: every problem that would stop a
+//! run is named in one go (exit 1); a runnable config exits 0; `--connect`
+//! logs in to real sshd, vsftpd (FTP and FTPS) and HTTPS servers, counts
+//! the matching files and changes nothing on them.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::servers::{Ftpd, HttpAuth, HttpServer, Sshd, SshdOpts, TestCa};
+use common::workspace::{local_partner, Workspace, FAKE_NOW};
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A fresh ed25519 key pair from ssh-keygen (`passphrase` "" for none).
+fn keygen(w: &Workspace, name: &str, passphrase: &str) -> PathBuf {
+    let p = w.path(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let st = Command::new("/usr/bin/ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-C",
+            "check-test",
+            "-N",
+            passphrase,
+            "-f",
+        ])
+        .arg(&p)
+        .status()
+        .expect("ssh-keygen (apt-get install -y openssh-client)");
+    assert!(st.success());
+    chmod(&p, 0o600);
+    p
+}
+
+/// `keytype base64` of a key's `.pub`, as a known_hosts line holds it.
+fn public_key(private: &Path) -> String {
+    let text = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn sftp_partner(id: &str, port: u16, keys: &str) -> String {
+    format!(
+        "[[partner]]\nid = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+         [partner.source]\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"mb\"\n\
+         dir = \"/in\"\ntimeout = \"3s\"\nretries = 0\n{keys}\n\n"
+    )
+}
+
+/// `chattr +i` on a path (stops even root from writing it, as a read-only
+/// mount would), undone on drop.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(p: &Path) -> Immutable {
+        let st = Command::new("chattr").arg("+i").arg(p).status();
+        assert!(
+            st.expect("chattr (e2fsprogs)").success(),
+            "chattr +i needs root and e2fsprogs"
+        );
+        Immutable(p.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The `problem:` lines of `check`'s output.
+fn problems(out: &str) -> Vec<&str> {
+    out.lines().filter(|l| l.starts_with("problem: ")).collect()
+}
+
+#[test]
+fn check_names_every_problem_of_a_config_that_cannot_run() {
+    let w = Workspace::new();
+    let good_key = keygen(&w, "keys/good", "");
+    let loose_key = keygen(&w, "keys/loose", "");
+    chmod(&loose_key, 0o644);
+    keygen(&w, "keys/locked", "s3cret-passphrase");
+    w.write("keys/garbage", "hunter2\n");
+    chmod(&w.path("keys/garbage"), 0o600);
+    w.write("known_hosts.bad", "this is not a known_hosts line\n");
+    chmod(&w.path("keys/good.pub"), 0o600);
+    w.write(
+        "known_hosts.other",
+        format!("[192.0.2.9]:2222 {}\n", public_key(&good_key)),
+    );
+    w.write(
+        "ca.bad",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
+    w.write("secrets/loose-pw", "pw\n");
+    chmod(&w.path("secrets/loose-pw"), 0o644);
+    // data_dir below a plain file can never be created.
+    w.write("not-a-folder", "x");
+    std::fs::create_dir_all(w.path("inbox/sub-file")).unwrap();
+    w.write("inbox/sub-file/processed", "a file where a folder goes");
+
+    let fp = "host_key = \"SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"";
+    let mut cfg = String::new();
+    cfg += &local_partner("no-inbox", "inbox/missing", "");
+    cfg += &local_partner("sub-file", "inbox/sub-file", "");
+    cfg += &sftp_partner("no-key", 2222, &format!("key_file = \"keys/absent\"\n{fp}"));
+    cfg += &sftp_partner(
+        "loose-key",
+        2222,
+        &format!("key_file = \"keys/loose\"\n{fp}"),
+    );
+    cfg += &sftp_partner(
+        "locked-key",
+        2222,
+        &format!("key_file = \"keys/locked\"\n{fp}"),
+    );
+    cfg += &sftp_partner(
+        "pub-key",
+        2222,
+        &format!("key_file = \"keys/good.pub\"\n{fp}"),
+    );
+    cfg += &sftp_partner(
+        "garbage-key",
+        2222,
+        &format!("key_file = \"keys/garbage\"\n{fp}"),
+    );
+    cfg += &sftp_partner(
+        "bad-kh",
+        2222,
+        "key_file = \"keys/good\"\nknown_hosts = \"known_hosts.bad\"",
+    );
+    cfg += &sftp_partner(
+        "no-kh-entry",
+        2222,
+        "key_file = \"keys/good\"\nknown_hosts = \"known_hosts.other\"",
+    );
+    cfg += &sftp_partner(
+        "missing-kh",
+        2222,
+        "key_file = \"keys/good\"\nknown_hosts = \"known_hosts.absent\"",
+    );
+    cfg += &sftp_partner(
+        "unset-env",
+        2222,
+        &format!("password_env = \"MB_CHECK_UNSET\"\n{fp}"),
+    );
+    cfg += &sftp_partner(
+        "empty-env",
+        2222,
+        &format!("password_env = \"MB_CHECK_EMPTY\"\n{fp}"),
+    );
+    cfg += &sftp_partner(
+        "loose-pw",
+        2222,
+        &format!("password_file = \"secrets/loose-pw\"\n{fp}"),
+    );
+    cfg += &sftp_partner(
+        "absent-pw",
+        2222,
+        &format!("password_file = \"secrets/absent\"\n{fp}"),
+    );
+    cfg += "[[partner]]\nid = \"bad-ca\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+            [partner.source]\nkind = \"ftps\"\nhost = \"127.0.0.1\"\nuser = \"mb\"\n\
+            credential = \"bad-ca-pw\"\nca_file = \"ca.bad\"\n\n";
+    cfg +=
+        "[[partner]]\nid = \"absent-ca\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+            [partner.source]\nkind = \"https\"\nurl = \"https://127.0.0.1:1/x.csv\"\n\
+            ca_file = \"ca.absent\"\n\n";
+    w.config(&cfg);
+    let text = std::fs::read_to_string(w.config_path())
+        .unwrap()
+        .replace("data_dir = \"var\"", "data_dir = \"not-a-folder/var\"");
+    w.write("partners.toml", text);
+
+    // An inbox milebatch moves files out of, but cannot write (the immutable
+    // flag stops even root, as a read-only mount would).
+    std::fs::create_dir_all(w.path("inbox/frozen")).unwrap();
+    let _frozen = Immutable::set(&w.path("inbox/frozen"));
+    let text = std::fs::read_to_string(w.config_path()).unwrap()
+        + &local_partner("frozen", "inbox/frozen", "");
+    w.write("partners.toml", text);
+    let o = w.run_env(&["check"], &[("MB_CHECK_EMPTY", "")]);
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let expect = [
+        ("[daemon]", "data_dir"),
+        ("no-inbox", "does not exist: create it"),
+        ("sub-file", "exists and is not a folder"),
+        ("no-key", "keys/absent does not exist"),
+        ("loose-key", "chmod 600"),
+        ("locked-key", "is encrypted and no passphrase is configured"),
+        ("pub-key", "is a public key"),
+        ("garbage-key", "does not look like a private key"),
+        ("bad-kh", "known_hosts"),
+        ("no-kh-entry", "has no entry for [127.0.0.1]:2222"),
+        ("missing-kh", "known_hosts.absent does not exist"),
+        ("unset-env", "MB_CHECK_UNSET is not set"),
+        ("empty-env", "MB_CHECK_EMPTY is set but empty"),
+        ("loose-pw", "chmod 600"),
+        ("absent-pw", "secrets/absent does not exist"),
+        ("bad-ca", "ca.bad"),
+        ("absent-ca", "ca.absent"),
+        ("frozen", "is not writable by this user"),
+    ];
+    let lines = problems(&out);
+    for (who, what) in expect {
+        let prefix = format!("problem: {who}: ");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&prefix) && l.contains(what)),
+            "no problem line for {who} mentioning {what:?}:\n{out}"
+        );
+    }
+    assert_eq!(lines.len(), expect.len(), "one line per problem:\n{out}");
+    assert!(
+        out.contains(&format!("{} problem(s)", expect.len())),
+        "{out}"
+    );
+    // A credential outside systemd is not a problem: it is said where it
+    // will be read from.
+    assert!(
+        out.contains("credential \"bad-ca-pw\" will be read from $CREDENTIALS_DIRECTORY/bad-ca-pw at run time"),
+        "{out}"
+    );
+    // --json: the same problems, machine-readable.
+    let o = w.run_env(&["check", "--json"], &[("MB_CHECK_EMPTY", "")]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(
+        v["problems"].as_array().unwrap().len(),
+        expect.len(),
+        "{v:#}"
+    );
+    assert!(!out.contains("s3cret-passphrase"));
+}
+
+#[test]
+fn check_passes_a_config_that_can_run_and_checks_systemd_credentials() {
+    let w = Workspace::new();
+    let key = keygen(&w, "keys/id", "");
+    let locked = keygen(&w, "keys/locked", "pass-phrase-1");
+    w.write(
+        "known_hosts",
+        format!("# partner A\n[127.0.0.1]:2222 {}\n", public_key(&key)),
+    );
+    let ca = TestCa::new();
+    let creds = w.path("creds");
+    w.write("creds/ftp-pw", "pw\n");
+    chmod(&creds.join("ftp-pw"), 0o400);
+    w.write("pass", "pass-phrase-1\n");
+    chmod(&w.path("pass"), 0o600);
+    std::fs::create_dir_all(w.inbox("shop")).unwrap();
+    let mut cfg = local_partner("shop", "inbox/shop", "");
+    cfg += &sftp_partner(
+        "sftp",
+        2222,
+        &format!(
+            "key_file = \"{}\"\nknown_hosts = \"known_hosts\"",
+            key.display()
+        ),
+    );
+    cfg += &sftp_partner(
+        "sftp-locked",
+        2222,
+        &format!(
+            "key_file = \"{}\"\npassphrase_file = \"pass\"\nhost_key = \"SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"",
+            locked.display()
+        ),
+    );
+    cfg += &sftp_partner(
+        "sftp-env",
+        2222,
+        "password_env = \"MB_CHECK_PW\"\nhost_key = \"SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"",
+    );
+    cfg += &format!(
+        "[[partner]]\nid = \"ftps\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+         [partner.source]\nkind = \"ftps\"\nhost = \"127.0.0.1\"\nuser = \"mb\"\n\
+         credential = \"ftp-pw\"\nca_file = \"{}\"\n\n",
+        ca.ca_pem.display()
+    );
+    w.config(&cfg);
+    let env = [
+        ("MB_CHECK_PW", "pw"),
+        ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+    ];
+    let o = w.run_env(&["check"], &env);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(problems(&out).is_empty(), "{out}");
+    assert!(out.contains(": OK, 5 partner(s)"), "{out}");
+    assert!(out.contains("credential \"ftp-pw\" is readable"), "{out}");
+
+    // The same credential missing from $CREDENTIALS_DIRECTORY is a problem
+    // that says how to provide it.
+    std::fs::remove_file(creds.join("ftp-pw")).unwrap();
+    let o = w.run_env(&["check"], &env);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(
+        problems(&out),
+        [format!(
+            "problem: ftps: password: credential \"ftp-pw\" is not in $CREDENTIALS_DIRECTORY ({}): add LoadCredential=ftp-pw:/path/to/secret to the unit",
+            creds.display()
+        )],
+        "{out}"
+    );
+}
+
+/// The example `partners.toml` (the README's first command) is runnable.
+#[test]
+fn the_example_config_passes_check() {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("partners.toml");
+    let o = Command::new(common::workspace::BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains(": OK, 2 partner(s)"), "{}", stdout(&o));
+}
+
+/// Every file under `dir` with its size and mtime: what `--connect` must
+/// leave exactly as it was.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), m.len(), m.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn check_connect_logs_in_counts_matching_files_and_changes_nothing() {
+    let sshd = Sshd::start(SshdOpts::default());
+    let ca = TestCa::new();
+    let ftp = Ftpd::start_plain();
+    let ftps = Ftpd::start_tls(&ca);
+    let http = HttpServer::start(Some(&ca), HttpAuth::Bearer("tok-123".into()));
+    let w = Workspace::new();
+
+    for (root, files) in [
+        (
+            &sshd.root,
+            &["a.csv", "b.csv", "notes.txt", ".hidden.csv"][..],
+        ),
+        (&ftp.root, &["x.csv", "readme.txt"][..]),
+        (&ftps.root, &["1.csv", "2.csv", "3.csv"][..]),
+    ] {
+        std::fs::create_dir_all(root.join("in")).unwrap();
+        for f in files {
+            std::fs::write(root.join("in").join(f), "NM0000000001,k,1\n").unwrap();
+        }
+    }
+    // Tokyo's date at the fake clock's instant is 2026-11-24.
+    http.put_file("/out/ex-20261124.csv", "NM0000000001,k,1\n");
+    w.write("token", "tok-123\n");
+    chmod(&w.path("token"), 0o600);
+
+    let fp = sshd.host_key_fingerprint();
+    let sftp = |id: &str, auth: &str, host_key: &str| {
+        format!(
+            "[[partner]]\nid = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+             [partner.source]\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+             dir = \"{}/in\"\n{auth}\nhost_key = \"{host_key}\"\ntimeout = \"5s\"\nretries = 0\n\n",
+            sshd.port,
+            sshd.user,
+            sshd.root.display()
+        )
+    };
+    let ftp_partner = |id: &str, f: &Ftpd, extra: &str| {
+        format!(
+            "[[partner]]\nid = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+             [partner.source]\nkind = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+             dir = \"{}/in\"\npassword_env = \"MB_FTP_PW\"\ntimeout = \"5s\"\nretries = 0\n{extra}\n\n",
+            if f.tls { "ftps" } else { "ftp" },
+            f.port,
+            f.user,
+            f.ftp_dir
+        )
+    };
+    let http_partner = |id: &str, path: &str| {
+        format!(
+            "[[partner]]\nid = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+             [partner.source]\nkind = \"https\"\nurl = \"{}\"\nauth = \"bearer\"\n\
+             password_file = \"token\"\nca_file = \"{}\"\ntimeout = \"5s\"\nretries = 0\n\n",
+            http.url(path),
+            ca.ca_pem.display()
+        )
+    };
+    let mut cfg = String::new();
+    cfg += &sftp(
+        "sftp-ok",
+        &format!("key_file = \"{}\"", sshd.client_key.display()),
+        &fp,
+    );
+    cfg += &sftp(
+        "sftp-hostkey",
+        &format!("key_file = \"{}\"", sshd.client_key.display()),
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    );
+    cfg += &sftp("sftp-badpw", "password_env = \"MB_WRONG_PW\"", &fp);
+    cfg += &ftp_partner("ftp-ok", &ftp, "insecure_plaintext = true");
+    cfg += &ftp_partner(
+        "ftps-ok",
+        &ftps,
+        &format!("ca_file = \"{}\"", ca.ca_pem.display()),
+    );
+    cfg += &http_partner("https-today", "/out/ex-{date:%Y%m%d}.csv");
+    cfg += &http_partner("https-none", "/out/none-{date:%Y%m%d}.csv");
+    w.config(&cfg);
+
+    let before = [
+        snapshot(&sshd.root),
+        snapshot(&ftp.root),
+        snapshot(&ftps.root),
+    ];
+    let mut c = w.cmd(&["check", "--connect"]);
+    c.env(FAKE_NOW, "2026-11-24T03:00:00Z")
+        .env("MB_FTP_PW", &ftp.password)
+        .env("MB_WRONG_PW", "not-the-password");
+    let o = c.output().unwrap();
+    let out = stdout(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+
+    let section = |id: &str| -> String {
+        let start = out
+            .find(&format!("\n  {id} ("))
+            .unwrap_or_else(|| panic!("no {id}:\n{out}"));
+        out[start + 1..]
+            .lines()
+            .take_while(|l| !l.starts_with("problem:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        section("sftp-ok").contains("connect: ok, 2 file(s) matching \"*.csv\""),
+        "{out}"
+    );
+    assert!(
+        section("ftp-ok").contains("connect: ok, 1 file(s) matching \"*.csv\""),
+        "{out}"
+    );
+    assert!(
+        section("ftps-ok").contains("connect: ok, 3 file(s) matching \"*.csv\""),
+        "{out}"
+    );
+    assert!(
+        section("https-today").contains("connect: ok, 1 file(s)"),
+        "{out}"
+    );
+    assert!(
+        section("https-none").contains("connect: ok, no file today"),
+        "{out}"
+    );
+    let lines = problems(&out);
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("problem: sftp-hostkey: connecting to")
+            && lines[0].contains("host key verification failed")
+            && lines[0].contains(&fp),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("problem: sftp-badpw: connecting to")
+            && lines[1].contains("authentication failed"),
+        "{out}"
+    );
+    assert!(!out.contains("not-the-password") && !err.contains("not-the-password"));
+
+    // Nothing moved, created, uploaded or deleted.
+    let after = [
+        snapshot(&sshd.root),
+        snapshot(&ftp.root),
+        snapshot(&ftps.root),
+    ];
+    assert_eq!(before, after);
+    let methods: Vec<String> = http.requests().into_iter().map(|r| r.method).collect();
+    assert!(
+        methods.iter().all(|m| m == "GET" || m == "HEAD"),
+        "{methods:?}"
+    );
+    assert_eq!(methods.len(), 2, "{methods:?}");
+    assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
+}
