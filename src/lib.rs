@@ -14,6 +14,8 @@
 //! - [`schedule`]: partner schedules in the daemon's time zone.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
+//! - [`web`]: `milebatch serve`: the partner API and the management site
+//!   over one HTTPS server; it calls the modules above, never the reverse.
 //! - [`cli`]: the command line; `main.rs` only calls it.
 
 pub mod cli;
@@ -25,3 +27,4 @@ pub mod pipeline;
 pub mod query;
 pub mod schedule;
 pub mod source;
+pub mod web;
