@@ -644,7 +644,7 @@ pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate) -> Connected {
         pattern: pickup.pattern.as_str().to_owned(),
         error: None,
     };
-    let listed = p.source.build(today).and_then(|mut src| {
+    let listed = p.source.build(today, p.encoding).and_then(|mut src| {
         out.location = src.describe();
         src.list()
     });

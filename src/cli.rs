@@ -65,6 +65,10 @@ pub enum Command {
     /// The daemon: run every partner on its schedule until SIGTERM/SIGINT
     /// (what the systemd unit runs). Catches up a run missed while down.
     Run,
+    /// The web process: the partner API and the management site over HTTPS
+    /// (`[server]` in the config), until SIGTERM/SIGINT. Prints the address
+    /// it listens on as its first line on stdout.
+    Serve,
     /// Per partner: last run, next run, consecutive failures, last error,
     /// last missed delivery. Reads the database; safe while the daemon runs.
     Status {
@@ -242,6 +246,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => once(&cli, partner.as_deref(), *dry_run, *json),
         Command::Check { json, connect } => check(&cli, *json, *connect),
         Command::Run => run_daemon(&cli),
+        Command::Serve => serve(&cli),
         Command::Status { json } => status(&cli, *json),
         Command::Members {
             command:
@@ -473,33 +478,13 @@ fn clock() -> anyhow::Result<Arc<dyn Clock>> {
 /// `milebatch run`: a tokio runtime, SIGTERM/SIGINT wired to the daemon's
 /// shutdown, exit 0 after a clean stop.
 fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
-    use tokio::signal::unix::{signal, SignalKind};
     let config = Arc::new(load(cli)?);
     let clock = clock()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("milebatch")
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = runtime()?;
     let result = rt.block_on(async move {
         // Install the handlers before anything is scheduled (and before
         // READY=1), so an early SIGTERM is never the default "die now".
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                };
-                if tx.send_replace(true) {
-                    tracing::warn!(signal = name, "already shutting down");
-                } else {
-                    tracing::info!(signal = name, "signal received: shutting down");
-                }
-            }
-        });
+        let rx = shutdown_on_signals()?;
         daemon::run(config, clock, rx)
             .await
             .map_err(anyhow::Error::from)
@@ -509,6 +494,67 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let config = Arc::new(load(cli)?);
+    // Create or migrate the database before the first request, and fail
+    // here, clearly, if it cannot be opened.
+    db::open(&config.daemon.database)?;
+    let listen = config.server.listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen} (`[server] listen`)"))?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    // The bound address (port 0 picks one) for scripts and tests.
+    println!("listening on {scheme}://{addr}");
+    std::io::stdout().flush()?;
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
+        let rx = shutdown_on_signals()?;
+        crate::web::serve(config, listener, rx)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("milebatch")
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// A channel that turns true on the first SIGTERM or SIGINT (later ones
+/// are logged). Call inside the runtime.
+fn shutdown_on_signals() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if tx.send_replace(true) {
+                tracing::warn!(signal = name, "already shutting down");
+            } else {
+                tracing::info!(signal = name, "signal received: shutting down");
+            }
+        }
+    });
+    Ok(rx)
 }
 
 fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {

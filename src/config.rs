@@ -36,8 +36,29 @@ pub struct Config {
     /// The file this was read from.
     pub path: PathBuf,
     pub daemon: DaemonConfig,
+    /// `[server]`: the web process (`milebatch serve`).
+    pub server: ServerConfig,
     pub partners: Vec<PartnerConfig>,
 }
+
+/// `[server]`: where `milebatch serve` listens, and with which certificate.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+    /// PEM certificate chain and private key; `None`: plain HTTP, which is
+    /// allowed only on a loopback address or with `insecure_plaintext`.
+    pub tls: Option<TlsFiles>,
+    pub insecure_plaintext: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where `milebatch serve` listens when `[server] listen` is not given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -103,6 +124,7 @@ impl PartnerConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     daemon: Option<RawDaemon>,
+    server: Option<RawServer>,
     #[serde(default)]
     partner: Vec<RawPartner>,
 }
@@ -115,6 +137,16 @@ struct RawDaemon {
     timezone: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<usize>>,
     shutdown_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    #[serde(default)]
+    insecure_plaintext: bool,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +273,9 @@ impl Config {
             shutdown_timeout,
         };
 
+        let server =
+            server_config(raw.server.unwrap_or_default(), &loc, &resolve).map_err(invalid)?;
+
         let mut partners = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for p in raw.partner {
@@ -295,6 +330,7 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             daemon,
+            server,
             partners,
         })
     }
@@ -302,6 +338,65 @@ impl Config {
     pub fn partner(&self, id: &str) -> Option<&PartnerConfig> {
         self.partners.iter().find(|p| p.id == id)
     }
+}
+
+/// `[server]`, validated: the same policy as plain FTP, so that API keys,
+/// passwords and session cookies never cross a network in clear by accident.
+fn server_config(
+    r: RawServer,
+    loc: &Locator<'_>,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<ServerConfig, String> {
+    let listen = match &r.listen {
+        None => DEFAULT_LISTEN.parse().expect("a valid default"),
+        Some(l) => l.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+            loc.at(
+                l,
+                "`server.listen`",
+                format!(
+                    "{:?} is not an address with a port, like \"127.0.0.1:8443\" or \"[::1]:8443\"",
+                    l.get_ref()
+                ),
+            )
+        })?,
+    };
+    let tls = match (&r.tls_cert, &r.tls_key) {
+        (Some(c), Some(k)) => Some(TlsFiles {
+            cert: resolve(c.get_ref()),
+            key: resolve(k.get_ref()),
+        }),
+        (None, None) => None,
+        (Some(c), None) => {
+            return Err(loc.at(
+                c,
+                "`server.tls_cert`",
+                "needs `tls_key` (the certificate's private key, PEM)",
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(loc.at(
+                k,
+                "`server.tls_key`",
+                "needs `tls_cert` (the certificate chain, PEM)",
+            ))
+        }
+    };
+    if tls.is_none() && !listen.ip().is_loopback() && !r.insecure_plaintext {
+        let msg = format!(
+            "{listen} is not a loopback address: set `tls_cert` and `tls_key`, or \
+             `insecure_plaintext = true` to serve plain HTTP there anyway (API keys and \
+             passwords would cross the network unencrypted)"
+        );
+        return Err(match &r.listen {
+            Some(l) => loc.at(l, "`server.listen`", msg),
+            None => format!("`server.listen`: {msg}"),
+        });
+    }
+    Ok(ServerConfig {
+        listen,
+        tls,
+        insecure_plaintext: r.insecure_plaintext,
+    })
 }
 
 /// `toml`'s own message carries line, column and a snippet over several

@@ -16,6 +16,8 @@
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
 //! - [`check`]: `milebatch check`: what a run needs, found before a run.
 //! - [`timefmt`]: times for people, in the configured zone.
+//! - [`web`]: `milebatch serve`: the partner API and the management site
+//!   over one HTTPS server; it calls the modules above, never the reverse.
 //! - [`cli`]: the command line; `main.rs` only calls it.
 
 pub mod check;
@@ -29,3 +31,4 @@ pub mod query;
 pub mod schedule;
 pub mod source;
 pub mod timefmt;
+pub mod web;

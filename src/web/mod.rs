@@ -1,0 +1,141 @@
+//! `milebatch serve`: the web process. One server for the partner API
+//! (`/api/v1/…`), the management site and the health probes, over rustls.
+//!
+//! What must stay true:
+//! - `web` calls into `pipeline`, `query`, `members` and `db`; nothing
+//!   outside `web` imports it;
+//! - this process holds no transfer credentials (partners' SFTP/FTP/HTTP
+//!   secrets): it never builds a `Source`;
+//! - plain HTTP only on loopback or with `insecure_plaintext` (enforced by
+//!   `config`, warned about here on every start);
+//! - every response carries the security headers of [`security_headers`];
+//!   every error is `application/problem+json` ([`problem`]);
+//! - the listener and the shutdown signal are passed in (mini-redis style),
+//!   so tests bind port 0 and stop the server in milliseconds.
+
+pub mod health;
+pub mod problem;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::Router;
+use tokio::sync::watch;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::config::Config;
+
+/// How long open connections get to finish on shutdown.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("TLS certificate {cert} / key {key}: {source}")]
+    Tls {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("serving on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What every handler may use. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+}
+
+/// The whole application: every route, with the layers every response gets.
+pub fn router(state: AppState) -> Router {
+    let app = Router::new()
+        .merge(health::routes())
+        .fallback(problem::not_found)
+        .with_state(state);
+    with_security_headers(app)
+}
+
+/// Security headers on every response (pages, API, errors). A handler that
+/// needs another value sets its own; these fill in what is missing.
+fn with_security_headers(app: Router) -> Router {
+    let set = |name: HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+    };
+    app
+        // No inline script or style anywhere, no framing, no plugins.
+        .layer(set(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ))
+        .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(set(header::REFERRER_POLICY, "same-origin"))
+        .layer(set(header::X_FRAME_OPTIONS, "DENY"))
+}
+
+/// Serve `config`'s application on `listener` until `shutdown` turns true,
+/// then let open requests finish (at most [`GRACE`]).
+pub async fn serve(
+    config: Arc<Config>,
+    listener: std::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WebError> {
+    let addr = listener.local_addr().map_err(|source| WebError::Serve {
+        addr: config.server.listen,
+        source,
+    })?;
+    let serve_err = |source| WebError::Serve { addr, source };
+    listener.set_nonblocking(true).map_err(serve_err)?;
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+            tracing::info!("shutting down: no new connections, open requests may finish");
+            handle.graceful_shutdown(Some(GRACE));
+        });
+    }
+    let app = router(AppState {
+        config: config.clone(),
+    })
+    .into_make_service_with_connect_info::<SocketAddr>();
+    match &config.server.tls {
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .map_err(|source| WebError::Tls {
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                    source,
+                })?;
+            tracing::info!(%addr, "serving HTTPS");
+            axum_server::from_tcp_rustls(listener, rustls)
+                .map_err(serve_err)?
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(serve_err)
+        }
+        None => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "plain HTTP on a non-loopback address (insecure_plaintext = true): API keys, passwords and session cookies cross the network unencrypted");
+            }
+            tracing::info!(%addr, "serving plain HTTP");
+            axum_server::from_tcp(listener)
+                .map_err(serve_err)?
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(serve_err)
+        }
+    }
+}
