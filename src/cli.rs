@@ -296,9 +296,31 @@ fn print_run(r: &RunReport, dry_run: bool) {
         }
         println!();
     }
+    for t in &r.tidy_failed {
+        println!(
+            "  {} [tidy-failed] file {} — {} (failing since {})",
+            t.name,
+            t.file_id,
+            t.error,
+            human_time(&t.failing_since)
+        );
+    }
+    for s in &r.skipped {
+        print!("  {} [skipped: {}]", s.name, s.reason.as_str());
+        if let Some(id) = s.file_id {
+            print!(" file {id}");
+        }
+        println!(" — {}", s.detail);
+    }
     if let Some(e) = &r.error {
         println!("  error: {e}");
     }
+}
+
+/// A stored RFC 3339 UTC time as `status` and `once` show it to people.
+/// (One place on purpose: showing it in the configured zone goes here.)
+fn human_time(rfc3339: &str) -> String {
+    rfc3339.to_owned()
 }
 
 /// The system clock, or the test-only fake one (see [`daemon::FAKE_NOW_ENV`]).
@@ -379,32 +401,107 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("now {} ({tz})", daemon::zoned(now, tz));
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
     for v in &out {
-        println!("{} ({})", s(&v["id"]), s(&v["schedule"]));
-        match v["last_run"].as_object() {
-            Some(r) => println!(
-                "  last run  {} [{}] {} — {} file(s), {} rows, credited {}, failed {}",
-                s(&r["started_at"]),
+        print_status(v);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One partner of `status`, from its JSON form.
+fn print_status(v: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let t = |v: &serde_json::Value| v.as_str().map(human_time).unwrap_or_else(|| "-".into());
+    println!("{} ({})", s(&v["id"]), s(&v["schedule"]));
+    match v["last_run"].as_object() {
+        Some(r) => {
+            println!(
+                "  last run  {} [{}] {} — {} file(s), {} rows, credited {}, failed {}, skipped {}",
+                t(&r["started_at"]),
                 s(&r["trigger"]),
                 r["outcome"].as_str().unwrap_or("running"),
                 r["files"],
                 r["rows"],
                 r["credited"],
-                r["failed"]
-            ),
-            None => println!("  last run  never"),
+                r["failed"],
+                r["skipped"]
+            );
+            if let Some(by) = r["skipped_by_reason"].as_object().filter(|m| !m.is_empty()) {
+                let counts: Vec<String> = by.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                println!("  skipped   {}", counts.join(", "));
+                for k in r["skips"].as_array().into_iter().flatten() {
+                    let id = k["file_id"]
+                        .as_i64()
+                        .map(|i| format!(" (file {i})"))
+                        .unwrap_or_default();
+                    println!(
+                        "            {}: {}{id} — {}",
+                        s(&k["name"]),
+                        s(&k["reason"]),
+                        s(&k["detail"])
+                    );
+                }
+            }
         }
-        println!("  next run  {}", s(&v["next_run"]));
-        println!("  failures  {} in a row", v["consecutive_failures"]);
+        None => println!("  last run  never"),
+    }
+    println!("  next run  {}", s(&v["next_run"]));
+    if v["failing"].as_bool() == Some(true) {
+        println!(
+            "  FAILING   since {} — {} failed run(s) in a row",
+            t(&v["failing_since"]),
+            v["consecutive_failures"]
+        );
+        if v["consecutive_failures"].as_i64() > Some(0) {
+            if let Some(e) = v["last_error"].as_str() {
+                println!("  error     {e}");
+            }
+        }
+    } else {
+        println!("  failures  0 in a row");
         if let Some(e) = v["last_error"].as_str() {
-            println!("  error     {e}");
-        }
-        if let Some(m) = v["last_missed"].as_str() {
-            println!("  missed    delivery expected at {m}");
+            println!("  last error at {}: {e}", t(&v["last_error_at"]));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    for w in v["waiting"].as_array().into_iter().flatten() {
+        match w["tidy_error"].as_str() {
+            Some(e) => println!(
+                "  waiting   file {} {} [{}]: tidy-up failing since {} — {e}",
+                w["id"],
+                s(&w["name"]),
+                s(&w["outcome"]),
+                t(&w["tidy_failing_since"])
+            ),
+            None => println!(
+                "  waiting   file {} {} [{}]: tidy-up pending",
+                w["id"],
+                s(&w["name"]),
+                s(&w["outcome"])
+            ),
+        }
+    }
+    if let Some(f) = v["last_credited"].as_object() {
+        println!(
+            "  credited  last: file {} {} at {} ({} rows, {} miles)",
+            f["id"],
+            s(&f["name"]),
+            t(&f["at"]),
+            f["credited"],
+            f["miles"]
+        );
+    }
+    if let Some(f) = v["last_refused"].as_object() {
+        println!(
+            "  refused   last: file {} {} [{}] at {} — {}",
+            f["id"],
+            s(&f["name"]),
+            s(&f["outcome"]),
+            t(&f["at"]),
+            s(&f["reason"])
+        );
+    }
+    if let Some(m) = v["last_missed"].as_str() {
+        println!("  missed    delivery expected at {}", human_time(m));
+    }
 }
 
 fn check(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
