@@ -306,7 +306,12 @@ fn print_run(r: &RunReport, dry_run: bool) {
         );
     }
     for s in &r.skipped {
-        print!("  {} [skipped: {}]", s.name, s.reason.as_str());
+        // Escaped: an unsafe name may hold control characters.
+        print!(
+            "  {} [skipped: {}]",
+            s.name.escape_debug(),
+            s.reason.as_str()
+        );
         if let Some(id) = s.file_id {
             print!(" file {id}");
         }
@@ -435,7 +440,7 @@ fn print_status(v: &serde_json::Value) {
                         .unwrap_or_default();
                     println!(
                         "            {}: {}{id} — {}",
-                        s(&k["name"]),
+                        s(&k["name"]).escape_debug(),
                         s(&k["reason"]),
                         s(&k["detail"])
                     );

@@ -66,7 +66,7 @@ fn age(p: &Path, ago: Duration) {
 }
 
 #[test]
-fn pattern_mismatch_and_too_large_are_skips_that_need_a_human() {
+fn pattern_mismatch_too_large_and_unsafe_names_are_skips_that_need_a_human() {
     let w = setup("shop", "ready = \"immediate\"\nmax_size = \"100B\"");
     w.write("inbox/shop/a.csv", "NM0000000001,k1,10\n");
     w.write("inbox/shop/notes.txt", "not an exchange file\n");
@@ -76,6 +76,8 @@ fn pattern_mismatch_and_too_large_are_skips_that_need_a_human() {
     );
     // A hidden name (an upload in progress) is not a delivery: not a skip.
     w.write("inbox/shop/.partial.csv", "NM0000000003,k1,10\n");
+    // A name that could never be a safe path: a skip, not a warning only.
+    w.write("inbox/shop/x\\y.csv", "NM0000000003,k1,10\n");
 
     let (code, run) = w.once_json("shop", &[]);
     assert_eq!(code, 1, "a skip that needs a human fails the run: {run:#}");
@@ -83,7 +85,7 @@ fn pattern_mismatch_and_too_large_are_skips_that_need_a_human() {
     assert_eq!(run["files"][0]["outcome"], "credited", "{run:#}");
     assert_eq!(w.balance("NM0000000001"), 10);
     assert_eq!(w.balance("NM0000000002"), 0, "too large: not read");
-    assert_eq!(w.balance("NM0000000003"), 0, "hidden: not read");
+    assert_eq!(w.balance("NM0000000003"), 0, "hidden or unsafe: not read");
     let s = skip(&run, "notes.txt");
     assert_eq!(s["reason"], "pattern-mismatch");
     assert_eq!(s["action_needed"], true);
@@ -91,12 +93,14 @@ fn pattern_mismatch_and_too_large_are_skips_that_need_a_human() {
     let s = skip(&run, "big.csv");
     assert_eq!(s["reason"], "too-large");
     assert!(s["detail"].as_str().unwrap().contains("190 bytes"), "{s:#}");
-    assert_eq!(run["skipped"].as_array().unwrap().len(), 2, "{run:#}");
+    assert_eq!(skip(&run, "x\\y.csv")["reason"], "unsafe-name");
+    assert_eq!(run["skipped"].as_array().unwrap().len(), 3, "{run:#}");
 
     let st = status_json(&w, "shop");
     let last = &st["last_run"];
     assert_eq!(last["outcome"], "skipped", "{st:#}");
-    assert_eq!(last["skipped"], 2, "{st:#}");
+    assert_eq!(last["skipped"], 3, "{st:#}");
+    assert_eq!(last["skipped_by_reason"]["unsafe-name"], 1, "{st:#}");
     assert_eq!(last["skipped_by_reason"]["pattern-mismatch"], 1, "{st:#}");
     assert_eq!(last["skipped_by_reason"]["too-large"], 1, "{st:#}");
     assert_eq!(st["failing"], true, "{st:#}");
@@ -108,6 +112,7 @@ fn pattern_mismatch_and_too_large_are_skips_that_need_a_human() {
         "too-large 1",
         "notes.txt: pattern-mismatch",
         "big.csv: too-large",
+        "x\\\\y.csv: unsafe-name",
         "FAILING",
     ] {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");

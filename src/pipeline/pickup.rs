@@ -112,12 +112,13 @@ impl Skip {
     }
 
     /// Log it (inside the run's span, which names the partner): WARN when
-    /// someone has to act, INFO otherwise.
+    /// someone has to act, INFO otherwise. The name is escaped: an unsafe
+    /// one may hold control characters.
     pub fn log(&self) {
         if self.action_needed {
-            tracing::warn!(file = %self.name, reason = self.reason.as_str(), file_id = self.file_id, detail = %self.detail, "file skipped");
+            tracing::warn!(file = %self.name.escape_debug(), reason = self.reason.as_str(), file_id = self.file_id, detail = %self.detail, "file skipped");
         } else {
-            tracing::info!(file = %self.name, reason = self.reason.as_str(), file_id = self.file_id, seconds_left = self.seconds_left, detail = %self.detail, "file skipped");
+            tracing::info!(file = %self.name.escape_debug(), reason = self.reason.as_str(), file_id = self.file_id, seconds_left = self.seconds_left, detail = %self.detail, "file skipped");
         }
     }
 }
