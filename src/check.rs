@@ -654,9 +654,7 @@ pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate) -> Connected {
                 files
                     .iter()
                     .filter(|f| {
-                        safe_name(&f.name)
-                            && !f.name.starts_with('.')
-                            && pickup.pattern.matches(&f.name)
+                        safe_name(&f.name) && !f.name.starts_with('.') && pickup.matches(&f.name)
                     })
                     .count(),
             )

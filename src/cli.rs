@@ -428,7 +428,7 @@ fn once(cli: &Cli, only: Option<&str>, dry_run: bool, json: bool) -> anyhow::Res
         print_json(&reports)?;
     } else {
         for r in &reports {
-            print_run(r, dry_run);
+            print_run(r, dry_run, config.daemon.timezone);
         }
     }
     Ok(if reports.iter().all(RunReport::is_clean) {
@@ -438,7 +438,7 @@ fn once(cli: &Cli, only: Option<&str>, dry_run: bool, json: bool) -> anyhow::Res
     })
 }
 
-fn print_run(r: &RunReport, dry_run: bool) {
+fn print_run(r: &RunReport, dry_run: bool, tz: chrono_tz::Tz) {
     let c = &r.counts;
     let verb = if dry_run { "would credit" } else { "credited" };
     println!(
@@ -464,6 +464,27 @@ fn print_run(r: &RunReport, dry_run: bool) {
             print!(" — error report {}", p.display());
         }
         println!();
+    }
+    for t in &r.tidy_failed {
+        println!(
+            "  {} [tidy-failed] file {} — {} (failing since {})",
+            t.name,
+            t.file_id,
+            t.error,
+            timefmt::stored_for_people(&t.failing_since, tz)
+        );
+    }
+    for s in &r.skipped {
+        // Escaped: an unsafe name may hold control characters.
+        print!(
+            "  {} [skipped: {}]",
+            s.name.escape_debug(),
+            s.reason.as_str()
+        );
+        if let Some(id) = s.file_id {
+            print!(" file {id}");
+        }
+        println!(" — {}", s.detail);
     }
     if let Some(e) = &r.error {
         println!("  error: {e}");
@@ -589,32 +610,114 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("now {} ({tz})", daemon::zoned(now, tz));
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
     for v in &out {
-        println!("{} ({})", s(&v["id"]), s(&v["schedule"]));
-        match v["last_run"].as_object() {
-            Some(r) => println!(
-                "  last run  {} [{}] {} — {} file(s), {} rows, credited {}, failed {}",
-                s(&r["started_at"]),
+        print_status(v, tz);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One partner of `status`, from its JSON form.
+fn print_status(v: &serde_json::Value, tz: chrono_tz::Tz) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let t = |v: &serde_json::Value| {
+        v.as_str()
+            .map(|x| timefmt::stored_for_people(x, tz))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("{} ({})", s(&v["id"]), s(&v["schedule"]));
+    match v["last_run"].as_object() {
+        Some(r) => {
+            println!(
+                "  last run  {} [{}] {} — {} file(s), {} rows, credited {}, failed {}, skipped {}",
+                t(&r["started_at"]),
                 s(&r["trigger"]),
                 r["outcome"].as_str().unwrap_or("running"),
                 r["files"],
                 r["rows"],
                 r["credited"],
-                r["failed"]
-            ),
-            None => println!("  last run  never"),
+                r["failed"],
+                r["skipped"]
+            );
+            if let Some(by) = r["skipped_by_reason"].as_object().filter(|m| !m.is_empty()) {
+                let counts: Vec<String> = by.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                println!("  skipped   {}", counts.join(", "));
+                for k in r["skips"].as_array().into_iter().flatten() {
+                    let id = k["file_id"]
+                        .as_i64()
+                        .map(|i| format!(" (file {i})"))
+                        .unwrap_or_default();
+                    println!(
+                        "            {}: {}{id} — {}",
+                        s(&k["name"]).escape_debug(),
+                        s(&k["reason"]),
+                        s(&k["detail"])
+                    );
+                }
+            }
         }
-        println!("  next run  {}", s(&v["next_run"]));
-        println!("  failures  {} in a row", v["consecutive_failures"]);
+        None => println!("  last run  never"),
+    }
+    println!("  next run  {}", s(&v["next_run"]));
+    if v["failing"].as_bool() == Some(true) {
+        println!(
+            "  FAILING   since {} — {} failed run(s) in a row",
+            t(&v["failing_since"]),
+            v["consecutive_failures"]
+        );
+        if v["consecutive_failures"].as_i64() > Some(0) {
+            if let Some(e) = v["last_error"].as_str() {
+                println!("  error     {e}");
+            }
+        }
+    } else {
+        println!("  failures  0 in a row");
         if let Some(e) = v["last_error"].as_str() {
-            println!("  error     {e}");
-        }
-        if let Some(m) = v["last_missed"].as_str() {
-            println!("  missed    delivery expected at {m}");
+            println!("  last error at {}: {e}", t(&v["last_error_at"]));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    for w in v["waiting"].as_array().into_iter().flatten() {
+        match w["tidy_error"].as_str() {
+            Some(e) => println!(
+                "  waiting   file {} {} [{}]: tidy-up failing since {} — {e}",
+                w["id"],
+                s(&w["name"]),
+                s(&w["outcome"]),
+                t(&w["tidy_failing_since"])
+            ),
+            None => println!(
+                "  waiting   file {} {} [{}]: tidy-up pending",
+                w["id"],
+                s(&w["name"]),
+                s(&w["outcome"])
+            ),
+        }
+    }
+    if let Some(f) = v["last_credited"].as_object() {
+        println!(
+            "  credited  last: file {} {} at {} ({} rows, {} miles)",
+            f["id"],
+            s(&f["name"]),
+            t(&f["at"]),
+            f["credited"],
+            f["miles"]
+        );
+    }
+    if let Some(f) = v["last_refused"].as_object() {
+        println!(
+            "  refused   last: file {} {} [{}] at {} — {}",
+            f["id"],
+            s(&f["name"]),
+            s(&f["outcome"]),
+            t(&f["at"]),
+            s(&f["reason"])
+        );
+    }
+    if let Some(m) = v["last_missed"].as_str() {
+        println!(
+            "  missed    delivery expected at {}",
+            timefmt::stored_for_people(m, tz)
+        );
+    }
 }
 
 /// `milebatch check [--connect]`: the partners, their next runs, and every

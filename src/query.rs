@@ -157,23 +157,67 @@ pub struct LastRun {
     pub failed: i64,
     pub miles: i64,
     pub error: Option<String>,
+    /// Files listed and not taken, in total and per reason.
+    pub skipped: i64,
+    pub skipped_by_reason: serde_json::Value,
+    /// The skipped files themselves (the first 100).
+    pub skips: serde_json::Value,
+}
+
+/// A file whose tidy-up (report upload, move) is still owed.
+#[derive(Debug, Serialize)]
+pub struct WaitingFile {
+    pub id: i64,
+    pub name: String,
+    pub outcome: String,
+    pub report_path: Option<String>,
+    /// Why the last attempt failed (`None`: not tried yet).
+    pub tidy_error: Option<String>,
+    pub tidy_failing_since: Option<String>,
+}
+
+/// The latest file of one kind (credited, or refused/duplicate).
+#[derive(Debug, Serialize)]
+pub struct FileBrief {
+    pub id: i64,
+    pub name: String,
+    pub outcome: String,
+    pub at: String,
+    pub credited: i64,
+    pub miles: i64,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, Default)]
 pub struct PartnerStatus {
     pub last_run: Option<LastRun>,
     pub last_success: Option<String>,
+    /// Whether the partner is failing now: its last run was not clean, or a
+    /// tidy-up (report upload, move) is still failing.
+    pub failing: bool,
+    /// Since when (the first run of the current failing streak, or the first
+    /// failed attempt of a tidy-up still owed).
+    pub failing_since: Option<String>,
     pub consecutive_failures: i64,
+    /// The latest error, kept after the partner recovers (`failing` tells
+    /// whether it is current).
     pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
     /// Start of the latest run that found no file although `expect_file`.
     pub last_missed: Option<String>,
+    /// Files whose tidy-up is still owed, oldest first.
+    pub waiting: Vec<WaitingFile>,
+    pub last_credited: Option<FileBrief>,
+    pub last_refused: Option<FileBrief>,
 }
 
 pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus, DbError> {
     use rusqlite::OptionalExtension;
+    let json = |t: String, empty: serde_json::Value| serde_json::from_str(&t).unwrap_or(empty);
     let last_run = conn
         .query_row(
-            "SELECT started_at, finished_at, trigger, outcome, files, rows, credited, failed, miles, error
+            "SELECT started_at, finished_at, trigger, outcome, files, rows, credited, failed, miles, error,
+                    skipped, skipped_by_reason, skips
              FROM runs WHERE partner = ?1 AND dry_run = 0 ORDER BY id DESC LIMIT 1",
             [partner],
             |r| {
@@ -188,18 +232,28 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
                     failed: r.get(7)?,
                     miles: r.get(8)?,
                     error: r.get(9)?,
+                    skipped: r.get(10)?,
+                    skipped_by_reason: json(r.get(11)?, serde_json::json!({})),
+                    skips: json(r.get(12)?, serde_json::json!([])),
                 })
             },
         )
         .optional()?;
     let state = conn
         .query_row(
-            "SELECT last_success, consecutive_failures, last_error FROM partner_state WHERE partner = ?1",
+            "SELECT last_success, consecutive_failures, last_error, last_error_at, failing_since
+             FROM partner_state WHERE partner = ?1",
             [partner],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    let (last_success, consecutive_failures, last_error) = state.unwrap_or((None, 0, None));
+    let (last_success, consecutive_failures, last_error, last_error_at, run_failing_since): (
+        _,
+        i64,
+        _,
+        _,
+        Option<String>,
+    ) = state.unwrap_or((None, 0, None, None, None));
     let last_missed = conn
         .query_row(
             "SELECT started_at FROM runs WHERE partner = ?1 AND outcome = 'missed' ORDER BY id DESC LIMIT 1",
@@ -207,11 +261,62 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
             |r| r.get(0),
         )
         .optional()?;
+    let mut st = conn.prepare(
+        "SELECT id, name, outcome, report_path, tidy_error, tidy_failing_since
+         FROM files WHERE partner = ?1 AND tidy = 'pending' ORDER BY id",
+    )?;
+    let waiting = st
+        .query_map([partner], |r| {
+            Ok(WaitingFile {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                outcome: r.get(2)?,
+                report_path: r.get(3)?,
+                tidy_error: r.get(4)?,
+                tidy_failing_since: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let latest = |which: &str| {
+        conn.query_row(
+            &format!(
+                "SELECT id, name, outcome, COALESCE(finished_at, started_at), credited, miles, reason
+                 FROM files WHERE partner = ?1 AND {which} ORDER BY id DESC LIMIT 1"
+            ),
+            [partner],
+            |r| {
+                Ok(FileBrief {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    outcome: r.get(2)?,
+                    at: r.get(3)?,
+                    credited: r.get(4)?,
+                    miles: r.get(5)?,
+                    reason: r.get(6)?,
+                })
+            },
+        )
+        .optional()
+    };
+    let last_credited = latest("outcome = 'credited'")?;
+    let last_refused = latest("outcome <> 'credited'")?;
+    // RFC 3339 UTC texts of the same format compare as times.
+    let failing_since = waiting
+        .iter()
+        .filter_map(|w| w.tidy_failing_since.clone())
+        .chain(run_failing_since.filter(|_| consecutive_failures > 0))
+        .min();
     Ok(PartnerStatus {
         last_run,
         last_success,
+        failing: consecutive_failures > 0 || waiting.iter().any(|w| w.tidy_error.is_some()),
+        failing_since,
         consecutive_failures,
         last_error,
+        last_error_at,
         last_missed,
+        waiting,
+        last_credited,
+        last_refused,
     })
 }

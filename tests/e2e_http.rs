@@ -60,10 +60,15 @@ retries = 1
     .unwrap();
     assert_eq!(uploaded, "NM0000009999,k2,5,E003\n");
 
-    // The URL still serves the same answer: the same delivery, not a new one.
+    // The URL still serves the same answer: the same delivery, not a new
+    // one; not silent either: a skip naming the file it was credited as.
     let (code, run) = w.once_json("bank", &[]);
     assert_eq!(code, 0, "{run:#}");
-    assert_eq!(run["outcome"], "no-file", "{run:#}");
+    assert_eq!(run["outcome"], "skipped", "{run:#}");
+    assert_eq!(run["files"].as_array().unwrap().len(), 0, "{run:#}");
+    assert_eq!(run["skipped"][0]["name"], name.as_str(), "{run:#}");
+    assert_eq!(run["skipped"][0]["reason"], "already-seen", "{run:#}");
+    assert_eq!(run["skipped"][0]["file_id"], 1, "{run:#}");
     assert_eq!(w.balance("NM0000000001"), 100);
 
     // Regenerated with new content of the very same size: credited.

@@ -39,7 +39,18 @@ fn a_failed_tidy_after_the_credit_is_retried_and_never_credits_again() {
     w.config(&sftp_partner(&sshd, "p", &inbox, sshd.port));
     w.demo_members();
     let (code, run) = w.once_json("p", &[]);
-    assert_eq!(code, 0, "the credit succeeded: {run:#}");
+    // The credit succeeded, but the partner did not get its report: the
+    // run says so and fails (issue 10), it is never a WARN only.
+    assert_eq!(code, 1, "{run:#}");
+    assert_eq!(run["outcome"], "tidy-failed", "{run:#}");
+    assert_eq!(run["files"][0]["outcome"], "credited", "{run:#}");
+    assert!(
+        run["tidy_failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("a.errors.csv not delivered"),
+        "{run:#}"
+    );
     assert_eq!(w.balance("NM0000000001"), 10);
     assert!(inbox.join("a.csv").exists(), "not moved");
     assert_eq!(
@@ -47,17 +58,24 @@ fn a_failed_tidy_after_the_credit_is_retried_and_never_credits_again() {
         1
     );
 
-    // Still broken: the next run neither credits again nor gives up.
+    // Still broken: the next run neither credits again nor gives up, and
+    // still fails.
     let (code, run) = w.once_json("p", &[]);
-    assert_eq!(code, 0, "{run:#}");
-    assert_eq!(run["outcome"], "no-file");
+    assert_eq!(code, 1, "{run:#}");
+    assert_eq!(run["outcome"], "tidy-failed", "{run:#}");
+    assert_eq!(run["skipped"][0]["reason"], "already-seen", "{run:#}");
     assert_eq!(w.balance("NM0000000001"), 10);
+    let st: serde_json::Value = serde_json::from_str(&w.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["partners"][0]["failing"], true, "{st:#}");
+    assert_eq!(st["partners"][0]["consecutive_failures"], 2, "{st:#}");
 
-    // Fixed: the tidy-up completes, still one credit.
+    // Fixed: the tidy-up completes, still one credit, the partner healthy.
     std::fs::remove_file(inbox.join("processed")).unwrap();
     std::fs::remove_file(inbox.join("errors")).unwrap();
-    let (code, _) = w.once_json("p", &[]);
-    assert_eq!(code, 0);
+    let (code, run) = w.once_json("p", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    let st: serde_json::Value = serde_json::from_str(&w.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["partners"][0]["failing"], false, "{st:#}");
     assert!(inbox.join("processed/a.csv").exists());
     assert_eq!(
         std::fs::read_to_string(inbox.join("errors/a.errors.csv")).unwrap(),

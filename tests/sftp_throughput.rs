@@ -81,6 +81,9 @@ fn sftp_fetch_is_at_least_half_the_openssh_client() {
             ]),
             pickup: Pickup {
                 pattern: glob::Pattern::new("*").unwrap(),
+                pattern_case_sensitive: false,
+                max_size: u64::MAX,
+                trust_mtime: true,
                 ready: Ready::Immediate,
                 after: After::Keep,
                 move_failed: None,

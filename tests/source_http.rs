@@ -31,6 +31,9 @@ fn config(
         ca_file: ca.map(|c| c.ca_pem.clone()),
         pickup: Pickup {
             pattern: glob::Pattern::new("*.csv").unwrap(),
+            pattern_case_sensitive: false,
+            max_size: 1 << 30,
+            trust_mtime: true,
             ready: Ready::Immediate,
             after: After::Keep,
             move_failed: None,

@@ -50,6 +50,9 @@ impl Fx {
             ca_file: Some(self.ca.ca_pem.clone()),
             pickup: Pickup {
                 pattern: glob::Pattern::new("*.csv").unwrap(),
+                pattern_case_sensitive: false,
+                max_size: 1 << 30,
+                trust_mtime: true,
                 ready: Ready::Immediate,
                 after: After::Keep,
                 move_failed: None,

@@ -133,4 +133,20 @@ BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 "#,
+    // 4: nothing silent. What a run listed and did not take (`skips`: the
+    // first 100, as JSON [{name, reason, detail, file_id, ...}]; counts per
+    // reason in `skipped_by_reason`), a tidy-up that keeps failing after the
+    // credit (`tidy_error` and since when), and when the partner's last
+    // error happened and since when it has been failing. Only new columns,
+    // so it applies in any order with other appended migrations.
+    // New run outcomes: `skipped` and `tidy-failed` (see README, Daemon).
+    r#"
+ALTER TABLE runs ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN skipped_by_reason TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE runs ADD COLUMN skips TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE files ADD COLUMN tidy_error TEXT;
+ALTER TABLE files ADD COLUMN tidy_failing_since TEXT;
+ALTER TABLE partner_state ADD COLUMN last_error_at TEXT;
+ALTER TABLE partner_state ADD COLUMN failing_since TEXT;
+"#,
 ];

@@ -182,9 +182,15 @@ pub struct FileReport {
 pub struct RunReport {
     pub partner: String,
     pub run_id: Option<i64>,
-    /// ok | no-file | missed | refused | failed
+    /// failed | refused | tidy-failed | skipped | ok | missed | no-file
+    /// (the first that applies; see [`RunReport::outcome_name`]).
     pub outcome: String,
     pub files: Vec<FileReport>,
+    /// Files the run listed and did not take, each with its reason.
+    pub skipped: Vec<pickup::Skip>,
+    /// Tidy-ups (report upload, move) that failed after the credit: the
+    /// credit stands, the run fails until a later tidy-up succeeds.
+    pub tidy_failed: Vec<tidy::TidyFailure>,
     #[serde(flatten)]
     pub counts: Counts,
     pub error: Option<String>,
@@ -192,13 +198,69 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Whether everything found was handled (failed rows do not count).
+    /// Whether everything found was handled (failed rows do not count): no
+    /// error, no refused file, no failed tidy-up, no skip that needs a human.
+    /// `once` exits 0 exactly then, and only then does a run count as a
+    /// success for catch-up and `consecutive_failures`.
     pub fn is_clean(&self) -> bool {
         self.error.is_none()
             && self
                 .files
                 .iter()
                 .all(|f| f.outcome == "credited" || f.outcome == "dry-run")
+            && self.tidy_failed.is_empty()
+            && !self.skipped.iter().any(|s| s.action_needed)
+    }
+
+    /// The run's outcome: the first of these that applies.
+    /// `missed` only for a scheduled run of an `expect_file` partner that
+    /// found nothing new at all (files already credited do not count).
+    fn outcome_name(&self, expect_file: bool, trigger: Trigger) -> &'static str {
+        let only_seen = self
+            .skipped
+            .iter()
+            .all(|s| s.reason == pickup::SkipReason::AlreadySeen);
+        if self.error.is_some() {
+            "failed"
+        } else if !self
+            .files
+            .iter()
+            .all(|f| f.outcome == "credited" || f.outcome == "dry-run")
+        {
+            "refused"
+        } else if !self.tidy_failed.is_empty() {
+            "tidy-failed"
+        } else if self.skipped.iter().any(|s| s.action_needed) {
+            "skipped"
+        } else if !self.files.is_empty() {
+            "ok"
+        } else if expect_file && trigger != Trigger::Manual && only_seen {
+            "missed"
+        } else if !self.skipped.is_empty() {
+            "skipped"
+        } else {
+            "no-file"
+        }
+    }
+
+    /// `pattern-mismatch=2 still-changing=1`, for logs.
+    pub fn skipped_text(&self) -> String {
+        let by = self.skipped_by_reason();
+        if by.is_empty() {
+            return "none".into();
+        }
+        by.iter()
+            .map(|(r, n)| format!("{}={n}", r.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    pub fn skipped_by_reason(&self) -> std::collections::BTreeMap<pickup::SkipReason, u64> {
+        let mut by = std::collections::BTreeMap::new();
+        for s in &self.skipped {
+            *by.entry(s.reason).or_insert(0) += 1;
+        }
+        by
     }
 }
 
@@ -212,6 +274,8 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
         run_id: None,
         outcome: "ok".into(),
         files: vec![],
+        skipped: vec![],
+        tidy_failed: vec![],
         counts: Counts::default(),
         error: None,
         duration_ms: 0,
@@ -219,16 +283,12 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
     if let Err(e) = run_inner(config, partner, opts, &mut report) {
         tracing::error!(error = %e, "run failed");
         report.error = Some(e.to_string());
-        report.outcome = "failed".into();
-    } else if report.files.is_empty() {
-        report.outcome = if partner.expect_file && opts.trigger != Trigger::Manual {
-            tracing::warn!("no new file: missed delivery (expect_file = true)");
-            "missed".into()
-        } else {
-            "no-file".into()
-        };
-    } else if !report.is_clean() {
-        report.outcome = "refused".into();
+    }
+    report.outcome = report
+        .outcome_name(partner.expect_file, opts.trigger)
+        .into();
+    if report.outcome == "missed" {
+        tracing::warn!("no new file: missed delivery (expect_file = true)");
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
     if let Some(run_id) = report.run_id {
@@ -250,11 +310,38 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
         failed = c.failed,
         failed_by_code = %c.by_code_text(),
         miles = c.miles,
+        skipped = report.skipped.len(),
+        skipped_by_reason = %report.skipped_text(),
+        tidy_failed = report.tidy_failed.len(),
         duration_ms = report.duration_ms,
         reports = %paths.join(" "),
         "run summary"
     );
     report
+}
+
+/// Tidy up `items` (earlier runs' owed tidy-ups, or the file just done),
+/// recording each failure on its file and in the run report. A file whose
+/// tidy-up already failed in this run is not tried again in it.
+fn tidy_items(
+    source: &mut dyn crate::source::Source,
+    pickup_cfg: &crate::source::Pickup,
+    conn: &Connection,
+    items: Vec<tidy::TidyItem>,
+    opts: &RunOptions<'_>,
+    report: &mut RunReport,
+) -> Result<(), PipelineError> {
+    for item in items {
+        if report.tidy_failed.iter().any(|f| f.file_id == item.file_id) {
+            continue;
+        }
+        if let Err(e) = tidy::tidy(source, pickup_cfg, conn, &item) {
+            tracing::warn!(file = %item.name, file_id = item.file_id, error = %e, "tidy-up failed; the file is credited and will not be credited again; the run fails until a later tidy-up succeeds");
+            let failure = tidy::record_failure(conn, &item, &e, opts.now).map_err(DbError::from)?;
+            report.tidy_failed.push(failure);
+        }
+    }
+    Ok(())
 }
 
 fn run_inner(
@@ -290,69 +377,89 @@ fn run_inner(
 
     // Tidy-ups owed by earlier runs come first: they never touch money.
     if !opts.dry_run {
-        for item in tidy::pending(&conn, &partner.id).map_err(DbError::from)? {
-            if let Err(e) = tidy::tidy(source.as_mut(), pickup_cfg, &conn, &item) {
-                tracing::warn!(file = %item.name, error = %e, "tidy-up still failing; will retry next run");
-            }
-        }
+        let owed = tidy::pending(&conn, &partner.id).map_err(DbError::from)?;
+        tidy_items(source.as_mut(), pickup_cfg, &conn, owed, opts, report)?;
     }
 
-    let files = pickup::candidates(
-        source.as_mut(),
-        pickup_cfg,
-        &conn,
-        &partner.id,
-        opts.shutdown,
-    )?;
+    let mut listing = pickup::survey(source.as_mut(), pickup_cfg, &conn, &partner.id, opts.now)?;
+    report.skipped.append(&mut listing.skipped);
     let archive_dir = pickup::archive_dir(data_dir, &partner.id);
     let reports_dir = data_dir.join("reports").join(&partner.id);
-    for f in files {
-        if opts.shutdown.load(Ordering::Relaxed) {
-            tracing::info!("shutdown requested: not starting another file");
-            break;
-        }
-        let fspan = tracing::info_span!("file", file = %f.name, bytes = f.size);
-        let _fenter = fspan.enter();
-        let fetched = pickup::fetch(source.as_mut(), pickup_cfg, &f, &partner.id, &archive_dir)?;
-        if pickup::unchanged(&conn, &partner.id, &fetched).map_err(DbError::from)? {
-            tracing::debug!("same name and content as a file already recorded: skipped");
-            continue;
-        }
-        let stem = std::path::Path::new(&fetched.name)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| fetched.name.clone());
-        let job = CreditJob {
-            partner,
-            file: &fetched,
-            run_id: report.run_id,
-            report_path: reports_dir.join(format!("{stem}.errors.csv")),
-            now: opts.now,
-            dry_run: opts.dry_run,
-        };
-        let outcome = credit::credit_file(&mut conn, &job)?;
-        let file_report = record(&conn, &job, outcome)?;
-        tracing::info!(
-            outcome = %file_report.outcome,
-            rows = file_report.counts.rows,
-            credited = file_report.counts.credited,
-            failed = file_report.counts.failed,
-            miles = file_report.counts.miles,
-            reason = file_report.reason.as_deref().unwrap_or(""),
-            report = %file_report.report.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            "file done"
-        );
-        report.counts.add(&file_report.counts);
-        report.files.push(file_report);
-        if !opts.dry_run {
-            for item in tidy::pending(&conn, &partner.id).map_err(DbError::from)? {
-                if let Err(e) = tidy::tidy(source.as_mut(), pickup_cfg, &conn, &item) {
-                    tracing::warn!(file = %item.name, error = %e, "tidy-up failed; the file is credited and will not be credited again; will retry next run");
+    // Files ready now go first; `stable:` files too young to judge are
+    // watched afterwards, so an old file never waits for a young one.
+    let mut batch = std::mem::take(&mut listing.ready);
+    let mut watch = std::mem::take(&mut listing.watch);
+    loop {
+        for (i, f) in batch.iter().enumerate() {
+            if opts.shutdown.load(Ordering::Relaxed) {
+                tracing::info!("shutdown requested: not starting another file");
+                for f in batch[i..].iter().chain(watch.iter().map(|w| &w.file)) {
+                    let s = pickup::Skip::new(
+                        &f.name,
+                        pickup::SkipReason::NotStarted,
+                        "shutdown requested before this file was started".into(),
+                    );
+                    s.log();
+                    report.skipped.push(s);
                 }
+                return Ok(());
+            }
+            let fspan = tracing::info_span!("file", file = %f.name, bytes = f.size);
+            let _fenter = fspan.enter();
+            let fetched = pickup::fetch(source.as_mut(), pickup_cfg, f, &partner.id, &archive_dir)?;
+            if let Some(e) =
+                pickup::earlier_content(&conn, &partner.id, &fetched).map_err(DbError::from)?
+            {
+                let s = e.skip(&fetched.name, "same name and content");
+                s.log();
+                report.skipped.push(s);
+                continue;
+            }
+            let stem = std::path::Path::new(&fetched.name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| fetched.name.clone());
+            let job = CreditJob {
+                partner,
+                file: &fetched,
+                run_id: report.run_id,
+                report_path: reports_dir.join(format!("{stem}.errors.csv")),
+                now: opts.now,
+                dry_run: opts.dry_run,
+            };
+            let outcome = credit::credit_file(&mut conn, &job)?;
+            let file_report = record(&conn, &job, outcome)?;
+            tracing::info!(
+                outcome = %file_report.outcome,
+                rows = file_report.counts.rows,
+                credited = file_report.counts.credited,
+                failed = file_report.counts.failed,
+                miles = file_report.counts.miles,
+                reason = file_report.reason.as_deref().unwrap_or(""),
+                report = %file_report.report.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "file done"
+            );
+            report.counts.add(&file_report.counts);
+            report.files.push(file_report);
+            if !opts.dry_run {
+                let owed = tidy::pending(&conn, &partner.id).map_err(DbError::from)?;
+                tidy_items(source.as_mut(), pickup_cfg, &conn, owed, opts, report)?;
             }
         }
+        if watch.is_empty() {
+            return Ok(());
+        }
+        let (ready, mut skipped) = pickup::settle(
+            source.as_mut(),
+            pickup_cfg,
+            &partner.id,
+            std::mem::take(&mut watch),
+            opts.now,
+            opts.shutdown,
+        )?;
+        report.skipped.append(&mut skipped);
+        batch = ready;
     }
-    Ok(())
 }
 
 /// Record a refused or duplicate file (credited files recorded themselves in
@@ -442,11 +549,21 @@ fn finish_run(
     run_id: i64,
     opts: &RunOptions<'_>,
 ) -> Result<(), DbError> {
+    /// At most this many skips are kept per run (the counts are complete).
+    const KEEP_SKIPS: usize = 100;
     let conn = db::open(&config.daemon.database)?;
     let now = now_text(Utc::now());
+    let by_reason: serde_json::Map<String, serde_json::Value> = r
+        .skipped_by_reason()
+        .into_iter()
+        .map(|(k, n)| (k.as_str().to_owned(), n.into()))
+        .collect();
+    let skips = serde_json::to_string(&r.skipped[..r.skipped.len().min(KEEP_SKIPS)])
+        .unwrap_or_else(|_| "[]".into());
     conn.execute(
         "UPDATE runs SET finished_at = ?2, outcome = ?3, files = ?4, rows = ?5, credited = ?6, failed = ?7,
-                         miles = ?8, error = ?9 WHERE id = ?1",
+                         miles = ?8, error = ?9, skipped = ?10, skipped_by_reason = ?11, skips = ?12
+         WHERE id = ?1",
         params![
             run_id,
             now,
@@ -456,26 +573,49 @@ fn finish_run(
             r.counts.credited as i64,
             r.counts.failed as i64,
             r.counts.miles as i64,
-            r.error
+            r.error,
+            r.skipped.len() as i64,
+            serde_json::Value::Object(by_reason).to_string(),
+            skips,
         ],
     )?;
     // A missed delivery is the partner's failure, not ours: the run itself
     // completed, so it does not count towards consecutive failures (status
     // shows it as `last_missed`), and a restart does not catch it up again.
-    let ok = matches!(r.outcome.as_str(), "ok" | "no-file" | "missed");
-    let last_error = r.error.clone().or_else(|| {
-        r.files
-            .iter()
-            .find_map(|f| f.reason.clone().map(|why| format!("{}: {why}", f.name)))
-    });
+    // Not-ready and already-seen skips are clean too; a refused file, a
+    // failed tidy-up or a skip that needs a human is not.
+    let ok = r.is_clean();
+    let last_error = r
+        .error
+        .clone()
+        .or_else(|| {
+            r.files
+                .iter()
+                .find_map(|f| f.reason.clone().map(|why| format!("{}: {why}", f.name)))
+        })
+        .or_else(|| {
+            r.tidy_failed
+                .first()
+                .map(|t| format!("file {} {}: {}", t.file_id, t.name, t.error))
+        })
+        .or_else(|| {
+            r.skipped
+                .iter()
+                .find(|s| s.action_needed)
+                .map(|s| format!("{}: {}: {}", s.name, s.reason.as_str(), s.detail))
+        });
     conn.execute(
-        "INSERT INTO partner_state(partner, last_success, last_attempt, consecutive_failures, last_error)
-         VALUES (?1, CASE WHEN ?2 THEN ?3 END, ?3, CASE WHEN ?2 THEN 0 ELSE 1 END, ?4)
+        "INSERT INTO partner_state(partner, last_success, last_attempt, consecutive_failures, last_error,
+                                   last_error_at, failing_since)
+         VALUES (?1, CASE WHEN ?2 THEN ?3 END, ?3, CASE WHEN ?2 THEN 0 ELSE 1 END, ?4,
+                 CASE WHEN ?2 THEN NULL ELSE ?3 END, CASE WHEN ?2 THEN NULL ELSE ?3 END)
          ON CONFLICT(partner) DO UPDATE SET
             last_success = CASE WHEN ?2 THEN ?3 ELSE last_success END,
             last_attempt = ?3,
             consecutive_failures = CASE WHEN ?2 THEN 0 ELSE consecutive_failures + 1 END,
-            last_error = CASE WHEN ?2 THEN last_error ELSE ?4 END",
+            last_error = CASE WHEN ?2 THEN last_error ELSE ?4 END,
+            last_error_at = CASE WHEN ?2 THEN last_error_at ELSE ?3 END,
+            failing_since = CASE WHEN ?2 THEN NULL ELSE COALESCE(failing_since, ?3) END",
         params![r.partner, ok, now_text(opts.now), last_error],
     )?;
     Ok(())
@@ -502,5 +642,92 @@ fn lock_partner(data_dir: &std::path::Path, partner: &str) -> Result<File, Pipel
             lock: path,
         }),
         Err(std::fs::TryLockError::Error(source)) => Err(PipelineError::Io { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pickup::{Skip, SkipReason};
+
+    fn report() -> RunReport {
+        RunReport {
+            partner: "p".into(),
+            run_id: None,
+            outcome: String::new(),
+            files: vec![],
+            skipped: vec![],
+            tidy_failed: vec![],
+            counts: Counts::default(),
+            error: None,
+            duration_ms: 0,
+        }
+    }
+
+    fn file(outcome: &str) -> FileReport {
+        FileReport {
+            name: "a.csv".into(),
+            sha256: String::new(),
+            outcome: outcome.into(),
+            reason: None,
+            counts: Counts::default(),
+            report: None,
+            archive: PathBuf::new(),
+        }
+    }
+
+    fn skip(reason: SkipReason) -> Skip {
+        Skip::new("x.csv", reason, String::new())
+    }
+
+    #[test]
+    fn outcomes_and_cleanliness() {
+        let name = |r: &RunReport, expect: bool, t: Trigger| r.outcome_name(expect, t);
+        let mut r = report();
+        assert_eq!(name(&r, false, Trigger::Schedule), "no-file");
+        assert_eq!(name(&r, true, Trigger::Schedule), "missed");
+        assert_eq!(name(&r, true, Trigger::Manual), "no-file");
+        // A file still in the inbox after its credit is no new delivery.
+        r.skipped.push(skip(SkipReason::AlreadySeen));
+        assert_eq!(name(&r, true, Trigger::Schedule), "missed");
+        assert_eq!(name(&r, false, Trigger::Schedule), "skipped");
+        assert!(r.is_clean());
+        // A file that is there but not ready is not a missed delivery.
+        r.skipped.push(skip(SkipReason::StillChanging));
+        assert_eq!(name(&r, true, Trigger::Schedule), "skipped");
+        assert!(r.is_clean());
+        r.files.push(file("credited"));
+        assert_eq!(name(&r, false, Trigger::Schedule), "ok");
+        r.skipped.push(skip(SkipReason::PatternMismatch));
+        assert_eq!(name(&r, false, Trigger::Schedule), "skipped");
+        assert!(!r.is_clean());
+        r.tidy_failed.push(tidy::TidyFailure {
+            file_id: 1,
+            name: "a.csv".into(),
+            error: "e".into(),
+            failing_since: String::new(),
+        });
+        assert_eq!(name(&r, false, Trigger::Schedule), "tidy-failed");
+        r.files.push(file("refused"));
+        assert_eq!(name(&r, false, Trigger::Schedule), "refused");
+        r.error = Some("down".into());
+        assert_eq!(name(&r, false, Trigger::Schedule), "failed");
+
+        let mut r = report();
+        r.tidy_failed.push(tidy::TidyFailure {
+            file_id: 1,
+            name: "a.csv".into(),
+            error: "e".into(),
+            failing_since: String::new(),
+        });
+        assert!(!r.is_clean(), "an undelivered report fails the run");
+        assert_eq!(r.skipped_text(), "none");
+        let mut r = report();
+        r.skipped = vec![
+            skip(SkipReason::StillChanging),
+            skip(SkipReason::PatternMismatch),
+            skip(SkipReason::PatternMismatch),
+        ];
+        assert_eq!(r.skipped_text(), "pattern-mismatch=2 still-changing=1");
     }
 }

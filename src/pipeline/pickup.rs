@@ -6,15 +6,23 @@
 //! - a download lands in a temp file, is size-checked and hashed, and only
 //!   then renamed into the archive: a dropped connection leaves nothing that
 //!   a later step could mistake for a file;
-//! - a listing entry already recorded (same name, size and mtime) is not even
-//!   downloaded again.
+//! - a listing entry already credited (same name, size and mtime) is not even
+//!   downloaded again; one recorded as refused is, and judged by content, so
+//!   a corrected file put back under the same name is never ignored;
+//! - **nothing listed is silent**: every listed file is either taken or
+//!   becomes a [`Skip`] with its reason. Only names starting with `.`
+//!   (uploads in progress, our own `.x.part`) and, under
+//!   `ready = "done-file"`, the `*.done` markers themselves are passed over
+//!   without a word: they are not deliveries.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::source::{
@@ -23,116 +31,444 @@ use crate::source::{
 
 use super::{Fetched, PipelineError};
 
-/// Files in the inbox that are safe, match the pattern, are ready and have
-/// not been recorded before.
+/// Why a listed file was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipReason {
+    /// Recorded as credited before (same listing entry, or same name and
+    /// content): nothing to do. Stays while the file stays in the inbox
+    /// (`after = "keep"`, a pending tidy-up, a re-upload).
+    AlreadySeen,
+    /// Same name and content as a refused (or duplicate) file: needs a
+    /// corrected file or a re-delivery under another name.
+    RefusedContent,
+    /// The name does not match `pattern`.
+    PatternMismatch,
+    /// Over `max_size`.
+    TooLarge,
+    /// A name that could escape the inbox or is not printable.
+    UnsafeName,
+    /// `ready = "done-file"` and its `.done` marker is not there yet.
+    DoneFileMissing,
+    /// `ready = "stable:…"` and it changed while we watched it.
+    StillChanging,
+    /// The run was asked to stop before this file was started.
+    NotStarted,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::AlreadySeen => "already-seen",
+            SkipReason::RefusedContent => "refused-content",
+            SkipReason::PatternMismatch => "pattern-mismatch",
+            SkipReason::TooLarge => "too-large",
+            SkipReason::UnsafeName => "unsafe-name",
+            SkipReason::DoneFileMissing => "done-file-missing",
+            SkipReason::StillChanging => "still-changing",
+            SkipReason::NotStarted => "not-started",
+        }
+    }
+
+    /// Whether a human has to act (the run then fails: `once` exits 1).
+    /// Files that are merely not ready yet, or already credited, are not.
+    pub fn action_needed(self) -> bool {
+        matches!(
+            self,
+            SkipReason::RefusedContent
+                | SkipReason::PatternMismatch
+                | SkipReason::TooLarge
+                | SkipReason::UnsafeName
+        )
+    }
+}
+
+/// One listed file a run did not take, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skip {
+    pub name: String,
+    pub reason: SkipReason,
+    /// The reason in words, with what to do about it.
+    pub detail: String,
+    /// The earlier `files` row this one was recognised as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<i64>,
+    /// `still-changing`: seconds until it may be ready, if nothing changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_left: Option<u64>,
+    pub action_needed: bool,
+}
+
+impl Skip {
+    pub fn new(name: &str, reason: SkipReason, detail: String) -> Skip {
+        Skip {
+            name: name.to_owned(),
+            reason,
+            detail,
+            file_id: None,
+            seconds_left: None,
+            action_needed: reason.action_needed(),
+        }
+    }
+
+    /// Log it (inside the run's span, which names the partner): WARN when
+    /// someone has to act, INFO otherwise. The name is escaped: an unsafe
+    /// one may hold control characters.
+    pub fn log(&self) {
+        if self.action_needed {
+            tracing::warn!(file = %self.name.escape_debug(), reason = self.reason.as_str(), file_id = self.file_id, detail = %self.detail, "file skipped");
+        } else {
+            tracing::info!(file = %self.name.escape_debug(), reason = self.reason.as_str(), file_id = self.file_id, seconds_left = self.seconds_left, detail = %self.detail, "file skipped");
+        }
+    }
+}
+
+/// The earlier `files` row a listed or downloaded file matches.
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    pub id: i64,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub tidy: String,
+}
+
+impl Earlier {
+    /// The skip for a file recognised as this earlier one.
+    pub fn skip(&self, name: &str, how: &str) -> Skip {
+        let id = self.id;
+        let mut s = if self.outcome == "credited" {
+            let mut detail = format!("already credited as file {id} ({how})");
+            if self.tidy == "pending" {
+                detail.push_str("; its tidy-up is still pending");
+            }
+            Skip::new(name, SkipReason::AlreadySeen, detail)
+        } else {
+            let why = self
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            Skip::new(
+                name,
+                SkipReason::RefusedContent,
+                format!(
+                    "same content as refused file {id}{why}: re-deliver it under another name or \
+                     with corrected content (`milebatch retry --file {id}` will come with the \
+                     money-operations issue)"
+                ),
+            )
+        };
+        s.file_id = Some(id);
+        s
+    }
+}
+
+/// What one listing gave.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Ready and new, in listing order.
+    pub ready: Vec<RemoteFile>,
+    /// `stable:` files too young to judge yet: [`settle`] watches them.
+    pub watch: Vec<Watched>,
+    /// Listed and not taken.
+    pub skipped: Vec<Skip>,
+}
+
+/// A file `stable:` has to watch until `until`.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub file: RemoteFile,
+    pub until: Instant,
+}
+
+/// Every step of pickup before any download: list, then sort each file into
+/// ready, watched or skipped. `now` is the run's time; file ages are judged
+/// against it.
+pub fn survey(
+    source: &mut dyn Source,
+    pickup: &Pickup,
+    conn: &Connection,
+    partner: &str,
+    now: DateTime<Utc>,
+) -> Result<Listing, PipelineError> {
+    let listing = list(source, pickup, partner)?;
+    let started = Instant::now();
+    let mut out = Listing::default();
+    for f in &listing {
+        if !safe_name(&f.name) {
+            out.skipped.push(Skip::new(
+                &f.name,
+                SkipReason::UnsafeName,
+                "unsafe name (path separators, '..', control characters or over 255 bytes): \
+                 never read; rename or remove it on the server"
+                    .into(),
+            ));
+            continue;
+        }
+        if f.name.starts_with('.') {
+            tracing::debug!(partner, file = %f.name, "hidden name: not a delivery");
+            continue;
+        }
+        if pickup.ready == Ready::DoneFile && f.name.ends_with(".done") {
+            continue;
+        }
+        if !pickup.matches(&f.name) {
+            out.skipped.push(Skip::new(
+                &f.name,
+                SkipReason::PatternMismatch,
+                mismatch_detail(pickup, &f.name),
+            ));
+            continue;
+        }
+        if let Some(e) = earlier_listing(conn, partner, f).map_err(db)? {
+            // Refused before: downloaded again and judged by content, so a
+            // corrected file put back under the same name is processed.
+            if e.outcome == "credited" {
+                out.skipped
+                    .push(e.skip(&f.name, "same name, size and modification time"));
+                continue;
+            }
+        }
+        if f.size > pickup.max_size {
+            out.skipped.push(Skip::new(
+                &f.name,
+                SkipReason::TooLarge,
+                format!(
+                    "{} bytes, over max_size ({} bytes): raise `max_size` for this partner, \
+                     or ask the partner to split the file",
+                    f.size, pickup.max_size
+                ),
+            ));
+            continue;
+        }
+        match &pickup.ready {
+            Ready::Immediate => out.ready.push(f.clone()),
+            Ready::DoneFile => {
+                let marker = format!("{}.done", f.name);
+                if listing.iter().any(|g| g.name == marker) {
+                    out.ready.push(f.clone());
+                } else {
+                    out.skipped.push(Skip::new(
+                        &f.name,
+                        SkipReason::DoneFileMissing,
+                        format!("not ready yet: waiting for its done-file {marker:?}"),
+                    ));
+                }
+            }
+            Ready::Stable(dur) => match stable_left(pickup, f, now, *dur) {
+                None => out.ready.push(f.clone()),
+                Some(left) => out.watch.push(Watched {
+                    file: f.clone(),
+                    until: started + left,
+                }),
+            },
+        }
+    }
+    for s in &out.skipped {
+        s.log();
+    }
+    Ok(out)
+}
+
+/// How much longer `f` must stay unchanged to count as stable, or `None`
+/// when its listed mtime is already more than `dur` before `now`. Listing
+/// mtimes are whole seconds: the change may have happened up to a second
+/// after the one shown, so that second counts as still changing. Without a
+/// trusted mtime (FTP) the whole `dur` is watched.
+fn stable_left(
+    pickup: &Pickup,
+    f: &RemoteFile,
+    now: DateTime<Utc>,
+    dur: Duration,
+) -> Option<Duration> {
+    if dur.is_zero() {
+        return None;
+    }
+    let Some(mtime) = f.mtime.filter(|_| pickup.trust_mtime) else {
+        return Some(dur);
+    };
+    let ready_at_ms = (mtime + 1)
+        .saturating_mul(1000)
+        .saturating_add(dur.as_millis() as i64);
+    let left_ms = ready_at_ms - now.timestamp_millis();
+    // An mtime in the future (a fast server clock) is watched for `dur`.
+    (left_ms > 0).then(|| Duration::from_millis(left_ms as u64).min(dur))
+}
+
+fn mismatch_detail(pickup: &Pickup, name: &str) -> String {
+    let mut d = format!(
+        "name does not match pattern {:?}{}: fix `pattern` or ask the partner to rename it",
+        pickup.pattern.as_str(),
+        if pickup.pattern_case_sensitive {
+            " (pattern_case = \"sensitive\")"
+        } else {
+            ""
+        }
+    );
+    if name.ends_with(".done") && pickup.ready != Ready::DoneFile {
+        d.push_str(" (a done-file marker? then set ready = \"done-file\")");
+    }
+    d
+}
+
+/// Wait until the watched files are old enough, list again, and take those
+/// that did not change meanwhile. The rest are `still-changing` skips (the
+/// next run looks again); on shutdown they are `not-started`.
+pub fn settle(
+    source: &mut dyn Source,
+    pickup: &Pickup,
+    partner: &str,
+    watch: Vec<Watched>,
+    now: DateTime<Utc>,
+    shutdown: &AtomicBool,
+) -> Result<(Vec<RemoteFile>, Vec<Skip>), PipelineError> {
+    let Some(until) = watch.iter().map(|w| w.until).max() else {
+        return Ok((vec![], vec![]));
+    };
+    let Ready::Stable(dur) = pickup.ready else {
+        return Ok((watch.into_iter().map(|w| w.file).collect(), vec![]));
+    };
+    let clock = Instant::now();
+    let left = |w: &Watched| {
+        w.until
+            .saturating_duration_since(clock)
+            .as_secs_f64()
+            .ceil() as u64
+    };
+    let names: Vec<String> = watch
+        .iter()
+        .map(|w| format!("{} ({} s left)", w.file.name, left(w)))
+        .collect();
+    tracing::info!(
+        partner,
+        files = %names.join(", "),
+        wait_s = until.saturating_duration_since(clock).as_secs_f64().ceil() as u64,
+        "waiting for files to be stable"
+    );
+    let started = Instant::now();
+    if !sleep_until(until, shutdown) {
+        let skipped: Vec<Skip> = watch
+            .into_iter()
+            .map(|w| {
+                Skip::new(
+                    &w.file.name,
+                    SkipReason::NotStarted,
+                    "shutdown requested while waiting for it to be stable".into(),
+                )
+            })
+            .collect();
+        skipped.iter().for_each(|s| s.log());
+        return Ok((vec![], skipped));
+    }
+    let second = list(source, pickup, partner)?;
+    let now2 = now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+    let mut ready = Vec::new();
+    let mut skipped = Vec::new();
+    for w in watch {
+        match second.iter().find(|g| g.name == w.file.name) {
+            Some(g) if *g == w.file => ready.push(w.file),
+            Some(g) => {
+                let left = stable_left(pickup, g, now2, dur).unwrap_or(dur);
+                let secs = left.as_secs_f64().ceil() as u64;
+                let mut s = Skip::new(
+                    &g.name,
+                    SkipReason::StillChanging,
+                    format!(
+                        "not ready yet: still changing (size {} -> {} bytes); ready once \
+                         unchanged for {} s, about {secs} s from now",
+                        w.file.size,
+                        g.size,
+                        dur.as_secs()
+                    ),
+                );
+                s.seconds_left = Some(secs);
+                skipped.push(s);
+            }
+            None => skipped.push(Skip::new(
+                &w.file.name,
+                SkipReason::StillChanging,
+                "not ready yet: gone from the inbox while it was watched".into(),
+            )),
+        }
+    }
+    skipped.iter().for_each(|s| s.log());
+    Ok((ready, skipped))
+}
+
+/// [`survey`] and [`settle`] in one: every file ready now, and every skip.
 pub fn candidates(
     source: &mut dyn Source,
     pickup: &Pickup,
     conn: &Connection,
     partner: &str,
+    now: DateTime<Utc>,
     shutdown: &AtomicBool,
-) -> Result<Vec<RemoteFile>, PipelineError> {
-    let listing = list(source, pickup, partner)?;
-    let mut ready: Vec<RemoteFile> = match &pickup.ready {
-        Ready::Immediate => matching(&listing, pickup),
-        Ready::DoneFile => matching(&listing, pickup)
-            .into_iter()
-            .filter(|f| {
-                let marker = format!("{}.done", f.name);
-                listing.iter().any(|g| g.name == marker)
-            })
-            .collect(),
-        Ready::Stable(wait) => {
-            let first: Vec<RemoteFile> = matching(&listing, pickup)
-                .into_iter()
-                .filter(|f| !seen(conn, partner, f).unwrap_or(false))
-                .collect();
-            if first.is_empty() || wait.is_zero() {
-                first
-            } else {
-                tracing::info!(
-                    partner,
-                    files = first.len(),
-                    wait_s = wait.as_secs(),
-                    "waiting for files to be stable"
-                );
-                if !sleep_unless(*wait, shutdown) {
-                    return Ok(vec![]);
-                }
-                let second = list(source, pickup, partner)?;
-                first.into_iter().filter(|f| second.contains(f)).collect()
-            }
-        }
-    };
-    let mut fresh = Vec::with_capacity(ready.len());
-    for f in ready.drain(..) {
-        if seen(conn, partner, &f).map_err(|e| PipelineError::Db(e.into()))? {
-            continue;
-        }
-        fresh.push(f);
-    }
-    Ok(fresh)
+) -> Result<Listing, PipelineError> {
+    let mut l = survey(source, pickup, conn, partner, now)?;
+    let watch = std::mem::take(&mut l.watch);
+    let (ready, skipped) = settle(source, pickup, partner, watch, now, shutdown)?;
+    l.ready.extend(ready);
+    l.skipped.extend(skipped);
+    Ok(l)
 }
 
+fn db(e: rusqlite::Error) -> PipelineError {
+    PipelineError::Db(e.into())
+}
+
+/// The listing as the server gave it (names not yet checked).
 fn list(
     source: &mut dyn Source,
     pickup: &Pickup,
     partner: &str,
 ) -> Result<Vec<RemoteFile>, PipelineError> {
-    let all = with_retries(pickup.retries, "listing", || source.list()).map_err(|e| {
-        PipelineError::Source {
-            partner: partner.to_owned(),
-            during: "listing the inbox",
-            source: e,
-        }
-    })?;
-    Ok(all
-        .into_iter()
-        .filter(|f| {
-            let ok = safe_name(&f.name);
-            if !ok {
-                tracing::warn!(partner, name = ?f.name, "skipping a file whose name is unsafe (path separators, '..', control characters or over 255 bytes)");
-            }
-            ok
-        })
-        .collect())
+    with_retries(pickup.retries, "listing", || source.list()).map_err(|e| PipelineError::Source {
+        partner: partner.to_owned(),
+        during: "listing the inbox",
+        source: e,
+    })
 }
 
-fn matching(listing: &[RemoteFile], pickup: &Pickup) -> Vec<RemoteFile> {
-    listing
-        .iter()
-        .filter(|f| pickup.pattern.matches(&f.name) && !f.name.starts_with('.'))
-        .cloned()
-        .collect()
-}
-
-/// Sleep `d`, waking early (and returning false) on shutdown.
-fn sleep_unless(d: Duration, shutdown: &AtomicBool) -> bool {
-    let end = std::time::Instant::now() + d;
-    while std::time::Instant::now() < end {
+/// Sleep until `end`, waking early (and returning false) on shutdown.
+fn sleep_until(end: Instant, shutdown: &AtomicBool) -> bool {
+    while Instant::now() < end {
         if shutdown.load(Ordering::Relaxed) {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(100).min(end - std::time::Instant::now()));
+        std::thread::sleep(Duration::from_millis(100).min(end - Instant::now()));
     }
     !shutdown.load(Ordering::Relaxed)
 }
 
-/// Whether this exact listing entry was recorded before (any outcome).
-/// Without an mtime, name and size are not enough to tell a regenerated file
-/// from the old one: such files are downloaded and judged by content
-/// ([`unchanged`]).
-fn seen(conn: &Connection, partner: &str, f: &RemoteFile) -> rusqlite::Result<bool> {
+fn earlier_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Earlier> {
+    Ok(Earlier {
+        id: r.get(0)?,
+        outcome: r.get(1)?,
+        reason: r.get(2)?,
+        tidy: r.get(3)?,
+    })
+}
+
+/// The file recorded before with this exact listing entry (a credited one
+/// first). Without an mtime, name and size are not enough to tell a
+/// regenerated file from the old one: such files are downloaded and judged
+/// by content ([`earlier_content`]).
+fn earlier_listing(
+    conn: &Connection,
+    partner: &str,
+    f: &RemoteFile,
+) -> rusqlite::Result<Option<Earlier>> {
     if f.mtime.is_none() {
-        return Ok(false);
+        return Ok(None);
     }
     conn.query_row(
-        "SELECT 1 FROM files WHERE partner = ?1 AND name = ?2 AND size = ?3 AND mtime IS ?4 LIMIT 1",
+        "SELECT id, outcome, reason, tidy FROM files
+         WHERE partner = ?1 AND name = ?2 AND size = ?3 AND mtime IS ?4
+         ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
         params![partner, f.name, f.size as i64, f.mtime],
-        |_| Ok(()),
+        earlier_row,
     )
     .optional()
-    .map(|o| o.is_some())
 }
 
 /// Download `f` and archive it under `archive_dir`, content-addressed.
@@ -213,15 +549,89 @@ pub fn archive_dir(data_dir: &Path, partner: &str) -> PathBuf {
     data_dir.join("archive").join(partner)
 }
 
-/// Whether the same name with the same content was recorded before: the
-/// same delivery seen again (e.g. an HTTP URL that still serves yesterday's
-/// answer), not a new one, so not a duplicate delivery either.
-pub fn unchanged(conn: &Connection, partner: &str, f: &Fetched) -> rusqlite::Result<bool> {
+/// The file recorded before with the same name and content (a credited one
+/// first): the same delivery seen again (e.g. an HTTP URL that still serves
+/// yesterday's answer, or a refused file put back unchanged), not a new one,
+/// so not a duplicate delivery either.
+pub fn earlier_content(
+    conn: &Connection,
+    partner: &str,
+    f: &Fetched,
+) -> rusqlite::Result<Option<Earlier>> {
     conn.query_row(
-        "SELECT 1 FROM files WHERE partner = ?1 AND name = ?2 AND sha256 = ?3 LIMIT 1",
+        "SELECT id, outcome, reason, tidy FROM files WHERE partner = ?1 AND name = ?2 AND sha256 = ?3
+         ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
         params![partner, f.name, f.sha256],
-        |_| Ok(()),
+        earlier_row,
     )
     .optional()
-    .map(|o| o.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::After;
+
+    fn pickup(trust_mtime: bool) -> Pickup {
+        Pickup {
+            pattern: glob::Pattern::new("*.csv").unwrap(),
+            pattern_case_sensitive: false,
+            max_size: 1 << 30,
+            trust_mtime,
+            ready: Ready::Stable(Duration::from_secs(60)),
+            after: After::Keep,
+            move_failed: None,
+            errors_dir: None,
+            timeout: Duration::from_secs(5),
+            retries: 0,
+        }
+    }
+
+    fn file(mtime: Option<i64>) -> RemoteFile {
+        RemoteFile {
+            name: "a.csv".into(),
+            size: 10,
+            mtime,
+        }
+    }
+
+    #[test]
+    fn stable_judges_by_mtime_first() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let dur = Duration::from_secs(60);
+        let p = pickup(true);
+        // Changed more than 60 s ago (the shown second counted whole): ready.
+        assert_eq!(stable_left(&p, &file(Some(1_000_000 - 61)), now, dur), None);
+        // The second shown may hide a change up to its end: 1 s left.
+        assert_eq!(
+            stable_left(&p, &file(Some(1_000_000 - 60)), now, dur),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            stable_left(&p, &file(Some(1_000_000 - 10)), now, dur),
+            Some(Duration::from_secs(51))
+        );
+        // From the future (a fast server clock), or no mtime: all of `dur`.
+        assert_eq!(stable_left(&p, &file(Some(1_000_500)), now, dur), Some(dur));
+        assert_eq!(stable_left(&p, &file(None), now, dur), Some(dur));
+        // Untrusted listing times (FTP): always watched for `dur`.
+        assert_eq!(
+            stable_left(&pickup(false), &file(Some(0)), now, dur),
+            Some(dur)
+        );
+        assert_eq!(stable_left(&p, &file(None), now, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn only_skips_a_human_must_act_on_fail_the_run() {
+        use SkipReason::*;
+        for r in [RefusedContent, PatternMismatch, TooLarge, UnsafeName] {
+            assert!(r.action_needed(), "{r:?}");
+        }
+        for r in [AlreadySeen, DoneFileMissing, StillChanging, NotStarted] {
+            assert!(!r.action_needed(), "{r:?}");
+        }
+        let json = serde_json::to_value(Skip::new("x", DoneFileMissing, "d".into())).unwrap();
+        assert_eq!(json["reason"], DoneFileMissing.as_str());
+    }
 }

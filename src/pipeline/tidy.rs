@@ -4,11 +4,40 @@
 //! What must stay true: tidying happens only after the commit, and a file's
 //! row stays `tidy = 'pending'` until every step succeeded. The next run
 //! retries pending tidies first; since the file is already recorded, it is
-//! never credited again however often tidying fails.
+//! never credited again however often tidying fails. A failure is never
+//! only a log line: it is recorded on the file (`tidy_error`,
+//! `tidy_failing_since`) and fails the run (`tidy-failed`) until a later
+//! tidy-up succeeds.
 
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
 
+use crate::db::now_text;
 use crate::source::{retry::with_retries, After, Pickup, Ready, Source, SourceError};
+
+/// Which step of a tidy-up failed, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum TidyError {
+    #[error("error report {name} not delivered: {source}")]
+    Upload { name: String, source: SourceError },
+    #[error("error report {path} cannot be read for upload: {source}")]
+    ReadReport {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{name} not moved to {dir}/: {source}")]
+    Move {
+        name: String,
+        dir: String,
+        source: SourceError,
+    },
+    #[error("{name} not deleted: {source}")]
+    Delete { name: String, source: SourceError },
+    #[error("done-file {name} not removed: {source}")]
+    DoneFile { name: String, source: SourceError },
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+}
 
 /// Everything tidy needs to know about one recorded file.
 #[derive(Debug, Clone)]
@@ -25,18 +54,24 @@ pub fn tidy(
     pickup: &Pickup,
     conn: &Connection,
     item: &TidyItem,
-) -> Result<(), SourceError> {
+) -> Result<(), TidyError> {
     // Uploading the report does not depend on `can_tidy`: an HTTP source
     // cannot move files but PUTs reports to its `errors_url`.
     if let (Some(dir), Some(report)) = (&pickup.errors_dir, &item.report_path) {
-        let data = std::fs::read(report)
-            .map_err(|e| SourceError::Permanent(format!("reading report {report}: {e}")))?;
+        let data = std::fs::read(report).map_err(|source| TidyError::ReadReport {
+            path: report.clone(),
+            source,
+        })?;
         let name = std::path::Path::new(report)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("{}.errors.csv", item.name));
         with_retries(pickup.retries, "uploading the error report", || {
             source.upload(dir, &name, &data)
+        })
+        .map_err(|source| TidyError::Upload {
+            name: name.clone(),
+            source,
         })?;
     }
     if source.can_tidy() {
@@ -50,26 +85,70 @@ pub fn tidy(
         };
         match &action {
             After::Keep => {}
-            After::Delete => {
-                with_retries(pickup.retries, "deleting", || source.remove(&item.name))?
-            }
+            After::Delete => with_retries(pickup.retries, "deleting", || source.remove(&item.name))
+                .map_err(|source| TidyError::Delete {
+                    name: item.name.clone(),
+                    source,
+                })?,
             After::Move(dir) => {
-                with_retries(pickup.retries, "moving", || source.move_to(&item.name, dir))?
+                with_retries(pickup.retries, "moving", || source.move_to(&item.name, dir)).map_err(
+                    |source| TidyError::Move {
+                        name: item.name.clone(),
+                        dir: dir.clone(),
+                        source,
+                    },
+                )?
             }
         }
         if pickup.ready == Ready::DoneFile && action != After::Keep {
             let marker = format!("{}.done", item.name);
             with_retries(pickup.retries, "removing the done-file", || {
                 source.remove(&marker)
+            })
+            .map_err(|source| TidyError::DoneFile {
+                name: marker.clone(),
+                source,
             })?;
         }
     }
     conn.execute(
-        "UPDATE files SET tidy = 'done' WHERE id = ?1",
+        "UPDATE files SET tidy = 'done', tidy_error = NULL, tidy_failing_since = NULL WHERE id = ?1",
         params![item.file_id],
-    )
-    .map_err(|e| SourceError::Permanent(format!("database: {e}")))?;
+    )?;
     Ok(())
+}
+
+/// A tidy-up that failed, as the run reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TidyFailure {
+    pub file_id: i64,
+    pub name: String,
+    pub error: String,
+    /// When it first failed (RFC 3339 UTC).
+    pub failing_since: String,
+}
+
+/// Record that `item`'s tidy-up failed with `error` at `now`: the file keeps
+/// `tidy = 'pending'`, and remembers the error and when it first failed.
+pub fn record_failure(
+    conn: &Connection,
+    item: &TidyItem,
+    error: &TidyError,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<TidyFailure> {
+    let error = error.to_string();
+    let failing_since: String = conn.query_row(
+        "UPDATE files SET tidy_error = ?2, tidy_failing_since = COALESCE(tidy_failing_since, ?3)
+         WHERE id = ?1 RETURNING tidy_failing_since",
+        params![item.file_id, error, now_text(now)],
+        |r| r.get(0),
+    )?;
+    Ok(TidyFailure {
+        file_id: item.file_id,
+        name: item.name.clone(),
+        error,
+        failing_since,
+    })
 }
 
 /// Files of `partner` whose tidy-up is still owed.

@@ -37,6 +37,15 @@ pub enum After {
 #[derive(Debug, Clone)]
 pub struct Pickup {
     pub pattern: glob::Pattern,
+    /// `pattern_case = "sensitive"`; by default names match whatever their
+    /// case (`*.csv` takes `X.CSV`: Windows partners do not see case).
+    pub pattern_case_sensitive: bool,
+    /// Files listed larger than this are skipped (`max_size`, default 1 GiB).
+    pub max_size: u64,
+    /// Whether listing mtimes are exact (seconds, UTC), so that a file's age
+    /// can decide `stable:` readiness at once. FTP `LIST` times are minutes
+    /// (or days) in the server's zone: FTP files are always watched.
+    pub trust_mtime: bool,
     pub ready: Ready,
     pub after: After,
     /// Where refused files go (`None`: left in place).
@@ -244,6 +253,9 @@ pub struct RawSource {
     port: Option<u16>,
     user: Option<String>,
     pattern: Option<String>,
+    pattern_case: Option<String>,
+    /// Bytes (an integer) or a size text ("1GiB", "500MB").
+    max_size: Option<toml::Value>,
     timeout: Option<String>,
     retries: Option<u32>,
     ready: Option<String>,
@@ -285,6 +297,24 @@ impl OneOrMany {
     }
 }
 
+/// `max_size` when none is given: 1 GiB.
+pub const DEFAULT_MAX_SIZE: u64 = 1 << 30;
+
+impl Pickup {
+    /// Whether `name` matches `pattern` (case-insensitively unless
+    /// `pattern_case = "sensitive"`).
+    pub fn matches(&self, name: &str) -> bool {
+        self.pattern.matches_with(
+            name,
+            glob::MatchOptions {
+                case_sensitive: self.pattern_case_sensitive,
+                require_literal_separator: false,
+                require_literal_leading_dot: false,
+            },
+        )
+    }
+}
+
 impl SourceConfig {
     /// The registry: validate the keys of one kind and build its config.
     pub fn from_raw(
@@ -303,6 +333,8 @@ impl SourceConfig {
             "local" => &[
                 "dir",
                 "pattern",
+                "pattern_case",
+                "max_size",
                 "ready",
                 "after",
                 "move_failed",
@@ -314,6 +346,8 @@ impl SourceConfig {
                 "user",
                 "dir",
                 "pattern",
+                "pattern_case",
+                "max_size",
                 "timeout",
                 "retries",
                 "ready",
@@ -336,6 +370,8 @@ impl SourceConfig {
                 "user",
                 "dir",
                 "pattern",
+                "pattern_case",
+                "max_size",
                 "timeout",
                 "retries",
                 "ready",
@@ -359,6 +395,7 @@ impl SourceConfig {
                 "ca_file",
                 "timeout",
                 "retries",
+                "max_size",
             ],
             other => {
                 return Err(format!(
@@ -467,7 +504,10 @@ impl SourceConfig {
                     })?,
                     tls,
                     ca_file: r.ca_file.as_deref().map(resolve),
-                    pickup: pickup(remote_default_ready)?,
+                    pickup: Pickup {
+                        trust_mtime: false,
+                        ..pickup(remote_default_ready)?
+                    },
                 })
             }
             _ => {
@@ -625,6 +665,8 @@ impl RawSource {
             port,
             user,
             pattern,
+            pattern_case,
+            max_size,
             timeout,
             retries,
             ready,
@@ -663,6 +705,19 @@ impl RawSource {
         let pattern_text = self.pattern.as_deref().unwrap_or("*.csv");
         let pattern = glob::Pattern::new(pattern_text)
             .map_err(|e| format!("`pattern` {pattern_text:?} is not a glob: {e}"))?;
+        let pattern_case_sensitive = match self.pattern_case.as_deref() {
+            None | Some("insensitive") => false,
+            Some("sensitive") => true,
+            Some(s) => {
+                return Err(format!(
+                    "`pattern_case` {s:?}: use \"insensitive\" (the default) or \"sensitive\""
+                ))
+            }
+        };
+        let max_size = match &self.max_size {
+            None => DEFAULT_MAX_SIZE,
+            Some(v) => parse_size(v)?,
+        };
         let ready = match self.ready.as_deref() {
             None => default_ready,
             Some("immediate") => Ready::Immediate,
@@ -706,6 +761,9 @@ impl RawSource {
         }
         Ok(Pickup {
             pattern,
+            pattern_case_sensitive,
+            max_size,
+            trust_mtime: true,
             ready,
             after,
             move_failed,
@@ -714,6 +772,42 @@ impl RawSource {
             retries: self.retries.unwrap_or(3),
         })
     }
+}
+
+/// `max_size`: a positive byte count, as an integer or a text with a unit
+/// (`B`, `KB`/`MB`/`GB` = powers of 1000, `KiB`/`MiB`/`GiB` = powers of 1024).
+fn parse_size(v: &toml::Value) -> Result<u64, String> {
+    let bad = || {
+        format!("`max_size` {v}: use a byte count or a size like \"1GiB\", \"500MB\", \"64KiB\"")
+    };
+    let n = match v {
+        toml::Value::Integer(i) => u64::try_from(*i).map_err(|_| bad())?,
+        toml::Value::String(s) => {
+            let t = s.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (digits, unit) = t.split_at(split);
+            let k: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "kb" => 1_000,
+                "mb" => 1_000_000,
+                "gb" => 1_000_000_000,
+                "kib" => 1 << 10,
+                "mib" => 1 << 20,
+                "gib" => 1 << 30,
+                _ => return Err(bad()),
+            };
+            digits
+                .parse::<u64>()
+                .ok()
+                .and_then(|d| d.checked_mul(k))
+                .ok_or_else(bad)?
+        }
+        _ => return Err(bad()),
+    };
+    if n == 0 {
+        return Err("`max_size` must be more than 0 bytes".into());
+    }
+    Ok(n)
 }
 
 /// A server-side sub-folder of the inbox: relative, one or more plain names.
@@ -1048,6 +1142,46 @@ mod tests {
         );
         refused("kind = \"scp\"", "unknown kind");
         refused("kind = \"local\"\ndir = \"d\"\nbogus = 1", "unknown field");
+    }
+
+    #[test]
+    fn pattern_case_and_max_size() {
+        let c = build("kind = \"local\"\ndir = \"inbox\"").unwrap();
+        let p = c.pickup();
+        assert!(p.matches("SAKURA_20261130.CSV"), "default: any case");
+        assert!(p.matches("a.csv") && !p.matches("a.txt"));
+        assert_eq!(p.max_size, 1 << 30);
+        assert!(p.trust_mtime);
+        let c = build(
+            "kind = \"local\"\ndir = \"inbox\"\npattern = \"EX_*.csv\"\npattern_case = \"sensitive\"\nmax_size = \"500MB\"",
+        )
+        .unwrap();
+        let p = c.pickup();
+        assert!(p.matches("EX_1.csv") && !p.matches("ex_1.csv") && !p.matches("EX_1.CSV"));
+        assert_eq!(p.max_size, 500_000_000);
+        let c = build("kind = \"local\"\ndir = \"i\"\nmax_size = 4096").unwrap();
+        assert_eq!(c.pickup().max_size, 4096);
+        let c = build("kind = \"local\"\ndir = \"i\"\nmax_size = \"64KiB\"").unwrap();
+        assert_eq!(c.pickup().max_size, 65536);
+        let ftp = build(
+            "kind = \"ftps\"\nhost = \"h\"\nuser = \"u\"\npassword_env = \"P\"\nmax_size = \"1GB\"",
+        )
+        .unwrap();
+        assert!(!ftp.pickup().trust_mtime, "FTP LIST times are not exact");
+        refused(
+            "kind = \"local\"\ndir = \"i\"\npattern_case = \"upper\"",
+            "pattern_case",
+        );
+        refused(
+            "kind = \"local\"\ndir = \"i\"\nmax_size = \"1TB\"",
+            "max_size",
+        );
+        refused("kind = \"local\"\ndir = \"i\"\nmax_size = 0", "more than 0");
+        refused("kind = \"local\"\ndir = \"i\"\nmax_size = -5", "max_size");
+        refused(
+            "kind = \"http\"\nurl = \"https://x/y.csv\"\npattern_case = \"sensitive\"",
+            "`pattern_case` does not apply",
+        );
     }
 
     #[test]

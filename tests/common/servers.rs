@@ -1501,6 +1501,8 @@ struct HttpState {
     auth: Mutex<HttpAuth>,
     faults: Mutex<VecDeque<Fault>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Answer every authorized PUT with this status (see `set_put_status`).
+    put_status: Mutex<Option<u16>>,
     shutdown: AtomicBool,
 }
 
@@ -1572,6 +1574,7 @@ impl HttpServer {
             auth: Mutex::new(auth),
             faults: Mutex::new(VecDeque::new()),
             requests: Mutex::new(Vec::new()),
+            put_status: Mutex::new(None),
             shutdown: AtomicBool::new(false),
         });
         let st = state.clone();
@@ -1625,6 +1628,12 @@ impl HttpServer {
         for _ in 0..n {
             q.push_back(fault.clone());
         }
+    }
+
+    /// Answer every PUT with `status` (e.g. 403, an nginx that refuses
+    /// uploads) until set back to `None`; GETs are served as usual.
+    pub fn set_put_status(&self, status: Option<u16>) {
+        *lock(&self.state.put_status) = status;
     }
 
     pub fn clear_faults(&self) {
@@ -2093,6 +2102,14 @@ fn handle_conn(conn: Conn, st: &HttpState) {
             }
             _ => (404, vec![], b"not found\n".to_vec()),
         },
+        "PUT" if lock(&st.put_status).is_some() => {
+            let code = lock(&st.put_status).unwrap_or(500);
+            (
+                code,
+                vec![],
+                format!("forced PUT status {code}\n").into_bytes(),
+            )
+        }
         "PUT" => {
             let dest = st.uploads.join(&rel);
             let ok = !rel.as_os_str().is_empty()

@@ -87,6 +87,9 @@ fn find<'a>(list: &'a [RemoteFile], name: &str) -> &'a RemoteFile {
 pub fn test_pickup(retries: u32) -> Pickup {
     Pickup {
         pattern: glob::Pattern::new("*.csv").unwrap(),
+        pattern_case_sensitive: false,
+        max_size: 1 << 30,
+        trust_mtime: true,
         ready: Ready::Immediate,
         after: After::Move("processed".into()),
         move_failed: Some("failed".into()),
@@ -156,9 +159,24 @@ pub fn unsafe_names_are_skipped(fx: &dyn Fixture) {
     let db = tempfile::tempdir().unwrap();
     let conn = milebatch::db::open(&db.path().join("t.sqlite")).unwrap();
     let stop = AtomicBool::new(false);
-    let c = milebatch::pipeline::pickup::candidates(src.as_mut(), &pickup(), &conn, "p", &stop)
-        .expect("candidates");
-    assert_eq!(names(&c), ["ok.csv"]);
+    let c = milebatch::pipeline::pickup::candidates(
+        src.as_mut(),
+        &pickup(),
+        &conn,
+        "p",
+        chrono::Utc::now(),
+        &stop,
+    )
+    .expect("candidates");
+    assert_eq!(names(&c.ready), ["ok.csv"]);
+    // Not silently: the unsafe name is a skip that needs a human.
+    assert_eq!(c.skipped.len(), 1, "{:?}", c.skipped);
+    assert_eq!(c.skipped[0].name, "a\\b.csv");
+    assert_eq!(
+        c.skipped[0].reason,
+        milebatch::pipeline::pickup::SkipReason::UnsafeName
+    );
+    assert!(c.skipped[0].action_needed);
 }
 
 /// Bytes arrive identical; a size that does not match the listing is an
@@ -289,13 +307,28 @@ fn candidate_names(fx: &dyn Fixture, inbox: &str, ready: Ready) -> Vec<String> {
     let (_d, conn) = temp_db();
     let mut src = fx.source(inbox);
     let stop = AtomicBool::new(false);
-    let p = Pickup { ready, ..pickup() };
-    let mut v: Vec<String> =
-        milebatch::pipeline::pickup::candidates(src.as_mut(), &p, &conn, "p", &stop)
-            .expect("candidates")
-            .into_iter()
-            .map(|f| f.name)
-            .collect();
+    // `stable:` here exercises the watch (list, wait, list again) that every
+    // source must support: listing times are not trusted, as for FTP, whose
+    // `LIST` times are minutes in the server's zone. Judging by mtime at
+    // once is tested on local and SFTP in tests/pickup_outcomes.rs.
+    let p = Pickup {
+        ready,
+        trust_mtime: false,
+        ..pickup()
+    };
+    let mut v: Vec<String> = milebatch::pipeline::pickup::candidates(
+        src.as_mut(),
+        &p,
+        &conn,
+        "p",
+        chrono::Utc::now(),
+        &stop,
+    )
+    .expect("candidates")
+    .ready
+    .into_iter()
+    .map(|f| f.name)
+    .collect();
     v.sort();
     v
 }
