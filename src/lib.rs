@@ -14,12 +14,14 @@
 //! - [`schedule`]: partner schedules in the daemon's time zone.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
+//! - [`audit`]: the append-only audit trail of sensitive actions.
 //! - [`check`]: `milebatch check`: what a run needs, found before a run.
 //! - [`timefmt`]: times for people, in the configured zone.
 //! - [`web`]: `milebatch serve`: the partner API and the management site
 //!   over one HTTPS server; it calls the modules above, never the reverse.
 //! - [`cli`]: the command line; `main.rs` only calls it.
 
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -149,4 +149,25 @@ ALTER TABLE files ADD COLUMN tidy_failing_since TEXT;
 ALTER TABLE partner_state ADD COLUMN last_error_at TEXT;
 ALTER TABLE partner_state ADD COLUMN failing_since TEXT;
 "#,
+    // 5: the audit trail (src/audit.rs) shared by the CLI, the API and the
+    // site, append-only like the ledger; and the channel a file came by
+    // (`pull` from the partner's server, `upload` through the site). A
+    // ledger row's channel is its file's, or `api` for file_id 0.
+    r#"
+CREATE TABLE audit(
+    id      INTEGER PRIMARY KEY,
+    at      TEXT NOT NULL,              -- RFC 3339 UTC
+    actor   TEXT NOT NULL,              -- cli:<user> | user:<email> | key:<prefix> | daemon
+    action  TEXT NOT NULL,
+    partner TEXT,
+    detail  TEXT NOT NULL DEFAULT '',   -- never a secret or a member's e-mail
+    client  TEXT                        -- client address of a web request
+);
+CREATE INDEX audit_by_partner ON audit(partner, id);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+ALTER TABLE files ADD COLUMN channel TEXT NOT NULL DEFAULT 'pull';
+"#,
 ];

@@ -1,0 +1,85 @@
+//! The audit trail: one row per sensitive action, whoever does it (a CLI
+//! user, an API key, a site user, the daemon).
+//!
+//! What must stay true: rows are only ever appended (triggers refuse UPDATE
+//! and DELETE); `detail` never holds a secret, a password, an API key or a
+//! member's e-mail in clear.
+
+use rusqlite::{params, Connection};
+
+/// One audited action.
+#[derive(Debug, Clone, Default)]
+pub struct Entry<'a> {
+    /// Who: `cli:<unix user>`, `user:<email>`, `key:<prefix>`, `daemon`.
+    pub actor: &'a str,
+    /// What, as a short stable verb: `login`, `login-failed`, `upload`,
+    /// `download`, `api-key-create`, `run-now`, `reverse`, `retry`, …
+    pub action: &'a str,
+    /// The partner concerned, if any.
+    pub partner: Option<&'a str>,
+    /// Free text for people (ids, counts, outcome). No secrets.
+    pub detail: &'a str,
+    /// The client's address, for web requests.
+    pub client: Option<&'a str>,
+}
+
+/// Append `e` with the current time.
+pub fn record(conn: &Connection, e: &Entry<'_>) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO audit(at, actor, action, partner, detail, client) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            crate::db::now_text(chrono::Utc::now()),
+            e.actor,
+            e.action,
+            e.partner,
+            e.detail,
+            e.client
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The CLI's actor name: `cli:` and the login name of the process's user.
+pub fn cli_actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid {}", process_uid()));
+    format!("cli:{user}")
+}
+
+fn process_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_appended_and_never_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
+        let id = record(
+            &conn,
+            &Entry {
+                actor: "cli:ops",
+                action: "reverse",
+                partner: Some("shop"),
+                detail: "file 3",
+                client: None,
+            },
+        )
+        .unwrap();
+        let (actor, action): (String, String) = conn
+            .query_row("SELECT actor, action FROM audit WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((actor.as_str(), action.as_str()), ("cli:ops", "reverse"));
+        assert!(conn.execute("UPDATE audit SET actor = 'x'", []).is_err());
+        assert!(conn.execute("DELETE FROM audit", []).is_err());
+    }
+}
