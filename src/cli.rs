@@ -205,12 +205,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&rows)?;
             } else {
                 println!(
-                    "id\tpartner\tfile\toutcome\trows\tcredited\tfailed\tmiles\treport/reason"
+                    "id\tpartner\tfile\toutcome\trows\tcredited\tfailed\trepeats\tmiles\treport/reason"
                 );
                 for r in rows {
-                    let note = r.reason.or(r.report_path).unwrap_or_default();
+                    // A refused file's report is shown too: the partner gets it.
+                    let note = [r.file_code, r.reason, r.report_path]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" — ");
                     println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         r.id,
                         r.partner,
                         r.name,
@@ -218,6 +223,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         r.rows,
                         r.credited,
                         r.failed,
+                        r.repeats.map_or("-".to_owned(), |n| n.to_string()),
                         r.miles,
                         note
                     );
@@ -291,7 +297,13 @@ fn print_run(r: &RunReport, dry_run: bool) {
         if let Some(why) = &f.reason {
             print!(" — {why}");
         }
-        if let Some(p) = &f.report {
+        if let Some(r) = f.counts.repeats.filter(|r| *r > 0) {
+            print!(" repeats {r}");
+        }
+        if let Some(w) = &f.warning {
+            print!(" — {w}");
+        }
+        if let Some(p) = &f.report_path {
             print!(" — error report {}", p.display());
         }
         println!();

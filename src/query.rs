@@ -24,12 +24,16 @@ pub struct FileRow {
     pub started_at: String,
     pub finished_at: Option<String>,
     pub tidy: String,
+    /// Rows repeating an earlier file's (NULL: not checked).
+    pub repeats: Option<i64>,
+    /// F001–F007 for a refused or duplicate file.
+    pub file_code: Option<String>,
 }
 
 pub fn files(conn: &Connection, partner: Option<&str>) -> Result<Vec<FileRow>, DbError> {
     let mut st = conn.prepare(
         "SELECT id, partner, name, sha256, outcome, reason, rows, credited, failed, failed_by_code, miles,
-                report_path, archive_path, started_at, finished_at, tidy
+                report_path, archive_path, started_at, finished_at, tidy, repeats, file_code
          FROM files WHERE (?1 IS NULL OR partner = ?1) ORDER BY id",
     )?;
     let rows = st.query_map(params![partner], |r| {
@@ -50,6 +54,8 @@ pub fn files(conn: &Connection, partner: Option<&str>) -> Result<Vec<FileRow>, D
             started_at: r.get(13)?,
             finished_at: r.get(14)?,
             tidy: r.get(15)?,
+            repeats: r.get(16)?,
+            file_code: r.get(17)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -213,8 +213,21 @@ fn soak(iterations: usize, rows: usize, inbox: Inbox<'_>) -> Tally {
                 "iteration {i}: the report uploaded to the partner's server"
             );
         }
+        // The report `files` shows for the credited file (the one of a
+        // killed attempt may linger under another id, never under this one's).
+        let (id, shown): (i64, Option<String>) = w
+            .db()
+            .query_row(
+                "SELECT id, report_path FROM files WHERE name = ?1 AND outcome = 'credited'",
+                [&name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let shown = w.report_of(&serde_json::json!({
+            "id": id, "partner": "shop", "name": name, "report_path": shown,
+        }));
         assert_eq!(
-            std::fs::read(w.path(&format!("var/reports/shop/f{i:04}.errors.csv"))).unwrap(),
+            std::fs::read(shown).unwrap(),
             report,
             "iteration {i}: the error CSV is exactly the failed rows"
         );

@@ -133,4 +133,12 @@ BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 "#,
+    // 4 (credit side of "nothing silent"): per file, how many credited rows
+    // repeat a row of an earlier file (NULL: not checked, resend_check =
+    // "off"), and the file-level code of a refused or duplicate file
+    // (F001–F007). Columns only: independent of other migrations.
+    r#"
+ALTER TABLE files ADD COLUMN repeats INTEGER;
+ALTER TABLE files ADD COLUMN file_code TEXT;
+"#,
 ];

@@ -31,10 +31,9 @@ pub fn tidy(
     if let (Some(dir), Some(report)) = (&pickup.errors_dir, &item.report_path) {
         let data = std::fs::read(report)
             .map_err(|e| SourceError::Permanent(format!("reading report {report}: {e}")))?;
-        let name = std::path::Path::new(report)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("{}.errors.csv", item.name));
+        // The partner's contract: `<stem>.errors.csv`, whatever the local
+        // (per delivery) name.
+        let name = super::report::upload_name(&item.name);
         with_retries(pickup.retries, "uploading the error report", || {
             source.upload(dir, &name, &data)
         })?;
