@@ -155,11 +155,11 @@ pub struct Pipe {
 pub struct HeaderMissing;
 
 /// Whether a file's first record is skipped as its header. Under
-/// `header = true`, a first record whose third field is a number is a data
-/// row: `Err`, and it is kept as data. Under `auto` the first record is a
-/// header only when it decodes, has a third field, and that field is not a
-/// number; anything else stays data, so that a doubtful line ends up
-/// credited or in the error report, never dropped.
+/// `header = true`, a first record whose third field has a digit
+/// ([`validate::is_number`]) is a data row: `Err`, and it is kept as data.
+/// Under `auto` the first record is a header only when it decodes and has a
+/// third field without a digit; anything else stays data, so that a
+/// doubtful line ends up credited or in the error report, never dropped.
 pub fn skip_first(
     rec: &Record<'_>,
     encoding: Encoding,
@@ -467,4 +467,43 @@ fn helper_gone() -> DbError {
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
         Some("the member lookup thread stopped".into()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first(bytes: &[u8], enc: Encoding, header: Header) -> Result<bool, HeaderMissing> {
+        let mut r = Records::new(bytes);
+        let rec = r.next_record().unwrap().unwrap();
+        skip_first(&rec, enc, header)
+    }
+
+    #[test]
+    fn first_line_header_or_data() {
+        let u = Encoding::Utf8;
+        assert_eq!(first(b"member,key,miles", u, Header::Auto), Ok(true));
+        assert_eq!(first(b"M1,k,10", u, Header::Auto), Ok(false));
+        assert_eq!(
+            first(b"M1,k,5.0", u, Header::Auto),
+            Ok(false),
+            "bad miles stay data"
+        );
+        assert_eq!(
+            first(b"member,key", u, Header::Auto),
+            Ok(false),
+            "no third field: data"
+        );
+        assert_eq!(
+            first(b"\xff,k,miles", u, Header::Auto),
+            Ok(false),
+            "undecodable: data"
+        );
+        assert_eq!(first(b"member,key,miles", u, Header::Yes), Ok(true));
+        assert_eq!(first(b"M1,k,10", u, Header::Yes), Err(HeaderMissing));
+        assert_eq!(first(b"member,key,miles", u, Header::No), Ok(false));
+        let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode("会員,キー,マイル");
+        assert_eq!(first(&sjis, Encoding::ShiftJis, Header::Auto), Ok(true));
+        assert_eq!(first(&sjis, Encoding::ShiftJis, Header::Yes), Ok(true));
+    }
 }

@@ -186,7 +186,7 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
     } else if st.header_missing {
         Some((
             FileCode::F007,
-            "header = true but the first line is a data row: its third field is a number. \
+            "header = true but the first line is a data row: its third field has a digit. \
              Nothing was credited, so that row is not lost. If this partner's files have no \
              header line, set header = \"auto\" (or false) and re-deliver the file"
                 .to_owned(),

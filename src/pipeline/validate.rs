@@ -111,15 +111,15 @@ impl FileCode {
     }
 }
 
-/// Whether a field is a whole number: ASCII or full-width digits only,
-/// spaces around allowed. Broader than E006 on purpose: it decides whether a
-/// first line is data, and a data row with a badly written number must not
-/// be taken for a header and dropped.
+/// Whether a first line's third field makes it a data row: it has a digit
+/// in it (ASCII or full-width). Far broader than E006 on purpose: a data row
+/// with badly written miles (`5.0`, `+5`, `１２`) must end up in the error
+/// report, never be taken for a header and dropped. Header names (`miles`,
+/// `マイル`) have no digits.
 pub fn is_number(field: &str) -> bool {
-    let t = field.trim();
-    !t.is_empty()
-        && t.chars()
-            .all(|c| c.is_ascii_digit() || ('０'..='９').contains(&c))
+    field
+        .chars()
+        .any(|c| c.is_ascii_digit() || ('０'..='９').contains(&c))
 }
 
 /// A partner's row rules.
@@ -225,6 +225,25 @@ fn trim_cow(s: Cow<'_, str>) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_third_field_with_a_digit_is_data() {
+        for data in [
+            "5",
+            " 5",
+            "5.0",
+            "+5",
+            "-1",
+            "１２",
+            "0",
+            "99999999999999999999",
+        ] {
+            assert!(is_number(data), "{data:?}");
+        }
+        for header in ["miles", "マイル", "", "points "] {
+            assert!(!is_number(header), "{header:?}");
+        }
+    }
 
     #[test]
     fn miles_rules() {
