@@ -44,7 +44,10 @@ struct Tally {
 /// member (E003). Returns the bytes, the expected credits per member and the
 /// expected error CSV.
 fn file_for(i: usize, rows: usize) -> (Vec<u8>, Vec<i64>, Vec<u8>) {
-    let (valid, mut expect) = exchange_csv(rows, MEMBERS, 1000 + i as u64);
+    // Distinct odd seeds (exchange_csv uses `seed | 1`): each file a new
+    // delivery, not a re-send of the one before (refused since re-send
+    // detection).
+    let (valid, mut expect) = exchange_csv(rows, MEMBERS, 1001 + 2 * i as u64);
     let mut out = Vec::with_capacity(valid.len());
     let mut report = Vec::new();
     for (n, line) in valid.split_inclusive(|b| *b == b'\n').enumerate() {

@@ -211,7 +211,7 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
                 "{why} (more than resend_ratio {} within resend_window {}); if these are \
                  new exchanges, re-deliver with resend_check = \"warn\" for this partner",
                 p.resend_ratio,
-                humantime::format_duration(p.resend_window)
+                days_or_duration(p.resend_window)
             ),
         ))
     } else if let Some(member) = st.overflow {
@@ -295,6 +295,15 @@ fn resend_sentence(from: &HashMap<i64, u64>, repeats: u64, rows: u64) -> String 
         thousands(repeats),
         thousands(rows)
     )
+}
+
+/// `90d` rather than humantime's `2months 29days 2h 52m 48s`.
+fn days_or_duration(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        _ => humantime::format_duration(d).to_string(),
+    }
 }
 
 /// 2450 → "2,450".
@@ -644,7 +653,7 @@ impl<'c> History<'c> {
         self.earlier.resize(valid.len(), None);
         self.e010.clear();
         self.e010.resize(valid.len(), false);
-        let Some(probe) = self.probe.as_mut() else {
+        let Some(probe) = self.probe.as_mut().filter(|_| !by_key.is_empty()) else {
             return Ok(());
         };
         // The start (in `by_key`) of each distinct key.
@@ -898,4 +907,32 @@ fn apply_balances(tx: &Connection, deltas: Deltas) -> Result<Result<(), i64>, Cr
         }
     }
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resend_sentences() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(2450), "2,450");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        let one = HashMap::from([(18, 2412)]);
+        assert_eq!(
+            resend_sentence(&one, 2412, 2450),
+            "looks like a re-send of file 18: 2,412 of 2,450 rows already credited"
+        );
+        let many: HashMap<i64, u64> = (1..=7).map(|id| (id, 10 + id as u64)).collect();
+        assert_eq!(
+            resend_sentence(&many, 98, 100),
+            "looks like a re-send of files 7, 6, 5, 4, 3 and 2 more: 98 of 100 rows already credited"
+        );
+        assert_eq!(
+            days_or_duration(crate::config::DEFAULT_RESEND_WINDOW),
+            "90d"
+        );
+        assert_eq!(days_or_duration(std::time::Duration::from_secs(7200)), "2h");
+    }
 }
