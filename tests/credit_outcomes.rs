@@ -158,6 +158,45 @@ fn a_corrected_resend_is_refused_naming_the_earlier_file() {
     assert_eq!(files[1]["file_code"], "F006");
 }
 
+/// Only rows credited within `resend_window` count: the same re-send is
+/// refused ten days after the first file, credited a hundred days after.
+#[test]
+fn repeats_count_only_within_the_resend_window() {
+    let w = Workspace::new();
+    w.config(&local_partner(
+        "shop",
+        "inbox/shop",
+        "resend_window = \"30d\"",
+    ));
+    w.demo_members();
+    let once_at = |at: &str| {
+        let out = w.run_env(
+            &["once", "--json", "--partner", "shop"],
+            &[("RUST_LOG", "info"), (common::workspace::FAKE_NOW, at)],
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v[0]["files"][0].clone())
+    };
+    w.write("inbox/shop/jan.csv", FIRST);
+    assert_eq!(once_at("2026-01-01T00:00:00Z").0, Some(0));
+    w.write("inbox/shop/jan-fixed.csv", CORRECTED);
+    let (code, f) = once_at("2026-01-11T00:00:00Z");
+    assert_eq!(code, Some(1), "{f:#}");
+    assert_eq!(f["file_code"], "F006", "{f:#}");
+    assert!(
+        f["reason"]
+            .as_str()
+            .unwrap()
+            .contains("within resend_window 30d"),
+        "{f:#}"
+    );
+    w.write("inbox/shop/apr.csv", CORRECTED);
+    let (code, f) = once_at("2026-04-11T00:00:00Z");
+    assert_eq!(code, Some(0), "{f:#}");
+    assert_eq!(f["credited"], 10);
+    assert_eq!(f["repeats"], 0, "{f:#}");
+}
+
 #[test]
 fn resend_check_warn_credits_and_says_so() {
     let (w, first) = resend_workspace("resend_check = \"warn\"");

@@ -13,11 +13,11 @@
 //! holds a few batches and one balance delta per member, whatever the file
 //! size.
 //!
-//! Before a batch's rows go in, the ledger is probed for their partner keys
-//! (64 distinct keys per statement, a prefix seek each on the ledger's
-//! `(partner, partner_key, …)` key): a row that repeats (member, key, miles)
-//! of a row credited in an earlier file within `resend_window` is a
-//! *repeat*; under `unique_partner_key` a key credited before fails E010.
+//! Before a batch's rows go in, the ledger is probed for them in key order,
+//! 64 per statement, a prefix seek each on the ledger's `(partner,
+//! partner_key, …)` key: a row that repeats (member, key, miles) of a row
+//! credited in an earlier file within `resend_window` is a *repeat*; under
+//! `unique_partner_key` a key credited before fails E010.
 //!
 //! A refused file (F002–F007) rolls back whole; its report, every row with
 //! its own code or the file code, is written after the rollback by a second
@@ -583,62 +583,86 @@ fn credit_batches(
     Ok(out)
 }
 
-/// Distinct partner keys per ledger probe.
-const PROBE_KEYS: usize = 64;
+/// Rows (re-send probe) or distinct partner keys (E010 probe) per ledger
+/// probe statement.
+const PROBE_ROWS: usize = 64;
+
+/// The re-send probe: ?1 partner, ?2 this file, ?3 the window's start; then
+/// (row index, key, member, miles) per row. `CROSS JOIN` keeps the rows
+/// outside: left to itself, SQLite 3.54 scans the partner's whole ledger
+/// once per statement and looks the rows up inside (1M rows: minutes, not a
+/// second).
+fn repeats_sql() -> String {
+    let values: Vec<String> = (0..PROBE_ROWS)
+        .map(|j| {
+            let at = 4 + 4 * j;
+            format!("(?{}, ?{}, ?{}, ?{})", at, at + 1, at + 2, at + 3)
+        })
+        .collect();
+    format!(
+        "WITH v(i, k, m, mi) AS (VALUES {})
+         SELECT v.i, l.file_id FROM v CROSS JOIN ledger l
+           ON l.partner = ?1 AND l.partner_key = v.k AND l.member = v.m AND l.miles = v.mi
+         WHERE l.file_id <> ?2 AND l.credited_at >= ?3",
+        values.join(", ")
+    )
+}
+
+/// The E010 probe: ?1 partner, then the distinct keys.
+fn keys_sql() -> String {
+    let list: Vec<String> = (0..PROBE_ROWS).map(|j| format!("?{}", j + 2)).collect();
+    format!(
+        "SELECT partner_key, file_id, member, miles FROM ledger
+         WHERE partner = ?1 AND partner_key IN ({})",
+        list.join(", ")
+    )
+}
 
 /// The ledger's rows for a batch's partner keys, judged per valid row.
 struct History<'c> {
-    /// `None` when neither check is on: no probe at all.
-    probe: Option<rusqlite::Statement<'c>>,
+    /// Re-sends (`None`: `resend_check = "off"`): per row, the earlier
+    /// files' ledger rows with the same (key, member, miles) in the window.
+    /// Only true repeats come back, by row index: in the steady state every
+    /// key has history, and returning it all cost more than the seeks.
+    repeats: Option<rusqlite::Statement<'c>>,
+    /// E010 (`None`: not `unique_partner_key`): every ledger row of each
+    /// distinct key, this file's earlier batches included.
+    keys_probe: Option<rusqlite::Statement<'c>>,
     file_id: i64,
-    /// Repeats count from this unix time on (`resend_window`).
-    since: i64,
-    resend: bool,
-    unique: bool,
     /// Per valid row of the batch: the latest earlier file holding the same
     /// (member, key, miles) within the window.
     earlier: Vec<Option<i64>>,
     /// Per valid row: fails E010.
     e010: Vec<bool>,
-    /// The probe's answer: (key, file, member, miles, credited_at).
-    found: Vec<(String, i64, i64, u64, i64)>,
+    /// The E010 probe's answer: (key, file, member, miles).
+    found: Vec<(String, i64, i64, u64)>,
     keys: Vec<u32>,
 }
 
 impl<'c> History<'c> {
     fn new(tx: &'c Connection, job: &CreditJob<'_>, file_id: i64) -> rusqlite::Result<History<'c>> {
         let p = job.partner;
-        let resend = p.resend_check != ResendCheck::Off;
-        let unique = p.unique_partner_key;
-        let probe = if resend || unique {
-            let list: Vec<String> = (0..PROBE_KEYS).map(|j| format!("?{}", j + 5)).collect();
-            // Under unique_partner_key every row of the key counts (this
-            // file's earlier batches too); otherwise only earlier files'
-            // rows within the window.
-            let mut st = tx.prepare(&format!(
-                "SELECT partner_key, file_id, member, miles, credited_at FROM ledger
-                 WHERE partner = ?1 AND partner_key IN ({})
-                   AND (?2 OR (file_id <> ?3 AND credited_at >= ?4))",
-                list.join(", ")
-            ))?;
-            st.raw_bind_parameter(1, &p.id)?;
-            st.raw_bind_parameter(2, unique)?;
-            st.raw_bind_parameter(3, file_id)?;
+        let repeats = if p.resend_check != ResendCheck::Off {
+            let mut st = tx.prepare(&repeats_sql())?;
             let window = i64::try_from(p.resend_window.as_secs()).unwrap_or(i64::MAX);
-            st.raw_bind_parameter(4, job.now.timestamp().saturating_sub(window))?;
+            st.raw_bind_parameter(1, &p.id)?;
+            st.raw_bind_parameter(2, file_id)?;
+            st.raw_bind_parameter(3, job.now.timestamp().saturating_sub(window))?;
+            Some(st)
+        } else {
+            None
+        };
+        let keys_probe = if p.unique_partner_key {
+            let mut st = tx.prepare(&keys_sql())?;
+            st.raw_bind_parameter(1, &p.id)?;
             Some(st)
         } else {
             None
         };
         Ok(History {
-            probe,
+            repeats,
+            keys_probe,
             file_id,
-            since: job
-                .now
-                .timestamp()
-                .saturating_sub(i64::try_from(p.resend_window.as_secs()).unwrap_or(i64::MAX)),
-            resend,
-            unique,
             earlier: Vec::new(),
             e010: Vec::new(),
             found: Vec::new(),
@@ -647,13 +671,36 @@ impl<'c> History<'c> {
     }
 
     /// Fill `earlier` and `e010` for `valid`, whose indexes `by_key` lists in
-    /// key order.
+    /// key order (so that neighbouring probes share B-tree pages).
     fn judge(&mut self, valid: &[ValidRow<'_>], by_key: &[u32]) -> rusqlite::Result<()> {
         self.earlier.clear();
         self.earlier.resize(valid.len(), None);
         self.e010.clear();
         self.e010.resize(valid.len(), false);
-        let Some(probe) = self.probe.as_mut().filter(|_| !by_key.is_empty()) else {
+        if by_key.is_empty() {
+            return Ok(());
+        }
+        if let Some(probe) = self.repeats.as_mut() {
+            for chunk in by_key.chunks(PROBE_ROWS) {
+                // A short last chunk repeats its last row: one statement for all.
+                for j in 0..PROBE_ROWS {
+                    let i = chunk[j.min(chunk.len() - 1)];
+                    let (_, member, key, miles) = &valid[i as usize];
+                    let at = 4 + 4 * j;
+                    probe.raw_bind_parameter(at, i)?;
+                    probe.raw_bind_parameter(at + 1, key.as_ref())?;
+                    probe.raw_bind_parameter(at + 2, *member)?;
+                    probe.raw_bind_parameter(at + 3, *miles as i64)?;
+                }
+                let mut rows = probe.raw_query();
+                while let Some(r) = rows.next()? {
+                    let (i, file): (u32, i64) = (r.get(0)?, r.get(1)?);
+                    let e = &mut self.earlier[i as usize];
+                    *e = Some(e.map_or(file, |was| was.max(file)));
+                }
+            }
+        }
+        let Some(probe) = self.keys_probe.as_mut() else {
             return Ok(());
         };
         // The start (in `by_key`) of each distinct key.
@@ -668,53 +715,32 @@ impl<'c> History<'c> {
             .map(|&e| e as usize)
             .chain([by_key.len()])
             .collect();
-        for (starts, ends) in self.keys.chunks(PROBE_KEYS).zip(ends.chunks(PROBE_KEYS)) {
-            // A short last chunk repeats its last key: one statement for all.
-            for j in 0..PROBE_KEYS {
+        for (starts, ends) in self.keys.chunks(PROBE_ROWS).zip(ends.chunks(PROBE_ROWS)) {
+            for j in 0..PROBE_ROWS {
                 let start = starts[j.min(starts.len() - 1)];
                 let key = &valid[by_key[start as usize] as usize].2;
-                probe.raw_bind_parameter(j + 5, key.as_ref())?;
+                probe.raw_bind_parameter(j + 2, key.as_ref())?;
             }
             self.found.clear();
             let mut rows = probe.raw_query();
             while let Some(r) = rows.next()? {
-                self.found.push((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, i64>(3)? as u64,
-                    r.get(4)?,
-                ));
+                self.found
+                    .push((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64));
             }
             drop(rows);
-            if self.found.is_empty() && !self.unique {
-                continue;
-            }
             self.found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (&start, &end) in starts.iter().zip(ends) {
                 let group = &by_key[start as usize..end];
                 let key = valid[group[0] as usize].2.as_ref();
                 let lo = self.found.partition_point(|h| h.0.as_str() < key);
                 let hi = self.found.partition_point(|h| h.0.as_str() <= key);
-                let hist = &self.found[lo..hi];
-                if self.resend {
-                    for &i in group {
-                        let (_, member, _, miles) = &valid[i as usize];
-                        self.earlier[i as usize] = hist
-                            .iter()
-                            .filter(|h| {
-                                h.1 != self.file_id
-                                    && h.2 == *member
-                                    && h.3 == *miles
-                                    && h.4 >= self.since
-                            })
-                            .map(|h| h.1)
-                            .max();
-                    }
-                }
-                if self.unique {
-                    Self::judge_unique(valid, group, hist, self.file_id, &mut self.e010);
-                }
+                Self::judge_unique(
+                    valid,
+                    group,
+                    &self.found[lo..hi],
+                    self.file_id,
+                    &mut self.e010,
+                );
             }
         }
         Ok(())
@@ -727,7 +753,7 @@ impl<'c> History<'c> {
     fn judge_unique(
         valid: &[ValidRow<'_>],
         group: &[u32],
-        hist: &[(String, i64, i64, u64, i64)],
+        hist: &[(String, i64, i64, u64)],
         file_id: i64,
         e010: &mut [bool],
     ) {
@@ -934,5 +960,33 @@ mod tests {
             "90d"
         );
         assert_eq!(days_or_duration(std::time::Duration::from_secs(7200)), "2h");
+    }
+
+    /// Both probes seek the ledger by (partner, partner_key) per row or key:
+    /// a plan that scans the partner's ledger instead is quadratic.
+    #[test]
+    fn probes_seek_the_ledger_key() {
+        let d = tempfile::tempdir().unwrap();
+        let c = crate::db::open(&d.path().join("m.db")).unwrap();
+        for sql in [repeats_sql(), keys_sql()] {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = st.raw_query();
+            let mut plan = Vec::new();
+            while let Some(r) = rows.next().unwrap() {
+                plan.push(r.get::<_, String>(3).unwrap());
+            }
+            let search = plan
+                .iter()
+                .position(|l| l.contains("USING PRIMARY KEY (partner=? AND partner_key=?)"));
+            assert!(search.is_some(), "{plan:?}");
+            assert!(
+                plan.iter()
+                    .all(|l| !l.starts_with("SCAN l") && !l.starts_with("SCAN ledger")),
+                "{plan:?}"
+            );
+            if let Some(values) = plan.iter().position(|l| l == "SCAN v") {
+                assert!(values < search.unwrap(), "the rows outside: {plan:?}");
+            }
+        }
     }
 }
