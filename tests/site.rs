@@ -1,0 +1,318 @@
+//! The management site in a real browser (headless Chromium over WebDriver,
+//! tests/common/browser.rs) against the real `milebatch serve` over TLS.
+//! Every page a test sees is saved under `target/screenshots/<test>/`.
+
+mod common;
+
+use common::browser::{serve_pin, Browser};
+use common::serve::{tls_server_section, Serve};
+use common::servers::TestCa;
+use common::workspace::Workspace;
+
+fn site() -> (Workspace, Serve, String) {
+    let ca = TestCa::new();
+    let ws = Workspace::new();
+    ws.write_config(
+        "",
+        &format!(
+            "{}\n{}",
+            tls_server_section(&ca),
+            ws.scheduled_partner("shop", "daily 03:00")
+        ),
+    );
+    let pin = serve_pin(&ca);
+    let s = Serve::start(&ws, Some(ca));
+    (ws, s, pin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_reaches_the_server_over_tls_with_the_pinned_key() {
+    let (_ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let mut b = Browser::start("harness", Some(&pin)).await;
+    b.visit(&s.url("/healthz"), "healthz").await;
+    let text = b.text().await;
+    assert!(text.contains("ok"), "{text}");
+    b.close().await;
+}
+
+/// `user add` through the real binary; the printed one-time password.
+fn add_user(ws: &Workspace, email: &str, role: &[&str]) -> String {
+    let mut args = vec!["user", "add", email];
+    args.extend_from_slice(role);
+    let out = ws.ok(&args);
+    let pw = out.lines().nth(1).expect("password line").trim().to_owned();
+    assert!(pw.len() >= 12, "{out}");
+    pw
+}
+
+async fn log_in(b: &mut Browser, s: &Serve, email: &str, password: &str, step: &str) {
+    b.visit(&s.url("/login"), &format!("{step}-form")).await;
+    b.fill_labelled("メールアドレス", email).await;
+    b.fill_labelled("パスワード", password).await;
+    b.click_button("ログイン").await;
+    b.shot(step).await;
+}
+
+const GENERIC: &str = "メールアドレスまたはパスワードが正しくありません。";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_failed_login_lockout_and_logout() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("login", Some(&pin)).await;
+
+    // Not logged in: every page sends you to the login page.
+    b.visit(&s.url("/"), "anonymous").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+
+    // A wrong password and an unknown account get the same one message.
+    log_in(
+        &mut b,
+        &s,
+        "staff@shop.example",
+        "wrong password!",
+        "wrong-password",
+    )
+    .await;
+    let wrong = b.text().await;
+    assert!(wrong.contains(GENERIC), "{wrong}");
+    log_in(&mut b, &s, "nobody@shop.example", &pw, "unknown-account").await;
+    assert!(b.text().await.contains(GENERIC));
+
+    // The right password: the start page names the user and the partner.
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/");
+    let home = b.text().await;
+    assert!(
+        home.contains("staff@shop.example") && home.contains("shop"),
+        "{home}"
+    );
+    let cookie = b.client.get_all_cookies().await.unwrap();
+    let c = cookie
+        .iter()
+        .find(|c| c.name() == "__Host-mb_session")
+        .expect("session cookie");
+    assert_eq!(c.http_only(), Some(true));
+    assert_eq!(c.secure(), Some(true));
+    assert_eq!(format!("{:?}", c.same_site()), "Some(Strict)");
+    let first_session = c.value().to_owned();
+
+    // Logout ends the session on the server, not only in the browser.
+    b.click_button("ログアウト").await;
+    b.shot("logged-out").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    assert_eq!(ws.int("SELECT count(*) FROM sessions"), 0);
+    b.visit(&s.url("/"), "after-logout").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+
+    // A new login gets a new session id.
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in-again").await;
+    let again = b
+        .client
+        .get_named_cookie("__Host-mb_session")
+        .await
+        .unwrap();
+    assert_ne!(again.value(), first_session, "session id rotated");
+    b.click_button("ログアウト").await;
+
+    // Five wrong passwords lock the account: even the right one is refused,
+    // with the same message.
+    for i in 0..5 {
+        log_in(
+            &mut b,
+            &s,
+            "staff@shop.example",
+            "guess",
+            &format!("guess-{i}"),
+        )
+        .await;
+        assert!(b.text().await.contains(GENERIC));
+    }
+    log_in(&mut b, &s, "staff@shop.example", &pw, "locked").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    assert!(b.text().await.contains(GENERIC));
+    let list = ws.ok(&["user", "list"]);
+    assert!(list.contains("locked"), "{list}");
+
+    // Ops give a new password: unlocked.
+    let out = ws.ok(&["user", "passwd", "staff@shop.example"]);
+    let pw2 = out.lines().nth(1).unwrap().trim().to_owned();
+    log_in(&mut b, &s, "staff@shop.example", &pw2, "new-password").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/");
+
+    // Every attempt is in the audit trail, with the client address and
+    // never the password.
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'login'"),
+        3
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'login-failed' AND client = '127.0.0.1'"),
+        8
+    );
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM audit WHERE detail LIKE '%{pw}%' OR detail LIKE '%guess%'"
+        )),
+        0
+    );
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_expires_and_disabled_user_is_logged_out() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let mut b = Browser::start("expiry", Some(&pin)).await;
+    log_in(&mut b, &s, "ops@example.jp", &pw, "logged-in").await;
+    assert!(b.text().await.contains("運用"));
+    // 12 hours without a request: the stored idle expiry has passed.
+    ws.db()
+        .execute("UPDATE sessions SET expires_at = unixepoch() - 1", [])
+        .unwrap();
+    b.visit(&s.url("/"), "expired").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    assert!(b.text().await.contains("有効期限が切れました"));
+
+    log_in(&mut b, &s, "ops@example.jp", &pw, "logged-in-again").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/");
+    ws.ok(&["user", "disable", "ops@example.jp"]);
+    b.visit(&s.url("/"), "disabled").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_form_post_is_refused() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("csrf", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    let token = b
+        .client
+        .find(fantoccini::Locator::Css("input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    // Another site's page with a form aimed at our logout, even carrying
+    // the right token (as if it had leaked).
+    let evil = format!(
+        "data:text/html,<form method=post action='{}'><input name=csrf value='{token}'>\
+         <button type=submit>go</button></form>",
+        s.url("/logout")
+    );
+    b.visit(&evil, "evil-page").await;
+    b.click_button("go").await;
+    b.shot("evil-post").await;
+    assert_eq!(
+        ws.int("SELECT count(*) FROM sessions"),
+        1,
+        "still logged in"
+    );
+    b.visit(&s.url("/"), "still-logged-in").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/");
+    b.close().await;
+}
+
+/// The checks themselves, without the browser's SameSite help: the session
+/// cookie with a wrong token, a foreign Origin or a cross-site fetch is 403.
+#[test]
+fn csrf_token_and_origin_are_both_checked() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let c = s.client();
+    let sid = {
+        // Log in over HTTP to get a cookie of our own.
+        let r = c
+            .post(s.url("/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("email", "staff@shop.example"),
+                ("password", pw.as_str()),
+            ]))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        set.split(';').next().unwrap().to_owned()
+    };
+    let home = c
+        .get(s.url("/"))
+        .header("cookie", &sid)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let token = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = c
+        .post(s.url("/logout"))
+        .header("cookie", &sid)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", "wrong")]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(s.url("/logout"))
+        .header("cookie", &sid)
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", token.as_str())]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(s.url("/logout"))
+        .header("cookie", &sid)
+        .header("sec-fetch-site", "cross-site")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", token.as_str())]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM sessions"),
+        1,
+        "nothing logged out"
+    );
+    let r = c
+        .post(s.url("/logout"))
+        .header("cookie", &sid)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", token.as_str())]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "the real form's POST works");
+    assert_eq!(ws.int("SELECT count(*) FROM sessions"), 0);
+}
+
+/// `application/x-www-form-urlencoded` (reqwest's `form` feature is off).
+fn form(pairs: &[(&str, &str)]) -> String {
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
