@@ -7,19 +7,24 @@ mod common;
 use common::browser::{serve_pin, Browser};
 use common::serve::{tls_server_section, Serve};
 use common::servers::TestCa;
-use common::workspace::Workspace;
+use common::workspace::{local_partner, Workspace};
 
 fn site() -> (Workspace, Serve, String) {
+    site_with(|ws| ws.scheduled_partner("shop", "daily 03:00"), |_| {})
+}
+
+/// A workspace with `partners` (given the workspace), `prepare` run on it
+/// (members, runs) before `serve` starts over TLS; returns the pin for
+/// [`Browser::start`].
+fn site_with(
+    partners: impl FnOnce(&Workspace) -> String,
+    prepare: impl FnOnce(&Workspace),
+) -> (Workspace, Serve, String) {
     let ca = TestCa::new();
     let ws = Workspace::new();
-    ws.write_config(
-        "",
-        &format!(
-            "{}\n{}",
-            tls_server_section(&ca),
-            ws.scheduled_partner("shop", "daily 03:00")
-        ),
-    );
+    let p = partners(&ws);
+    ws.write_config("", &format!("{}\n{p}", tls_server_section(&ca)));
+    prepare(&ws);
     let pin = serve_pin(&ca);
     let s = Serve::start(&ws, Some(ca));
     (ws, s, pin)
@@ -315,4 +320,113 @@ fn form(pairs: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_dashboard_shows_a_failed_partner_in_red_and_member_lookup() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}{}",
+                    ws.scheduled_partner("shop", "daily 03:00"),
+                    // Its inbox does not exist: every run fails.
+                    local_partner("broken", "inbox/missing", "")
+                )
+            },
+            |ws| {
+                ws.members(10);
+                ws.write(
+                    "inbox/shop/x.csv",
+                    "M000001,K1,500\r\nm2@example.jp,K2,40\r\n",
+                );
+                let out = ws.run(&["once"]);
+                assert_eq!(out.status.code(), Some(1), "broken fails");
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let partner_pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+
+    let mut b = Browser::start("ops", Some(&pin)).await;
+    // A partner user does not see the ops pages: 404, as for a missing page.
+    log_in(
+        &mut b,
+        &s,
+        "staff@shop.example",
+        &partner_pw,
+        "partner-logged-in",
+    )
+    .await;
+    for path in ["/ops", "/ops/members?q=M000001", "/ops/audit"] {
+        b.visit(&s.url(path), "partner-ops").await;
+        let t = b.text().await;
+        assert!(t.contains("404") && !t.contains("M000001"), "{path}: {t}");
+    }
+    b.visit(&s.url("/"), "partner-home").await;
+    b.click_button("ログアウト").await;
+
+    log_in(&mut b, &s, "ops@example.jp", &ops_pw, "ops-logged-in").await;
+    b.visit(&s.url("/ops"), "dashboard").await;
+    let light = |id: &'static str| {
+        let c = b.client.clone();
+        async move {
+            c.find(fantoccini::Locator::Css(&format!("tr[data-partner={id}]")))
+                .await
+                .unwrap()
+                .attr("data-light")
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    assert_eq!(light("broken").await, "red");
+    assert_eq!(light("shop").await, "green");
+    // Red is red on the screen too, not only in an attribute.
+    let color = b
+        .client
+        .find(fantoccini::Locator::Css("tr[data-partner=broken] .light"))
+        .await
+        .unwrap()
+        .css_value("color")
+        .await
+        .unwrap();
+    assert!(
+        color.starts_with("rgb") && color.contains("180, 35, 24"),
+        "{color}"
+    );
+    assert!(b.text().await.contains("失敗中"));
+
+    // Member lookup by e-mail: balance and the ledger rows.
+    b.visit(&s.url("/ops/members"), "member-form").await;
+    b.fill_labelled("会員IDまたはメールアドレス", "m1@example.jp")
+        .await;
+    b.click_button("検索").await;
+    b.shot("member-found").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("会員 M000001") && t.contains("500") && t.contains("K1"),
+        "{t}"
+    );
+    assert!(!t.contains("K2"), "another member's row: {t}");
+    b.fill_labelled("会員IDまたはメールアドレス", "nobody@example.jp")
+        .await;
+    b.click_button("検索").await;
+    b.shot("member-missing").await;
+    assert!(b.text().await.contains("該当する会員はいません"));
+
+    // The audit log shows logins and the look-up (by member ID, not e-mail).
+    b.visit(&s.url("/ops/audit"), "audit").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("login") && t.contains("member-lookup") && t.contains("member M000001"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("m1@example.jp"),
+        "no member e-mail in the audit log"
+    );
+    b.close().await;
 }

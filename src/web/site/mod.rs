@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod home;
+pub mod ops;
 
 use std::net::SocketAddr;
 
@@ -35,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/static/site.js", get(js))
         .merge(auth::routes())
         .merge(home::routes())
+        .merge(ops::routes())
 }
 
 async fn css() -> impl IntoResponse {
@@ -60,6 +62,18 @@ fn env() -> &'static Environment<'static> {
             ("login.html", include_str!("../../../templates/login.html")),
             ("home.html", include_str!("../../../templates/home.html")),
             ("error.html", include_str!("../../../templates/error.html")),
+            (
+                "ops_dashboard.html",
+                include_str!("../../../templates/ops_dashboard.html"),
+            ),
+            (
+                "ops_member.html",
+                include_str!("../../../templates/ops_member.html"),
+            ),
+            (
+                "ops_audit.html",
+                include_str!("../../../templates/ops_audit.html"),
+            ),
         ] {
             e.add_template(name, src).expect("template parses");
         }
