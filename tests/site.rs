@@ -430,3 +430,133 @@ async fn ops_dashboard_shows_a_failed_partner_in_red_and_member_lookup() {
     );
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_404() {
+    // A CP932 file with one good row and one unknown member ("未登録" in
+    // CP932), and another partner's file.
+    let mut shop_file = b"M000001,K1,500\r\n".to_vec();
+    let (bad, _, _) = encoding_rs::SHIFT_JIS.encode("未登録,K2,40\r\n");
+    shop_file.extend_from_slice(&bad);
+    let (ws, s, pin) = tokio::task::spawn_blocking(move || {
+        site_with(
+            |ws| {
+                std::fs::create_dir_all(ws.inbox("shop")).unwrap();
+                std::fs::create_dir_all(ws.inbox("other")).unwrap();
+                format!(
+                    "{}{}",
+                    local_partner(
+                        "shop",
+                        "inbox/shop",
+                        "encoding = \"shift_jis\"\nmax_error_ratio = 0.9"
+                    ),
+                    local_partner("other", "inbox/other", "max_error_ratio = 0.9")
+                )
+            },
+            move |ws| {
+                ws.members(10);
+                ws.write("inbox/shop/交換.csv", &shop_file);
+                ws.write("inbox/other/o.csv", "M000002,O1,7\r\nnobody,O2,1\r\n");
+                ws.ok(&["once"]);
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let shop_id = ws.int("SELECT id FROM files WHERE partner = 'shop'");
+    let other_id = ws.int("SELECT id FROM files WHERE partner = 'other'");
+    let report: String = ws
+        .db()
+        .query_row(
+            "SELECT report_path FROM files WHERE id = ?1",
+            [shop_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let expected = std::fs::read(&report).unwrap();
+    assert!(
+        expected
+            .windows(bad.len() - 2)
+            .any(|w| w == &bad[..bad.len() - 2]),
+        "the failed row's CP932 bytes are in the report"
+    );
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("files", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    b.client
+        .find(fantoccini::Locator::LinkText("ファイル一覧"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("files").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("交換.csv") && t.contains("積算済み") && t.contains("500"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("o.csv"),
+        "another partner's file is listed: {t}"
+    );
+    // Asking for the other partner's list still shows only our own.
+    b.visit(&s.url("/files?partner=other"), "files-other-query")
+        .await;
+    assert!(!b.text().await.contains("o.csv"));
+
+    // The error file, downloaded by the browser, byte for byte.
+    b.visit(&s.url("/files"), "files-again").await;
+    b.client
+        .find(fantoccini::Locator::LinkText("ダウンロード"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let downloaded = loop {
+        let done: Vec<_> = std::fs::read_dir(&b.downloads)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        if let Some(p) = done.first() {
+            break p.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no download");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        downloaded.file_name().unwrap().to_str().unwrap(),
+        std::path::Path::new(&report)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "the file name"
+    );
+    assert_eq!(
+        std::fs::read(&downloaded).unwrap(),
+        expected,
+        "byte for byte"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'download' AND partner = 'shop'"),
+        1
+    );
+
+    // Partner B's file id in partner A's session: 404, like a missing id.
+    b.visit(
+        &s.url(&format!("/files/{other_id}/errors")),
+        "other-partner-file",
+    )
+    .await;
+    let t = b.text().await;
+    assert!(t.contains("404") && !t.contains("O2"), "{t}");
+    b.visit(&s.url("/files/999999/errors"), "missing-file")
+        .await;
+    assert!(b.text().await.contains("404"));
+    b.close().await;
+}

@@ -15,6 +15,7 @@
 //! - templates escape every value (minijinja auto-escape on `.html`).
 
 pub mod auth;
+pub mod files;
 pub mod home;
 pub mod ops;
 
@@ -37,6 +38,7 @@ pub fn routes() -> Router<AppState> {
         .merge(auth::routes())
         .merge(home::routes())
         .merge(ops::routes())
+        .merge(files::routes())
 }
 
 async fn css() -> impl IntoResponse {
@@ -62,6 +64,7 @@ fn env() -> &'static Environment<'static> {
             ("login.html", include_str!("../../../templates/login.html")),
             ("home.html", include_str!("../../../templates/home.html")),
             ("error.html", include_str!("../../../templates/error.html")),
+            ("files.html", include_str!("../../../templates/files.html")),
             (
                 "ops_dashboard.html",
                 include_str!("../../../templates/ops_dashboard.html"),
@@ -326,6 +329,29 @@ mod tests {
         assert!(r.contains("&lt;script&gt;"), "{r}");
         assert!(!r.contains("<script>x"), "{r}");
         assert!(!r.contains("style="), "no inline style: {r}");
+    }
+
+    #[test]
+    fn every_template_renders() {
+        let row = minijinja::context! { id => 1, at => "t", name => "n", channel => "pull", outcome => "credited",
+        outcome_text => "x", reason => "", rows => 1, credited => 1, failed => 0, miles => 5, has_report => true,
+        light => "red", light_text => "x", partner_key => "K", member_id => "M", file_id => 1,
+        credited_at => "t", actor => "a", action => "b", detail => "d", client => "c" };
+        for name in [
+            "login.html",
+            "home.html",
+            "files.html",
+            "ops_dashboard.html",
+            "ops_member.html",
+            "ops_audit.html",
+        ] {
+            let ctx = minijinja::context! { user => "u", ops => true, csrf => "t", rows => vec![row.clone()],
+            q => "q", found => true, shown => "shop", more => 1, next => 5 };
+            env()
+                .get_template(name)
+                .and_then(|t| t.render(ctx))
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
     }
 
     #[test]
