@@ -560,3 +560,130 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
     assert!(b.text().await.contains("404"));
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| ws.scheduled_partner("shop", "daily 03:00"),
+            |ws| {
+                ws.members(10);
+                let mut f = String::new();
+                for i in 0..150 {
+                    f.push_str(&format!("M{:06},K1{i:04},{}\r\n", i % 10, i + 1));
+                }
+                f.push_str("M000001,K2,9\r\n");
+                ws.write("inbox/shop/h.csv", f);
+                ws.ok(&["once"]);
+                // An API exchange: file_id 0, line = dup = its id.
+                ws.db()
+                    .execute(
+                        "INSERT INTO ledger(partner, partner_key, file_id, member, miles, dup, line, credited_at) \
+                         SELECT 'shop', 'K1API', 0, id, 77, 5, 5, unixepoch() FROM members WHERE member_id = 'M000003'",
+                        [],
+                    )
+                    .unwrap();
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("history", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    b.visit(&s.url("/history"), "form").await;
+    b.fill_labelled("指定キー", "K1").await;
+    b.client
+        .find(fantoccini::Locator::Id("mode"))
+        .await
+        .unwrap()
+        .select_by_value("prefix")
+        .await
+        .unwrap();
+    b.click_button("検索").await;
+    b.shot("prefix-page-1").await;
+    let t = b.text().await;
+    assert!(t.contains("151 件") && t.contains("1 / 2 ページ"), "{t}");
+    assert!(!t.contains("K2 "), "K2 is not under the prefix K1: {t}");
+    let rows = b
+        .client
+        .find_all(fantoccini::Locator::Css("tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 100);
+    b.client
+        .find(fantoccini::Locator::LinkText("次へ"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("prefix-page-2").await;
+    let rows = b
+        .client
+        .find_all(fantoccini::Locator::Css("tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 51);
+    // The API credit is found with the file credits, as channel `api`.
+    let t = b.text().await;
+    assert!(t.contains("K1API") && t.contains("api"), "{t}");
+
+    // The CSV export of the whole search.
+    b.client
+        .find(fantoccini::Locator::LinkText("CSV でダウンロード"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let csv = loop {
+        let done: Vec<_> = std::fs::read_dir(&b.downloads)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        if let Some(p) = done.first() {
+            break std::fs::read_to_string(p).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no download");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "credited_at,partner_key,member_id,miles,channel,file,line"
+    );
+    assert_eq!(lines.len(), 152, "header + 151 rows");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("K10005,M000005,6,pull,h.csv,6")),
+        "{csv}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("K1API,M000003,77,api,,5")),
+        "{csv}"
+    );
+
+    // Exact key; and a date range that excludes today.
+    b.visit(&s.url("/history?key=K10005"), "exact").await;
+    let t = b.text().await;
+    assert!(t.contains("1 件") && t.contains("M000005"), "{t}");
+    b.visit(
+        &s.url("/history?key=K10005&from=2000-01-01&to=2000-01-31"),
+        "old-range",
+    )
+    .await;
+    assert!(b.text().await.contains("0 件"));
+    // Another partner's history is not reachable by editing the URL.
+    b.visit(
+        &s.url("/history?partner=other&key=K1&mode=prefix"),
+        "other-partner",
+    )
+    .await;
+    assert!(b.text().await.contains("151 件"), "still our own partner");
+    b.close().await;
+}

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod files;
+pub mod history;
 pub mod home;
 pub mod ops;
 
@@ -39,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .merge(home::routes())
         .merge(ops::routes())
         .merge(files::routes())
+        .merge(history::routes())
 }
 
 async fn css() -> impl IntoResponse {
@@ -65,6 +67,10 @@ fn env() -> &'static Environment<'static> {
             ("home.html", include_str!("../../../templates/home.html")),
             ("error.html", include_str!("../../../templates/error.html")),
             ("files.html", include_str!("../../../templates/files.html")),
+            (
+                "history.html",
+                include_str!("../../../templates/history.html"),
+            ),
             (
                 "ops_dashboard.html",
                 include_str!("../../../templates/ops_dashboard.html"),
@@ -346,7 +352,9 @@ mod tests {
             "ops_audit.html",
         ] {
             let ctx = minijinja::context! { user => "u", ops => true, csrf => "t", rows => vec![row.clone()],
-            q => "q", found => true, shown => "shop", more => 1, next => 5 };
+            q => "q", found => true, shown => "shop", more => 1, next => 5,
+                searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
+                partners => vec!["shop"], q_partner => "shop", q_mode => "prefix" };
             env()
                 .get_template(name)
                 .and_then(|t| t.render(ctx))
