@@ -170,7 +170,15 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 ALTER TABLE files ADD COLUMN channel TEXT NOT NULL DEFAULT 'pull';
 "#,
-    // 6: management-site accounts (src/web/auth/). `users`: one row per
+    // 6 (credit side of "nothing silent"): per file, how many credited rows
+    // repeat a row of an earlier file (NULL: not checked, resend_check =
+    // "off"), and the file-level code of a refused or duplicate file
+    // (F001–F007). Columns only: independent of other migrations.
+    r#"
+ALTER TABLE files ADD COLUMN repeats INTEGER;
+ALTER TABLE files ADD COLUMN file_code TEXT;
+"#,
+    // 7: management-site accounts (src/web/auth/). `users`: one row per
     // person (partner staff, or ops when `partner` is NULL), an argon2id
     // PHC hash, the per-account lockout. `sessions`: only the SHA-256 of a
     // session id is stored, so a copy of the database opens no session;
