@@ -57,6 +57,12 @@ need chattr e2fsprogs
 need mount mount
 need sqlite3 sqlite3
 need /usr/bin/time time
+# The management site's browser tests: a real headless Chromium driven over
+# WebDriver (tests/common/browser.rs); the two packages are lock-stepped.
+need /usr/bin/chromium chromium
+need /usr/bin/chromedriver chromium-driver
+# Japanese glyphs for the site's screenshots (the UI is in Japanese).
+need /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf fonts-ipafont-gothic
 
 if ((${#missing[@]} == 0)); then
     log "all packages present, nothing to install"

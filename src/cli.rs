@@ -88,6 +88,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Management-site accounts (`milebatch serve`): partner staff and ops.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// The member store.
     Members {
         #[command(subcommand)]
@@ -132,6 +137,44 @@ pub enum Command {
         /// Oldest first instead of newest first.
         #[arg(long)]
         oldest_first: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a site user and print a one-time initial password (shown
+    /// once; it is stored only as an argon2id hash).
+    Add {
+        /// The user's e-mail address (the login name; any case).
+        email: String,
+        /// A partner's staff: sees only this partner (its `id` in partners.toml).
+        #[arg(
+            long,
+            value_name = "ID",
+            conflicts_with = "ops",
+            required_unless_present = "ops"
+        )]
+        partner: Option<String>,
+        /// An operator: sees every partner, the dashboard and "run now".
+        #[arg(long)]
+        ops: bool,
+    },
+    /// Give a user a new generated password (printed once); also unlocks a
+    /// locked account and ends the user's sessions.
+    Passwd {
+        /// The user's e-mail address.
+        email: String,
+    },
+    /// Disable a user: no more logins, and open sessions end now.
+    Disable {
+        /// The user's e-mail address.
+        email: String,
+    },
+    /// List the site users: role, partner, disabled, locked, failed logins.
+    List {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -248,6 +291,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => run_daemon(&cli),
         Command::Serve => serve(&cli),
         Command::Status { json } => status(&cli, *json),
+        Command::User { command } => user(&cli, command),
         Command::Members {
             command:
                 MembersCommand::Import {
@@ -529,6 +573,66 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     // transaction rolls back with the process.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
+    use crate::web::auth::users;
+    let config = load(cli)?;
+    let conn = db::open(&config.daemon.database)?;
+    let actor = crate::audit::cli_actor();
+    match command {
+        UserCommand::Add {
+            email,
+            partner,
+            ops: _,
+        } => {
+            if let Some(p) = partner {
+                if !config.partners.iter().any(|c| &c.id == p) {
+                    anyhow::bail!("no partner {p:?} in {}", config.path.display());
+                }
+            }
+            let users::InitialPassword(pw) = users::add(&conn, email, partner.as_deref(), &actor)?;
+            println!(
+                "created {email}; initial password (shown once, give it to the user securely):"
+            );
+            println!("{pw}");
+        }
+        UserCommand::Passwd { email } => {
+            let users::InitialPassword(pw) = users::reset_password(&conn, email, &actor)?;
+            println!("new password for {email} (shown once; its sessions were ended):");
+            println!("{pw}");
+        }
+        UserCommand::Disable { email } => {
+            users::disable(&conn, email, &actor)?;
+            println!("disabled {email}; its sessions were ended");
+        }
+        UserCommand::List { json } => {
+            let rows = users::list(&conn, chrono::Utc::now().timestamp())?;
+            if *json {
+                print_json(&rows)?;
+            } else {
+                println!("{:<32} {:<16} {:<9} FAILED", "EMAIL", "ROLE", "STATE");
+                for r in rows {
+                    let role = r
+                        .partner
+                        .as_deref()
+                        .map_or("ops".to_owned(), |p| format!("partner {p}"));
+                    let state = if r.disabled {
+                        "disabled"
+                    } else if r.locked_until.is_some() {
+                        "locked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<32} {:<16} {:<9} {}",
+                        r.email, role, state, r.failed_logins
+                    );
+                }
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -178,4 +178,38 @@ ALTER TABLE files ADD COLUMN channel TEXT NOT NULL DEFAULT 'pull';
 ALTER TABLE files ADD COLUMN repeats INTEGER;
 ALTER TABLE files ADD COLUMN file_code TEXT;
 "#,
+    // 7: management-site accounts (src/web/auth/). `users`: one row per
+    // person (partner staff, or ops when `partner` is NULL), an argon2id
+    // PHC hash, the per-account lockout. `sessions`: only the SHA-256 of a
+    // session id is stored, so a copy of the database opens no session;
+    // `expires_at` (unix seconds) moves forward on each request (idle
+    // expiry). `login_throttle`: failed logins per client address.
+    r#"
+CREATE TABLE users(
+    id            INTEGER PRIMARY KEY,
+    email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    partner       TEXT,                 -- NULL: ops (sees every partner)
+    hash          TEXT NOT NULL,        -- argon2id, PHC string
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    failed_logins INTEGER NOT NULL DEFAULT 0,
+    locked_until  INTEGER,              -- unix seconds
+    created_at    TEXT NOT NULL,
+    password_set_at TEXT NOT NULL
+);
+CREATE TABLE sessions(
+    id_sha256  BLOB PRIMARY KEY,
+    user       INTEGER NOT NULL REFERENCES users(id),
+    created_at TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,        -- unix seconds; idle expiry
+    csrf       TEXT NOT NULL,
+    data       TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX sessions_by_user ON sessions(user);
+CREATE TABLE login_throttle(
+    client       TEXT PRIMARY KEY,
+    failures     INTEGER NOT NULL,
+    window_start INTEGER NOT NULL,      -- unix seconds
+    locked_until INTEGER
+);
+"#,
 ];

@@ -13,8 +13,10 @@
 //! - the listener and the shutdown signal are passed in (mini-redis style),
 //!   so tests bind port 0 and stop the server in milliseconds.
 
+pub mod auth;
 pub mod health;
 pub mod problem;
+pub mod site;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +57,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(health::routes())
+        .merge(site::routes())
         .fallback(problem::not_found)
         .with_state(state);
     with_security_headers(app)

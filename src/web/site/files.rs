@@ -1,0 +1,244 @@
+//! `GET /files`: the files of the user's partner from every channel (ops:
+//! any partner, `?partner=ID`: the drill-down), and `GET /files/{id}/errors`:
+//! the error CSV, byte for byte as the pipeline wrote it.
+//!
+//! What must stay true: a partner user is only ever shown, or sent, files
+//! of its own partner; another partner's file id answers the same 404 as a
+//! missing one. A download is audited. The report's bytes are never
+//! re-encoded: the partner gets exactly what the pipeline wrote, labelled
+//! with the partner's encoding.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use super::ops::not_found;
+use super::{render, with_db, Page};
+use crate::config::Encoding;
+use crate::timefmt;
+use crate::web::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/files", get(list))
+        .route("/files/{id}/errors", get(errors))
+}
+
+/// Files shown on one page, newest first.
+const PAGE: u64 = 100;
+
+#[derive(Deserialize)]
+struct ListQuery {
+    /// Ops only: the partner to show.
+    partner: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    id: i64,
+    at: String,
+    name: String,
+    channel: String,
+    outcome: String,
+    outcome_text: &'static str,
+    reason: String,
+    rows: i64,
+    credited: i64,
+    failed: i64,
+    miles: i64,
+    has_report: bool,
+}
+
+fn outcome_text(o: &str) -> &'static str {
+    match o {
+        "credited" => "積算済み",
+        "refused" => "拒否",
+        "duplicate" => "重複のため拒否",
+        "dry-run" => "検証のみ",
+        _ => "その他",
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let page = match Page::require(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    // A partner user sees its own partner, whatever the query says.
+    let partner = match (&page.session.partner, q.partner) {
+        (Some(own), _) => own.clone(),
+        (None, Some(p)) if state.config.partners.iter().any(|c| c.id == p) => p,
+        (None, _) => return not_found(),
+    };
+    let tz = state.config.daemon.timezone;
+    let who = partner.clone();
+    let result = with_db(&state, move |c| {
+        let filter = crate::query::FileFilter {
+            partner: Some(&who),
+            limit: Some(PAGE),
+            newest_first: true,
+            ..Default::default()
+        };
+        let pg = crate::query::files(c, &filter, tz).map_err(|e| e.to_string())?;
+        let mut rows = Vec::with_capacity(pg.rows.len());
+        for f in pg.rows {
+            let channel: String = c
+                .query_row("SELECT channel FROM files WHERE id = ?1", [f.id], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| e.to_string())?;
+            rows.push(Row {
+                id: f.id,
+                at: timefmt::stored_for_people(&f.started_at, tz),
+                name: f.name,
+                channel,
+                outcome_text: outcome_text(&f.outcome),
+                outcome: f.outcome,
+                reason: f.reason.unwrap_or_default(),
+                rows: f.rows,
+                credited: f.credited,
+                failed: f.failed,
+                miles: f.miles,
+                has_report: f.report_path.is_some(),
+            });
+        }
+        Ok((rows, pg.total))
+    })
+    .await;
+    match result {
+        Ok((rows, total)) => {
+            let more = total.saturating_sub(rows.len() as u64);
+            let ctx =
+                minijinja::context! { shown => partner, rows => rows, more => more, ..page.ctx() };
+            render(StatusCode::OK, "files.html", ctx)
+        }
+        Err(r) => r,
+    }
+}
+
+async fn errors(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let page = match Page::require(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let own = page.session.partner.clone();
+    let actor = format!("user:{}", page.session.email);
+    let found = with_db(&state, move |c| {
+        use rusqlite::OptionalExtension;
+        let row: Option<(String, Option<String>)> = c
+            .query_row(
+                "SELECT partner, report_path FROM files WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        // Another partner's file is exactly as absent as a missing one.
+        let Some((partner, Some(path))) = row.filter(|(p, _)| own.as_ref().is_none_or(|o| o == p))
+        else {
+            return Ok(None);
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading error report {path}: {e}")),
+        };
+        crate::audit::record(
+            c,
+            &crate::audit::Entry {
+                actor: &actor,
+                action: "download",
+                partner: Some(&partner),
+                detail: &format!("error report of file {id}"),
+                client: None,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let name = std::path::Path::new(&path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{id}.errors.csv"));
+        Ok(Some((partner, name, bytes)))
+    })
+    .await;
+    let (partner, name, bytes) = match found {
+        Ok(Some(x)) => x,
+        Ok(None) => return not_found(),
+        Err(r) => return r,
+    };
+    let charset = match state
+        .config
+        .partners
+        .iter()
+        .find(|p| p.id == partner)
+        .map(|p| p.encoding)
+    {
+        Some(Encoding::ShiftJis) => "Shift_JIS",
+        _ => "UTF-8",
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&format!("text/csv; charset={charset}")).unwrap(),
+            ),
+            (header::CONTENT_DISPOSITION, content_disposition(&name)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// `attachment` with an ASCII `filename` (anything else replaced by `_`)
+/// and the exact name as RFC 5987 `filename*`.
+fn content_disposition(name: &str) -> HeaderValue {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .expect("ASCII header")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn content_disposition_is_safe_ascii_with_the_exact_name() {
+        let v = super::content_disposition("交換\"1\".errors.csv");
+        let v = v.to_str().unwrap();
+        assert_eq!(
+            v,
+            "attachment; filename=\"___1_.errors.csv\"; filename*=UTF-8''%E4%BA%A4%E6%8F%9B%221%22.errors.csv"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! `GET /history`: credits by partner key (exact or prefix) and date range,
+//! from every channel (pulled and uploaded files, and API exchanges:
+//! `file_id = 0`), a page at a time; `GET /history.csv`: the same search
+//! as a CSV file.
+//!
+//! What must stay true: a partner user searches only its own partner (the
+//! query's `partner` is ignored for them); the search walks the ledger's
+//! clustered key `(partner, partner_key, …)`, so a prefix is a range scan,
+//! never a full scan.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use super::ops::not_found;
+use super::{error_page, render, with_db, Page};
+use crate::timefmt;
+use crate::web::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/history", get(page))
+        .route("/history.csv", get(csv))
+}
+
+/// Rows a page shows.
+const PAGE: i64 = 100;
+/// Rows a CSV export may hold; a larger result asks for a narrower search.
+const EXPORT_MAX: i64 = 200_000;
+
+#[derive(Deserialize, Default, Clone)]
+struct Search {
+    partner: Option<String>,
+    key: Option<String>,
+    /// `exact` (default) or `prefix`.
+    mode: Option<String>,
+    /// YYYY-MM-DD, in the configured zone, inclusive.
+    from: Option<String>,
+    to: Option<String>,
+    page: Option<i64>,
+}
+
+#[derive(Serialize, Clone)]
+struct Row {
+    at: String,
+    partner_key: String,
+    member_id: String,
+    miles: i64,
+    channel: String,
+    file: String,
+    line: i64,
+}
+
+/// The search made safe: the partner it may read, the key bounds, the time
+/// bounds (unix seconds), or a message for the person.
+struct Bounds {
+    partner: String,
+    key: String,
+    prefix: bool,
+    from: i64,
+    to: i64,
+}
+
+/// Why a search cannot run.
+enum Refused {
+    NoSuchPartner,
+    BadDate(String),
+}
+
+impl Refused {
+    fn page(self) -> Response {
+        match self {
+            Refused::NoSuchPartner => not_found(),
+            Refused::BadDate(s) => error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("日付「{s}」は YYYY-MM-DD の形式で入力してください。"),
+            ),
+        }
+    }
+}
+
+fn bounds(state: &AppState, page: &Page, q: &Search) -> Result<Option<Bounds>, Refused> {
+    let partner = match (&page.session.partner, &q.partner) {
+        (Some(own), _) => own.clone(),
+        (None, Some(p)) if state.config.partners.iter().any(|c| &c.id == p) => p.clone(),
+        (None, Some(p)) if !p.is_empty() => return Err(Refused::NoSuchPartner),
+        (None, _) => return Ok(None),
+    };
+    let key = q.key.clone().unwrap_or_default().trim().to_owned();
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let tz = state.config.daemon.timezone;
+    let day = |s: &Option<String>, end: bool| -> Result<i64, Refused> {
+        match s.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(if end { i64::MAX } else { i64::MIN }),
+            Some(s) => {
+                let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                    .map_err(|_| Refused::BadDate(s.to_owned()))?;
+                let d = if end { d.succ_opt().unwrap_or(d) } else { d };
+                Ok(timefmt::start_of_day(d, tz).timestamp())
+            }
+        }
+    };
+    Ok(Some(Bounds {
+        partner,
+        prefix: q.mode.as_deref() == Some("prefix"),
+        key,
+        from: day(&q.from, false)?,
+        to: day(&q.to, true)?,
+    }))
+}
+
+/// Matching rows `offset..offset+limit`, in key order, and the total.
+fn search(
+    c: &rusqlite::Connection,
+    b: &Bounds,
+    offset: i64,
+    limit: i64,
+    tz: chrono_tz::Tz,
+) -> rusqlite::Result<(Vec<Row>, i64)> {
+    // A prefix is the key range [prefix, prefix || U+10FFFF): the ledger's
+    // primary key serves it (BINARY collation compares UTF-8 bytes).
+    let (lo, hi) = if b.prefix {
+        (b.key.clone(), format!("{}\u{10FFFF}", b.key))
+    } else {
+        (b.key.clone(), b.key.clone())
+    };
+    const WHERE: &str = "WHERE l.partner = ?1 AND l.partner_key >= ?2 AND l.partner_key <= ?3 \
+                         AND l.credited_at >= ?4 AND l.credited_at < ?5";
+    let total: i64 = c.query_row(
+        &format!("SELECT count(*) FROM ledger l {WHERE}"),
+        rusqlite::params![b.partner, lo, hi, b.from, b.to],
+        |r| r.get(0),
+    )?;
+    let mut st = c.prepare(&format!(
+        "SELECT l.credited_at, l.partner_key, m.member_id, l.miles, \
+                CASE WHEN l.file_id = 0 THEN 'api' ELSE COALESCE(f.channel, 'pull') END, \
+                COALESCE(f.name, ''), l.line \
+         FROM ledger l JOIN members m ON m.id = l.member \
+         LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0 \
+         {WHERE} ORDER BY l.partner_key, l.credited_at, l.file_id, l.line LIMIT ?6 OFFSET ?7"
+    ))?;
+    let rows = st
+        .query_map(
+            rusqlite::params![b.partner, lo, hi, b.from, b.to, limit, offset],
+            |r| {
+                Ok(Row {
+                    at: timefmt::unix_for_people(r.get(0)?, tz),
+                    partner_key: r.get(1)?,
+                    member_id: r.get(2)?,
+                    miles: r.get(3)?,
+                    channel: r.get(4)?,
+                    file: r.get(5)?,
+                    line: r.get(6)?,
+                })
+            },
+        )?
+        .collect::<Result<_, _>>()?;
+    Ok((rows, total))
+}
+
+async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Search>,
+) -> Response {
+    let page = match Page::require(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let partners: Vec<String> = state.config.partners.iter().map(|p| p.id.clone()).collect();
+    let b = match bounds(&state, &page, &q) {
+        Ok(b) => b,
+        Err(r) => return r.page(),
+    };
+    let base = minijinja::context! {
+        partners => partners,
+        q_partner => q.partner.clone().or(page.session.partner.clone()),
+        q_key => q.key.clone(),
+        q_mode => q.mode.clone().unwrap_or_else(|| "exact".into()),
+        q_from => q.from.clone(),
+        q_to => q.to.clone(),
+        ..page.ctx()
+    };
+    let Some(b) = b else {
+        return render(StatusCode::OK, "history.html", base);
+    };
+    let n = q.page.unwrap_or(1).max(1);
+    let tz = state.config.daemon.timezone;
+    let found = with_db(&state, move |c| {
+        search(c, &b, (n - 1) * PAGE, PAGE, tz).map_err(|e| e.to_string())
+    })
+    .await;
+    let (rows, total) = match found {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let pages = (total + PAGE - 1) / PAGE;
+    let link = |p: i64| {
+        let mut qs = q.clone();
+        qs.page = Some(p);
+        query_string(&qs)
+    };
+    let ctx = minijinja::context! {
+        searched => true, rows => rows, total => total, page => n, pages => pages,
+        prev => (n > 1).then(|| link(n - 1)), next => (n < pages).then(|| link(n + 1)),
+        csv => format!("/history.csv?{}", query_string(&Search { page: None, ..q.clone() })),
+        ..base
+    };
+    render(StatusCode::OK, "history.html", ctx)
+}
+
+fn query_string(q: &Search) -> String {
+    let enc = |v: &str| -> String {
+        v.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let mut parts = Vec::new();
+    for (k, v) in [
+        ("partner", &q.partner),
+        ("key", &q.key),
+        ("mode", &q.mode),
+        ("from", &q.from),
+        ("to", &q.to),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{k}={}", enc(v)));
+        }
+    }
+    if let Some(p) = q.page {
+        parts.push(format!("page={p}"));
+    }
+    parts.join("&")
+}
+
+async fn csv(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Search>,
+) -> Response {
+    let page = match Page::require(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let b = match bounds(&state, &page, &q) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "パートナーと指定キーを入力してください。",
+            )
+        }
+        Err(r) => return r.page(),
+    };
+    let tz = state.config.daemon.timezone;
+    let actor = format!("user:{}", page.session.email);
+    let partner = b.partner.clone();
+    let found = with_db(&state, move |c| {
+        let (rows, total) = search(c, &b, 0, EXPORT_MAX + 1, tz).map_err(|e| e.to_string())?;
+        if total > EXPORT_MAX {
+            return Ok(Err(total));
+        }
+        crate::audit::record(
+            c,
+            &crate::audit::Entry {
+                actor: &actor,
+                action: "history-export",
+                partner: Some(&b.partner),
+                detail: &format!(
+                    "{} rows, key {}{}",
+                    rows.len(),
+                    b.key,
+                    if b.prefix { "*" } else { "" }
+                ),
+                client: None,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Ok(rows))
+    })
+    .await;
+    let rows = match found {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(total)) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("該当が {total} 件あり、CSV の上限 {EXPORT_MAX} 件を超えています。期間または指定キーを絞ってください。"),
+            )
+        }
+        Err(r) => return r,
+    };
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let _ = out.write_record([
+        "credited_at",
+        "partner_key",
+        "member_id",
+        "miles",
+        "channel",
+        "file",
+        "line",
+    ]);
+    for r in &rows {
+        let _ = out.write_record([
+            r.at.as_str(),
+            &r.partner_key,
+            &r.member_id,
+            &r.miles.to_string(),
+            &r.channel,
+            &r.file,
+            &r.line.to_string(),
+        ]);
+    }
+    let body = out.into_inner().unwrap_or_default();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=UTF-8"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(&format!("attachment; filename=\"history-{partner}.csv\""))
+                    .unwrap_or(HeaderValue::from_static(
+                        "attachment; filename=\"history.csv\"",
+                    )),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,371 @@
+//! The management site: server-rendered HTML pages for partner staff and
+//! ops (Japanese UI), behind a login.
+//!
+//! What must stay true:
+//! - every page but `/login` and `/static/…` needs a live session
+//!   ([`Page::require`]); a partner user only ever sees their own partner's
+//!   data, and another partner's id answers 404 exactly like a missing one;
+//! - every POST passes [`Page::post_allowed`] (or, before login,
+//!   [`same_origin`]): the session's CSRF token in the form AND a
+//!   same-origin `Sec-Fetch-Site`/`Origin`, else 403;
+//! - the session cookie is `HttpOnly`, `SameSite=Strict`, and `Secure`
+//!   (with the `__Host-` prefix) when served over TLS;
+//! - no inline script or style: the CSP forbids them; CSS and JS are
+//!   files under `/static/`;
+//! - templates escape every value (minijinja auto-escape on `.html`).
+
+pub mod auth;
+pub mod files;
+pub mod history;
+pub mod home;
+pub mod ops;
+
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use minijinja::Environment;
+
+use super::auth::sessions::{self, Session};
+use super::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/static/site.css", get(css))
+        .route("/static/site.js", get(js))
+        .merge(auth::routes())
+        .merge(home::routes())
+        .merge(ops::routes())
+        .merge(files::routes())
+        .merge(history::routes())
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../../../static/site.css"),
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../../static/site.js"),
+    )
+}
+
+fn env() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut e = Environment::new();
+        for (name, src) in [
+            ("base.html", include_str!("../../../templates/base.html")),
+            ("login.html", include_str!("../../../templates/login.html")),
+            ("home.html", include_str!("../../../templates/home.html")),
+            ("error.html", include_str!("../../../templates/error.html")),
+            ("files.html", include_str!("../../../templates/files.html")),
+            (
+                "history.html",
+                include_str!("../../../templates/history.html"),
+            ),
+            (
+                "ops_dashboard.html",
+                include_str!("../../../templates/ops_dashboard.html"),
+            ),
+            (
+                "ops_member.html",
+                include_str!("../../../templates/ops_member.html"),
+            ),
+            (
+                "ops_audit.html",
+                include_str!("../../../templates/ops_audit.html"),
+            ),
+        ] {
+            e.add_template(name, src).expect("template parses");
+        }
+        e
+    })
+}
+
+/// Render `name` with `ctx` as an HTML response with `status`.
+pub fn render(status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+    match env().get_template(name).and_then(|t| t.render(ctx)) {
+        Ok(html) => (
+            status,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            html,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(template = name, error = %e, "template failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "template error").into_response()
+        }
+    }
+}
+
+/// An HTML error page for people (the API answers problem+json instead).
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    render(
+        status,
+        "error.html",
+        minijinja::context! { status => status.as_u16(), message => message },
+    )
+}
+
+/// A failure inside a handler: logged with detail, shown generically.
+pub fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "site request failed");
+    error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "内部エラーが発生しました。しばらくしてからもう一度お試しください。",
+    )
+}
+
+/// Run `f` with a read-write connection on a blocking thread.
+pub async fn with_db<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    let path = state.config.daemon.database.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::db::open(&path).map_err(|e| e.to_string())?;
+        f(&conn)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)
+}
+
+/// Unix seconds now. (Handlers take it once per request.)
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The session cookie's name: with TLS the `__Host-` prefix makes the
+/// browser insist on Secure, Path=/ and no Domain.
+pub fn cookie_name(state: &AppState) -> &'static str {
+    if state.config.server.tls.is_some() {
+        "__Host-mb_session"
+    } else {
+        "mb_session"
+    }
+}
+
+/// The `Set-Cookie` value that carries `id` (or clears the cookie).
+pub fn session_cookie(state: &AppState, id: Option<&str>) -> HeaderValue {
+    let secure = if state.config.server.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let v = match id {
+        Some(id) => format!(
+            "{}={id}; Path=/; HttpOnly; SameSite=Strict{secure}",
+            cookie_name(state)
+        ),
+        None => format!(
+            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
+            cookie_name(state)
+        ),
+    };
+    HeaderValue::from_str(&v).expect("cookie value is ASCII")
+}
+
+/// The session id the request carries, if any.
+pub fn cookie(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(state);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The client's address as the audit trail and the login throttle see it.
+pub fn client(addr: &ConnectInfo<SocketAddr>) -> String {
+    addr.0.ip().to_string()
+}
+
+/// Whether a state-changing request comes from our own pages: a browser's
+/// `Sec-Fetch-Site` must say `same-origin`, and an `Origin` must be this
+/// host. (Old browsers send neither; the CSRF token still guards them.)
+/// The host the request was sent to: `Host` (HTTP/1.1) or the URI's
+/// authority (HTTP/2 has no `Host` header).
+pub fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if site.as_bytes() != b"same-origin" {
+            return false;
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()));
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, h)| h);
+        if host.is_none() || origin_host != host {
+            return false;
+        }
+    }
+    true
+}
+
+/// Two strings compared in time that depends only on their lengths.
+fn equal_ct(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// A request of a logged-in user.
+pub struct Page {
+    pub session: Session,
+    pub id: String,
+}
+
+impl Page {
+    /// The live session of this request, or a redirect to the login page.
+    pub async fn require(state: &AppState, headers: &HeaderMap) -> Result<Page, Response> {
+        let Some(id) = cookie(state, headers) else {
+            return Err(Redirect::to("/login").into_response());
+        };
+        let now = now();
+        let lookup = id.clone();
+        let found = with_db(state, move |c| {
+            sessions::touch(c, &lookup, now).map_err(|e| e.to_string())
+        })
+        .await?;
+        match found {
+            Some(session) => Ok(Page { session, id }),
+            None => Err(Redirect::to("/login?expired=1").into_response()),
+        }
+    }
+
+    /// Whether a POST may go on: same-origin and carrying this session's
+    /// token. When not, the handler answers [`forbidden`].
+    pub fn post_allowed(&self, headers: &HeaderMap, uri: &Uri, token: &str) -> bool {
+        let ok = same_origin(headers, uri) && equal_ct(token, &self.session.csrf);
+        if !ok {
+            tracing::warn!(
+                user = self.session.user,
+                "POST refused: cross-site or bad CSRF token"
+            );
+        }
+        ok
+    }
+
+    /// What every page template gets: who is logged in, the CSRF token.
+    pub fn ctx(&self) -> minijinja::Value {
+        minijinja::context! {
+            user => self.session.email,
+            partner => self.session.partner,
+            ops => self.session.is_ops(),
+            csrf => self.session.csrf,
+        }
+    }
+}
+
+pub fn forbidden() -> Response {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "このリクエストは受け付けられません（別のサイトからの送信、または有効期限切れのフォームです）。ページを開き直してからもう一度お試しください。",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn cross_site_posts_are_not_same_origin() {
+        let same_origin = |h: &HeaderMap| same_origin(h, &Uri::from_static("/logout"));
+        assert!(same_origin(&h(&[
+            ("host", "a.example"),
+            ("origin", "https://a.example"),
+            ("sec-fetch-site", "same-origin")
+        ])));
+        assert!(same_origin(&h(&[("host", "a.example")])));
+        assert!(!same_origin(&h(&[
+            ("host", "a.example"),
+            ("sec-fetch-site", "cross-site")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "a.example"),
+            ("sec-fetch-site", "same-site")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "a.example"),
+            ("origin", "https://evil.example")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "a.example"),
+            ("origin", "null")
+        ])));
+    }
+
+    #[test]
+    fn templates_parse_and_escape() {
+        let r = env()
+            .get_template("error.html")
+            .unwrap()
+            .render(minijinja::context! { status => 404, message => "<script>x</script>" })
+            .unwrap();
+        assert!(r.contains("&lt;script&gt;"), "{r}");
+        assert!(!r.contains("<script>x"), "{r}");
+        assert!(!r.contains("style="), "no inline style: {r}");
+    }
+
+    #[test]
+    fn every_template_renders() {
+        let row = minijinja::context! { id => 1, at => "t", name => "n", channel => "pull", outcome => "credited",
+        outcome_text => "x", reason => "", rows => 1, credited => 1, failed => 0, miles => 5, has_report => true,
+        light => "red", light_text => "x", partner_key => "K", member_id => "M", file_id => 1,
+        credited_at => "t", actor => "a", action => "b", detail => "d", client => "c" };
+        for name in [
+            "login.html",
+            "home.html",
+            "files.html",
+            "ops_dashboard.html",
+            "ops_member.html",
+            "ops_audit.html",
+        ] {
+            let ctx = minijinja::context! { user => "u", ops => true, csrf => "t", rows => vec![row.clone()],
+            q => "q", found => true, shown => "shop", more => 1, next => 5,
+                searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
+                partners => vec!["shop"], q_partner => "shop", q_mode => "prefix" };
+            env()
+                .get_template(name)
+                .and_then(|t| t.render(ctx))
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn ct_compare() {
+        assert!(equal_ct("abc", "abc"));
+        assert!(!equal_ct("abc", "abd"));
+        assert!(!equal_ct("abc", "ab"));
+    }
+}

@@ -1,0 +1,3 @@
+// milebatch management site: small progressive enhancements only; every
+// page works without this file.
+"use strict";

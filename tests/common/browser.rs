@@ -1,0 +1,206 @@
+//! A real Chromium, driven over WebDriver: Debian's `chromedriver` started
+//! on a random loopback port, and a fantoccini client talking to it.
+//!
+//! - headless (`--headless=new --no-sandbox --disable-dev-shm-usage`: tests
+//!   run as root, and /dev/shm is small in containers);
+//! - the server's certificate is trusted by pinning its public key
+//!   (`--ignore-certificate-errors-spki-list`): only the test server's key
+//!   is accepted, every other certificate error still fails the page;
+//! - [`Browser::shot`] saves a PNG after each step to
+//!   `target/screenshots/<test>/NN-step.png`, so a person can look at every
+//!   page a test saw.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use fantoccini::{Client, ClientBuilder, Locator};
+use rcgen::PublicKeyData;
+use sha2::{Digest, Sha256};
+
+use super::servers::{free_port, require_tool};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A running chromedriver with one browser session; both end when dropped
+/// (call [`Browser::close`] for a clean end).
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+    shots: PathBuf,
+    step: u32,
+    pub downloads: PathBuf,
+    _downloads_tmp: tempfile::TempDir,
+}
+
+/// The base64 SHA-256 of the SubjectPublicKeyInfo of the key in `key_pem`:
+/// what Chromium's `--ignore-certificate-errors-spki-list` pins.
+pub fn spki_pin(key_pem: &Path) -> String {
+    let pem = std::fs::read_to_string(key_pem).unwrap();
+    let key = rcgen::KeyPair::from_pem(&pem).expect("parse test server key");
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(key.subject_public_key_info()))
+}
+
+impl Browser {
+    /// Start chromedriver and a headless Chromium that accepts the server
+    /// key `pin` (see [`spki_pin`]; `None` for plain HTTP). Screenshots go
+    /// to `target/screenshots/<test>/`.
+    pub async fn start(test: &str, pin: Option<&str>) -> Browser {
+        require_tool(CHROMEDRIVER, "chromium-driver");
+        require_tool(CHROMIUM, "chromium");
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("chromedriver-{port}.log"));
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .arg(format!("--log-path={}", log.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        let url = format!("http://127.0.0.1:{port}");
+        let downloads_tmp = tempfile::tempdir().unwrap();
+        let downloads = downloads_tmp.path().to_path_buf();
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".to_string(),
+            "--disable-dev-shm-usage".to_string(),
+            "--window-size=1280,900".to_string(),
+            "--lang=ja".to_string(),
+        ];
+        if let Some(pin) = pin {
+            args.push(format!("--ignore-certificate-errors-spki-list={pin}"));
+        }
+        let caps = serde_json::json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": args,
+                "prefs": {
+                    "download.default_directory": downloads.display().to_string(),
+                    "download.prompt_for_download": false,
+                    "intl.accept_languages": "ja"
+                }
+            }
+        });
+        let caps = match caps {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            match ClientBuilder::rustls()
+                .expect("rustls connector")
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!(
+                    "chromedriver on {url} gave no session: {e}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            }
+        };
+        let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/screenshots")
+            .join(test);
+        let _ = std::fs::remove_dir_all(&shots);
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            client,
+            driver,
+            shots,
+            step: 0,
+            downloads,
+            _downloads_tmp: downloads_tmp,
+        }
+    }
+
+    /// Save a screenshot of the page as `NN-<step>.png`.
+    pub async fn shot(&mut self, step: &str) {
+        self.step += 1;
+        let png = self.client.screenshot().await.expect("screenshot");
+        let path = self.shots.join(format!("{:02}-{step}.png", self.step));
+        std::fs::write(&path, png).unwrap();
+    }
+
+    /// Go to `url` and take a screenshot named `step`.
+    pub async fn visit(&mut self, url: &str, step: &str) {
+        self.client.goto(url).await.expect("goto");
+        self.shot(step).await;
+    }
+
+    /// The text of the whole page.
+    pub async fn text(&self) -> String {
+        self.client
+            .find(Locator::Css("body"))
+            .await
+            .expect("body")
+            .text()
+            .await
+            .expect("body text")
+    }
+
+    /// Type `value` into the field whose `<label>` says `label` (so the
+    /// tests also check the labels are real and linked).
+    pub async fn fill_labelled(&self, label: &str, value: &str) {
+        let xpath = format!("//label[normalize-space(.)='{label}']");
+        let l = self
+            .client
+            .find(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no <label> {label:?}: {e}"));
+        let id = l
+            .attr("for")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("<label> {label:?} has no for="));
+        let input = self
+            .client
+            .find(Locator::Id(&id))
+            .await
+            .unwrap_or_else(|e| panic!("label {label:?} points at no #{id}: {e}"));
+        input.clear().await.unwrap();
+        input.send_keys(value).await.unwrap();
+    }
+
+    /// Click the button (or submit input) showing `text`.
+    pub async fn click_button(&self, text: &str) {
+        let xpath = format!(
+            "//button[normalize-space(.)='{text}'] | //input[@type='submit' and @value='{text}']"
+        );
+        self.client
+            .find(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no button {text:?}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The pin for the certificate [`super::serve::tls_server_section`] issued
+/// from `ca` (its key is `<ca dir>/milebatch-serve.key.pem`).
+pub fn serve_pin(ca: &super::servers::TestCa) -> String {
+    spki_pin(&ca.dir.join("milebatch-serve.key.pem"))
+}

@@ -1,0 +1,689 @@
+//! The management site in a real browser (headless Chromium over WebDriver,
+//! tests/common/browser.rs) against the real `milebatch serve` over TLS.
+//! Every page a test sees is saved under `target/screenshots/<test>/`.
+
+mod common;
+
+use common::browser::{serve_pin, Browser};
+use common::serve::{tls_server_section, Serve};
+use common::servers::TestCa;
+use common::workspace::{local_partner, Workspace};
+
+fn site() -> (Workspace, Serve, String) {
+    site_with(|ws| ws.scheduled_partner("shop", "daily 03:00"), |_| {})
+}
+
+/// A workspace with `partners` (given the workspace), `prepare` run on it
+/// (members, runs) before `serve` starts over TLS; returns the pin for
+/// [`Browser::start`].
+fn site_with(
+    partners: impl FnOnce(&Workspace) -> String,
+    prepare: impl FnOnce(&Workspace),
+) -> (Workspace, Serve, String) {
+    let ca = TestCa::new();
+    let ws = Workspace::new();
+    let p = partners(&ws);
+    ws.write_config("", &format!("{}\n{p}", tls_server_section(&ca)));
+    prepare(&ws);
+    let pin = serve_pin(&ca);
+    let s = Serve::start(&ws, Some(ca));
+    (ws, s, pin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_reaches_the_server_over_tls_with_the_pinned_key() {
+    let (_ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let mut b = Browser::start("harness", Some(&pin)).await;
+    b.visit(&s.url("/healthz"), "healthz").await;
+    let text = b.text().await;
+    assert!(text.contains("ok"), "{text}");
+    b.close().await;
+}
+
+/// `user add` through the real binary; the printed one-time password.
+fn add_user(ws: &Workspace, email: &str, role: &[&str]) -> String {
+    let mut args = vec!["user", "add", email];
+    args.extend_from_slice(role);
+    let out = ws.ok(&args);
+    let pw = out.lines().nth(1).expect("password line").trim().to_owned();
+    assert!(pw.len() >= 12, "{out}");
+    pw
+}
+
+async fn log_in(b: &mut Browser, s: &Serve, email: &str, password: &str, step: &str) {
+    b.visit(&s.url("/login"), &format!("{step}-form")).await;
+    b.fill_labelled("メールアドレス", email).await;
+    b.fill_labelled("パスワード", password).await;
+    b.click_button("ログイン").await;
+    b.shot(step).await;
+}
+
+const GENERIC: &str = "メールアドレスまたはパスワードが正しくありません。";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_failed_login_lockout_and_logout() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("login", Some(&pin)).await;
+
+    // Not logged in: every page sends you to the login page.
+    b.visit(&s.url("/"), "anonymous").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+
+    // A wrong password and an unknown account get the same one message.
+    log_in(
+        &mut b,
+        &s,
+        "staff@shop.example",
+        "wrong password!",
+        "wrong-password",
+    )
+    .await;
+    let wrong = b.text().await;
+    assert!(wrong.contains(GENERIC), "{wrong}");
+    log_in(&mut b, &s, "nobody@shop.example", &pw, "unknown-account").await;
+    assert!(b.text().await.contains(GENERIC));
+
+    // The right password: the start page names the user and the partner.
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/");
+    let home = b.text().await;
+    assert!(
+        home.contains("staff@shop.example") && home.contains("shop"),
+        "{home}"
+    );
+    let cookie = b.client.get_all_cookies().await.unwrap();
+    let c = cookie
+        .iter()
+        .find(|c| c.name() == "__Host-mb_session")
+        .expect("session cookie");
+    assert_eq!(c.http_only(), Some(true));
+    assert_eq!(c.secure(), Some(true));
+    assert_eq!(format!("{:?}", c.same_site()), "Some(Strict)");
+    let first_session = c.value().to_owned();
+
+    // Logout ends the session on the server, not only in the browser.
+    b.click_button("ログアウト").await;
+    b.shot("logged-out").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    assert_eq!(ws.int("SELECT count(*) FROM sessions"), 0);
+    b.visit(&s.url("/"), "after-logout").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+
+    // A new login gets a new session id.
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in-again").await;
+    let again = b
+        .client
+        .get_named_cookie("__Host-mb_session")
+        .await
+        .unwrap();
+    assert_ne!(again.value(), first_session, "session id rotated");
+    b.click_button("ログアウト").await;
+
+    // Five wrong passwords lock the account: even the right one is refused,
+    // with the same message.
+    for i in 0..5 {
+        log_in(
+            &mut b,
+            &s,
+            "staff@shop.example",
+            "guess",
+            &format!("guess-{i}"),
+        )
+        .await;
+        assert!(b.text().await.contains(GENERIC));
+    }
+    log_in(&mut b, &s, "staff@shop.example", &pw, "locked").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    assert!(b.text().await.contains(GENERIC));
+    let list = ws.ok(&["user", "list"]);
+    assert!(list.contains("locked"), "{list}");
+
+    // Ops give a new password: unlocked.
+    let out = ws.ok(&["user", "passwd", "staff@shop.example"]);
+    let pw2 = out.lines().nth(1).unwrap().trim().to_owned();
+    log_in(&mut b, &s, "staff@shop.example", &pw2, "new-password").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/");
+
+    // Every attempt is in the audit trail, with the client address and
+    // never the password.
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'login'"),
+        3
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'login-failed' AND client = '127.0.0.1'"),
+        8
+    );
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM audit WHERE detail LIKE '%{pw}%' OR detail LIKE '%guess%'"
+        )),
+        0
+    );
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_expires_and_disabled_user_is_logged_out() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let mut b = Browser::start("expiry", Some(&pin)).await;
+    log_in(&mut b, &s, "ops@example.jp", &pw, "logged-in").await;
+    assert!(b.text().await.contains("運用"));
+    // 12 hours without a request: the stored idle expiry has passed.
+    ws.db()
+        .execute("UPDATE sessions SET expires_at = unixepoch() - 1", [])
+        .unwrap();
+    b.visit(&s.url("/"), "expired").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    assert!(b.text().await.contains("有効期限が切れました"));
+
+    log_in(&mut b, &s, "ops@example.jp", &pw, "logged-in-again").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/");
+    ws.ok(&["user", "disable", "ops@example.jp"]);
+    b.visit(&s.url("/"), "disabled").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_form_post_is_refused() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("csrf", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    let token = b
+        .client
+        .find(fantoccini::Locator::Css("input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    // Another site's page with a form aimed at our logout, even carrying
+    // the right token (as if it had leaked).
+    let evil = format!(
+        "data:text/html,<form method=post action='{}'><input name=csrf value='{token}'>\
+         <button type=submit>go</button></form>",
+        s.url("/logout")
+    );
+    b.visit(&evil, "evil-page").await;
+    b.click_button("go").await;
+    b.shot("evil-post").await;
+    assert_eq!(
+        ws.int("SELECT count(*) FROM sessions"),
+        1,
+        "still logged in"
+    );
+    b.visit(&s.url("/"), "still-logged-in").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/");
+    b.close().await;
+}
+
+/// The checks themselves, without the browser's SameSite help: the session
+/// cookie with a wrong token, a foreign Origin or a cross-site fetch is 403.
+#[test]
+fn csrf_token_and_origin_are_both_checked() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let c = s.client();
+    let sid = {
+        // Log in over HTTP to get a cookie of our own.
+        let r = c
+            .post(s.url("/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("email", "staff@shop.example"),
+                ("password", pw.as_str()),
+            ]))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        set.split(';').next().unwrap().to_owned()
+    };
+    let home = c
+        .get(s.url("/"))
+        .header("cookie", &sid)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let token = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = c
+        .post(s.url("/logout"))
+        .header("cookie", &sid)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", "wrong")]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(s.url("/logout"))
+        .header("cookie", &sid)
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", token.as_str())]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(s.url("/logout"))
+        .header("cookie", &sid)
+        .header("sec-fetch-site", "cross-site")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", token.as_str())]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM sessions"),
+        1,
+        "nothing logged out"
+    );
+    let r = c
+        .post(s.url("/logout"))
+        .header("cookie", &sid)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", token.as_str())]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "the real form's POST works");
+    assert_eq!(ws.int("SELECT count(*) FROM sessions"), 0);
+}
+
+/// `application/x-www-form-urlencoded` (reqwest's `form` feature is off).
+fn form(pairs: &[(&str, &str)]) -> String {
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_dashboard_shows_a_failed_partner_in_red_and_member_lookup() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}{}",
+                    ws.scheduled_partner("shop", "daily 03:00"),
+                    // Its inbox does not exist: every run fails.
+                    local_partner("broken", "inbox/missing", "")
+                )
+            },
+            |ws| {
+                ws.members(10);
+                ws.write(
+                    "inbox/shop/x.csv",
+                    "M000001,K1,500\r\nm2@example.jp,K2,40\r\n",
+                );
+                let out = ws.run(&["once"]);
+                assert_eq!(out.status.code(), Some(1), "broken fails");
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let partner_pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+
+    let mut b = Browser::start("ops", Some(&pin)).await;
+    // A partner user does not see the ops pages: 404, as for a missing page.
+    log_in(
+        &mut b,
+        &s,
+        "staff@shop.example",
+        &partner_pw,
+        "partner-logged-in",
+    )
+    .await;
+    for path in ["/ops", "/ops/members?q=M000001", "/ops/audit"] {
+        b.visit(&s.url(path), "partner-ops").await;
+        let t = b.text().await;
+        assert!(t.contains("404") && !t.contains("M000001"), "{path}: {t}");
+    }
+    b.visit(&s.url("/"), "partner-home").await;
+    b.click_button("ログアウト").await;
+
+    log_in(&mut b, &s, "ops@example.jp", &ops_pw, "ops-logged-in").await;
+    b.visit(&s.url("/ops"), "dashboard").await;
+    let light = |id: &'static str| {
+        let c = b.client.clone();
+        async move {
+            c.find(fantoccini::Locator::Css(&format!("tr[data-partner={id}]")))
+                .await
+                .unwrap()
+                .attr("data-light")
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    assert_eq!(light("broken").await, "red");
+    assert_eq!(light("shop").await, "green");
+    // Red is red on the screen too, not only in an attribute.
+    let color = b
+        .client
+        .find(fantoccini::Locator::Css("tr[data-partner=broken] .light"))
+        .await
+        .unwrap()
+        .css_value("color")
+        .await
+        .unwrap();
+    assert!(
+        color.starts_with("rgb") && color.contains("180, 35, 24"),
+        "{color}"
+    );
+    assert!(b.text().await.contains("失敗中"));
+
+    // Member lookup by e-mail: balance and the ledger rows.
+    b.visit(&s.url("/ops/members"), "member-form").await;
+    b.fill_labelled("会員IDまたはメールアドレス", "m1@example.jp")
+        .await;
+    b.click_button("検索").await;
+    b.shot("member-found").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("会員 M000001") && t.contains("500") && t.contains("K1"),
+        "{t}"
+    );
+    assert!(!t.contains("K2"), "another member's row: {t}");
+    b.fill_labelled("会員IDまたはメールアドレス", "nobody@example.jp")
+        .await;
+    b.click_button("検索").await;
+    b.shot("member-missing").await;
+    assert!(b.text().await.contains("該当する会員はいません"));
+
+    // The audit log shows logins and the look-up (by member ID, not e-mail).
+    b.visit(&s.url("/ops/audit"), "audit").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("login") && t.contains("member-lookup") && t.contains("member M000001"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("m1@example.jp"),
+        "no member e-mail in the audit log"
+    );
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_404() {
+    // A CP932 file with one good row and one unknown member ("未登録" in
+    // CP932), and another partner's file.
+    let mut shop_file = b"M000001,K1,500\r\n".to_vec();
+    let (bad, _, _) = encoding_rs::SHIFT_JIS.encode("未登録,K2,40\r\n");
+    shop_file.extend_from_slice(&bad);
+    let (ws, s, pin) = tokio::task::spawn_blocking(move || {
+        site_with(
+            |ws| {
+                std::fs::create_dir_all(ws.inbox("shop")).unwrap();
+                std::fs::create_dir_all(ws.inbox("other")).unwrap();
+                format!(
+                    "{}{}",
+                    local_partner(
+                        "shop",
+                        "inbox/shop",
+                        "encoding = \"shift_jis\"\nmax_error_ratio = 0.9"
+                    ),
+                    local_partner("other", "inbox/other", "max_error_ratio = 0.9")
+                )
+            },
+            move |ws| {
+                ws.members(10);
+                ws.write("inbox/shop/交換.csv", &shop_file);
+                ws.write("inbox/other/o.csv", "M000002,O1,7\r\nnobody,O2,1\r\n");
+                ws.ok(&["once"]);
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let shop_id = ws.int("SELECT id FROM files WHERE partner = 'shop'");
+    let other_id = ws.int("SELECT id FROM files WHERE partner = 'other'");
+    let report: String = ws
+        .db()
+        .query_row(
+            "SELECT report_path FROM files WHERE id = ?1",
+            [shop_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let expected = std::fs::read(&report).unwrap();
+    assert!(
+        expected
+            .windows(bad.len() - 2)
+            .any(|w| w == &bad[..bad.len() - 2]),
+        "the failed row's CP932 bytes are in the report"
+    );
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("files", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    b.client
+        .find(fantoccini::Locator::LinkText("ファイル一覧"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("files").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("交換.csv") && t.contains("積算済み") && t.contains("500"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("o.csv"),
+        "another partner's file is listed: {t}"
+    );
+    // Asking for the other partner's list still shows only our own.
+    b.visit(&s.url("/files?partner=other"), "files-other-query")
+        .await;
+    assert!(!b.text().await.contains("o.csv"));
+
+    // The error file, downloaded by the browser, byte for byte.
+    b.visit(&s.url("/files"), "files-again").await;
+    b.client
+        .find(fantoccini::Locator::LinkText("ダウンロード"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let downloaded = loop {
+        let done: Vec<_> = std::fs::read_dir(&b.downloads)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        if let Some(p) = done.first() {
+            break p.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no download");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        downloaded.file_name().unwrap().to_str().unwrap(),
+        std::path::Path::new(&report)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "the file name"
+    );
+    assert_eq!(
+        std::fs::read(&downloaded).unwrap(),
+        expected,
+        "byte for byte"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'download' AND partner = 'shop'"),
+        1
+    );
+
+    // Partner B's file id in partner A's session: 404, like a missing id.
+    b.visit(
+        &s.url(&format!("/files/{other_id}/errors")),
+        "other-partner-file",
+    )
+    .await;
+    let t = b.text().await;
+    assert!(t.contains("404") && !t.contains("O2"), "{t}");
+    b.visit(&s.url("/files/999999/errors"), "missing-file")
+        .await;
+    assert!(b.text().await.contains("404"));
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| ws.scheduled_partner("shop", "daily 03:00"),
+            |ws| {
+                ws.members(10);
+                let mut f = String::new();
+                for i in 0..150 {
+                    f.push_str(&format!("M{:06},K1{i:04},{}\r\n", i % 10, i + 1));
+                }
+                f.push_str("M000001,K2,9\r\n");
+                ws.write("inbox/shop/h.csv", f);
+                ws.ok(&["once"]);
+                // An API exchange: file_id 0, line = dup = its id.
+                ws.db()
+                    .execute(
+                        "INSERT INTO ledger(partner, partner_key, file_id, member, miles, dup, line, credited_at) \
+                         SELECT 'shop', 'K1API', 0, id, 77, 5, 5, unixepoch() FROM members WHERE member_id = 'M000003'",
+                        [],
+                    )
+                    .unwrap();
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("history", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    b.visit(&s.url("/history"), "form").await;
+    b.fill_labelled("指定キー", "K1").await;
+    b.client
+        .find(fantoccini::Locator::Id("mode"))
+        .await
+        .unwrap()
+        .select_by_value("prefix")
+        .await
+        .unwrap();
+    b.click_button("検索").await;
+    b.shot("prefix-page-1").await;
+    let t = b.text().await;
+    assert!(t.contains("151 件") && t.contains("1 / 2 ページ"), "{t}");
+    assert!(!t.contains("K2 "), "K2 is not under the prefix K1: {t}");
+    let rows = b
+        .client
+        .find_all(fantoccini::Locator::Css("tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 100);
+    b.client
+        .find(fantoccini::Locator::LinkText("次へ"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("prefix-page-2").await;
+    let rows = b
+        .client
+        .find_all(fantoccini::Locator::Css("tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 51);
+    // The API credit is found with the file credits, as channel `api`.
+    let t = b.text().await;
+    assert!(t.contains("K1API") && t.contains("api"), "{t}");
+
+    // The CSV export of the whole search.
+    b.client
+        .find(fantoccini::Locator::LinkText("CSV でダウンロード"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let csv = loop {
+        let done: Vec<_> = std::fs::read_dir(&b.downloads)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        if let Some(p) = done.first() {
+            break std::fs::read_to_string(p).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no download");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "credited_at,partner_key,member_id,miles,channel,file,line"
+    );
+    assert_eq!(lines.len(), 152, "header + 151 rows");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("K10005,M000005,6,pull,h.csv,6")),
+        "{csv}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("K1API,M000003,77,api,,5")),
+        "{csv}"
+    );
+
+    // Exact key; and a date range that excludes today.
+    b.visit(&s.url("/history?key=K10005"), "exact").await;
+    let t = b.text().await;
+    assert!(t.contains("1 件") && t.contains("M000005"), "{t}");
+    b.visit(
+        &s.url("/history?key=K10005&from=2000-01-01&to=2000-01-31"),
+        "old-range",
+    )
+    .await;
+    assert!(b.text().await.contains("0 件"));
+    // Another partner's history is not reachable by editing the URL.
+    b.visit(
+        &s.url("/history?partner=other&key=K1&mode=prefix"),
+        "other-partner",
+    )
+    .await;
+    assert!(b.text().await.contains("151 件"), "still our own partner");
+    b.close().await;
+}
