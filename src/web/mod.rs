@@ -13,8 +13,12 @@
 //! - the listener and the shutdown signal are passed in (mini-redis style),
 //!   so tests bind port 0 and stop the server in milliseconds.
 
+pub mod api;
+pub mod auth;
 pub mod health;
 pub mod problem;
+pub mod readers;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +42,8 @@ pub enum WebError {
         key: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Writer(#[from] writer::WriterError),
     #[error("serving on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -49,12 +55,32 @@ pub enum WebError {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// Read-only connections for handlers.
+    pub readers: Arc<readers::Readers>,
+    /// The one writing connection (group commit), for API credits.
+    pub writer: Arc<writer::Writer>,
+    /// Per-key request rates of the partner API.
+    pub limiter: Arc<api::limits::Limiter>,
+}
+
+impl AppState {
+    /// The state for `config`: opens (and migrates) the database.
+    pub fn new(config: Arc<Config>) -> Result<AppState, writer::WriterError> {
+        let db = config.daemon.database.clone();
+        Ok(AppState {
+            writer: writer::Writer::start(&db, config.daemon.timezone)?,
+            readers: Arc::new(readers::Readers::new(db)),
+            limiter: Arc::default(),
+            config,
+        })
+    }
 }
 
 /// The whole application: every route, with the layers every response gets.
 pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(health::routes())
+        .merge(api::routes())
         .fallback(problem::not_found)
         .with_state(state);
     with_security_headers(app)
@@ -104,10 +130,8 @@ pub async fn serve(
             handle.graceful_shutdown(Some(GRACE));
         });
     }
-    let app = router(AppState {
-        config: config.clone(),
-    })
-    .into_make_service_with_connect_info::<SocketAddr>();
+    let app =
+        router(AppState::new(config.clone())?).into_make_service_with_connect_info::<SocketAddr>();
     match &config.server.tls {
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)

@@ -1,0 +1,372 @@
+//! The partner API on the real `milebatch serve`, over TLS with a test CA:
+//! API keys from the CLI, `POST /api/v1/exchanges` with every status, the
+//! idempotency rules (replay, reuse, the concurrent same-key race), rate
+//! limits and the daily cap, and credits landing in the one ledger.
+
+mod common;
+
+use std::time::Duration;
+
+use common::serve::{json, tls_server_section, Serve};
+use common::servers::TestCa;
+use common::workspace::Workspace;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+
+const API: &str = "[partner.api]\nenabled = true\ndaily_miles_limit = 1000000\n";
+
+/// A workspace with partners `shop` (API enabled with `shop_api`) and
+/// `other` (API enabled), the demo members, and a TLS server section.
+fn setup(shop_api: &str) -> (Workspace, Serve) {
+    let ca = TestCa::new();
+    let ws = Workspace::new();
+    ws.write_config(
+        "",
+        &format!(
+            "{}\n{}{shop_api}\n{}{API}\n",
+            tls_server_section(&ca),
+            ws.scheduled_partner("shop", "daily 03:00"),
+            ws.scheduled_partner("other", "daily 03:00"),
+        ),
+    );
+    ws.demo_members();
+    let s = Serve::start(&ws, Some(ca));
+    (ws, s)
+}
+
+fn new_key(ws: &Workspace, partner: &str) -> String {
+    let out = ws.ok(&["api-key", "create", "--partner", partner, "--label", "test"]);
+    out.trim().to_owned()
+}
+
+fn post(c: &Client, s: &Serve, key: &str, idem: &str, body: &str) -> RequestBuilder {
+    c.post(s.url("/api/v1/exchanges"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .header("idempotency-key", idem)
+        .body(body.to_owned())
+}
+
+fn credit(
+    c: &Client,
+    s: &Serve,
+    key: &str,
+    idem: &str,
+    member: &str,
+    pk: &str,
+    miles: i64,
+) -> Response {
+    let body = serde_json::json!({"member": member, "partner_key": pk, "miles": miles}).to_string();
+    post(c, s, key, idem, &body).send().unwrap()
+}
+
+fn problem(r: Response, status: u16) -> serde_json::Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let v = json(r);
+    assert_eq!(v["status"], status, "{v}");
+    v
+}
+
+#[test]
+fn api_keys_from_the_cli() {
+    let ca = TestCa::new();
+    let ws = Workspace::new();
+    ws.write_config(
+        "",
+        &format!(
+            "{}\n{}{API}",
+            tls_server_section(&ca),
+            ws.scheduled_partner("shop", "daily 03:00")
+        ),
+    );
+    let key = new_key(&ws, "shop");
+    assert!(key.starts_with("mbk_") && key.len() >= 4 + 32, "{key}");
+    assert_ne!(key, new_key(&ws, "shop"));
+    let list = ws.ok(&["api-key", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(
+        !list.contains(&key[12..]),
+        "the key itself is never shown again"
+    );
+    let prefix = &key[..12];
+    assert!(ws.ok(&["api-key", "list"]).contains(prefix));
+    // Only its hash is stored.
+    let stored: i64 = ws.int(&format!(
+        "SELECT count(*) FROM api_keys WHERE sha256 LIKE '%{}%' OR label LIKE '%{}%'",
+        &key[12..],
+        &key[12..]
+    ));
+    assert_eq!(stored, 0);
+    assert!(ws.ok(&["api-key", "revoke", prefix]).contains("revoked"));
+    let again = ws.run(&["api-key", "revoke", prefix]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no active API key"));
+    let unknown = ws.run(&["api-key", "create", "--partner", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action LIKE 'api-key-%'"),
+        3
+    );
+}
+
+#[test]
+fn exchanges_credit_once_and_replay() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+
+    // Credited: 201, and the ledger row is an API row (file_id 0).
+    let r = credit(&c, &s, &key, "k-1", "NM0000000001", "ORDER-1", 120);
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    let first = r.text().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["partner_key"], "ORDER-1");
+    assert_eq!(v["miles"], 120);
+    assert!(v["credited_at"].as_str().unwrap().ends_with('Z'), "{v}");
+    assert!(v.get("balance").is_none() && v.get("member").is_none());
+    assert_eq!(ws.balance("NM0000000001"), 120);
+    let id = v["id"].as_i64().unwrap();
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM ledger WHERE file_id = 0 AND line = {id} AND dup = {id} AND partner = 'shop' AND partner_key = 'ORDER-1'"
+        )),
+        1
+    );
+
+    // The same key and body: the stored answer, byte for byte; no new credit.
+    let r = credit(&c, &s, &key, "k-1", "NM0000000001", "ORDER-1", 120);
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(r.text().unwrap(), first);
+    assert_eq!(ws.balance("NM0000000001"), 120);
+
+    // The same key, another body: 422, nothing credited.
+    let v = problem(
+        credit(&c, &s, &key, "k-1", "NM0000000001", "ORDER-1", 121),
+        422,
+    );
+    assert_eq!(v["type"], "/problems/idempotency-key-reused");
+    assert_eq!(ws.ledger_rows(), 1);
+
+    // Keys are per partner: another partner may use "k-1" too.
+    let other = new_key(&ws, "other");
+    assert_eq!(
+        credit(&c, &s, &other, "k-1", "NM0000000001", "ORDER-1", 120).status(),
+        201
+    );
+    assert_eq!(ws.balance("NM0000000001"), 240);
+
+    // Row codes, as for a CSV row, stored and replayed the same.
+    for (idem, member, pk, miles, code) in [
+        ("e2", " ", "k", 1, "E002"),
+        ("e3", "NM9999999999", "k", 1, "E003"),
+        ("e4", "NM0000000003", "k", 1, "E004"),
+        ("e5", "NM0000000001", "", 1, "E005"),
+        ("e6", "NM0000000001", "k", 0, "E006"),
+        ("e6n", "NM0000000001", "k", -5, "E006"),
+        ("e7", "taro.yamada@example.jp", "k", 100001, "E007"),
+    ] {
+        let v = problem(credit(&c, &s, &key, idem, member, pk, miles), 422);
+        assert_eq!(v["code"], code, "{idem}: {v}");
+        let r = credit(&c, &s, &key, idem, member, pk, miles);
+        assert_eq!(r.headers()["idempotent-replayed"], "true");
+        assert_eq!(problem(r, 422), v);
+    }
+    let v = problem(
+        post(
+            &c,
+            &s,
+            &key,
+            "e6f",
+            r#"{"member":"NM0000000001","partner_key":"k","miles":5.0}"#,
+        )
+        .send()
+        .unwrap(),
+        422,
+    );
+    assert_eq!(v["code"], "E006");
+    // By e-mail, any case.
+    assert_eq!(
+        credit(&c, &s, &key, "mail", "Hanako.Sato@Example.JP", "O2", 7).status(),
+        201
+    );
+    assert_eq!(ws.balance("NM0000000002"), 7);
+    assert_eq!(ws.ledger_rows(), 3);
+    ws.assert_balances_match_ledger();
+}
+
+#[test]
+fn malformed_requests_and_keys() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    let good = r#"{"member":"NM0000000001","partner_key":"k","miles":1}"#;
+
+    // 401: no key, an unknown key, a revoked key: the same body.
+    let none = c
+        .post(s.url("/api/v1/exchanges"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "a")
+        .body(good)
+        .send()
+        .unwrap();
+    assert!(none.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    let none = problem(none, 401);
+    let unknown = problem(
+        post(&c, &s, &format!("{}0", &key[..key.len() - 1]), "a", good)
+            .send()
+            .unwrap(),
+        401,
+    );
+    let revoked = new_key(&ws, "shop");
+    ws.ok(&["api-key", "revoke", &revoked[..12]]);
+    let revoked = problem(post(&c, &s, &revoked, "a", good).send().unwrap(), 401);
+    assert_eq!(none, unknown);
+    assert_eq!(unknown, revoked);
+
+    // 415: not JSON.
+    let r = c
+        .post(s.url("/api/v1/exchanges"))
+        .bearer_auth(&key)
+        .header("content-type", "text/plain")
+        .header("idempotency-key", "a")
+        .body(good)
+        .send()
+        .unwrap();
+    problem(r, 415);
+
+    // 400: no key, a bad key, bad JSON, missing or extra fields, wrong
+    // types, a body over 16 KiB.
+    let r = c
+        .post(s.url("/api/v1/exchanges"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(good)
+        .send()
+        .unwrap();
+    assert!(problem(r, 400)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
+    problem(
+        post(&c, &s, &key, &"x".repeat(256), good).send().unwrap(),
+        400,
+    );
+    for bad in [
+        "{",
+        "[]",
+        r#"{"member":"NM0000000001","partner_key":"k"}"#,
+        r#"{"member":"NM0000000001","partner_key":"k","miles":1,"extra":1}"#,
+        r#"{"member":"NM0000000001","partner_key":"k","miles":"1"}"#,
+        r#"{"member":1,"partner_key":"k","miles":1}"#,
+    ] {
+        problem(post(&c, &s, &key, "b", bad).send().unwrap(), 400);
+    }
+    let huge = format!(
+        r#"{{"member":"NM0000000001","partner_key":"{}","miles":1}}"#,
+        "k".repeat(17 * 1024)
+    );
+    assert!(
+        problem(post(&c, &s, &key, "h", &huge).send().unwrap(), 400)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("16384")
+    );
+    assert_eq!(ws.ledger_rows(), 0);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM api_exchanges"),
+        0,
+        "malformed requests are not stored"
+    );
+}
+
+#[test]
+fn concurrent_requests_with_one_key_credit_once() {
+    let (ws, s) = setup(API);
+    let key = new_key(&ws, "shop");
+    let answers: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| {
+                sc.spawn(|| {
+                    let c = s.client();
+                    let r = credit(&c, &s, &key, "race", "NM0000000001", "RACE", 5);
+                    let st = r.status().as_u16();
+                    if st == 409 {
+                        assert!(r.headers().get("retry-after").is_some());
+                    }
+                    (st, r.text().unwrap())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok: Vec<_> = answers.iter().filter(|(st, _)| *st == 201).collect();
+    assert!(!ok.is_empty(), "{answers:?}");
+    assert!(
+        ok.iter().all(|(_, b)| b == &ok[0].1),
+        "every 201 is the same answer: {answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(st, _)| *st == 201 || *st == 409),
+        "{answers:?}"
+    );
+    assert_eq!(ws.ledger_rows(), 1);
+    assert_eq!(ws.balance("NM0000000001"), 5);
+}
+
+#[test]
+fn rate_limit_and_daily_cap() {
+    let (ws, s) = setup("[partner.api]\nenabled = true\nrate = \"2/m\"\ndaily_miles_limit = 150\n");
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    assert_eq!(
+        credit(&c, &s, &key, "d1", "NM0000000001", "A", 100).status(),
+        201
+    );
+    // Would pass 150 today: 429 until tomorrow, and not stored.
+    let r = credit(&c, &s, &key, "d2", "NM0000000001", "B", 100);
+    let after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86400 + 3600).contains(&after), "{after}");
+    assert_eq!(problem(r, 429)["type"], "/problems/daily-limit");
+    assert_eq!(
+        ws.int("SELECT count(*) FROM api_exchanges WHERE idem_key = 'd2'"),
+        0
+    );
+    // The burst (2) is spent: the rate limit answers next.
+    let r = credit(&c, &s, &key, "d3", "NM0000000001", "C", 50);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(problem(r, 429)["type"], "/problems/rate-limited");
+    // Another key of the same partner has a bucket of its own, but the same
+    // daily cap: 50 more fit.
+    let key2 = new_key(&ws, "shop");
+    assert_eq!(
+        credit(&c, &s, &key2, "d3", "NM0000000001", "C", 50).status(),
+        201
+    );
+    assert_eq!(
+        problem(credit(&c, &s, &key2, "d4", "NM0000000001", "D", 1), 429)["type"],
+        "/problems/daily-limit"
+    );
+    assert_eq!(ws.balance("NM0000000001"), 150);
+}
+
+#[test]
+fn a_partner_without_the_api_is_refused() {
+    let (ws, s) = setup("");
+    let key = new_key(&ws, "shop");
+    let c = s.client();
+    let v = problem(credit(&c, &s, &key, "x", "NM0000000001", "A", 1), 403);
+    assert_eq!(v["type"], "/problems/api-disabled");
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(ws.ledger_rows(), 0);
+}
