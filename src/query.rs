@@ -115,16 +115,22 @@ pub struct HistoryRow {
     pub partner_key: String,
     pub member_id: String,
     pub miles: i64,
+    /// The file's name; `api` for an API credit.
     pub file: String,
+    /// The file's line; the exchange's id for an API credit.
     pub line: i64,
     pub credited_at: String,
+    /// `pull`, `upload` or `api`.
+    pub channel: String,
 }
 
 /// Every credit of one partner key: the search the management site offers.
 pub fn history(conn: &Connection, partner: &str, key: &str) -> Result<Vec<HistoryRow>, DbError> {
     let mut st = conn.prepare(
-        "SELECT l.partner, l.partner_key, m.member_id, l.miles, f.name, l.line, l.credited_at
-         FROM ledger l JOIN files f ON f.id = l.file_id JOIN members m ON m.id = l.member
+        "SELECT l.partner, l.partner_key, m.member_id, l.miles, coalesce(f.name, 'api'), l.line,
+                l.credited_at, CASE WHEN l.file_id = 0 THEN 'api' ELSE coalesce(f.channel, 'pull') END
+         FROM ledger l LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0
+         JOIN members m ON m.id = l.member
          WHERE l.partner = ?1 AND l.partner_key = ?2
          ORDER BY l.credited_at, l.file_id, l.line",
     )?;
@@ -140,6 +146,7 @@ pub fn history(conn: &Connection, partner: &str, key: &str) -> Result<Vec<Histor
             credited_at: chrono::DateTime::from_timestamp(at, 0)
                 .map(crate::db::now_text)
                 .unwrap_or_default(),
+            channel: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

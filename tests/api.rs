@@ -370,3 +370,175 @@ fn a_partner_without_the_api_is_refused() {
     std::thread::sleep(Duration::from_millis(10));
     assert_eq!(ws.ledger_rows(), 0);
 }
+
+#[test]
+fn reading_credits_back_from_the_api_and_from_files() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    let other = new_key(&ws, "other");
+    // One credit by file, two by the API, on the same partner key.
+    std::fs::write(ws.inbox("shop").join("x.csv"), "NM0000000002,K-7,30\n").unwrap();
+    ws.ok(&["once", "--partner", "shop"]);
+    let a = json(credit(&c, &s, &key, "a", "NM0000000001", "K-7", 10));
+    let b = json(credit(&c, &s, &key, "b", "NM0000000002", "K-7", 20));
+    let rejected = json(credit(&c, &s, &key, "r", "NM0000000003", "K-7", 20));
+    assert_eq!(rejected["code"], "E004");
+    let theirs = json(credit(&c, &s, &other, "o", "NM0000000001", "K-7", 40));
+
+    // One by id: its own credit only.
+    let get = |key: &str, id: &serde_json::Value| {
+        c.get(s.url(&format!("/api/v1/exchanges/{id}")))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+    };
+    let r = get(&key, &a["id"]);
+    assert_eq!(r.status(), 200);
+    let v = json(r);
+    assert_eq!(
+        (v["channel"].as_str(), v["miles"].as_i64(), v["id"].clone()),
+        (Some("api"), Some(10), a["id"].clone())
+    );
+    assert_eq!(v["credited_at"], a["credited_at"]);
+    // Another partner's id, an unknown id, a non-number: the same 404.
+    let not_found = problem(get(&key, &theirs["id"]), 404);
+    assert_eq!(
+        problem(get(&key, &serde_json::json!(999999)), 404),
+        not_found
+    );
+    assert_eq!(problem(get(&key, &serde_json::json!("x")), 404), not_found);
+    assert_eq!(problem(get(&other, &a["id"]), 404), not_found);
+    problem(c.get(s.url("/api/v1/exchanges/1")).send().unwrap(), 401);
+
+    // The key's history: the file row and both API rows, not the other
+    // partner's; paged with a cursor when asked for a window.
+    let search = |q: &str| {
+        c.get(s.url(&format!("/api/v1/exchanges?{q}")))
+            .bearer_auth(&key)
+            .send()
+            .unwrap()
+    };
+    let v = json(search("partner_key=K-7"));
+    let credits = v["credits"].as_array().unwrap();
+    assert_eq!(credits.len(), 3, "{v}");
+    let mut channels: Vec<_> = credits
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    channels.sort();
+    assert_eq!(channels, ["api", "api", "pull"]);
+    assert!(credits
+        .iter()
+        .any(|c| c["channel"] == "pull" && c["line"] == 1 && c["miles"] == 30));
+    assert!(credits.iter().all(|c| c.get("member").is_none()));
+    assert_eq!(v["next_cursor"], serde_json::Value::Null);
+    let v = json(search(
+        "partner_key=K-7&from=2000-01-01T00:00:00Z&to=2001-01-01T00:00:00Z",
+    ));
+    assert_eq!(v["credits"].as_array().unwrap().len(), 0);
+    problem(search("partner_key=K-7&from=yesterday"), 400);
+    problem(search("from=2000-01-01T00:00:00Z"), 400);
+    problem(search("partner_key=K-7&cursor=bogus"), 400);
+    let _ = b;
+
+    // More than a page: the cursor walks every row once.
+    let rows: String = (1..=150)
+        .map(|i| format!("NM0000000001,K-P,{i}\n"))
+        .collect();
+    std::fs::write(ws.inbox("shop").join("p.csv"), rows).unwrap();
+    ws.ok(&["once", "--partner", "shop"]);
+    let p1 = json(search("partner_key=K-P"));
+    assert_eq!(p1["credits"].as_array().unwrap().len(), 100);
+    let cursor = p1["next_cursor"].as_str().unwrap().to_owned();
+    let p2 = json(search(&format!("partner_key=K-P&cursor={cursor}")));
+    assert_eq!(p2["credits"].as_array().unwrap().len(), 50);
+    assert_eq!(p2["next_cursor"], serde_json::Value::Null);
+    let mut miles: Vec<i64> = p1["credits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(p2["credits"].as_array().unwrap())
+        .map(|c| c["miles"].as_i64().unwrap())
+        .collect();
+    miles.sort();
+    assert_eq!(miles, (1..=150).collect::<Vec<i64>>());
+
+    // The CLI's history shows the API credits with their channel.
+    let h = ws.ok(&["history", "--partner", "shop", "--key", "K-7", "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&h).unwrap();
+    let h = h.as_array().unwrap();
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert_eq!(h.iter().filter(|r| r["channel"] == "api").count(), 2);
+    assert_eq!(ws.balance("NM0000000002"), 50);
+    ws.assert_balances_match_ledger();
+}
+
+#[test]
+fn api_credits_while_a_batch_file_is_credited() {
+    let (ws, s) =
+        setup("[partner.api]\nenabled = true\nrate = \"10000/s\"\ndaily_miles_limit = 1000000\n");
+    ws.members(1000);
+    let key = new_key(&ws, "shop");
+    // Large enough (debug build) that its transaction holds the write lock
+    // for a while.
+    let (file, mut expect) = common::workspace::exchange_csv(200_000, 1000, 7);
+    std::fs::write(ws.inbox("shop").join("big.csv"), file).unwrap();
+    let once = std::sync::Mutex::new(
+        ws.cmd(&["once", "--partner", "shop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let running = || once.lock().unwrap().try_wait().unwrap().is_none();
+    // Four clients credit one API exchange after another until it ends.
+    let sent: Vec<Vec<u16>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let (s, key, running) = (&s, &key, &running);
+                sc.spawn(move || {
+                    let c = s.client();
+                    let mut out = Vec::new();
+                    while running() {
+                        let i = out.len();
+                        let r = credit(
+                            &c,
+                            s,
+                            key,
+                            &format!("t{t}-{i}"),
+                            "M000000",
+                            &format!("API-{t}-{i}"),
+                            1,
+                        );
+                        out.push(r.status().as_u16());
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let out = once.into_inner().unwrap().wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = sent.iter().flatten().count() as i64;
+    assert!(n >= 20, "only {n} API requests while `once` ran");
+    assert!(
+        sent.iter().flatten().all(|st| *st == 201),
+        "{sent:?}\n{}",
+        s.log_text()
+    );
+    assert!(
+        !s.log_text().to_lowercase().contains("busy"),
+        "{}",
+        s.log_text()
+    );
+    expect[0] += n;
+    assert_eq!(ws.balances(1000), expect);
+    assert_eq!(ws.ledger_rows(), 200_000 + n);
+    ws.assert_balances_match_ledger();
+}

@@ -9,10 +9,10 @@
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -24,7 +24,9 @@ use crate::web::writer::{Exchange, Outcome};
 use crate::web::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/exchanges", post(create))
+    Router::new()
+        .route("/api/v1/exchanges", post(create).get(search))
+        .route("/api/v1/exchanges/{id}", get(one))
 }
 
 /// The request body. Unknown fields are refused (400), so a typo such as
@@ -193,6 +195,214 @@ fn stored(status: u16, body: String, replayed: bool) -> Response {
         h.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     r
+}
+
+/// One credit as the API shows it: from the API (`channel` `api`, its
+/// exchange `id`) or from a file (`pull` or `upload`, with the file's id
+/// and line). Never the member or a balance.
+#[derive(Debug, serde::Serialize)]
+pub struct Credit {
+    pub channel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    pub partner_key: String,
+    pub miles: i64,
+    pub credited_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<i64>,
+}
+
+/// A page of [`search`].
+pub const PAGE: i64 = 100;
+
+fn not_found() -> Response {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found").into_response()
+}
+
+fn unix_text(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// `GET /api/v1/exchanges/{id}`: one of the caller's own API credits.
+/// Another partner's id, a rejected exchange and no exchange at all are
+/// the same 404.
+async fn one(
+    State(state): State<AppState>,
+    ApiKey(caller): ApiKey,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return not_found();
+    };
+    let partner = caller.partner.clone();
+    let found = state
+        .readers
+        .with(move |c| -> Result<Option<Credit>, crate::db::DbError> {
+            use rusqlite::OptionalExtension as _;
+            Ok(c.query_row(
+                "SELECT l.partner_key, l.miles, l.credited_at FROM api_exchanges x
+                 JOIN ledger l ON l.partner = x.partner AND l.partner_key = x.partner_key
+                   AND l.file_id = 0 AND l.member = x.member AND l.miles = x.miles AND l.dup = x.id
+                 WHERE x.id = ?1 AND x.partner = ?2 AND x.status = 201",
+                rusqlite::params![id, partner],
+                |r| {
+                    Ok(Credit {
+                        channel: "api".into(),
+                        id: Some(id),
+                        partner_key: r.get(0)?,
+                        miles: r.get(1)?,
+                        credited_at: unix_text(r.get(2)?),
+                        file_id: None,
+                        line: None,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await;
+    match found {
+        Ok(Some(c)) => axum::Json(c).into_response(),
+        Ok(None) => not_found(),
+        Err(e) => internal(&e).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    pub partner_key: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// Where a page ends: the ledger key after the partner and partner key.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct Cursor(i64, i64, i64, i64);
+
+fn parse_time(name: &str, v: Option<&str>) -> Result<Option<i64>, Problem> {
+    let Some(v) = v else { return Ok(None) };
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| Some(t.timestamp()))
+        .map_err(|_| {
+            bad_request(format!(
+                "`{name}` must be an RFC 3339 time such as 2026-11-29T00:00:00+09:00"
+            ))
+        })
+}
+
+/// `GET /api/v1/exchanges?partner_key=&from=&to=&cursor=`: every credit of
+/// one of the caller's partner keys, from the API and from files, `PAGE`
+/// at a time; `next_cursor` fetches the next page.
+async fn search(
+    State(state): State<AppState>,
+    ApiKey(caller): ApiKey,
+    q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_request(e.body_text()).into_response(),
+    };
+    let Some(key) = q
+        .partner_key
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+    else {
+        return bad_request("`partner_key` is required: the credits of one partner key are listed")
+            .into_response();
+    };
+    let (from, to) = match (
+        parse_time("from", q.from.as_deref()),
+        parse_time("to", q.to.as_deref()),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(p), _) | (_, Err(p)) => return p.into_response(),
+    };
+    let after = match q.cursor.as_deref().map(decode_cursor) {
+        None => Cursor(-1, -1, -1, -1),
+        Some(Some(c)) => c,
+        Some(None) => return bad_request("`cursor` is not one this API gave out").into_response(),
+    };
+    let partner = caller.partner.clone();
+    let page = state
+        .readers
+        .with(
+            move |c| -> Result<(Vec<Credit>, Option<Cursor>), crate::db::DbError> {
+                let mut st = c.prepare_cached(
+                    "SELECT l.file_id, l.member, l.miles, l.dup, l.line, l.credited_at, f.channel
+                 FROM ledger l LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0
+                 WHERE l.partner = ?1 AND l.partner_key = ?2
+                   AND (l.file_id, l.member, l.miles, l.dup) > (?3, ?4, ?5, ?6)
+                   AND (?7 IS NULL OR l.credited_at >= ?7) AND (?8 IS NULL OR l.credited_at < ?8)
+                 ORDER BY l.file_id, l.member, l.miles, l.dup
+                 LIMIT ?9",
+                )?;
+                let mut out = Vec::new();
+                let mut last = None;
+                let mut rows = st.query(rusqlite::params![
+                    partner,
+                    key,
+                    after.0,
+                    after.1,
+                    after.2,
+                    after.3,
+                    from,
+                    to,
+                    PAGE + 1
+                ])?;
+                while let Some(r) = rows.next()? {
+                    if out.len() as i64 == PAGE {
+                        return Ok((out, last));
+                    }
+                    let file_id: i64 = r.get(0)?;
+                    let dup: i64 = r.get(3)?;
+                    last = Some(Cursor(file_id, r.get(1)?, r.get(2)?, dup));
+                    let api = file_id == 0;
+                    out.push(Credit {
+                        channel: if api {
+                            "api".into()
+                        } else {
+                            r.get::<_, Option<String>>(6)?
+                                .unwrap_or_else(|| "pull".into())
+                        },
+                        id: api.then_some(dup),
+                        partner_key: key.clone(),
+                        miles: r.get(2)?,
+                        credited_at: unix_text(r.get(5)?),
+                        file_id: (!api).then_some(file_id),
+                        line: (!api).then_some(r.get(4)?),
+                    });
+                }
+                Ok((out, None))
+            },
+        )
+        .await;
+    match page {
+        Ok((credits, next)) => axum::Json(serde_json::json!({
+            "credits": credits,
+            "next_cursor": next.map(|c| encode_cursor(&c)),
+        }))
+        .into_response(),
+        Err(e) => internal(&e).into_response(),
+    }
+}
+
+fn encode_cursor(c: &Cursor) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(c).unwrap_or_default())
+}
+
+fn decode_cursor(s: &str) -> Option<Cursor> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]
