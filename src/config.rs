@@ -121,7 +121,13 @@ pub struct ApiConfig {
     /// Miles the partner may credit through the API per day (in
     /// `[daemon] timezone`), all keys together.
     pub daily_miles_limit: u64,
+    /// `members/verify` calls the partner may make per day, all keys
+    /// together.
+    pub daily_verify_limit: u64,
 }
+
+/// `daily_verify_limit` when not given.
+pub const DEFAULT_DAILY_VERIFY_LIMIT: u64 = 100_000;
 
 /// A per-key request rate, `"50/s"` or `"600/m"`, with its burst.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,6 +145,7 @@ impl Default for ApiConfig {
             enabled: false,
             rate: parse_rate(DEFAULT_API_RATE).expect("a valid default"),
             daily_miles_limit: 0,
+            daily_verify_limit: DEFAULT_DAILY_VERIFY_LIMIT,
         }
     }
 }
@@ -235,6 +242,7 @@ struct RawApi {
     rate: Option<String>,
     burst: Option<u32>,
     daily_miles_limit: Option<u64>,
+    daily_verify_limit: Option<u64>,
 }
 
 fn default_encoding() -> Encoding {
@@ -502,10 +510,16 @@ fn api_config(a: &RawApi, max_miles: u64) -> Result<ApiConfig, String> {
         }
         None => 0,
     };
+    let daily_verify_limit = match a.daily_verify_limit {
+        Some(0) => return Err("`daily_verify_limit` must be at least 1".into()),
+        Some(n) => n,
+        None => DEFAULT_DAILY_VERIFY_LIMIT,
+    };
     Ok(ApiConfig {
         enabled: a.enabled,
         rate,
         daily_miles_limit,
+        daily_verify_limit,
     })
 }
 

@@ -542,3 +542,81 @@ fn api_credits_while_a_batch_file_is_credited() {
     assert_eq!(ws.ledger_rows(), 200_000 + n);
     ws.assert_balances_match_ledger();
 }
+
+#[test]
+fn verify_answers_every_no_the_same() {
+    let (ws, s) =
+        setup("[partner.api]\nenabled = true\ndaily_miles_limit = 100\ndaily_verify_limit = 7\n");
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    let verify = |member_id: &str, email: &str| {
+        c.post(s.url("/api/v1/members/verify"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"member_id": member_id, "email": email}).to_string())
+            .send()
+            .unwrap()
+    };
+    let answer = |r: Response| {
+        let status = r.status().as_u16();
+        let mut h: Vec<(String, String)> = r
+            .headers()
+            .iter()
+            .filter(|(n, _)| n.as_str() != "date")
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        h.sort();
+        (status, h, r.text().unwrap())
+    };
+    let yes = answer(verify("NM0000000001", "Taro.Yamada@example.jp"));
+    assert_eq!(yes.0, 200);
+    assert_eq!(yes.2, r#"{"match":true}"#);
+    let mut noes = Vec::new();
+    for (id, email) in [
+        ("NM9999999999", "taro.yamada@example.jp"), // no such member ID
+        ("NM0000000001", "nobody@example.jp"),      // no such e-mail
+        ("NM0000000001", "hanako.sato@example.jp"), // another member's e-mail
+        ("NM0000000003", "jiro.suzuki@example.jp"), // suspended
+        ("NM0000000004", "saburo.tanaka@example.jp"), // withdrawn
+    ] {
+        let t = std::time::Instant::now();
+        noes.push(answer(verify(id, email)));
+        assert!(
+            t.elapsed() >= Duration::from_millis(3),
+            "padded to the floor"
+        );
+    }
+    assert_eq!(noes[0].2, r#"{"match":false}"#);
+    assert!(noes.iter().all(|n| *n == noes[0]), "{noes:#?}");
+    // Malformed: problem+json, and not counted as an answer.
+    let r = c
+        .post(s.url("/api/v1/members/verify"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(r#"{"member_id": "NM0000000001"}"#)
+        .send()
+        .unwrap();
+    problem(r, 400);
+    // The daily quota (7 calls): the 8th call is refused until tomorrow.
+    let r = verify("NM0000000001", "taro.yamada@example.jp");
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(problem(r, 429)["type"], "/problems/daily-limit");
+    // One audit row per answered call, with the key's prefix, no e-mail.
+    let db = ws.db();
+    let details: Vec<String> = db
+        .prepare("SELECT actor || ' ' || detail || ' ' || coalesce(client, '') FROM audit WHERE action = 'member-verify' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(details.len(), 6, "{details:?}");
+    assert!(
+        details[0].contains(&key[..12]) && details[0].contains("result match"),
+        "{details:?}"
+    );
+    assert!(details[1..]
+        .iter()
+        .all(|d| d.contains("result no-match") && d.contains("127.0.0.1")));
+    assert!(details.iter().all(|d| !d.contains('@')), "{details:?}");
+}

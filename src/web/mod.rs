@@ -61,6 +61,8 @@ pub struct AppState {
     pub writer: Arc<writer::Writer>,
     /// Per-key request rates of the partner API.
     pub limiter: Arc<api::limits::Limiter>,
+    /// `members/verify` calls per partner today.
+    pub verify_quota: Arc<api::limits::DailyQuota>,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ impl AppState {
             writer: writer::Writer::start(&db, config.daemon.timezone)?,
             readers: Arc::new(readers::Readers::new(db)),
             limiter: Arc::default(),
+            verify_quota: Arc::default(),
             config,
         })
     }

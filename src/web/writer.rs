@@ -87,8 +87,19 @@ pub enum Outcome {
     DailyCap { retry_after: u64 },
 }
 
+/// An audit row to write (owned: it crosses to the writer thread).
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub actor: String,
+    pub action: &'static str,
+    pub partner: String,
+    pub detail: String,
+    pub client: Option<String>,
+}
+
 enum Job {
     Exchange(Box<Exchange>, oneshot::Sender<Result<Outcome, WriterError>>),
+    Audit(Box<AuditRow>, oneshot::Sender<Result<(), WriterError>>),
     Touch { key_id: i64, now: String },
 }
 
@@ -151,6 +162,20 @@ impl Writer {
         Ok(answer.await.unwrap_or(Err(WriterError::Stopped)))
     }
 
+    /// Append an audit row; returns once it is committed.
+    pub async fn audit(&self, row: AuditRow) -> Result<(), WriterError> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .tx
+            .send(Job::Audit(Box::new(row), reply))
+            .await
+            .is_err()
+        {
+            return Err(WriterError::Stopped);
+        }
+        answer.await.unwrap_or(Err(WriterError::Stopped))
+    }
+
     /// Refresh a key's `last_used_at` if it is older than a minute. Never
     /// waits: under a full queue the refresh is dropped.
     pub fn touch_key(&self, caller: &super::auth::api_keys::Caller) {
@@ -203,6 +228,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     let n = batch.len();
     let mut answers = Vec::with_capacity(n);
+    let mut audited = Vec::new();
     let result = (|| -> Result<(), WriterError> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         for job in batch {
@@ -213,6 +239,21 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
                     if let Err(e) = super::auth::api_keys::touch(conn, key_id, &now) {
                         tracing::warn!(error = %e, key_id, "could not record an API key's last use");
                     }
+                }
+                Job::Audit(a, reply) => {
+                    let out = crate::audit::record(
+                        conn,
+                        &crate::audit::Entry {
+                            actor: &a.actor,
+                            action: a.action,
+                            partner: Some(&a.partner),
+                            detail: &a.detail,
+                            client: a.client.as_deref(),
+                        },
+                    )
+                    .map(|_| ())
+                    .map_err(WriterError::from);
+                    audited.push((reply, out));
                 }
                 Job::Exchange(x, reply) => {
                     conn.execute_batch("SAVEPOINT x")?;
@@ -234,6 +275,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             for (reply, out) in answers {
                 let _ = reply.send(out);
             }
+            for (reply, out) in audited {
+                let _ = reply.send(out);
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, requests = n, "API batch rolled back");
@@ -241,6 +285,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
                 let _ = conn.execute_batch("ROLLBACK");
             }
             for (reply, _) in answers {
+                let _ = reply.send(Err(WriterError::Commit(e.to_string())));
+            }
+            for (reply, _) in audited {
                 let _ = reply.send(Err(WriterError::Commit(e.to_string())));
             }
         }

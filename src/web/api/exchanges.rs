@@ -6,8 +6,6 @@
 //! (validation, replay, the daily cap, the credit) is made by the writer
 //! inside the transaction that commits it.
 
-use std::time::Instant;
-
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -17,7 +15,6 @@ use axum::Router;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::MAX_BODY;
 use crate::web::auth::api_keys::ApiKey;
 use crate::web::problem::{internal, Problem};
 use crate::web::writer::{Exchange, Outcome};
@@ -41,9 +38,7 @@ pub struct NewExchange {
     pub miles: serde_json::Number,
 }
 
-fn bad_request(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad Request").detail(detail)
-}
+use super::bad_request;
 
 /// 1–255 printable ASCII characters.
 pub fn valid_idempotency_key(k: &[u8]) -> bool {
@@ -56,65 +51,31 @@ async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(partner) = state.config.partner(&caller.partner) else {
-        return crate::web::auth::api_keys::unauthorized();
+    let partner = match super::admit(&state, &caller, super::limits::Bucket::Exchanges) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let api = &partner.api;
-    if !api.enabled {
-        return Problem::new(StatusCode::FORBIDDEN, "api-disabled", "Forbidden")
-            .detail("the API is not enabled for this partner (`[partner.api] enabled`)")
-            .into_response();
-    }
-    if let Err(secs) = state.limiter.take(caller.key_id, api.rate, Instant::now()) {
-        return Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            "Too Many Requests",
-        )
-        .detail(format!(
-            "more than {}/s (burst {}) for this key",
-            api.rate.per_second, api.rate.burst
-        ))
-        .retry_after(secs)
-        .into_response();
-    }
-    let json_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-    if !json_type {
-        return Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported Media Type",
-        )
-        .detail("send `Content-Type: application/json`")
-        .into_response();
-    }
+    // The key is checked before the body is read: a request without one
+    // is refused without reading it.
     let idem_key = match headers.get("idempotency-key") {
-        Some(v) if valid_idempotency_key(v.as_bytes()) => v.to_str().unwrap_or_default().to_owned(),
+        Some(v) if valid_idempotency_key(v.as_bytes()) => {
+            v.to_str().unwrap_or_default().to_owned()
+        }
         Some(_) => {
             return bad_request("`Idempotency-Key` must be 1 to 255 printable ASCII characters")
                 .into_response()
         }
-        None => {
-            return bad_request("the `Idempotency-Key` header is required (a unique value per exchange, reused only to retry it)")
-                .into_response()
-        }
+        None => return bad_request(
+            "the `Idempotency-Key` header is required (a unique value per exchange, reused only to retry it)",
+        )
+        .into_response(),
     };
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return bad_request(format!("the body is larger than {MAX_BODY} bytes")).into_response();
-    };
-    let req: NewExchange = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            return bad_request(format!(
-                "the body must be a JSON object {{\"member\", \"partner_key\", \"miles\"}}: {e}"
-            ))
-            .into_response()
-        }
-    };
+    let req: NewExchange =
+        match super::json_body(&headers, body, "{\"member\", \"partner_key\", \"miles\"}").await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
     // Miles as a CSV row would carry them: a JSON integer keeps its digits;
     // a negative number or a fraction fails E006 like "-5" or "5.0" does.
     let miles = match req.miles.as_u64() {

@@ -4,14 +4,100 @@
 
 pub mod exchanges;
 pub mod limits;
+pub mod members;
 
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
+use serde::de::DeserializeOwned;
 
+use super::auth::api_keys::Caller;
+use super::problem::Problem;
 use super::AppState;
+use crate::config::PartnerConfig;
 
 /// The largest request body the API reads.
 pub const MAX_BODY: usize = 16 * 1024;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().merge(exchanges::routes())
+    Router::new()
+        .merge(exchanges::routes())
+        .merge(members::routes())
+}
+
+pub(crate) fn bad_request(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad Request").detail(detail)
+}
+
+/// The caller's partner, if its API is enabled (403 otherwise), after
+/// taking a token from the key's `bucket` (429 when empty).
+// The rejection is the answer itself, as axum's own extractors give it.
+#[allow(clippy::result_large_err)]
+pub(crate) fn admit<'a>(
+    state: &'a AppState,
+    caller: &Caller,
+    bucket: limits::Bucket,
+) -> Result<&'a PartnerConfig, Response> {
+    let Some(partner) = state.config.partner(&caller.partner) else {
+        return Err(super::auth::api_keys::unauthorized());
+    };
+    let api = &partner.api;
+    if !api.enabled {
+        return Err(
+            Problem::new(StatusCode::FORBIDDEN, "api-disabled", "Forbidden")
+                .detail("the API is not enabled for this partner (`[partner.api] enabled`)")
+                .into_response(),
+        );
+    }
+    if let Err(secs) = state
+        .limiter
+        .take((caller.key_id, bucket), api.rate, Instant::now())
+    {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too Many Requests",
+        )
+        .detail(format!(
+            "more than {}/s (burst {}) for this key",
+            api.rate.per_second, api.rate.burst
+        ))
+        .retry_after(secs)
+        .into_response());
+    }
+    Ok(partner)
+}
+
+/// A JSON body of type `T`: 415 unless `Content-Type: application/json`,
+/// 400 for more than [`MAX_BODY`] bytes or anything `T` does not accept.
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    shape: &str,
+) -> Result<T, Response> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported Media Type",
+        )
+        .detail("send `Content-Type: application/json`")
+        .into_response());
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return Err(
+            bad_request(format!("the body is larger than {MAX_BODY} bytes")).into_response(),
+        );
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        bad_request(format!("the body must be a JSON object {shape}: {e}")).into_response()
+    })
 }
