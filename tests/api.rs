@@ -620,3 +620,44 @@ fn verify_answers_every_no_the_same() {
         .all(|d| d.contains("result no-match") && d.contains("127.0.0.1")));
     assert!(details.iter().all(|d| !d.contains('@')), "{details:?}");
 }
+
+#[test]
+fn the_openapi_document_matches_the_routes() {
+    let (_ws, s) = setup(API);
+    let c = s.client();
+    let r = c.get(s.url("/api/v1/openapi.json")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v = json(r);
+    assert!(v["openapi"].as_str().unwrap().starts_with("3.1"), "{v}");
+    assert_eq!(
+        v["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let paths = v["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 3, "{paths:?}");
+    // Every documented operation is served (401 without a key), and every
+    // other method on those paths is not.
+    for (path, ops) in paths {
+        let url = s.url(&path.replace("{id}", "1"));
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let r = c
+                .request(method.to_uppercase().parse().unwrap(), &url)
+                .send()
+                .unwrap();
+            if ops.get(method).is_some() {
+                assert_eq!(r.status(), 401, "{method} {path}");
+                assert!(
+                    ops[method]["responses"].get("401").is_some(),
+                    "{method} {path}"
+                );
+            } else {
+                problem(r, 405);
+            }
+        }
+    }
+    let post = &paths["/api/v1/exchanges"]["post"];
+    for status in ["201", "400", "401", "409", "415", "422", "429"] {
+        assert!(post["responses"].get(status).is_some(), "{status}");
+    }
+}

@@ -10,8 +10,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -20,21 +18,28 @@ use crate::web::problem::{internal, Problem};
 use crate::web::writer::{Exchange, Outcome};
 use crate::web::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/exchanges", post(create).get(search))
-        .route("/api/v1/exchanges/{id}", get(one))
+/// The 201 body (written by `writer.rs`, stored and replayed as is).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Credited {
+    /// The exchange's id, for `GET /api/v1/exchanges/{id}`.
+    pub id: i64,
+    pub partner_key: String,
+    pub miles: u64,
+    /// RFC 3339 UTC.
+    pub credited_at: String,
 }
 
 /// The request body. Unknown fields are refused (400), so a typo such as
 /// `"mile"` is never silently ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewExchange {
     /// A member ID (`NM…`) or a registered e-mail.
     pub member: String,
+    /// The partner's own key of the exchange, 1–64 characters.
     pub partner_key: String,
-    /// A positive whole number.
+    /// A whole number ≥ 1, at most the partner's `max_miles_per_row`.
+    #[schema(value_type = i64, minimum = 1)]
     pub miles: serde_json::Number,
 }
 
@@ -45,7 +50,24 @@ pub fn valid_idempotency_key(k: &[u8]) -> bool {
     (1..=255).contains(&k.len()) && k.iter().all(|b| (0x20..=0x7e).contains(b))
 }
 
-async fn create(
+#[utoipa::path(
+    post,
+    path = "/api/v1/exchanges",
+    request_body = NewExchange,
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters, unique per exchange; the same key replays the first answer")),
+    responses(
+        (status = 201, description = "Credited, committed before this answer", body = Credited),
+        (status = 400, description = "Bad JSON, fields or types, no Idempotency-Key, body over 16 KiB", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or revoked key", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The partner's API is not enabled", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The same Idempotency-Key is still being processed (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Rejected with a row code E002–E007, or the Idempotency-Key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key's rate or the partner's daily miles limit (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiKey(caller): ApiKey,
     headers: HeaderMap,
@@ -161,7 +183,7 @@ fn stored(status: u16, body: String, replayed: bool) -> Response {
 /// One credit as the API shows it: from the API (`channel` `api`, its
 /// exchange `id`) or from a file (`pull` or `upload`, with the file's id
 /// and line). Never the member or a balance.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Credit {
     pub channel: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -191,7 +213,18 @@ fn unix_text(t: i64) -> String {
 /// `GET /api/v1/exchanges/{id}`: one of the caller's own API credits.
 /// Another partner's id, a rejected exchange and no exchange at all are
 /// the same 404.
-async fn one(
+#[utoipa::path(
+    get,
+    path = "/api/v1/exchanges/{id}",
+    params(("id" = i64, Path, description = "The id a 201 gave")),
+    responses(
+        (status = 200, body = Credit),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such credit of this partner", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn one(
     State(state): State<AppState>,
     ApiKey(caller): ApiKey,
     Path(id): Path<String>,
@@ -232,13 +265,27 @@ async fn one(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
+    /// Required: the partner key whose credits are listed.
     pub partner_key: Option<String>,
+    /// RFC 3339; credits at or after it.
     pub from: Option<String>,
+    /// RFC 3339; credits before it.
     pub to: Option<String>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// A page of credits.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: `search` builds it as JSON
+pub struct CreditPage {
+    credits: Vec<Credit>,
+    /// Pass back as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
 }
 
 /// Where a page ends: the ledger key after the partner and partner key.
@@ -259,7 +306,18 @@ fn parse_time(name: &str, v: Option<&str>) -> Result<Option<i64>, Problem> {
 /// `GET /api/v1/exchanges?partner_key=&from=&to=&cursor=`: every credit of
 /// one of the caller's partner keys, from the API and from files, `PAGE`
 /// at a time; `next_cursor` fetches the next page.
-async fn search(
+#[utoipa::path(
+    get,
+    path = "/api/v1/exchanges",
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "Credits of the partner key, from the API and from files, 100 a page", body = CreditPage),
+        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn search(
     State(state): State<AppState>,
     ApiKey(caller): ApiKey,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,

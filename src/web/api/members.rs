@@ -16,8 +16,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
 
@@ -30,15 +29,21 @@ use crate::web::AppState;
 /// The least time a verify call takes before its answer, whatever it is.
 pub const FLOOR: Duration = Duration::from_millis(3);
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/members/verify", post(verify))
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
+    /// A member ID (`NM…`).
     pub member_id: String,
+    /// The e-mail the user gave (any case).
     pub email: String,
+}
+
+/// The answer: nothing but yes or no.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: `verify` builds it as JSON
+pub struct VerifyAnswer {
+    #[schema(rename = "match")]
+    matched: bool,
 }
 
 /// Whether `member_id` and `email` name the same active member. Both
@@ -58,7 +63,21 @@ pub fn matches(conn: &Connection, member_id: &str, email: &str) -> rusqlite::Res
     })
 }
 
-async fn verify(
+#[utoipa::path(
+    post,
+    path = "/api/v1/members/verify",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "`match` is true only for the same active member; every no is identical", body = VerifyAnswer),
+        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn verify(
     State(state): State<AppState>,
     ApiKey(caller): ApiKey,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -5,6 +5,7 @@
 pub mod exchanges;
 pub mod limits;
 pub mod members;
+pub mod openapi;
 
 use std::time::Instant;
 
@@ -23,9 +24,28 @@ use crate::config::PartnerConfig;
 pub const MAX_BODY: usize = 16 * 1024;
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .merge(exchanges::routes())
-        .merge(members::routes())
+    let (router, doc) = openapi::router();
+    let doc = std::sync::Arc::new(doc.to_json().unwrap_or_default());
+    router
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method Not Allowed",
+            )
+        })
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
 }
 
 pub(crate) fn bad_request(detail: impl Into<String>) -> Problem {
