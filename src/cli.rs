@@ -88,6 +88,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exchanges sent through the partner API, newest first: credited
+    /// (201) and rejected (422, with the code).
+    Exchanges {
+        /// Only this partner's exchanges.
+        #[arg(long, value_name = "ID")]
+        partner: Option<String>,
+        /// Show at most this many (0: all).
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Partner API keys: create, list, revoke.
     ApiKey {
         #[command(subcommand)]
@@ -286,6 +299,46 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => serve(&cli),
         Command::Status { json } => status(&cli, *json),
         Command::ApiKey { command } => api_key(&cli, command),
+        Command::Exchanges {
+            partner,
+            limit,
+            json,
+        } => {
+            let config = load(&cli)?;
+            if let Some(p) = partner {
+                if let Err(code) = known_partner(&config, p) {
+                    return Ok(code);
+                }
+            }
+            let conn = db::open_query(&config.daemon.database)?;
+            let rows = query::api_exchanges(&conn, partner.as_deref(), *limit)?;
+            let tz = config.daemon.timezone;
+            if *json {
+                print_json(&rows)?;
+            } else if rows.is_empty() {
+                println!("no API exchanges");
+            } else {
+                println!("id\treceived\tpartner\tkey\tstatus\tmember\tpartner key\tmiles");
+                for r in rows {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        r.id,
+                        timefmt::stored_for_people(&r.created_at, tz),
+                        r.partner,
+                        r.key_prefix,
+                        match (r.status, &r.code) {
+                            (201, _) => "credited".to_owned(),
+                            (_, Some(c)) => format!("rejected {c}"),
+                            (s, None) => s.to_string(),
+                        },
+                        r.member_id.as_deref().unwrap_or("-"),
+                        r.partner_key.as_deref().unwrap_or("-"),
+                        r.miles.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Members {
             command:
                 MembersCommand::Import {

@@ -196,6 +196,25 @@ fn exchanges_credit_once_and_replay() {
     assert_eq!(ws.balance("NM0000000002"), 7);
     assert_eq!(ws.ledger_rows(), 3);
     ws.assert_balances_match_ledger();
+
+    // `milebatch exchanges` lists them, credited and rejected, newest first.
+    let list: serde_json::Value =
+        serde_json::from_str(&ws.ok(&["exchanges", "--partner", "shop", "--json"])).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 10, "{list:?}");
+    assert_eq!(list[0]["idempotency_key"], "mail");
+    assert_eq!(list[0]["member_id"], "NM0000000002");
+    assert_eq!(list.iter().filter(|x| x["status"] == 422).count(), 8);
+    assert!(list.iter().any(|x| x["code"] == "E004"));
+    let text = ws.ok(&["exchanges"]);
+    assert!(
+        text.contains("rejected E003") && text.contains("credited"),
+        "{text}"
+    );
+    assert_eq!(
+        ws.run(&["exchanges", "--partner", "nobody"]).status.code(),
+        Some(1)
+    );
 }
 
 #[test]
