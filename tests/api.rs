@@ -680,3 +680,94 @@ fn the_openapi_document_matches_the_routes() {
         assert!(post["responses"].get(status).is_some(), "{status}");
     }
 }
+
+/// Raw bytes to a plain-HTTP `serve` (loopback): what a hostile client
+/// can send that no HTTP library would.
+fn raw(addr: &str, bytes: &[u8], wait: Duration) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let mut t = std::net::TcpStream::connect(addr).unwrap();
+    t.set_read_timeout(Some(wait)).unwrap();
+    let start = std::time::Instant::now();
+    let _ = t.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = t.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+}
+
+#[test]
+fn hostile_input_is_refused_and_the_server_lives_on() {
+    let ws = Workspace::new();
+    ws.write_config(
+        "",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}{API}",
+            ws.scheduled_partner("shop", "daily 03:00")
+        ),
+    );
+    ws.demo_members();
+    let s = Serve::start(&ws, None);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    let addr = s.base.trim_start_matches("http://").to_owned();
+
+    // Deeply nested JSON within the size limit: 400, no stack overflow.
+    let nested = "[".repeat(15_000);
+    problem(post(&c, &s, &key, "n", &nested).send().unwrap(), 400);
+    // A huge body: 400 after 16 KiB, not read into memory.
+    let huge = vec![b'x'; 8 << 20];
+    let r = c
+        .post(s.url("/api/v1/exchanges"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "h")
+        .body(huge)
+        .send();
+    if let Ok(r) = r {
+        problem(r, 400);
+    }
+    // Invalid UTF-8 in the body and in the Idempotency-Key.
+    let mut body = br#"{"member":"NM0000000001","partner_key":"k"#.to_vec();
+    body.extend_from_slice(b"\xff\xfe\",\"miles\":1}");
+    problem(
+        c.post(s.url("/api/v1/exchanges"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "u")
+            .body(body)
+            .send()
+            .unwrap(),
+        400,
+    );
+    let mut req = format!(
+        "POST /api/v1/exchanges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nIdempotency-Key: "
+    )
+    .into_bytes();
+    req.extend_from_slice(b"\xc3\xa9\xff\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+    let (answer, _) = raw(&addr, &req, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A header flood: refused (431) or cut off, quickly.
+    let mut flood = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..5000 {
+        flood.push_str(&format!("X-Flood-{i}: {}\r\n", "y".repeat(40)));
+    }
+    flood.push_str("\r\n");
+    let (answer, took) = raw(&addr, flood.as_bytes(), Duration::from_secs(5));
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Slowloris: headers never finished are cut off after the header read
+    // timeout (10 s), not held open.
+    let (answer, took) = raw(
+        &addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n",
+        Duration::from_secs(30),
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(took < Duration::from_secs(15), "held for {took:?}");
+    // Still serving, nothing credited.
+    assert_eq!(c.get(s.url("/healthz")).send().unwrap().status(), 200);
+    assert_eq!(ws.ledger_rows(), 0);
+}

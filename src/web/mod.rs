@@ -34,6 +34,24 @@ use crate::config::Config;
 /// How long open connections get to finish on shutdown.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a request's headers (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most a client may send before its headers end (a header flood gets
+/// 431 or a closed connection, never unbounded memory).
+const MAX_HEADER_BUF: usize = 64 * 1024;
+
+/// Hyper's limits for every connection. axum-server leaves the header
+/// read timeout off unless set here.
+fn limit_connections(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    b.http1()
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BUF);
+    b.http2().max_header_list_size(MAX_HEADER_BUF as u32);
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
     #[error("TLS certificate {cert} / key {key}: {source}")]
@@ -145,24 +163,18 @@ pub async fn serve(
                     source,
                 })?;
             tracing::info!(%addr, "serving HTTPS");
-            axum_server::from_tcp_rustls(listener, rustls)
-                .map_err(serve_err)?
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(serve_err)
+            let mut server = axum_server::from_tcp_rustls(listener, rustls).map_err(serve_err)?;
+            limit_connections(server.http_builder());
+            server.handle(handle).serve(app).await.map_err(serve_err)
         }
         None => {
             if !addr.ip().is_loopback() {
                 tracing::warn!(%addr, "plain HTTP on a non-loopback address (insecure_plaintext = true): API keys, passwords and session cookies cross the network unencrypted");
             }
             tracing::info!(%addr, "serving plain HTTP");
-            axum_server::from_tcp(listener)
-                .map_err(serve_err)?
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(serve_err)
+            let mut server = axum_server::from_tcp(listener).map_err(serve_err)?;
+            limit_connections(server.http_builder());
+            server.handle(handle).serve(app).await.map_err(serve_err)
         }
     }
 }

@@ -23,6 +23,9 @@ use crate::config::PartnerConfig;
 /// The largest request body the API reads.
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// How long the API waits for a whole request body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn routes() -> Router<AppState> {
     let (router, doc) = openapi::router();
     let doc = std::sync::Arc::new(doc.to_json().unwrap_or_default());
