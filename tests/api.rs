@@ -17,6 +17,11 @@ const API: &str = "[partner.api]\nenabled = true\ndaily_miles_limit = 1000000\n"
 /// A workspace with partners `shop` (API enabled with `shop_api`) and
 /// `other` (API enabled), the demo members, and a TLS server section.
 fn setup(shop_api: &str) -> (Workspace, Serve) {
+    setup_with("", shop_api)
+}
+
+/// [`setup`] with more `[[partner]]` keys for `shop`.
+fn setup_with(shop_keys: &str, shop_api: &str) -> (Workspace, Serve) {
     let ca = TestCa::new();
     let ws = Workspace::new();
     ws.write_config(
@@ -24,7 +29,8 @@ fn setup(shop_api: &str) -> (Workspace, Serve) {
         &format!(
             "{}\n{}{shop_api}\n{}{API}\n",
             tls_server_section(&ca),
-            ws.scheduled_partner("shop", "daily 03:00"),
+            ws.scheduled_partner("shop", "daily 03:00")
+                .replace("[partner.source]", &format!("{shop_keys}[partner.source]")),
             ws.scheduled_partner("other", "daily 03:00"),
         ),
     );
@@ -770,4 +776,37 @@ fn hostile_input_is_refused_and_the_server_lives_on() {
     // Still serving, nothing credited.
     assert_eq!(c.get(s.url("/healthz")).send().unwrap().status(), 200);
     assert_eq!(ws.ledger_rows(), 0);
+}
+
+#[test]
+fn unique_partner_keys_hold_across_files_and_the_api() {
+    let (ws, s) = setup_with("unique_partner_key = true\n", API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    // A key credited by a file: the API refuses it (E010), stored and replayed.
+    std::fs::write(ws.inbox("shop").join("a.csv"), "NM0000000002,FILE-1,30\n").unwrap();
+    ws.ok(&["once", "--partner", "shop"]);
+    let v = problem(credit(&c, &s, &key, "x1", "NM0000000001", "FILE-1", 5), 422);
+    assert_eq!(v["code"], "E010", "{v}");
+    assert_eq!(
+        problem(credit(&c, &s, &key, "x1", "NM0000000001", "FILE-1", 5), 422),
+        v
+    );
+    // A key credited by the API: once only, then a file row with it fails E010.
+    assert_eq!(
+        credit(&c, &s, &key, "x2", "NM0000000001", "API-1", 5).status(),
+        201
+    );
+    let v = problem(credit(&c, &s, &key, "x3", "NM0000000002", "API-1", 9), 422);
+    assert_eq!(v["code"], "E010");
+    std::fs::write(
+        ws.inbox("shop").join("b.csv"),
+        "NM0000000002,API-1,30\nNM0000000002,NEW-1,1\n",
+    )
+    .unwrap();
+    let (_, report) = ws.once_json("shop", &[]);
+    assert!(report.to_string().contains("E010"), "{report}");
+    assert_eq!(ws.balance("NM0000000001"), 5);
+    assert_eq!(ws.balance("NM0000000002"), 31);
+    ws.assert_balances_match_ledger();
 }

@@ -82,7 +82,14 @@ fn check(bytes: &[u8], cfg: &Config, conn: &mut rusqlite::Connection, dir: &Path
         partner: &cfg.partners[0],
         file: &file,
         run_id: None,
-        report_path: dir.join("in.errors.csv"),
+        reports: milebatch::pipeline::report::ReportPlace::new(
+            dir,
+            "p",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(),
+            "in.csv",
+            &file.sha256,
+            true,
+        ),
         now: chrono::Utc::now(),
         dry_run: true,
     };

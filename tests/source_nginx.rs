@@ -126,10 +126,7 @@ fn nginx_conformance_and_refusals() {
             && m.contains("forbidden (check the server's permissions for this path)"),
         "{m}"
     );
-    assert!(fx
-        .nginx
-        .access_log()
-        .contains("PUT /readonly/a.errors.csv 403"));
+    fx.nginx.wait_access_log("PUT /readonly/a.errors.csv 403");
 }
 
 /// A CP932 partner end to end through the binary: the file is read from
@@ -190,7 +187,7 @@ retries = 1
     let mut want = bad_row[..bad_row.len() - 2].to_vec();
     want.extend_from_slice(b",E003\r\n");
     assert!(report == want, "report bytes: {report:?}");
-    let log = fx.nginx.access_log();
+    let log = fx.nginx.wait_access_log("PUT /reports/");
     let put = log
         .lines()
         .find(|l| l.starts_with("PUT /reports/"))

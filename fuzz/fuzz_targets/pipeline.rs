@@ -83,7 +83,14 @@ fuzz_target!(|data: &[u8]| {
             partner: &cfg.partners[0],
             file: &file,
             run_id: None,
-            report_path: st.report.clone(),
+            reports: milebatch::pipeline::report::ReportPlace::new(
+                st.report.parent().unwrap(),
+                "p",
+                chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(),
+                "in.csv",
+                "fuzz",
+                true,
+            ),
             now: chrono::Utc::now(),
             dry_run: true,
         };

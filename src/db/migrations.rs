@@ -170,7 +170,15 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 ALTER TABLE files ADD COLUMN channel TEXT NOT NULL DEFAULT 'pull';
 "#,
-    // 6: partner API keys (src/web/auth/api_keys.rs). Only a SHA-256 of
+    // 6 (credit side of "nothing silent"): per file, how many credited rows
+    // repeat a row of an earlier file (NULL: not checked, resend_check =
+    // "off"), and the file-level code of a refused or duplicate file
+    // (F001–F007). Columns only: independent of other migrations.
+    r#"
+ALTER TABLE files ADD COLUMN repeats INTEGER;
+ALTER TABLE files ADD COLUMN file_code TEXT;
+"#,
+    // 7: partner API keys (src/web/auth/api_keys.rs). Only a SHA-256 of
     // each key is kept; `prefix` is its first characters, shown in lists and
     // audit rows and used to revoke it. A revoked key stays, for the audit.
     r#"
@@ -186,7 +194,7 @@ CREATE TABLE api_keys(
 );
 CREATE INDEX api_keys_by_partner ON api_keys(partner, id);
 "#,
-    // 7: API exchanges (src/web/writer.rs). One row per Idempotency-Key of
+    // 8: API exchanges (src/web/writer.rs). One row per Idempotency-Key of
     // a partner, kept forever: the stored answer (201 or 422) is what a
     // retry gets, months later too. A credited one is the ledger row
     // (partner, partner_key, file_id 0, member, miles, dup = id), with

@@ -64,6 +64,8 @@ pub struct Exchange {
     /// fails E006).
     pub miles: String,
     pub rules: Rules,
+    /// E010 for a partner key already in the ledger (from a file or the API).
+    pub unique_partner_key: bool,
     pub daily_miles_limit: u64,
     /// Today in the configured zone (`YYYY-MM-DD`), and seconds to its end.
     pub day: String,
@@ -330,6 +332,9 @@ fn exchange(conn: &Connection, x: &Exchange) -> Result<Outcome, WriterError> {
         .query_row([], |r| r.get(0))?;
     let (status, code, body, credit) = match checked {
         Err(code) => (422u16, Some(code), rejected_body(code), None),
+        Ok((_, key, _)) if x.unique_partner_key && key_credited(conn, &x.partner, &key)? => {
+            (422u16, Some(Code::E010), rejected_body(Code::E010), None)
+        }
         Ok((member, key, miles)) => {
             let today: i64 = conn
                 .prepare_cached("SELECT miles FROM api_daily WHERE partner = ?1 AND day = ?2")?
@@ -394,6 +399,15 @@ fn exchange(conn: &Connection, x: &Exchange) -> Result<Outcome, WriterError> {
     })
 }
 
+/// Whether `partner` has a ledger row with `key`: one probe of the
+/// ledger's primary key, files and API alike.
+fn key_credited(conn: &Connection, partner: &str, key: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM ledger WHERE partner = ?1 AND partner_key = ?2)",
+    )?
+    .query_row(params![partner, key], |r| r.get(0))
+}
+
 /// The stored 422 body of a rejected exchange.
 fn rejected_body(code: Code) -> String {
     let p = super::problem::Problem::new(
@@ -418,5 +432,6 @@ pub fn code_text(code: Code) -> &'static str {
         Code::E007 => "miles is above the partner's per-row maximum",
         Code::E008 => "the same exchange appeared earlier",
         Code::E009 => "cannot be decoded",
+        Code::E010 => "this partner_key was credited before (the partner's keys are unique)",
     }
 }

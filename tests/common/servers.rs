@@ -1400,6 +1400,24 @@ impl Nginx {
         fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 
+    /// The access log once it holds `needle` (nginx logs a request after
+    /// sending its response, so a client can be ahead of the log); panics
+    /// with the log after 10 s.
+    pub fn wait_access_log(&self, needle: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.access_log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < end,
+                "no {needle:?} in nginx's access log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self) -> String {
         format!(
             "{}{}",

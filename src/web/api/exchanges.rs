@@ -126,6 +126,7 @@ pub(crate) async fn create(
         partner_key: req.partner_key,
         miles,
         rules: partner.rules(),
+        unique_partner_key: partner.unique_partner_key,
         daily_miles_limit: api.daily_miles_limit,
         day: today.format("%Y-%m-%d").to_string(),
         secs_to_next_day: (next - now).num_seconds().max(1) as u64,
