@@ -147,6 +147,70 @@ pub struct PartnerConfig {
     /// E010 for a partner key credited before, in any file.
     pub unique_partner_key: bool,
     pub source: SourceConfig,
+    /// `[partner.api]`: the real-time partner API (`milebatch serve`).
+    pub api: ApiConfig,
+}
+
+/// `[partner.api]`: whether the partner may credit through the API, and
+/// the limits that bound what a stolen key can do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    /// Requests per key: a token bucket refilled at `per_second`, holding
+    /// at most `burst`.
+    pub rate: Rate,
+    /// Miles the partner may credit through the API per day (in
+    /// `[daemon] timezone`), all keys together.
+    pub daily_miles_limit: u64,
+    /// `members/verify` calls the partner may make per day, all keys
+    /// together.
+    pub daily_verify_limit: u64,
+}
+
+/// `daily_verify_limit` when not given.
+pub const DEFAULT_DAILY_VERIFY_LIMIT: u64 = 100_000;
+
+/// A per-key request rate, `"50/s"` or `"600/m"`, with its burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// The API rate when `[partner.api] rate` is not given.
+pub const DEFAULT_API_RATE: &str = "50/s";
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: false,
+            rate: parse_rate(DEFAULT_API_RATE).expect("a valid default"),
+            daily_miles_limit: 0,
+            daily_verify_limit: DEFAULT_DAILY_VERIFY_LIMIT,
+        }
+    }
+}
+
+/// `"N/s"`, `"N/m"` or `"N/h"`, N ≥ 1. The burst defaults to N: a full
+/// unit's worth may come at once.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("{s:?} is not a rate: use requests per unit, e.g. \"50/s\", \"600/m\"");
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    let secs = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let per_second = f64::from(n) / secs;
+    Ok(Rate {
+        per_second,
+        burst: n,
+    })
 }
 
 impl PartnerConfig {
@@ -212,6 +276,18 @@ struct RawPartner {
     resend_ratio: Option<Spanned<f64>>,
     unique_partner_key: Option<Spanned<bool>>,
     source: Spanned<crate::source::RawSource>,
+    api: Option<Spanned<RawApi>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default)]
+    enabled: bool,
+    rate: Option<String>,
+    burst: Option<u32>,
+    daily_miles_limit: Option<u64>,
+    daily_verify_limit: Option<u64>,
 }
 
 fn default_resend_check() -> ResendCheck {
@@ -417,6 +493,11 @@ impl Config {
             }
             let source = SourceConfig::from_raw(p.source.get_ref(), &resolve)
                 .map_err(|m| invalid(loc.at(&p.source, &ctx("source"), m)))?;
+            let api = match &p.api {
+                None => ApiConfig::default(),
+                Some(a) => api_config(a.get_ref(), max_miles)
+                    .map_err(|m| invalid(loc.at(a, &ctx("api"), m)))?,
+            };
             partners.push(PartnerConfig {
                 name: p.name.unwrap_or_else(|| id.clone()),
                 id,
@@ -432,6 +513,7 @@ impl Config {
                 resend_ratio,
                 unique_partner_key,
                 source,
+                api,
             });
         }
         Ok(Config {
@@ -503,6 +585,48 @@ fn server_config(
         listen,
         tls,
         insecure_plaintext: r.insecure_plaintext,
+    })
+}
+
+/// `[partner.api]`, validated. An enabled API needs a daily cap: no key,
+/// stolen or not, may credit without bound.
+fn api_config(a: &RawApi, max_miles: u64) -> Result<ApiConfig, String> {
+    let mut rate = parse_rate(a.rate.as_deref().unwrap_or(DEFAULT_API_RATE))
+        .map_err(|m| format!("`rate`: {m}"))?;
+    if let Some(b) = a.burst {
+        if b == 0 {
+            return Err("`burst` must be at least 1".into());
+        }
+        rate.burst = b;
+    }
+    let daily_miles_limit = match a.daily_miles_limit {
+        Some(0) => return Err("`daily_miles_limit` must be at least 1".into()),
+        Some(n) if n > MILES_PER_ROW_CEILING * 1000 => {
+            return Err(format!(
+                "`daily_miles_limit` must be at most {}",
+                MILES_PER_ROW_CEILING * 1000
+            ))
+        }
+        Some(n) => n,
+        None if a.enabled => {
+            return Err(format!(
+                "`daily_miles_limit` is required when `enabled = true` (the most miles all of \
+                 the partner's keys together may credit per day, e.g. {})",
+                max_miles.saturating_mul(1000)
+            ))
+        }
+        None => 0,
+    };
+    let daily_verify_limit = match a.daily_verify_limit {
+        Some(0) => return Err("`daily_verify_limit` must be at least 1".into()),
+        Some(n) => n,
+        None => DEFAULT_DAILY_VERIFY_LIMIT,
+    };
+    Ok(ApiConfig {
+        enabled: a.enabled,
+        rate,
+        daily_miles_limit,
+        daily_verify_limit,
     })
 }
 
@@ -634,6 +758,36 @@ dir = "inbox/demo"
         let twice = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[partner]]").unwrap()..]);
         let e = parse(&twice).unwrap_err().to_string();
         assert!(e.contains("already used by the partner on line 8"), "{e}");
+    }
+
+    #[test]
+    fn partner_api_section() {
+        let c = parse(GOOD).unwrap();
+        assert!(!c.partners[0].api.enabled);
+        let t = format!(
+            "{GOOD}[partner.api]\nenabled = true\nrate = \"10/m\"\nburst = 5\ndaily_miles_limit = 5000\n"
+        );
+        let api = parse(&t).unwrap().partners[0].api.clone();
+        assert!(api.enabled);
+        assert_eq!(api.rate.burst, 5);
+        assert_eq!(parse_rate("10/m").unwrap().burst, 10);
+        assert!((api.rate.per_second - 10.0 / 60.0).abs() < 1e-9);
+        assert_eq!(api.daily_miles_limit, 5000);
+        let e = parse(&format!("{GOOD}[partner.api]\nenabled = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("daily_miles_limit") && e.contains("line 19"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{GOOD}[partner.api]\nrate = \"fast\"\ndaily_miles_limit = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"fast\" is not a rate"), "{e}");
+        assert_eq!(parse_rate("50/s").unwrap().burst, 50);
+        assert!(parse_rate("0/s").is_err() && parse_rate("5/d").is_err());
     }
 
     #[test]

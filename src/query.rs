@@ -121,16 +121,22 @@ pub struct HistoryRow {
     pub partner_key: String,
     pub member_id: String,
     pub miles: i64,
+    /// The file's name; `api` for an API credit.
     pub file: String,
+    /// The file's line; the exchange's id for an API credit.
     pub line: i64,
     pub credited_at: String,
+    /// `pull`, `upload` or `api`.
+    pub channel: String,
 }
 
 /// Every credit of one partner key: the search the management site offers.
 pub fn history(conn: &Connection, partner: &str, key: &str) -> Result<Vec<HistoryRow>, DbError> {
     let mut st = conn.prepare(
-        "SELECT l.partner, l.partner_key, m.member_id, l.miles, f.name, l.line, l.credited_at
-         FROM ledger l JOIN files f ON f.id = l.file_id JOIN members m ON m.id = l.member
+        "SELECT l.partner, l.partner_key, m.member_id, l.miles, coalesce(f.name, 'api'), l.line,
+                l.credited_at, CASE WHEN l.file_id = 0 THEN 'api' ELSE coalesce(f.channel, 'pull') END
+         FROM ledger l LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0
+         JOIN members m ON m.id = l.member
          WHERE l.partner = ?1 AND l.partner_key = ?2
          ORDER BY l.credited_at, l.file_id, l.line",
     )?;
@@ -146,6 +152,7 @@ pub fn history(conn: &Connection, partner: &str, key: &str) -> Result<Vec<Histor
             credited_at: chrono::DateTime::from_timestamp(at, 0)
                 .map(crate::db::now_text)
                 .unwrap_or_default(),
+            channel: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -325,4 +332,53 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
         last_credited,
         last_refused,
     })
+}
+
+/// One request of the partner API, as `milebatch exchanges` lists it.
+#[derive(Debug, Serialize)]
+pub struct ApiExchange {
+    pub id: i64,
+    pub partner: String,
+    /// The API key that sent it (its prefix).
+    pub key_prefix: String,
+    pub idempotency_key: String,
+    /// 201 credited, 422 rejected.
+    pub status: i64,
+    pub code: Option<String>,
+    pub member_id: Option<String>,
+    pub partner_key: Option<String>,
+    pub miles: Option<i64>,
+    pub created_at: String,
+}
+
+/// API exchanges (of `partner`, if given), newest first; at most `limit`
+/// (0: all).
+pub fn api_exchanges(
+    conn: &Connection,
+    partner: Option<&str>,
+    limit: u64,
+) -> Result<Vec<ApiExchange>, DbError> {
+    let mut st = conn.prepare(
+        "SELECT x.id, x.partner, x.key_prefix, x.idem_key, x.status, x.code, m.member_id,
+                x.partner_key, x.miles, x.created_at
+         FROM api_exchanges x LEFT JOIN members m ON m.id = x.member
+         WHERE ?1 IS NULL OR x.partner = ?1
+         ORDER BY x.id DESC LIMIT ?2",
+    )?;
+    let limit = if limit == 0 { -1 } else { limit as i64 };
+    let rows = st.query_map(params![partner, limit], |r| {
+        Ok(ApiExchange {
+            id: r.get(0)?,
+            partner: r.get(1)?,
+            key_prefix: r.get(2)?,
+            idempotency_key: r.get(3)?,
+            status: r.get(4)?,
+            code: r.get(5)?,
+            member_id: r.get(6)?,
+            partner_key: r.get(7)?,
+            miles: r.get(8)?,
+            created_at: r.get(9)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -11,12 +11,21 @@ use std::process::Command;
 const MAX_EXPOSURE: f64 = 2.0;
 
 fn unit_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/milebatch.service")
+    named_unit("milebatch.service")
+}
+
+fn named_unit(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("systemd")
+        .join(name)
 }
 
 fn unit_text() -> String {
-    let path = unit_path();
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    read_unit(&unit_path())
+}
+
+fn read_unit(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 /// `Key=value` lines of the unit (comments and section headers dropped).
@@ -39,9 +48,44 @@ fn values<'a>(d: &'a [(String, String)], key: &str) -> Vec<&'a str> {
 
 #[test]
 fn unit_exposure_is_at_most_2_0() {
+    assert_exposure_at_most_2_0(&unit_path());
+}
+
+#[test]
+fn web_unit_exposure_is_at_most_2_0() {
+    assert_exposure_at_most_2_0(&named_unit("milebatch-web.service"));
+}
+
+/// The web process runs `milebatch serve` as the daemon's dynamic user (one
+/// UID for the one database) and holds no partner transfer credentials.
+#[test]
+fn web_unit_runs_serve_without_partner_credentials() {
+    let d = directives(&read_unit(&named_unit("milebatch-web.service")));
+    let exec = values(&d, "ExecStart");
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    let argv: Vec<&str> = exec[0].split_whitespace().collect();
+    assert!(
+        argv.first().is_some_and(|b| b.ends_with("/milebatch")) && argv.get(1) == Some(&"serve"),
+        "{exec:?}"
+    );
+    assert!(exec[0].contains("--config /etc/milebatch/partners.toml"));
+    assert_eq!(values(&d, "DynamicUser"), ["yes"]);
+    assert_eq!(values(&d, "User"), ["milebatch"]);
+    assert_eq!(values(&d, "StateDirectory"), ["milebatch"]);
+    assert!(
+        values(&d, "LoadCredential")
+            .iter()
+            .all(|c| c.starts_with("tls-")),
+        "only TLS credentials in the web unit: {:?}",
+        values(&d, "LoadCredential")
+    );
+    assert_eq!(values(&d, "CapabilityBoundingSet"), [""]);
+}
+
+fn assert_exposure_at_most_2_0(unit: &std::path::Path) {
     let output = match Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--threshold=20"])
-        .arg(unit_path())
+        .arg(unit)
         .output()
     {
         Ok(o) => o,

@@ -212,4 +212,54 @@ CREATE TABLE login_throttle(
     locked_until INTEGER
 );
 "#,
+    // 8: partner API keys (src/web/auth/api_keys.rs). Only a SHA-256 of
+    // each key is kept; `prefix` is its first characters, shown in lists and
+    // audit rows and used to revoke it. A revoked key stays, for the audit.
+    r#"
+CREATE TABLE api_keys(
+    id           INTEGER PRIMARY KEY,
+    partner      TEXT NOT NULL,
+    prefix       TEXT NOT NULL UNIQUE,
+    sha256       TEXT NOT NULL UNIQUE,  -- hex SHA-256 of the whole key
+    label        TEXT NOT NULL DEFAULT '',
+    created_at   TEXT NOT NULL,         -- RFC 3339 UTC
+    last_used_at TEXT,
+    revoked_at   TEXT
+);
+CREATE INDEX api_keys_by_partner ON api_keys(partner, id);
+"#,
+    // 9: API exchanges (src/web/writer.rs). One row per Idempotency-Key of
+    // a partner, kept forever: the stored answer (201 or 422) is what a
+    // retry gets, months later too. A credited one is the ledger row
+    // (partner, partner_key, file_id 0, member, miles, dup = id), with
+    // line = id. `api_daily` sums a partner's API miles per local day for
+    // `daily_miles_limit` in one probe.
+    r#"
+CREATE TABLE api_exchanges(
+    id             INTEGER PRIMARY KEY,
+    partner        TEXT NOT NULL,
+    idem_key       TEXT NOT NULL,
+    request_sha256 TEXT NOT NULL,       -- of the canonical request body
+    key_prefix     TEXT NOT NULL,       -- the API key that sent it
+    status         INTEGER NOT NULL,    -- 201 credited | 422 rejected
+    code           TEXT,                -- E00x when rejected
+    body           TEXT NOT NULL,       -- the answer, replayed as is
+    member         INTEGER,             -- when credited
+    partner_key    TEXT,
+    miles          INTEGER,
+    created_at     TEXT NOT NULL,       -- RFC 3339 UTC
+    UNIQUE (partner, idem_key)
+);
+CREATE INDEX api_exchanges_by_partner ON api_exchanges(partner, id);
+CREATE TRIGGER api_exchanges_no_update BEFORE UPDATE OF partner, idem_key, request_sha256, status, member, partner_key, miles ON api_exchanges
+BEGIN SELECT RAISE(ABORT, 'API exchanges are kept as answered'); END;
+CREATE TRIGGER api_exchanges_no_delete BEFORE DELETE ON api_exchanges
+BEGIN SELECT RAISE(ABORT, 'API exchanges are kept forever'); END;
+CREATE TABLE api_daily(
+    partner TEXT NOT NULL,
+    day     TEXT NOT NULL,              -- YYYY-MM-DD in [daemon] timezone
+    miles   INTEGER NOT NULL,
+    PRIMARY KEY (partner, day)
+) WITHOUT ROWID;
+"#,
 ];

@@ -13,10 +13,13 @@
 //! - the listener and the shutdown signal are passed in (mini-redis style),
 //!   so tests bind port 0 and stop the server in milliseconds.
 
+pub mod api;
 pub mod auth;
 pub mod health;
 pub mod problem;
+pub mod readers;
 pub mod site;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +35,24 @@ use crate::config::Config;
 /// How long open connections get to finish on shutdown.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a request's headers (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most a client may send before its headers end (a header flood gets
+/// 431 or a closed connection, never unbounded memory).
+const MAX_HEADER_BUF: usize = 64 * 1024;
+
+/// Hyper's limits for every connection. axum-server leaves the header
+/// read timeout off unless set here.
+fn limit_connections(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    b.http1()
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BUF);
+    b.http2().max_header_list_size(MAX_HEADER_BUF as u32);
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
     #[error("TLS certificate {cert} / key {key}: {source}")]
@@ -40,6 +61,8 @@ pub enum WebError {
         key: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Writer(#[from] writer::WriterError),
     #[error("serving on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -51,6 +74,28 @@ pub enum WebError {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// Read-only connections for handlers.
+    pub readers: Arc<readers::Readers>,
+    /// The one writing connection (group commit), for API credits.
+    pub writer: Arc<writer::Writer>,
+    /// Per-key request rates of the partner API.
+    pub limiter: Arc<api::limits::Limiter>,
+    /// `members/verify` calls per partner today.
+    pub verify_quota: Arc<api::limits::DailyQuota>,
+}
+
+impl AppState {
+    /// The state for `config`: opens (and migrates) the database.
+    pub fn new(config: Arc<Config>) -> Result<AppState, writer::WriterError> {
+        let db = config.daemon.database.clone();
+        Ok(AppState {
+            writer: writer::Writer::start(&db, config.daemon.timezone)?,
+            readers: Arc::new(readers::Readers::new(db)),
+            limiter: Arc::default(),
+            verify_quota: Arc::default(),
+            config,
+        })
+    }
 }
 
 /// The whole application: every route, with the layers every response gets.
@@ -58,6 +103,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(health::routes())
         .merge(site::routes())
+        .merge(api::routes())
         .fallback(problem::not_found)
         .with_state(state);
     with_security_headers(app)
@@ -107,10 +153,8 @@ pub async fn serve(
             handle.graceful_shutdown(Some(GRACE));
         });
     }
-    let app = router(AppState {
-        config: config.clone(),
-    })
-    .into_make_service_with_connect_info::<SocketAddr>();
+    let app =
+        router(AppState::new(config.clone())?).into_make_service_with_connect_info::<SocketAddr>();
     match &config.server.tls {
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
@@ -121,24 +165,18 @@ pub async fn serve(
                     source,
                 })?;
             tracing::info!(%addr, "serving HTTPS");
-            axum_server::from_tcp_rustls(listener, rustls)
-                .map_err(serve_err)?
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(serve_err)
+            let mut server = axum_server::from_tcp_rustls(listener, rustls).map_err(serve_err)?;
+            limit_connections(server.http_builder());
+            server.handle(handle).serve(app).await.map_err(serve_err)
         }
         None => {
             if !addr.ip().is_loopback() {
                 tracing::warn!(%addr, "plain HTTP on a non-loopback address (insecure_plaintext = true): API keys, passwords and session cookies cross the network unencrypted");
             }
             tracing::info!(%addr, "serving plain HTTP");
-            axum_server::from_tcp(listener)
-                .map_err(serve_err)?
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(serve_err)
+            let mut server = axum_server::from_tcp(listener).map_err(serve_err)?;
+            limit_connections(server.http_builder());
+            server.handle(handle).serve(app).await.map_err(serve_err)
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Who is asking: site accounts and their sessions. (API keys live here
-//! too, in their own file.)
+//! Who is asking: partner API keys ([`api_keys`]), site accounts
+//! ([`users`], [`passwords`]) and their sessions ([`sessions`]).
 
+pub mod api_keys;
 pub mod passwords;
 pub mod sessions;
 pub mod users;
