@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
 use crate::schedule::Clock;
-use crate::{check, daemon, db, members, query, timefmt};
+use crate::{check, daemon, db, members, money, query, timefmt};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -110,6 +110,15 @@ pub enum Command {
         /// The partner key to search for, as in the exchange file.
         #[arg(long)]
         key: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the money adds up: every balance equals its member's
+    /// ledger rows, every credited file's ledger rows match its counts,
+    /// miles and the digest stored at commit. Exits 1 naming each mismatch.
+    /// Reads only; safe while the daemon runs.
+    Verify {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -325,6 +334,42 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { json } => {
+            let config = load(&cli)?;
+            let conn = db::open_query(&config.daemon.database)?;
+            let report = money::verify::verify(&conn)?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                for m in &report.mismatches {
+                    println!("MISMATCH {}: {}: {}", m.kind, m.subject, m.detail);
+                }
+                println!(
+                    "{}: {} ledger rows, {} balances, {} credited files{} in {:.2} s",
+                    if report.ok { "ok" } else { "FAILED" },
+                    report.ledger_rows,
+                    report.members,
+                    report.credited_files,
+                    if report.files_without_digest > 0 {
+                        format!(
+                            " ({} credited before digests were stored: digest not checked)",
+                            report.files_without_digest
+                        )
+                    } else {
+                        String::new()
+                    },
+                    report.elapsed_ms as f64 / 1000.0
+                );
+            }
+            if report.ok {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(fail(format!(
+                    "verify: {} mismatch(es) between balances, ledger and files",
+                    report.mismatches.len()
+                )))
+            }
         }
         Command::Files {
             partner,

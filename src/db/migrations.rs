@@ -170,4 +170,8 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 ALTER TABLE files ADD COLUMN channel TEXT NOT NULL DEFAULT 'pull';
 "#,
+    // 6: the digest of a credited file's ledger rows, written in the
+    // credit's transaction (src/money/digest.rs) and checked by `verify`.
+    // NULL for files credited before this migration.
+    "ALTER TABLE files ADD COLUMN ledger_digest TEXT;",
 ];

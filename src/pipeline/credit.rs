@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::config::{Encoding, PartnerConfig};
 use crate::db::{self, now_text, DbError};
+use crate::money::digest::{self, LedgerDigest};
 
 use super::batch::{self, Batch, Pre, ReadFailure, BATCH_ROWS};
 use super::parse::{LineEnding, ParseError};
@@ -123,7 +124,15 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
 
     let mut report = ReportWriter::new(job.report_path.clone());
     let mut counts = Counts::default();
-    let outcome = stream_rows(&tx, job, file_id, &mut report, &mut counts)?;
+    let mut ledger_digest = LedgerDigest::default();
+    let outcome = stream_rows(
+        &tx,
+        job,
+        file_id,
+        &mut report,
+        &mut counts,
+        &mut ledger_digest,
+    )?;
 
     let refuse = |reason: String, report: ReportWriter| -> Result<Credited, CreditError> {
         // Keep the report of a refused file: it shows ops why.
@@ -170,7 +179,7 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
 
     tx.execute(
         "UPDATE files SET rows = ?2, credited = ?3, failed = ?4, failed_by_code = ?5, miles = ?6,
-                          report_path = ?7, finished_at = ?8
+                          report_path = ?7, finished_at = ?8, ledger_digest = ?9
          WHERE id = ?1",
         params![
             file_id,
@@ -181,6 +190,7 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             counts.miles as i64,
             (report.rows() > 0).then(|| report.path().display().to_string()),
             now_text(chrono::Utc::now()),
+            ledger_digest.to_hex(),
         ],
     )?;
     // The report is in place before the commit: after a crash between the
@@ -212,6 +222,7 @@ fn stream_rows(
     file_id: i64,
     report: &mut ReportWriter,
     counts: &mut Counts,
+    ledger_digest: &mut LedgerDigest,
 ) -> Result<Result<(), Refusal>, CreditError> {
     let p = job.partner;
     let archive = &job.file.archive;
@@ -257,8 +268,19 @@ fn stream_rows(
             .map_err(spawn_err)?;
         // Returning drops `batches`: a reader still sending then stops, and
         // dropping its helper's job channel stops the helper.
-        credit_batches(tx, job, file_id, report, counts, batches, to_reader)
+        let tally = Tally {
+            counts,
+            digest: ledger_digest,
+        };
+        credit_batches(tx, job, file_id, report, tally, batches, to_reader)
     })
+}
+
+/// What the credit adds up as it goes: the file's counts, and the digest of
+/// the ledger rows it inserted (stored on the file row, checked by `verify`).
+struct Tally<'t> {
+    counts: &'t mut Counts,
+    digest: &'t mut LedgerDigest,
 }
 
 fn credit_batches(
@@ -266,10 +288,14 @@ fn credit_batches(
     job: &CreditJob<'_>,
     file_id: i64,
     report: &mut ReportWriter,
-    counts: &mut Counts,
+    tally: Tally<'_>,
     batches: Receiver<Result<Batch, ReadFailure>>,
     recycle: std::sync::mpsc::Sender<Batch>,
 ) -> Result<Result<(), Refusal>, CreditError> {
+    let Tally {
+        counts,
+        digest: ledger_digest,
+    } = tally;
     let p = job.partner;
     let rules = p.rules();
     let io_err = |path: &Path| {
@@ -396,11 +422,23 @@ fn credit_batches(
         for (row, code) in batch.rows.iter().zip(codes.iter_mut()) {
             counts.rows += 1;
             if code.is_none() {
-                let (_, member, _, miles) = next_valid.next().expect("one per valid row");
+                let (line, member, key, miles) = next_valid.next().expect("one per valid row");
                 if !next_repeated.next().expect("one per valid row") {
                     if !deltas.add(*member, *miles) {
                         return Ok(Err(Refusal::Overflow(*member)));
                     }
+                    // The row exactly as inserted (an overflowing `miles`
+                    // refused the file just above).
+                    ledger_digest.add(&digest::Row {
+                        partner: &p.id,
+                        partner_key: key,
+                        file_id,
+                        member: *member,
+                        miles: *miles as i64,
+                        dup: if rules.allow_duplicate_rows { *line } else { 0 },
+                        line: *line,
+                        credited_at: job.now.timestamp(),
+                    });
                     counts.credited += 1;
                     counts.miles = counts.miles.saturating_add(*miles);
                 } else {
