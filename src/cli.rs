@@ -123,6 +123,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take a wrong credit back: compensating negative ledger rows for every
+    /// credited row of a file (or one API exchange), balances reduced in the
+    /// same transaction. Refused whole, naming each member and shortfall, if
+    /// a balance would go below zero. Reversing twice changes nothing.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["file", "exchange"])))]
+    Reverse {
+        /// The file to reverse (its id in `milebatch files`).
+        #[arg(long, value_name = "ID")]
+        file: Option<i64>,
+        /// The API exchange to reverse (its id in the API's answers).
+        #[arg(long, value_name = "ID")]
+        exchange: Option<i64>,
+        /// Why: kept with the reversal and in the audit trail.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delivered files, newest first: outcome, counts, error report, reason.
     Files {
         /// Only this partner's files.
@@ -323,8 +342,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("credited at\tmember\tmiles\tfile:line");
                 for r in rows {
+                    let reversal = r
+                        .reversal
+                        .map(|id| format!("\treversal {id}"))
+                        .unwrap_or_default();
                     println!(
-                        "{}\t{}\t{}\t{}:{}",
+                        "{}\t{}\t{}\t{}:{}{reversal}",
                         timefmt::stored_for_people(&r.credited_at, tz),
                         r.member_id,
                         r.miles,
@@ -369,6 +392,73 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "verify: {} mismatch(es) between balances, ledger and files",
                     report.mismatches.len()
                 )))
+            }
+        }
+        Command::Reverse {
+            file,
+            exchange,
+            reason,
+            json,
+        } => {
+            use money::reverse::{self, Outcome, Target};
+            let config = load(&cli)?;
+            let target = match (file, exchange) {
+                (Some(id), _) => Target::File(*id),
+                (None, Some(id)) => Target::Exchange(*id),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            let mut conn = db::open(&config.daemon.database)?;
+            let actor = crate::audit::cli_actor();
+            let outcome = reverse::reverse(&mut conn, target, reason, &actor, chrono::Utc::now())?;
+            if *json {
+                print_json(&outcome)?;
+            }
+            let tz = config.daemon.timezone;
+            let done = |r: &reverse::Reversal| {
+                format!(
+                    "reversal {} of {target} ({}): {} rows, {} miles taken back from {} members, by {} at {}: {}",
+                    r.id,
+                    r.partner,
+                    r.rows,
+                    r.miles,
+                    r.members,
+                    r.actor,
+                    timefmt::stored_for_people(&r.at, tz),
+                    r.reason
+                )
+            };
+            match &outcome {
+                Outcome::Reversed(r) => {
+                    if !*json {
+                        println!("{}", done(r));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Outcome::AlreadyReversed(r) => {
+                    if !*json {
+                        println!("already reversed, nothing changed: {}", done(r));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Outcome::Refused { reason } => {
+                    Ok(fail(format!("cannot reverse {target}: {reason}")))
+                }
+                Outcome::Shortfall { members } => {
+                    let list: Vec<String> = members
+                        .iter()
+                        .map(|m| {
+                            format!(
+                                "{} (balance {}, to take back {}, short by {})",
+                                m.member_id, m.balance, m.to_reverse, m.shortfall
+                            )
+                        })
+                        .collect();
+                    Ok(fail(format!(
+                        "cannot reverse {target}: nothing changed, because {} member(s) no longer hold the miles it would take back: {}",
+                        members.len(),
+                        list.join("; ")
+                    )))
+                }
             }
         }
         Command::Files {
@@ -755,6 +845,18 @@ fn print_status(v: &serde_json::Value, tz: chrono_tz::Tz) {
             s(&f["outcome"]),
             t(&f["at"]),
             s(&f["reason"])
+        );
+    }
+    if let Some(r) = v["last_reversal"].as_object() {
+        println!(
+            "  reversed  last: {} (reversal {}) at {} by {}: {} rows, {} miles taken back — {}",
+            s(&r["what"]),
+            r["id"],
+            t(&r["at"]),
+            s(&r["actor"]),
+            r["rows"],
+            r["miles"],
+            s(&r["reason"])
         );
     }
     if let Some(m) = v["last_missed"].as_str() {

@@ -1,6 +1,7 @@
 //! Money operations through the real binary: `verify` (balances against
 //! the ledger, each credited file's counts, miles and digest), catching each
-//! kind of tampering done directly in the database.
+//! kind of tampering done directly in the database; `reverse` (negative
+//! rows, balances, refusals, idempotence, visibility).
 
 mod common;
 
@@ -199,4 +200,212 @@ fn deleted_and_stray_rows_are_caught() {
     assert!(f[0].1.starts_with("member NM0000000004"), "{f:?}");
     assert!(f[3].1.starts_with("file 3 (shop, c.csv)"), "{f:?}");
     assert!(f[4].1.starts_with("file 99 (no such file)"), "{f:?}");
+}
+
+/// Everything a reversal may change, to prove that nothing did.
+fn money_state(w: &Workspace) -> (i64, i64, i64, i64, String, i64) {
+    (
+        w.ledger_rows(),
+        w.int("SELECT COALESCE(SUM(miles), 0) FROM balances"),
+        w.int("SELECT count(*) FROM reversals"),
+        w.int("SELECT count(*) FROM audit WHERE action = 'reverse'"),
+        w.db()
+            .query_row("SELECT group_concat(outcome) FROM files", [], |r| r.get(0))
+            .unwrap(),
+        w.int("SELECT COALESCE(SUM(reversal), 0) FROM files"),
+    )
+}
+
+#[test]
+fn a_reversal_takes_every_row_back_visibly_and_verifies() {
+    let w = credited();
+    assert_eq!(w.balance("NM0000000001"), 15);
+    assert_eq!(w.balance("NM0000000002"), 34);
+    let out = w.ok(&["reverse", "--file", "1", "--reason", "wrong prices"]);
+    assert!(
+        out.starts_with(
+            "reversal 1 of file 1 (shop): 3 rows, 35 miles taken back from 2 members, by cli:"
+        ),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with(": wrong prices"), "{out}");
+    // Balances down by exactly the file's credits; the other file stays.
+    assert_eq!(w.balance("NM0000000001"), 0);
+    assert_eq!(w.balance("NM0000000002"), 14);
+    // The ledger only grew: three negative rows naming the reversal.
+    assert_eq!(w.ledger_rows(), 8);
+    assert_eq!(
+        w.int("SELECT count(*) FROM ledger WHERE reversal = 1 AND miles < 0 AND file_id = 1"),
+        3
+    );
+    assert_eq!(w.int("SELECT SUM(miles) FROM ledger WHERE file_id = 1"), 0);
+    w.assert_balances_match_ledger();
+    let (code, v) = verify(&w);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["reversals"], 1);
+    // Who, why, when: the reversal row and the audit trail.
+    assert_eq!(w.int("SELECT count(*) FROM audit WHERE action = 'reverse' AND partner = 'shop' AND actor LIKE 'cli:%' AND detail LIKE 'file 1: reversal 1, 3 rows, 35 miles%wrong prices'"), 1);
+    // Visible in files, history and status.
+    let out = w.ok(&["files", "--outcome", "reversed"]);
+    assert!(out.contains("\treversed\t"), "{out}");
+    assert!(out.contains("reversed (reversal 1) by cli:"), "{out}");
+    assert!(out.contains(": wrong prices"), "{out}");
+    let h = w.ok(&["history", "--partner", "shop", "--key", "A-1"]);
+    let lines: Vec<&str> = h.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2, "{h}");
+    assert!(lines[0].ends_with("NM0000000001\t10\ta.csv:1"), "{h}");
+    assert!(
+        lines[1].ends_with("NM0000000001\t-10\ta.csv:1\treversal 1"),
+        "{h}"
+    );
+    let st = w.ok(&["status"]);
+    assert!(
+        st.contains("reversed  last: file 1 (reversal 1) at "),
+        "{st}"
+    );
+    assert!(
+        st.contains("3 rows, 35 miles taken back — wrong prices"),
+        "{st}"
+    );
+
+    // The same bytes delivered again are not credited: only retry may.
+    w.write(
+        "inbox/shop/a-again.csv",
+        "NM0000000001,A-1,10\nNM0000000002,A-2,20\nNM0000000001,A-3,5\nNOPE,A-4,1\n",
+    );
+    let (code, r) = w.once_json("shop", &[]);
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(r["files"][0]["outcome"], "duplicate", "{r:#}");
+    let reason = r["files"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("reversed") && reason.contains("milebatch retry --file 1"),
+        "{reason}"
+    );
+    assert_eq!(w.balance("NM0000000001"), 0);
+    assert_eq!(w.ledger_rows(), 8);
+}
+
+#[test]
+fn reversing_twice_changes_nothing_the_second_time() {
+    let w = credited();
+    w.ok(&["reverse", "--file", "2", "--reason", "test file"]);
+    let before = money_state(&w);
+    assert_eq!(w.balance("NM0000000002"), 20);
+    let out = w.ok(&["reverse", "--file", "2", "--reason", "again"]);
+    assert!(
+        out.starts_with(
+            "already reversed, nothing changed: reversal 1 of file 2 (dupes): 2 rows, 14 miles"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with(": test file"),
+        "the first reason: {out}"
+    );
+    assert_eq!(money_state(&w), before);
+    let out = w.run(&["reverse", "--file", "2", "--reason", "json", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"], "already-reversed", "{v:#}");
+    assert_eq!(money_state(&w), before);
+}
+
+#[test]
+fn a_reversal_that_would_overdraw_is_refused_whole_naming_each_member() {
+    let w = credited();
+    // Members spent miles elsewhere (a redemption): 15 → 4 and 34 → 30.
+    w.db()
+        .execute_batch(
+            "UPDATE balances SET miles = 4 WHERE member = (SELECT id FROM members WHERE member_id = 'NM0000000001');
+             UPDATE balances SET miles = 30 WHERE member = (SELECT id FROM members WHERE member_id = 'NM0000000002');",
+        )
+        .unwrap();
+    let before = money_state(&w);
+    let out = w.run(&["reverse", "--file", "1", "--reason", "wrong"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    // NM0000000001 must give back 15 and holds 4; NM0000000002 gives back 20
+    // of 30 and is fine.
+    assert!(err.contains("cannot reverse file 1: nothing changed, because 1 member(s) no longer hold the miles it would take back: NM0000000001 (balance 4, to take back 15, short by 11)"), "{err}");
+    assert!(!err.contains("NM0000000002"), "{err}");
+    assert_eq!(money_state(&w), before);
+    assert_eq!(w.balance("NM0000000002"), 30);
+    let out = w.run(&["reverse", "--file", "1", "--reason", "wrong", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"], "shortfall");
+    assert_eq!(v["members"][0]["shortfall"], 11);
+    assert_eq!(money_state(&w), before);
+}
+
+#[test]
+fn what_cannot_be_reversed_is_refused_with_a_reason() {
+    let w = credited();
+    let before = money_state(&w);
+    for (args, needle) in [
+        (
+            vec!["--file", "3", "--reason", "x"],
+            "file 3 (c.csv) is refused: nothing of it was credited",
+        ),
+        (vec!["--file", "9", "--reason", "x"], "there is no file 9"),
+        (
+            vec!["--exchange", "5", "--reason", "x"],
+            "no API exchange 5 was credited",
+        ),
+        (
+            vec!["--file", "1", "--reason", "  "],
+            "a reason is required",
+        ),
+    ] {
+        let mut a = vec!["reverse"];
+        a.extend(args);
+        let out = w.run(&a);
+        assert_eq!(out.status.code(), Some(1), "{a:?}");
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{a:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(money_state(&w), before);
+}
+
+#[test]
+fn an_api_exchange_is_reversed_alone() {
+    let w = credited();
+    // An API credit as the API writes it: file id 0, line = dup = its id.
+    w.db()
+        .execute_batch(
+            "INSERT INTO ledger(partner, partner_key, file_id, member, miles, dup, line, credited_at)
+                 SELECT 'shop', 'P-17', 0, id, 40, 17, 17, 1700000000 FROM members WHERE member_id = 'NM0000000001';
+             UPDATE balances SET miles = miles + 40 WHERE member = (SELECT id FROM members WHERE member_id = 'NM0000000001');",
+        )
+        .unwrap();
+    assert_eq!(verify(&w).0, 0);
+    let out = w.ok(&["reverse", "--exchange", "17", "--reason", "cancelled order"]);
+    assert!(
+        out.starts_with("reversal 1 of API exchange 17 (shop): 1 rows, 40 miles"),
+        "{out}"
+    );
+    assert_eq!(w.balance("NM0000000001"), 15);
+    assert_eq!(
+        w.int("SELECT count(*) FROM files WHERE outcome = 'reversed' OR reversal IS NOT NULL"),
+        0,
+        "no file changed"
+    );
+    let (code, v) = verify(&w);
+    assert_eq!(code, 0, "{v:#}");
+    let h = w.ok(&["history", "--partner", "shop", "--key", "P-17"]);
+    assert!(h.contains("\t-40\tAPI:17\treversal 1"), "{h}");
+    // Tampering with a reversal's row is caught like a file's.
+    tamper(&w, "UPDATE ledger SET line = 18 WHERE reversal = 1");
+    let (code, v) = verify(&w);
+    assert_eq!(code, 1);
+    assert_eq!(
+        found(&v),
+        [(
+            "reversal-digest".to_owned(),
+            "reversal 1 (shop, API exchange 17)".to_owned()
+        )]
+    );
 }

@@ -1,6 +1,8 @@
-//! Money operations after the credit: verification of the ledger against
-//! balances and file records ([`verify`]), and the per-file ledger digest
-//! it checks ([`digest`]).
+//! Money operations after the credit: taking a wrong credit back
+//! ([`reverse`]), verification of the ledger against balances, file and
+//! reversal records ([`verify`]), and the ledger digest it checks
+//! ([`digest`]).
 
 pub mod digest;
+pub mod reverse;
 pub mod verify;

@@ -6,8 +6,13 @@
 //! - every credited file's ledger rows match the file row: their number is
 //!   `credited`, their miles sum to `miles`, `rows = credited + failed`,
 //!   and their digest ([`super::digest`]) is the one stored at commit;
+//! - every reversal's compensating rows (`ledger.reversal`) match its
+//!   `reversals` row: their number, the miles taken back, their digest;
 //! - no ledger row names a file that was not credited (file id 0 is an API
-//!   exchange and belongs to no file).
+//!   exchange and belongs to no file), or a reversal that does not exist.
+//!
+//! A reversed file (outcome `reversed`) is checked like a credited one: its
+//! own rows are still there, untouched, beside the compensating ones.
 //!
 //! What must stay true: it only reads (safe next to the daemon, on a
 //! read-only connection), and it reads the ledger once, sequentially, so a
@@ -37,7 +42,8 @@ pub enum VerifyError {
 /// One thing that does not add up.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Mismatch {
-    /// `balance`, `file-counts`, `file-digest` or `stray-rows`.
+    /// `balance`, `file-counts`, `file-digest`, `reversal-counts`,
+    /// `reversal-digest` or `stray-rows`.
     pub kind: &'static str,
     /// Who: `member M0001 (#1)`, `file 3 (shop, orders.csv)`.
     pub subject: String,
@@ -54,6 +60,7 @@ pub struct Report {
     /// Credited before digests were stored (schema 6): counts and miles
     /// checked, digest not.
     pub files_without_digest: u64,
+    pub reversals: u64,
     pub mismatches: Vec<Mismatch>,
     pub elapsed_ms: u64,
 }
@@ -82,10 +89,12 @@ pub fn verify(conn: &Connection) -> Result<Report, VerifyError> {
 fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
     let mut by_member: HashMap<i64, i128> = HashMap::new();
     let mut by_file: HashMap<i64, FileAgg> = HashMap::new();
+    let mut by_reversal: HashMap<i64, FileAgg> = HashMap::new();
     let mut ledger_rows = 0u64;
     {
         let mut st = conn.prepare(
-            "SELECT partner, partner_key, file_id, member, miles, dup, line, credited_at FROM ledger",
+            "SELECT partner, partner_key, file_id, member, miles, dup, line, credited_at, reversal
+             FROM ledger",
         )?;
         let mut rows = st.raw_query();
         while let Some(r) = rows.next()? {
@@ -118,7 +127,12 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
                 credited_at: r.get(7)?,
             };
             *by_member.entry(row.member).or_default() += i128::from(row.miles);
-            if file_id != 0 {
+            if let Some(reversal) = r.get::<_, Option<i64>>(8)? {
+                let agg = by_reversal.entry(reversal).or_default();
+                agg.rows += 1;
+                agg.miles -= i128::from(row.miles);
+                agg.digest.add(&row);
+            } else if file_id != 0 {
                 let agg = by_file.entry(file_id).or_default();
                 agg.rows += 1;
                 agg.miles += i128::from(row.miles);
@@ -192,7 +206,7 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
             let outcome: String = r.get(3)?;
             let subject = format!("file {id} ({partner}, {name})");
             let agg = by_file.remove(&id);
-            if outcome != "credited" {
+            if outcome != "credited" && outcome != "reversed" {
                 if let Some(agg) = agg {
                     mismatches.push(Mismatch {
                         kind: "stray-rows",
@@ -250,6 +264,68 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
             }
         }
     }
+    let mut reversals = 0u64;
+    {
+        let mut st = conn.prepare(
+            "SELECT id, partner, COALESCE('file ' || file_id, 'API exchange ' || exchange),
+                    rows, miles, ledger_digest
+             FROM reversals ORDER BY id",
+        )?;
+        let mut rows = st.raw_query();
+        while let Some(r) = rows.next()? {
+            reversals += 1;
+            let id: i64 = r.get(0)?;
+            let partner: String = r.get(1)?;
+            let what: String = r.get(2)?;
+            let (n_rows, miles): (i64, i64) = (r.get(3)?, r.get(4)?);
+            let stored: String = r.get(5)?;
+            let subject = format!("reversal {id} ({partner}, {what})");
+            let agg = by_reversal.remove(&id).unwrap_or_default();
+            let mut differs = Vec::new();
+            if i128::from(n_rows) != i128::from(agg.rows) {
+                differs.push(format!(
+                    "recorded {n_rows} rows, the ledger holds {}",
+                    agg.rows
+                ));
+            }
+            if i128::from(miles) != agg.miles {
+                differs.push(format!(
+                    "recorded {miles} miles taken back, its ledger rows take back {}",
+                    agg.miles
+                ));
+            }
+            if !differs.is_empty() {
+                mismatches.push(Mismatch {
+                    kind: "reversal-counts",
+                    subject: subject.clone(),
+                    detail: differs.join("; "),
+                });
+            }
+            if stored != agg.digest.to_hex() {
+                mismatches.push(Mismatch {
+                    kind: "reversal-digest",
+                    subject,
+                    detail: format!(
+                        "its ledger rows' digest is {}, the one stored at commit {stored}: \
+                         a ledger row was changed, added or removed",
+                        agg.digest.to_hex()
+                    ),
+                });
+            }
+        }
+    }
+    let mut stray_reversals: Vec<(i64, FileAgg)> = by_reversal.into_iter().collect();
+    stray_reversals.sort_unstable_by_key(|(id, _)| *id);
+    for (id, agg) in stray_reversals {
+        mismatches.push(Mismatch {
+            kind: "stray-rows",
+            subject: format!("reversal {id} (no such reversal)"),
+            detail: format!(
+                "{} ledger rows (taking back {} miles) name a reversal that does not exist",
+                agg.rows, agg.miles
+            ),
+        });
+    }
     let mut stray: Vec<(i64, FileAgg)> = by_file.into_iter().collect();
     stray.sort_unstable_by_key(|(id, _)| *id);
     for (id, agg) in stray {
@@ -269,6 +345,7 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
         members,
         credited_files,
         files_without_digest,
+        reversals,
         mismatches,
         elapsed_ms: 0,
     })

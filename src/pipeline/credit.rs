@@ -52,6 +52,8 @@ pub enum Credited {
     Duplicate {
         first_name: String,
         first_at: String,
+        /// The content's file was reversed since: its id.
+        reversed_file: Option<i64>,
     },
 }
 
@@ -91,18 +93,24 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
     let p = job.partner;
     let f = job.file;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some((first_name, first_at)) = tx
+    // A reversed file's bytes count as credited here: a re-delivery never
+    // credits them again, only `milebatch retry` does.
+    if let Some((first_name, first_at, reversed_file)) = tx
         .query_row(
-            "SELECT name, COALESCE(finished_at, started_at) FROM files
-             WHERE partner = ?1 AND sha256 = ?2 AND outcome = 'credited'",
+            "SELECT name, COALESCE(finished_at, started_at),
+                    CASE WHEN outcome = 'reversed' THEN id END
+             FROM files
+             WHERE partner = ?1 AND sha256 = ?2 AND outcome IN ('credited', 'reversed')
+             ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
             params![p.id, f.sha256],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?
     {
         return Ok(Credited::Duplicate {
             first_name,
             first_at,
+            reversed_file,
         });
     }
     let started = now_text(job.now);

@@ -499,10 +499,17 @@ fn record(
         Credited::Duplicate {
             first_name,
             first_at,
+            reversed_file,
         } => {
-            let reason = format!(
+            let mut reason = format!(
                 "duplicate delivery: the same content was credited as {first_name:?} at {first_at}"
             );
+            if let Some(id) = reversed_file {
+                reason.push_str(&format!(
+                    " and then reversed; a delivery never credits it again \
+                     (to credit these bytes again: `milebatch retry --file {id}`)"
+                ));
+            }
             tracing::warn!(%reason, "file refused: nothing credited");
             fr.outcome = "duplicate".into();
             fr.reason = Some(reason);
