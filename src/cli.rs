@@ -142,6 +142,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A partner's monthly statement (the basis of its invoice): miles
+    /// issued by channel (pull, upload, API), by file and by day, then the
+    /// reversals, then the net total, with row counts. The month runs from
+    /// local midnight on its first day in `[daemon] timezone`.
+    Statement {
+        /// The partner (its `id` in partners.toml).
+        #[arg(long)]
+        partner: String,
+        /// The month, as YYYY-MM (e.g. 2026-11).
+        #[arg(long, value_name = "YYYY-MM")]
+        month: String,
+        /// Print as CSV (`section,item,detail,rows,miles`).
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delivered files, newest first: outcome, counts, error report, reason.
     Files {
         /// Only this partner's files.
@@ -409,7 +427,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut conn = db::open(&config.daemon.database)?;
             let actor = crate::audit::cli_actor();
-            let outcome = reverse::reverse(&mut conn, target, reason, &actor, chrono::Utc::now())?;
+            let outcome = reverse::reverse(&mut conn, target, reason, &actor, clock()?.now())?;
             if *json {
                 print_json(&outcome)?;
             }
@@ -460,6 +478,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )))
                 }
             }
+        }
+        Command::Statement {
+            partner,
+            month,
+            csv,
+            json,
+        } => {
+            let config = load(&cli)?;
+            if let Err(code) = known_partner(&config, partner) {
+                return Ok(code);
+            }
+            let tz = config.daemon.timezone;
+            // A bad month is the user's to fix: say so before the database.
+            if let Err(e) = money::statement::month_bounds(month, tz) {
+                return Ok(fail(e));
+            }
+            let conn = db::open_query(&config.daemon.database)?;
+            let st = money::statement::statement(&conn, partner, month, tz)?;
+            if *json {
+                print_json(&st)?;
+            } else if *csv {
+                print!("{}", money::statement::to_csv(&st));
+            } else {
+                print_statement(&st, tz);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Files {
             partner,
@@ -624,6 +668,62 @@ fn print_run(r: &RunReport, dry_run: bool, tz: chrono_tz::Tz) {
     if let Some(e) = &r.error {
         println!("  error: {e}");
     }
+}
+
+fn print_statement(st: &money::statement::Statement, tz: chrono_tz::Tz) {
+    let t = |s: &str| timefmt::stored_for_people(s, tz);
+    println!(
+        "statement {} {}: {} to {}",
+        st.partner,
+        st.month,
+        t(&st.from),
+        t(&st.until)
+    );
+    println!("issued by channel");
+    for c in &st.by_channel {
+        println!(
+            "  {:<8}{:>10} rows{:>14} miles",
+            c.channel, c.total.rows, c.total.miles
+        );
+    }
+    println!("issued by file");
+    for f in &st.by_file {
+        let id = if f.file_id == 0 {
+            "API".to_owned()
+        } else {
+            format!("file {}", f.file_id)
+        };
+        println!(
+            "  {id} {} ({}){:>10} rows{:>14} miles",
+            f.name, f.channel, f.total.rows, f.total.miles
+        );
+    }
+    println!("issued by day");
+    for d in &st.by_day {
+        println!(
+            "  {}{:>10} rows{:>14} miles",
+            d.day, d.total.rows, d.total.miles
+        );
+    }
+    println!("issued  {} rows, {} miles", st.issued.rows, st.issued.miles);
+    println!("reversals");
+    for r in &st.reversals {
+        println!(
+            "  reversal {} of {} at {} by {}: {} rows, {} miles — {}",
+            r.id,
+            r.what,
+            t(&r.at),
+            r.actor,
+            r.total.rows,
+            r.total.miles,
+            r.reason
+        );
+    }
+    println!(
+        "reversed  {} rows, {} miles",
+        st.reversed.rows, st.reversed.miles
+    );
+    println!("net  {} rows, {} miles", st.net.rows, st.net.miles);
 }
 
 /// The system clock, or the test-only fake one (see [`daemon::FAKE_NOW_ENV`]).

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::workspace::{local_partner, Workspace};
+use common::workspace::{local_partner, Workspace, FAKE_NOW};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -407,5 +407,210 @@ fn an_api_exchange_is_reversed_alone() {
             "reversal-digest".to_owned(),
             "reversal 1 (shop, API exchange 17)".to_owned()
         )]
+    );
+}
+
+/// A small deterministic generator; the seed is printed on failure.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Seconds from 2026-10-28T00:00Z to 2026-12-03T00:00Z, as RFC 3339.
+fn random_time(rng: &mut Rng) -> String {
+    let base = 1_793_145_600i64; // 2026-10-28T00:00:00Z
+    let t = base + rng.below(36 * 86_400) as i64;
+    chrono::DateTime::from_timestamp(t, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn statement(w: &Workspace, month: &str) -> serde_json::Value {
+    let out = w.ok(&["statement", "--partner", "shop", "--month", month, "--json"]);
+    serde_json::from_str(&out).unwrap()
+}
+
+fn sum(v: &serde_json::Value, field: &str) -> i64 {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[field].as_i64().unwrap())
+        .sum()
+}
+
+#[test]
+fn statement_totals_equal_the_ledger_over_a_random_mix() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox/shop", ""));
+    w.demo_members();
+    let mut key = 0;
+    // Two files on either side of the November boundary (Tokyo midnight).
+    let mut times = vec![
+        "2026-10-31T14:59:59Z".to_owned(),
+        "2026-10-31T15:00:00Z".to_owned(),
+    ];
+    for _ in 0..5 {
+        times.push(random_time(&mut rng));
+    }
+    for (i, at) in times.iter().enumerate() {
+        let mut csv = String::new();
+        for _ in 0..1 + rng.below(12) {
+            key += 1;
+            let member = 1 + rng.below(2);
+            csv.push_str(&format!(
+                "NM000000000{member},K{key},{}\n",
+                1 + rng.below(500)
+            ));
+        }
+        w.write(&format!("inbox/shop/f{i}.csv"), csv);
+        let out = w.run_env(&["once", "--partner", "shop"], &[(FAKE_NOW, at.as_str())]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    // One file came by upload.
+    w.db()
+        .execute_batch("UPDATE files SET channel = 'upload' WHERE id = 3")
+        .unwrap();
+    // API credits as the API writes them (file id 0, line = dup = its id).
+    for x in 1..=5 {
+        let at = chrono::DateTime::parse_from_rfc3339(&random_time(&mut rng))
+            .unwrap()
+            .timestamp();
+        let miles = 1 + rng.below(300);
+        let member = 1 + rng.below(2);
+        w.db()
+            .execute_batch(&format!(
+                "INSERT INTO ledger(partner, partner_key, file_id, member, miles, dup, line, credited_at)
+                     SELECT 'shop', 'P{x}', 0, id, {miles}, {x}, {x}, {at} FROM members WHERE member_id = 'NM000000000{member}';
+                 UPDATE balances SET miles = miles + {miles} WHERE member = (SELECT id FROM members WHERE member_id = 'NM000000000{member}');"
+            ))
+            .unwrap();
+    }
+    // Reversals at random times: two files and one exchange.
+    let mut reversed = std::collections::BTreeSet::new();
+    while reversed.len() < 2 {
+        reversed.insert(1 + rng.below(times.len() as u64));
+    }
+    for id in &reversed {
+        let at = random_time(&mut rng);
+        let out = w.run_env(
+            &["reverse", "--file", &id.to_string(), "--reason", "test"],
+            &[(FAKE_NOW, at.as_str())],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let at = random_time(&mut rng);
+    let out = w.run_env(
+        &[
+            "reverse",
+            "--exchange",
+            &(1 + rng.below(5)).to_string(),
+            "--reason",
+            "x",
+        ],
+        &[(FAKE_NOW, at.as_str())],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(verify(&w).0, 0);
+
+    let mut all = 0;
+    let mut all_rows = 0;
+    for month in ["2026-10", "2026-11", "2026-12"] {
+        let s = statement(&w, month);
+        let (from, until) = (
+            chrono::DateTime::parse_from_rfc3339(s["from"].as_str().unwrap())
+                .unwrap()
+                .timestamp(),
+            chrono::DateTime::parse_from_rfc3339(s["until"].as_str().unwrap())
+                .unwrap()
+                .timestamp(),
+        );
+        let in_month =
+            format!("partner = 'shop' AND credited_at >= {from} AND credited_at < {until}");
+        let ledger = w.int(&format!("SELECT SUM(miles) FROM ledger WHERE {in_month}"));
+        let rows = w.int(&format!("SELECT count(*) FROM ledger WHERE {in_month}"));
+        assert_eq!(s["net"]["miles"].as_i64().unwrap(), ledger, "{month} {s:#}");
+        assert_eq!(s["net"]["rows"].as_i64().unwrap(), rows, "{month} {s:#}");
+        let issued = s["issued"]["miles"].as_i64().unwrap();
+        for part in ["by_channel", "by_file", "by_day"] {
+            assert_eq!(sum(&s[part], "miles"), issued, "{month} {part}: {s:#}");
+            assert_eq!(
+                sum(&s[part], "rows"),
+                s["issued"]["rows"].as_i64().unwrap(),
+                "{month} {part}"
+            );
+        }
+        assert_eq!(
+            sum(&s["reversals"], "miles"),
+            s["reversed"]["miles"].as_i64().unwrap()
+        );
+        assert_eq!(issued + s["reversed"]["miles"].as_i64().unwrap(), ledger);
+        // Each channel against the ledger directly.
+        let api = w.int(&format!(
+            "SELECT SUM(miles) FROM ledger WHERE {in_month} AND reversal IS NULL AND file_id = 0"
+        ));
+        let upload = w.int(&format!(
+            "SELECT SUM(miles) FROM ledger WHERE {in_month} AND reversal IS NULL AND file_id = 3"
+        ));
+        let ch = |c: &str| {
+            s["by_channel"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["channel"] == c)
+                .unwrap()["miles"]
+                .as_i64()
+                .unwrap()
+        };
+        assert_eq!(ch("api"), api, "{month}");
+        assert_eq!(ch("upload"), upload, "{month}");
+        assert_eq!(ch("pull"), issued - api - upload, "{month}");
+        // The CSV ends with the same net.
+        let csv = w.ok(&["statement", "--partner", "shop", "--month", month, "--csv"]);
+        assert!(csv.starts_with("section,item,detail,rows,miles\n"), "{csv}");
+        assert_eq!(
+            csv.lines().last().unwrap(),
+            format!("net,,,{rows},{ledger}")
+        );
+        all += ledger;
+        all_rows += rows;
+    }
+    // Every row fell in one of the three months.
+    assert_eq!(all, w.int("SELECT SUM(miles) FROM ledger"));
+    assert_eq!(all_rows, w.ledger_rows());
+    // The boundary: file 1 (14:59:59Z on Oct 31) is October's, file 2
+    // (15:00Z, midnight in Tokyo) November's.
+    let nov = statement(&w, "2026-11");
+    assert_eq!(nov["from"], "2026-10-31T15:00:00.000Z");
+    let ids = |s: &serde_json::Value| -> Vec<i64> {
+        s["by_file"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["file_id"].as_i64().unwrap())
+            .collect()
+    };
+    assert!(ids(&nov).contains(&2) && !ids(&nov).contains(&1), "{nov:#}");
+    assert!(ids(&statement(&w, "2026-10")).contains(&1));
+    let out = w.run(&["statement", "--partner", "shop", "--month", "2026-13"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("write it as YYYY-MM"),
+        "{}",
+        text(&out.stderr)
     );
 }

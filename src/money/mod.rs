@@ -1,8 +1,10 @@
 //! Money operations after the credit: taking a wrong credit back
-//! ([`reverse`]), verification of the ledger against balances, file and
+//! ([`reverse`]), the monthly statement per partner ([`statement`]),
+//! verification of the ledger against balances, file and
 //! reversal records ([`verify`]), and the ledger digest it checks
 //! ([`digest`]).
 
 pub mod digest;
 pub mod reverse;
+pub mod statement;
 pub mod verify;
