@@ -160,6 +160,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the database to DEST while everything runs (one consistent
+    /// snapshot, file mode 0600), then check the copy with `verify`.
+    /// Never overwrites a file. Exits 1 if the copy does not verify.
+    Backup {
+        /// The new backup file (must not exist).
+        dest: PathBuf,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a backup in place of the database. Refused while any process
+    /// (the daemon, `serve`, a `once`) has the database open, and if the
+    /// backup does not verify. The replaced database is kept beside it as
+    /// `<name>.before-restore-<time>`.
+    Restore {
+        /// The backup file to restore.
+        src: PathBuf,
+    },
     /// Delivered files, newest first: outcome, counts, error report, reason.
     Files {
         /// Only this partner's files.
@@ -505,6 +523,59 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup { dest, json } => {
+            let config = load(&cli)?;
+            let r = money::backup::backup(&config.daemon.database, dest)?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                for m in &r.verify.mismatches {
+                    println!("MISMATCH {}: {}: {}", m.kind, m.subject, m.detail);
+                }
+                println!(
+                    "backup {} ({} bytes): {} ledger rows, {} balances, {} credited files; verify {}",
+                    r.path.display(),
+                    r.bytes,
+                    r.verify.ledger_rows,
+                    r.verify.members,
+                    r.verify.credited_files,
+                    if r.verify.ok { "ok" } else { "FAILED" }
+                );
+            }
+            if r.verify.ok {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(fail(format!(
+                    "the backup {} was written but does not verify ({} mismatch(es)): the live database has them too; run `milebatch verify`",
+                    r.path.display(),
+                    r.verify.mismatches.len()
+                )))
+            }
+        }
+        Command::Restore { src } => {
+            let config = load(&cli)?;
+            match money::backup::restore(src, &config.daemon.database, clock()?.now()) {
+                Ok(r) => {
+                    println!(
+                        "restored {} to {}{}",
+                        r.restored_from.display(),
+                        r.database.display(),
+                        r.previous
+                            .map(|p| format!(
+                                "; the database it replaced is kept as {}",
+                                p.display()
+                            ))
+                            .unwrap_or_default()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(
+                    e @ (money::backup::BackupError::InUse { .. }
+                    | money::backup::BackupError::SourceBad { .. }),
+                ) => Ok(fail(e)),
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Files {
             partner,
             since,
@@ -735,6 +806,9 @@ fn clock() -> anyhow::Result<Arc<dyn Clock>> {
 /// shutdown, exit 0 after a clean stop.
 fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = Arc::new(load(cli)?);
+    // Held open for the daemon's whole life, idle or not: `restore` refuses
+    // while any process has the database open (money/backup.rs).
+    let _holder = db::open(&config.daemon.database)?;
     let clock = clock()?;
     let rt = runtime()?;
     let result = rt.block_on(async move {
@@ -756,8 +830,9 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     let config = Arc::new(load(cli)?);
     // Create or migrate the database before the first request, and fail
-    // here, clearly, if it cannot be opened.
-    db::open(&config.daemon.database)?;
+    // here, clearly, if it cannot be opened. Held open for the process's
+    // life: `restore` refuses while any process has the database open.
+    let _holder = db::open(&config.daemon.database)?;
     let listen = config.server.listen;
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen} (`[server] listen`)"))?;

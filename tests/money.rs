@@ -614,3 +614,123 @@ fn statement_totals_equal_the_ledger_over_a_random_mix() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_backup_is_private_verified_and_restores_only_when_nobody_holds_the_database() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = credited();
+    let dest = w.path("backups/b1.db");
+    std::fs::create_dir_all(w.path("backups")).unwrap();
+    let out = w.ok(&["backup", dest.to_str().unwrap()]);
+    assert!(out.contains("verify ok"), "{out}");
+    assert!(
+        out.contains("5 ledger rows, 2 balances, 2 credited files"),
+        "{out}"
+    );
+    let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!w.path("backups/b1.db.partial").exists());
+    // Never overwrites.
+    let out = w.run(&["backup", dest.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Money moves after the backup.
+    w.ok(&["reverse", "--file", "1", "--reason", "after the backup"]);
+    assert_eq!(w.balance("NM0000000001"), 0);
+
+    // Another process holds the database open: refused, naming it.
+    let holder = w.db();
+    let _: i64 = holder
+        .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
+        .unwrap();
+    let out = w.run(&["restore", dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("is open in process {}", std::process::id())),
+        "{err}"
+    );
+    drop(holder);
+    assert_eq!(w.balance("NM0000000001"), 0, "nothing restored");
+    // A running `serve` or daemon counts the same way: a real milebatch.
+    let mut daemon = w.spawn_daemon(None);
+    daemon.wait_log("daemon ready", std::time::Duration::from_secs(20));
+    let out = w.run(&["restore", dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(w.balance("NM0000000001"), 0, "nothing restored");
+    assert!(
+        text(&out.stderr).contains(&format!("is open in process {}", daemon.pid())),
+        "{}",
+        text(&out.stderr)
+    );
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit(std::time::Duration::from_secs(20)),
+        Some(0)
+    );
+
+    let out = w.ok(&["restore", dest.to_str().unwrap()]);
+    assert!(out.contains("the database it replaced is kept as"), "{out}");
+    assert_eq!(w.balance("NM0000000001"), 15, "the backup's balances");
+    assert_eq!(w.int("SELECT count(*) FROM reversals"), 0);
+    assert_eq!(verify(&w).0, 0);
+    let kept: Vec<_> = std::fs::read_dir(w.path("var"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("milebatch.db.before-restore-") && !n.ends_with("-wal"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mode = std::fs::metadata(w.path("var/milebatch.db"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn a_backup_taken_during_a_300k_row_credit_restores_to_a_database_that_verifies() {
+    use common::workspace::exchange_csv;
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox/shop", ""));
+    w.members(2000);
+    let (bytes, _) = exchange_csv(300_000, 2000, 42);
+    w.write("inbox/shop/big.csv", bytes);
+    let mut run = w.spawn(w.cmd(&["once", "--partner", "shop"]));
+    // Back up as soon as the credit holds the write lock, and again while
+    // it runs: each copy is a snapshot of whole transactions.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut copies = Vec::new();
+    for i in 0..3 {
+        let dest = w.path(&format!("b{i}.db"));
+        let out = w.run(&["backup", "--json", dest.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        copies.push(dest);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(run.wait_exit(std::time::Duration::from_secs(300)), Some(0));
+    let after = w.path("after.db");
+    w.ok(&["backup", after.to_str().unwrap()]);
+    copies.push(after);
+    for c in &copies {
+        w.ok(&["restore", c.to_str().unwrap()]);
+        let (code, v) = verify(&w);
+        assert_eq!(code, 0, "{}: {v:#}", c.display());
+        let rows = w.ledger_rows();
+        assert!(
+            rows == 0 || rows == 300_000,
+            "{}: {rows} rows: all or nothing",
+            c.display()
+        );
+    }
+    assert_eq!(
+        w.ledger_rows(),
+        300_000,
+        "the last copy was taken after the commit"
+    );
+}

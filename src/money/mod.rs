@@ -2,8 +2,9 @@
 //! ([`reverse`]), the monthly statement per partner ([`statement`]),
 //! verification of the ledger against balances, file and
 //! reversal records ([`verify`]), and the ledger digest it checks
-//! ([`digest`]).
+//! ([`digest`]); online backup and restore ([`backup`]).
 
+pub mod backup;
 pub mod digest;
 pub mod reverse;
 pub mod statement;
