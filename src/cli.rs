@@ -178,6 +178,17 @@ pub enum Command {
         /// The backup file to restore.
         src: PathBuf,
     },
+    /// Process a refused (or reversed) file again from its archived bytes,
+    /// through the same credit stage, as a new file row linked to the old
+    /// one. Refused for a file that is credited and not reversed.
+    Retry {
+        /// The file to retry (its id in `milebatch files`).
+        #[arg(long, value_name = "ID")]
+        file: i64,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delivered files, newest first: outcome, counts, error report, reason.
     Files {
         /// Only this partner's files.
@@ -574,6 +585,53 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     | money::backup::BackupError::SourceBad { .. }),
                 ) => Ok(fail(e)),
                 Err(e) => Err(e.into()),
+            }
+        }
+        Command::Retry { file, json } => {
+            use money::retry::RetryOutcome;
+            let config = load(&cli)?;
+            let actor = crate::audit::cli_actor();
+            let outcome = money::retry::retry(&config, *file, &actor, clock()?.now())?;
+            if *json {
+                print_json(&outcome)?;
+            }
+            match outcome {
+                RetryOutcome::Refused { reason } => {
+                    Ok(fail(format!("cannot retry file {file}: {reason}")))
+                }
+                RetryOutcome::Done {
+                    retry_of,
+                    file_id,
+                    report,
+                } => {
+                    let c = &report.counts;
+                    if !*json {
+                        println!(
+                            "file {retry_of} retried as file {}: {}, {} rows, {} credited, {} failed, {} miles{}{}",
+                            file_id.map_or("-".into(), |i| i.to_string()),
+                            report.outcome,
+                            c.rows,
+                            c.credited,
+                            c.failed,
+                            c.miles,
+                            report
+                                .reason
+                                .as_ref()
+                                .map(|r| format!(" — {r}"))
+                                .unwrap_or_default(),
+                            report
+                                .report
+                                .as_ref()
+                                .map(|p| format!("; error report {}", p.display()))
+                                .unwrap_or_default()
+                        );
+                    }
+                    if report.outcome == "credited" {
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        Ok(ExitCode::from(1))
+                    }
+                }
             }
         }
         Command::Files {

@@ -734,3 +734,134 @@ fn a_backup_taken_during_a_300k_row_credit_restores_to_a_database_that_verifies(
         "the last copy was taken after the commit"
     );
 }
+
+#[test]
+fn a_retry_after_importing_missing_members_credits_exactly_the_rows_that_now_pass_once() {
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox/shop", ""));
+    w.demo_members();
+    // Members 8 and 9 are imported an hour late: 3 of 4 rows fail, refused.
+    w.write(
+        "inbox/shop/late.csv",
+        "NM0000000008,L-1,100\nNM0000000009,L-2,200\nNM0000000001,L-3,5\nNM0000000009,L-4,300\nNOPE,L-5,7\n",
+    );
+    let (code, r) = w.once_json("shop", &[]);
+    assert_eq!(code, 1);
+    assert_eq!(r["files"][0]["outcome"], "refused", "{r:#}");
+    assert_eq!(w.ledger_rows(), 0);
+    w.write(
+        "late-members.csv",
+        "member_id,email,status\nNM0000000008,m8@example.jp,active\nNM0000000009,m9@example.jp,active\n",
+    );
+    w.ok(&["members", "import", "late-members.csv"]);
+
+    let out = w.ok(&["retry", "--file", "1"]);
+    assert!(
+        out.starts_with(
+            "file 1 retried as file 2: credited, 5 rows, 4 credited, 1 failed, 605 miles"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("error report "), "the NOPE row: {out}");
+    assert_eq!(w.balance("NM0000000008"), 100);
+    assert_eq!(w.balance("NM0000000009"), 500);
+    assert_eq!(w.balance("NM0000000001"), 5);
+    assert_eq!(w.ledger_rows(), 4);
+    assert_eq!(w.int("SELECT retry_of FROM files WHERE id = 2"), 1);
+    assert_eq!(
+        w.int("SELECT count(*) FROM files WHERE id = 1 AND outcome = 'refused'"),
+        1,
+        "the old row is unchanged"
+    );
+    assert_eq!(
+        w.int("SELECT count(*) FROM runs WHERE trigger = 'retry' AND outcome = 'ok'"),
+        1
+    );
+    assert_eq!(w.int("SELECT count(*) FROM audit WHERE action = 'retry' AND detail LIKE 'file 1 (late.csv) retried as file 2: credited%'"), 1);
+    assert_eq!(verify(&w).0, 0);
+
+    // Once: retrying again, or the retry itself, changes nothing.
+    for id in ["1", "2"] {
+        let out = w.run(&["retry", "--file", id]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(err.contains("credited"), "{err}");
+    }
+    let err = text(&w.run(&["retry", "--file", "2"]).stderr);
+    assert!(err.contains("file 2 (late.csv) is credited and not reversed: retrying it would credit it twice. If it was wrong, reverse it first: `milebatch reverse --file 2"), "{err}");
+    let err = text(&w.run(&["retry", "--file", "1"]).stderr);
+    assert!(err.contains("is credited already, as file 2"), "{err}");
+    assert_eq!(w.ledger_rows(), 4);
+    assert_eq!(w.int("SELECT count(*) FROM files"), 2);
+}
+
+#[test]
+fn a_reversed_file_is_credited_again_by_retry_and_only_by_retry() {
+    let w = credited();
+    w.ok(&["reverse", "--file", "1", "--reason", "members were merged"]);
+    assert_eq!(w.balance("NM0000000001"), 0);
+    let out = w.ok(&["retry", "--file", "1"]);
+    assert!(
+        out.starts_with(
+            "file 1 retried as file 4: credited, 4 rows, 3 credited, 1 failed, 35 miles"
+        ),
+        "{out}"
+    );
+    assert_eq!(w.balance("NM0000000001"), 15);
+    assert_eq!(w.balance("NM0000000002"), 34);
+    assert_eq!(verify(&w).0, 0);
+    // Now credited again: a delivery of the same bytes is a plain duplicate.
+    w.write(
+        "inbox/shop/a-again.csv",
+        "NM0000000001,A-1,10\nNM0000000002,A-2,20\nNM0000000001,A-3,5\nNOPE,A-4,1\n",
+    );
+    let (_, r) = w.once_json("shop", &[]);
+    assert_eq!(r["files"][0]["outcome"], "duplicate", "{r:#}");
+    assert_eq!(w.balance("NM0000000001"), 15);
+    // The retried file can itself be reversed and retried.
+    w.ok(&["reverse", "--file", "4", "--reason", "again"]);
+    w.ok(&["retry", "--file", "4"]);
+    assert_eq!(w.balance("NM0000000001"), 15);
+    assert_eq!(verify(&w).0, 0);
+}
+
+#[test]
+fn a_changed_or_missing_archive_is_not_retried() {
+    let w = credited();
+    // File 3 was refused; its archived copy is altered.
+    let archive: String = w
+        .db()
+        .query_row("SELECT archive_path FROM files WHERE id = 3", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let archive = if std::path::Path::new(&archive).is_absolute() {
+        std::path::PathBuf::from(archive)
+    } else {
+        w.path(&archive)
+    };
+    std::fs::write(&archive, "NM0000000001,C-1,99999\n").unwrap();
+    let out = w.run(&["retry", "--file", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has changed since it was received"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(&archive).unwrap();
+    let out = w.run(&["retry", "--file", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is missing"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.run(&["retry", "--file", "77"]);
+    assert!(
+        text(&out.stderr).contains("there is no file 77"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(w.ledger_rows(), 5);
+    assert_eq!(w.int("SELECT count(*) FROM files"), 3);
+}

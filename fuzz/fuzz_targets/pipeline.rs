@@ -86,6 +86,7 @@ fuzz_target!(|data: &[u8]| {
             report_path: st.report.clone(),
             now: chrono::Utc::now(),
             dry_run: true,
+            retry_of: None,
         };
         match credit_file(&mut st.conn, &job).expect("no I/O or database error") {
             Credited::Done { counts, .. } | Credited::Refused { counts, .. } => {

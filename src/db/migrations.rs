@@ -224,4 +224,7 @@ CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 ALTER TABLE files ADD COLUMN reversal INTEGER REFERENCES reversals(id);
 "#,
+    // 8: `milebatch retry` (src/money/retry.rs): the file whose archived
+    // bytes a file row re-processed. Column only.
+    "ALTER TABLE files ADD COLUMN retry_of INTEGER REFERENCES files(id);",
 ];

@@ -87,6 +87,9 @@ pub struct CreditJob<'a> {
     pub report_path: PathBuf,
     pub now: chrono::DateTime<chrono::Utc>,
     pub dry_run: bool,
+    /// `milebatch retry`: the file whose archived bytes these are. Only a
+    /// retry may credit the content of a reversed file again.
+    pub retry_of: Option<i64>,
 }
 
 pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credited, CreditError> {
@@ -100,9 +103,10 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             "SELECT name, COALESCE(finished_at, started_at),
                     CASE WHEN outcome = 'reversed' THEN id END
              FROM files
-             WHERE partner = ?1 AND sha256 = ?2 AND outcome IN ('credited', 'reversed')
+             WHERE partner = ?1 AND sha256 = ?2
+               AND (outcome = 'credited' OR (outcome = 'reversed' AND NOT ?3))
              ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
-            params![p.id, f.sha256],
+            params![p.id, f.sha256, job.retry_of.is_some()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?
@@ -115,8 +119,9 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
     }
     let started = now_text(job.now);
     tx.execute(
-        "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, archive_path, started_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'credited', ?7, ?8)",
+        "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, archive_path, started_at,
+                           retry_of, tidy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'credited', ?7, ?8, ?9, CASE WHEN ?9 IS NULL THEN 'pending' ELSE 'done' END)",
         params![
             p.id,
             job.run_id,
@@ -125,7 +130,8 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             f.mtime,
             f.sha256,
             f.archive.display().to_string(),
-            started
+            started,
+            job.retry_of
         ],
     )?;
     let file_id = tx.last_insert_rowid();

@@ -142,6 +142,8 @@ pub enum Trigger {
     Manual,
     Schedule,
     CatchUp,
+    /// `milebatch retry`: one archived file credited again.
+    Retry,
 }
 
 impl Trigger {
@@ -150,6 +152,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch-up",
+            Trigger::Retry => "retry",
         }
     }
 }
@@ -426,6 +429,7 @@ fn run_inner(
                 report_path: reports_dir.join(format!("{stem}.errors.csv")),
                 now: opts.now,
                 dry_run: opts.dry_run,
+                retry_of: None,
             };
             let outcome = credit::credit_file(&mut conn, &job)?;
             let file_report = record(&conn, &job, outcome)?;
@@ -460,6 +464,75 @@ fn run_inner(
         report.skipped.append(&mut skipped);
         batch = ready;
     }
+}
+
+/// `milebatch retry`: credit an archived file again, through the same
+/// credit stage as a run, in a new transaction and a new `files` row linked
+/// to the old one (`retry_of`), under the partner's lock and a run of its
+/// own (trigger `retry`). Nothing is fetched, moved or uploaded: the new
+/// row's tidy-up is `done` from the start, and its error report stays local.
+/// The caller decides whether the old file may be retried
+/// (`money::retry`).
+pub fn retry_archived(
+    config: &Config,
+    partner: &PartnerConfig,
+    fetched: &Fetched,
+    retry_of: i64,
+    now: DateTime<Utc>,
+) -> Result<FileReport, PipelineError> {
+    let _lock = lock_partner(&config.daemon.data_dir, &partner.id)?;
+    let mut conn = db::open(&config.daemon.database)?;
+    conn.execute(
+        "INSERT INTO runs(partner, trigger, dry_run, started_at) VALUES (?1, 'retry', 0, ?2)",
+        params![partner.id, now_text(now)],
+    )
+    .map_err(DbError::from)?;
+    let run_id = conn.last_insert_rowid();
+    let stem = std::path::Path::new(&fetched.name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| fetched.name.clone());
+    let job = CreditJob {
+        partner,
+        file: fetched,
+        run_id: Some(run_id),
+        report_path: config
+            .daemon
+            .data_dir
+            .join("reports")
+            .join(&partner.id)
+            .join(format!("{stem}.retry-of-{retry_of}.errors.csv")),
+        now,
+        dry_run: false,
+        retry_of: Some(retry_of),
+    };
+    let result = credit::credit_file(&mut conn, &job)
+        .map_err(PipelineError::from)
+        .and_then(|outcome| record(&conn, &job, outcome));
+    // The run row says how it went; partner_state (catch-up, failures) is
+    // about deliveries and is left alone.
+    let (outcome, error, c) = match &result {
+        Ok(fr) if fr.outcome == "credited" => ("ok", None, fr.counts),
+        Ok(fr) => ("refused", None, fr.counts),
+        Err(e) => ("failed", Some(e.to_string()), Counts::default()),
+    };
+    conn.execute(
+        "UPDATE runs SET finished_at = ?2, outcome = ?3, files = 1, rows = ?4, credited = ?5, failed = ?6,
+                         miles = ?7, error = ?8
+         WHERE id = ?1",
+        params![
+            run_id,
+            now_text(Utc::now()),
+            outcome,
+            c.rows as i64,
+            c.credited as i64,
+            c.failed as i64,
+            c.miles as i64,
+            error
+        ],
+    )
+    .map_err(DbError::from)?;
+    result
 }
 
 /// Record a refused or duplicate file (credited files recorded themselves in
@@ -522,8 +595,10 @@ fn record(
         let c = &fr.counts;
         conn.execute(
             "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, reason, rows, credited,
-                               failed, failed_by_code, miles, archive_path, report_path, started_at, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15)",
+                               failed, failed_by_code, miles, archive_path, report_path, started_at, finished_at,
+                               retry_of, tidy)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15,
+                     ?16, CASE WHEN ?16 IS NULL THEN 'pending' ELSE 'done' END)",
             params![
                 job.partner.id,
                 job.run_id,
@@ -540,6 +615,7 @@ fn record(
                 fr.report.as_ref().map(|p| p.display().to_string()),
                 now_text(job.now),
                 now_text(Utc::now()),
+                job.retry_of,
             ],
         )
         .map_err(DbError::from)?;
