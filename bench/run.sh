@@ -117,6 +117,8 @@ encoding = "utf-8"
 header = false
 max_miles_per_row = 5000
 max_error_ratio = 0.05
+# resend_check is left at its default, "refuse": every timed run probes the
+# ledger for re-sends (the correctness checks insist that it did).
 [partner.source]
 kind = "local"
 dir = "inbox"
@@ -235,6 +237,7 @@ check(f"credited rows = the floor's ledger rows ({floor_n})", f.get("credited") 
 check(f"credited miles = the floor's ({floor_miles})", f.get("miles") == floor_miles)
 py_err = int(open(f"{work}/python.out").read().split()[0])
 check(f"failed rows = Python's errors ({py_err})", f.get("failed") == py_err)
+check(f"re-send detection ran (repeats {f.get('repeats')}, a first delivery: 0)", f.get("repeats") == 0)
 check(f"members imported = members ({imported})", imported == members)
 for extra in (["flat"] if flat else []) + (["big"] if big else []):
     e = json.load(open(f"{work}/{extra}.json"))[0]["files"][0]

@@ -620,7 +620,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 .map(|r| format!(" — {r}"))
                                 .unwrap_or_default(),
                             report
-                                .report
+                                .report_path
                                 .as_ref()
                                 .map(|p| format!("; error report {}", p.display()))
                                 .unwrap_or_default()
@@ -678,11 +678,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "id\treceived\tpartner\tfile\toutcome\trows\tcredited\tfailed\tmiles\treport\treason"
+                "id\treceived\tpartner\tfile\toutcome\trows\tcredited\tfailed\trepeats\tmiles\treport\treason"
             );
             for r in &page.rows {
+                // A refused file's reason starts with its file code (F001–F007);
+                // its report is shown too: the partner gets it.
+                let reason = match (&r.file_code, &r.reason) {
+                    (Some(code), Some(why)) => format!("{code} {why}"),
+                    (None, Some(why)) => why.clone(),
+                    (Some(code), None) => code.clone(),
+                    (None, None) => "-".into(),
+                };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     r.id,
                     timefmt::stored_for_people(&r.started_at, tz),
                     r.partner,
@@ -691,9 +699,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.rows,
                     r.credited,
                     r.failed,
+                    r.repeats.map_or("-".to_owned(), |n| n.to_string()),
                     r.miles,
                     r.report_path.as_deref().unwrap_or("-"),
-                    r.reason.as_deref().unwrap_or("-"),
+                    reason,
                 );
             }
             if more > 0 {
@@ -768,7 +777,13 @@ fn print_run(r: &RunReport, dry_run: bool, tz: chrono_tz::Tz) {
         if let Some(why) = &f.reason {
             print!(" — {why}");
         }
-        if let Some(p) = &f.report {
+        if let Some(r) = f.counts.repeats.filter(|r| *r > 0) {
+            print!(" repeats {r}");
+        }
+        if let Some(w) = &f.warning {
+            print!(" — {w}");
+        }
+        if let Some(p) = &f.report_path {
             print!(" — error report {}", p.display());
         }
         println!();

@@ -94,17 +94,58 @@ impl fmt::Display for Encoding {
     }
 }
 
+/// Whether a file's first line is a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    /// Every line is data.
+    No,
+    /// The first line is a header; a file whose first line is a data row is
+    /// refused (F007), never silently short of that row.
+    Yes,
+    /// The first line is a header when its third field is not a number.
+    Auto,
+}
+
+impl fmt::Display for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Header::No => "false",
+            Header::Yes => "true",
+            Header::Auto => "auto",
+        })
+    }
+}
+
+/// What to do with a file most of whose rows were credited before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResendCheck {
+    /// Refuse it whole (F006).
+    Refuse,
+    /// Credit it, and log a WARN.
+    Warn,
+    /// Do not look (no repeat count either).
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct PartnerConfig {
     pub id: String,
     pub name: String,
     pub schedule: Schedule,
     pub encoding: Encoding,
-    pub header: bool,
+    pub header: Header,
     pub max_miles_per_row: u64,
     pub max_error_ratio: f64,
     pub allow_duplicate_rows: bool,
     pub expect_file: bool,
+    pub resend_check: ResendCheck,
+    /// How far back a repeat counts.
+    pub resend_window: Duration,
+    /// Refuse (or warn) when more than this share of the rows are repeats.
+    pub resend_ratio: f64,
+    /// E010 for a partner key credited before, in any file.
+    pub unique_partner_key: bool,
     pub source: SourceConfig,
 }
 
@@ -157,8 +198,7 @@ struct RawPartner {
     schedule: Spanned<String>,
     #[serde(default = "default_encoding")]
     encoding: Encoding,
-    #[serde(default)]
-    header: bool,
+    header: Option<Spanned<toml::Value>>,
     max_miles_per_row: Spanned<u64>,
     #[serde(default = "default_error_ratio")]
     max_error_ratio: Spanned<f64>,
@@ -166,8 +206,20 @@ struct RawPartner {
     allow_duplicate_rows: bool,
     #[serde(default)]
     expect_file: bool,
+    #[serde(default = "default_resend_check")]
+    resend_check: ResendCheck,
+    resend_window: Option<Spanned<String>>,
+    resend_ratio: Option<Spanned<f64>>,
+    unique_partner_key: Option<Spanned<bool>>,
     source: Spanned<crate::source::RawSource>,
 }
+
+fn default_resend_check() -> ResendCheck {
+    ResendCheck::Refuse
+}
+
+/// `resend_window` when absent.
+pub const DEFAULT_RESEND_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
 
 fn default_encoding() -> Encoding {
     Encoding::Utf8
@@ -312,6 +364,57 @@ impl Config {
                     "must be between 0.0 and 1.0",
                 )));
             }
+            let header = match &p.header {
+                None => Header::Auto,
+                Some(v) => match v.get_ref() {
+                    toml::Value::Boolean(true) => Header::Yes,
+                    toml::Value::Boolean(false) => Header::No,
+                    toml::Value::String(s) if s == "auto" => Header::Auto,
+                    _ => {
+                        return Err(invalid(loc.at(
+                            v,
+                            &ctx("header"),
+                            "must be true, false or \"auto\"",
+                        )))
+                    }
+                },
+            };
+            let resend_window =
+                match &p.resend_window {
+                    None => DEFAULT_RESEND_WINDOW,
+                    Some(s) => match parse_duration(s.get_ref()) {
+                        Ok(d) if d.is_zero() => return Err(invalid(loc.at(
+                            s,
+                            &ctx("resend_window"),
+                            "must be longer than 0 (to turn the check off: resend_check = \"off\")",
+                        ))),
+                        Ok(d) => d,
+                        Err(m) => return Err(invalid(loc.at(s, &ctx("resend_window"), m))),
+                    },
+                };
+            let resend_ratio = match &p.resend_ratio {
+                None => 0.5,
+                Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
+                    return Err(invalid(loc.at(
+                        r,
+                        &ctx("resend_ratio"),
+                        "must be between 0.0 and 1.0",
+                    )))
+                }
+                Some(r) => *r.get_ref(),
+            };
+            let unique_partner_key = p.unique_partner_key.as_ref().is_some_and(|u| *u.get_ref());
+            if let Some(u) = p
+                .unique_partner_key
+                .as_ref()
+                .filter(|_| unique_partner_key && p.allow_duplicate_rows)
+            {
+                return Err(invalid(loc.at(
+                    u,
+                    &ctx("unique_partner_key"),
+                    "cannot be combined with allow_duplicate_rows = true: a key that is unique per exchange never repeats",
+                )));
+            }
             let source = SourceConfig::from_raw(p.source.get_ref(), &resolve)
                 .map_err(|m| invalid(loc.at(&p.source, &ctx("source"), m)))?;
             partners.push(PartnerConfig {
@@ -319,11 +422,15 @@ impl Config {
                 id,
                 schedule,
                 encoding: p.encoding,
-                header: p.header,
+                header,
                 max_miles_per_row: max_miles,
                 max_error_ratio: ratio,
                 allow_duplicate_rows: p.allow_duplicate_rows,
                 expect_file: p.expect_file,
+                resend_check: p.resend_check,
+                resend_window,
+                resend_ratio,
+                unique_partner_key,
                 source,
             });
         }
@@ -476,7 +583,11 @@ dir = "inbox/demo"
         assert_eq!(c.daemon.database, Path::new("/etc/mb/var/m.db"));
         let p = &c.partners[0];
         assert_eq!(p.encoding, Encoding::ShiftJis);
-        assert!(p.header);
+        assert_eq!(p.header, Header::Yes);
+        assert_eq!(p.resend_check, ResendCheck::Refuse);
+        assert_eq!(p.resend_window, DEFAULT_RESEND_WINDOW);
+        assert_eq!(p.resend_ratio, 0.5);
+        assert!(!p.unique_partner_key);
         match &p.source {
             SourceConfig::Local(l) => assert_eq!(l.dir, Path::new("/etc/mb/inbox/demo")),
             other => panic!("{other:?}"),
@@ -523,6 +634,55 @@ dir = "inbox/demo"
         let twice = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[partner]]").unwrap()..]);
         let e = parse(&twice).unwrap_err().to_string();
         assert!(e.contains("already used by the partner on line 8"), "{e}");
+    }
+
+    #[test]
+    fn header_and_resend_keys() {
+        let without = GOOD.replace("header = true\n", "");
+        assert_eq!(parse(&without).unwrap().partners[0].header, Header::Auto);
+        for (text, want) in [("false", Header::No), ("\"auto\"", Header::Auto)] {
+            let c = parse(&GOOD.replace("header = true", &format!("header = {text}"))).unwrap();
+            assert_eq!(c.partners[0].header, want);
+        }
+        let e = parse(&GOOD.replace("header = true", "header = \"yes\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 12") && e.contains("true, false or \"auto\""),
+            "{e}"
+        );
+
+        let more = GOOD.replace(
+            "header = true",
+            "header = true\nresend_check = \"warn\"\nresend_window = \"30d\"\nresend_ratio = 0.8\nunique_partner_key = true",
+        );
+        let p = &parse(&more).unwrap().partners[0];
+        assert_eq!(p.resend_check, ResendCheck::Warn);
+        assert_eq!(p.resend_window, Duration::from_secs(30 * 86400));
+        assert_eq!(p.resend_ratio, 0.8);
+        assert!(p.unique_partner_key);
+
+        for (bad, needle) in [
+            ("resend_check = \"maybe\"", "resend_check"),
+            ("resend_window = \"0s\"", "resend_check = \"off\""),
+            ("resend_window = \"soon\"", "resend_window"),
+            ("resend_ratio = 2.0", "resend_ratio"),
+        ] {
+            let e = parse(&GOOD.replace("header = true", bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("line 12") && e.contains(needle), "{bad}: {e}");
+        }
+        let e = parse(&GOOD.replace(
+            "allow_duplicate_rows = false",
+            "allow_duplicate_rows = true\nunique_partner_key = true",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 16") && e.contains("allow_duplicate_rows"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct FileRow {
     /// The day the file was received (`started_at`), in the configured
     /// zone: `2026-11-24`. What `--since` compares with.
     pub date: String,
+    /// Rows repeating an earlier file's (NULL: not checked).
+    pub repeats: Option<i64>,
+    /// F001–F007 for a refused or duplicate file.
+    pub file_code: Option<String>,
 }
 
 /// The outcomes `files --outcome` takes. `refused` also selects
@@ -78,7 +82,7 @@ pub fn files(
                 COALESCE(reason, (SELECT 'reversed (reversal ' || r.id || ') by ' || r.actor || ' at ' || r.at
                                          || ': ' || r.reason FROM reversals r WHERE r.id = files.reversal)),
                 rows, credited, failed, failed_by_code, miles,
-                report_path, archive_path, started_at, finished_at, tidy
+                report_path, archive_path, started_at, finished_at, tidy, repeats, file_code
          FROM files {WHERE} ORDER BY id {} LIMIT ?5",
         if f.newest_first { "DESC" } else { "ASC" }
     ))?;
@@ -105,6 +109,8 @@ pub fn files(
             started_at,
             finished_at: r.get(14)?,
             tidy: r.get(15)?,
+            repeats: r.get(16)?,
+            file_code: r.get(17)?,
         })
     })?;
     Ok(FilePage {

@@ -38,7 +38,11 @@ fn bench_smoke_run_agrees_with_the_baselines() {
         .nth(1)
         .and_then(|s| s.split("targets").next())
         .unwrap_or_default();
-    assert_eq!(correctness.matches("  OK   ").count(), 6, "{stdout}");
+    assert_eq!(correctness.matches("  OK   ").count(), 7, "{stdout}");
+    assert!(
+        correctness.contains("OK   re-send detection ran"),
+        "the timed run must have re-send detection on:\n{stdout}"
+    );
     assert!(!correctness.contains("FAIL"), "{stdout}");
     // Both sides agreeing on nothing credited would prove nothing.
     let credited: u64 = correctness

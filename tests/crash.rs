@@ -44,7 +44,10 @@ struct Tally {
 /// member (E003). Returns the bytes, the expected credits per member and the
 /// expected error CSV.
 fn file_for(i: usize, rows: usize) -> (Vec<u8>, Vec<i64>, Vec<u8>) {
-    let (valid, mut expect) = exchange_csv(rows, MEMBERS, 1000 + i as u64);
+    // Distinct odd seeds (exchange_csv uses `seed | 1`): each file a new
+    // delivery, not a re-send of the one before (refused since re-send
+    // detection).
+    let (valid, mut expect) = exchange_csv(rows, MEMBERS, 1001 + 2 * i as u64);
     let mut out = Vec::with_capacity(valid.len());
     let mut report = Vec::new();
     for (n, line) in valid.split_inclusive(|b| *b == b'\n').enumerate() {
@@ -213,8 +216,21 @@ fn soak(iterations: usize, rows: usize, inbox: Inbox<'_>) -> Tally {
                 "iteration {i}: the report uploaded to the partner's server"
             );
         }
+        // The report `files` shows for the credited file (the one of a
+        // killed attempt may linger under another id, never under this one's).
+        let (id, shown): (i64, Option<String>) = w
+            .db()
+            .query_row(
+                "SELECT id, report_path FROM files WHERE name = ?1 AND outcome = 'credited'",
+                [&name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let shown = w.report_of(&serde_json::json!({
+            "id": id, "partner": "shop", "name": name, "report_path": shown,
+        }));
         assert_eq!(
-            std::fs::read(w.path(&format!("var/reports/shop/f{i:04}.errors.csv"))).unwrap(),
+            std::fs::read(shown).unwrap(),
             report,
             "iteration {i}: the error CSV is exactly the failed rows"
         );

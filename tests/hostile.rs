@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use common::workspace::{local_partner, Workspace};
 
 fn codes(run: &serde_json::Value) -> serde_json::Value {
-    run["files"][0]["by_code"].clone()
+    run["files"][0]["failed_by_code"].clone()
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn hostile_rows_each_get_their_code_and_good_rows_still_credit() {
         .unwrap();
     assert_eq!(members, 6);
     // The report echoes the formula row byte for byte (the contract), once.
-    let report = std::fs::read(w.path("var/reports/shop/hostile.errors.csv")).unwrap();
+    let report = std::fs::read(w.report_of(&run["files"][0])).unwrap();
     let text = String::from_utf8_lossy(&report);
     assert_eq!(text.matches("HYPERLINK").count(), 1);
     assert!(
@@ -146,12 +146,15 @@ fn database_reports_and_archive_are_owner_only() {
     w.config(&local_partner("shop", "inbox", ""));
     w.demo_members();
     w.write("inbox/a.csv", "NM0000000001,k1,10\nnobody,k2,1\n");
-    assert_eq!(w.once_json("shop", &[]).0, 0);
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 0, "{run:#}");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&w.path("var/milebatch.db")), 0o600);
     assert_eq!(mode(&w.path("var")), 0o700);
     assert_eq!(mode(&w.path("var/reports/shop")), 0o700);
-    assert_eq!(mode(&w.path("var/reports/shop/a.errors.csv")), 0o600);
+    let report = w.report_of(&run["files"][0]);
+    assert_eq!(mode(report.parent().unwrap()), 0o700);
+    assert_eq!(mode(&report), 0o600);
     for e in std::fs::read_dir(w.path("var/archive/shop")).unwrap() {
         assert_eq!(mode(&e.unwrap().path()), 0o600);
     }

@@ -865,3 +865,71 @@ fn a_changed_or_missing_archive_is_not_retried() {
     assert_eq!(w.ledger_rows(), 5);
     assert_eq!(w.int("SELECT count(*) FROM files"), 3);
 }
+
+#[test]
+fn reversed_credits_are_neither_re_sends_nor_taken_keys() {
+    let w = Workspace::new();
+    w.config(&format!(
+        "{}{}",
+        local_partner("shop", "inbox/shop", ""),
+        local_partner("uniq", "inbox/uniq", "unique_partner_key = true")
+    ));
+    w.demo_members();
+    let wrong = "NM0000000001,S-1,10\nNM0000000002,S-2,20\nNM0000000001,S-3,30\n";
+    w.write("inbox/shop/wrong.csv", wrong);
+    w.write("inbox/uniq/wrong.csv", wrong);
+    w.ok(&["once"]);
+    // Before any reversal, the corrected file is a re-send (F006) for shop
+    // and every key is taken (E010) for uniq: the checks are on.
+    let corrected =
+        "NM0000000001,S-1,10\nNM0000000002,S-2,20\nNM0000000001,S-3,30\nNM0000000002,S-4,1\n";
+    w.write("inbox/shop/probe.csv", corrected);
+    let (_, r) = w.once_json("shop", &[]);
+    assert_eq!(r["files"][0]["file_code"], "F006", "{r:#}");
+    w.write(
+        "inbox/uniq/probe.csv",
+        "NM0000000002,S-1,15\nNM0000000002,S-9,15\n",
+    );
+    let (_, r) = w.once_json("uniq", &[]);
+    assert_eq!(r["files"][0]["failed_by_code"]["E010"], 1, "{r:#}");
+    let before = w.ledger_rows();
+
+    // Both wrong files reversed: the partners' corrected files go through.
+    let ids: Vec<i64> = w
+        .db()
+        .prepare("SELECT id FROM files WHERE name = 'wrong.csv' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for id in ids {
+        w.ok(&[
+            "reverse",
+            "--file",
+            &id.to_string(),
+            "--reason",
+            "wrong file",
+        ]);
+    }
+    w.write(
+        "inbox/shop/corrected.csv",
+        format!("{corrected}NM0000000002,S-5,2\n"),
+    );
+    let (code, r) = w.once_json("shop", &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["files"][0]["outcome"], "credited", "{r:#}");
+    assert_eq!(r["files"][0]["credited"], 5, "{r:#}");
+    w.write(
+        "inbox/uniq/corrected.csv",
+        "NM0000000002,S-1,11\nNM0000000002,S-3,12\n",
+    );
+    let (code, r) = w.once_json("uniq", &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(
+        r["files"][0]["credited"], 2,
+        "S-1 and S-3 are free again: {r:#}"
+    );
+    assert_eq!(w.ledger_rows(), before + 6 + 7);
+    assert_eq!(verify(&w).0, 0);
+}

@@ -63,8 +63,10 @@ fn files_newest_first_with_dates_filters_and_a_limit() {
     assert_eq!(rows[1][1], "2026-11-23 01:00:00 JST", "{out}");
     // A refused file shows its report and its reason.
     assert_eq!(rows[1][4], "refused");
-    assert!(rows[1][9].ends_with(".errors.csv"), "report path: {out}");
-    assert!(rows[1][10] != "-", "reason: {out}");
+    // id, received, partner, file, outcome, rows, credited, failed,
+    // repeats, miles, report, reason
+    assert!(rows[1][10].ends_with(".errors.csv"), "report path: {out}");
+    assert!(rows[1][11].starts_with("F004 "), "reason: {out}");
 
     let out = w.ok(&["files", "--oldest-first"]);
     let ids: Vec<String> = table(&out).into_iter().map(|r| r[0].clone()).collect();

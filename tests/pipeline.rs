@@ -32,10 +32,10 @@ fn every_error_code_comes_from_a_fixture_row() {
     for c in [
         "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009",
     ] {
-        assert_eq!(file["by_code"][c], 1, "{c} in {file:#}");
+        assert_eq!(file["failed_by_code"][c], 1, "{c} in {file:#}");
     }
     // The report: each failed line as sent, plus ",CODE", in file order.
-    let report = std::fs::read(w.path("var/reports/shop/every-code.errors.csv")).unwrap();
+    let report = std::fs::read(w.report_of(file)).unwrap();
     let original = std::fs::read(fixture("cases/every-code.csv")).unwrap();
     let lines: Vec<&[u8]> = original.split(|b| *b == b'\n').collect();
     let expect: Vec<(usize, &str)> = vec![
@@ -105,7 +105,7 @@ fn shift_jis_crlf_is_credited_and_answered_in_kind() {
         "髙橋① e-mail (CP932) matched"
     );
     assert_eq!(w.balance("NM0000000005"), 500);
-    let report = std::fs::read(w.path("var/reports/konbini/KOUKAN.errors.csv")).unwrap();
+    let report = std::fs::read(w.report_of(&run["files"][0])).unwrap();
     let lines: Vec<&[u8]> = original.split(|b| *b == b'\n').collect();
     let mut want = Vec::new();
     for (i, code) in [(2, "E004"), (3, "E006"), (4, "E009"), (6, "E003")] {
@@ -190,8 +190,30 @@ fn a_file_over_its_error_ratio_credits_nothing() {
     assert_eq!(f["credited"], 0);
     assert_eq!(w.ledger_rows(), 0);
     assert_eq!(w.balance("NM0000000001"), 0);
-    // The report still tells ops which rows failed; the file is kept.
-    assert!(w.path("var/reports/shop/every-code.errors.csv").exists());
+    // The report holds every row: the failed ones with their own code, the
+    // others with F004 (nothing was credited); the file is kept.
+    let report = std::fs::read(w.report_of(f)).unwrap();
+    let original = std::fs::read(fixture("cases/every-code.csv")).unwrap();
+    let own = [
+        "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009",
+    ];
+    let mut want = Vec::new();
+    // Lines 2–10 (0-based 1–9) fail E001–E009 on their own.
+    for (i, line) in original.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        want.extend_from_slice(line);
+        want.push(b',');
+        let code = i.checked_sub(1).and_then(|j| own.get(j)).unwrap_or(&"F004");
+        want.extend_from_slice(code.as_bytes());
+        want.push(b'\n');
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&report),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(f["file_code"], "F004");
     assert!(w.path("inbox/shop/failed/every-code.csv").exists());
     let status: String = w
         .db()
@@ -212,7 +234,14 @@ fn dry_run_credits_nothing_but_writes_the_report() {
     assert_eq!(code, 0, "{run:#}");
     assert_eq!(run["files"][0]["outcome"], "dry-run");
     assert_eq!(run["files"][0]["credited"], 10);
-    assert!(w.path("var/reports/shop/every-code.errors.csv").exists());
+    assert_eq!(run["files"][0]["id"], serde_json::Value::Null);
+    let dry = w.path(run["files"][0]["report_path"].as_str().unwrap());
+    assert!(
+        dry.starts_with(w.path("var/reports/shop/dry-run")),
+        "{}",
+        dry.display()
+    );
+    assert!(dry.is_file());
     assert_eq!(w.ledger_rows(), 0);
     assert_eq!(w.balance("NM0000000001"), 0);
     assert!(
@@ -239,8 +268,10 @@ fn trailing_blank_lines_header_and_bom_are_handled() {
     assert_eq!(code, 0, "{run:#}");
     assert_eq!(run["files"][0]["rows"], 2);
     assert_eq!(run["files"][0]["failed"], 0);
-    assert!(
-        !w.path("var/reports/shop/a.errors.csv").exists(),
+    assert_eq!(run["files"][0]["report_path"], serde_json::Value::Null);
+    assert_eq!(
+        w.report_files("shop"),
+        Vec::<String>::new(),
         "no failed row, no error file"
     );
 }
@@ -331,8 +362,11 @@ fn a_multi_batch_file_matches_the_row_by_row_model() {
     assert_eq!(f["rows"], n as u64);
     assert_eq!(f["credited"], credited, "{f:#}");
     assert_eq!(f["failed"], failed, "{f:#}");
-    assert!(f["by_code"]["E008"].as_u64().unwrap() > 1000, "{f:#}");
-    let report = std::fs::read_to_string(w.path("var/reports/shop/big.errors.csv")).unwrap();
+    assert!(
+        f["failed_by_code"]["E008"].as_u64().unwrap() > 1000,
+        "{f:#}"
+    );
+    let report = std::fs::read_to_string(w.report_of(f)).unwrap();
     assert!(
         report == want_report,
         "the error report differs from the model"

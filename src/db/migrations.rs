@@ -170,11 +170,19 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 ALTER TABLE files ADD COLUMN channel TEXT NOT NULL DEFAULT 'pull';
 "#,
-    // 6: the digest of a credited file's ledger rows, written in the
+    // 6 (credit side of "nothing silent"): per file, how many credited rows
+    // repeat a row of an earlier file (NULL: not checked, resend_check =
+    // "off"), and the file-level code of a refused or duplicate file
+    // (F001–F007). Columns only: independent of other migrations.
+    r#"
+ALTER TABLE files ADD COLUMN repeats INTEGER;
+ALTER TABLE files ADD COLUMN file_code TEXT;
+"#,
+    // 7: the digest of a credited file's ledger rows, written in the
     // credit's transaction (src/money/digest.rs) and checked by `verify`.
     // NULL for files credited before this migration.
     "ALTER TABLE files ADD COLUMN ledger_digest TEXT;",
-    // 7: reversals (src/money/reverse.rs). A wrong credit is taken back by
+    // 8: reversals (src/money/reverse.rs). A wrong credit is taken back by
     // compensating NEGATIVE ledger rows, so the ledger is rebuilt with
     // `miles <> 0` and a `reversal` column naming the `reversals` row (who,
     // why, when, what) that wrote them; NULL on every credit. Same key, same
@@ -224,7 +232,7 @@ CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 ALTER TABLE files ADD COLUMN reversal INTEGER REFERENCES reversals(id);
 "#,
-    // 8: `milebatch retry` (src/money/retry.rs): the file whose archived
+    // 9: `milebatch retry` (src/money/retry.rs): the file whose archived
     // bytes a file row re-processed. Column only.
     "ALTER TABLE files ADD COLUMN retry_of INTEGER REFERENCES files(id);",
 ];

@@ -156,11 +156,7 @@ pub fn retry(
     };
     let report = pipeline::retry_archived(config, partner, &fetched, file_id, now)?;
     let conn = crate::db::open(&config.daemon.database)?;
-    let new_id: Option<i64> = conn.query_row(
-        "SELECT MAX(id) FROM files WHERE retry_of = ?1",
-        [file_id],
-        |r| r.get(0),
-    )?;
+    let new_id = report.id;
     crate::audit::record(
         &conn,
         &crate::audit::Entry {

@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn the_ledger_rebuild_keeps_every_row_the_key_and_the_triggers() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        for sql in &MIGRATIONS[..6] {
+        for sql in &MIGRATIONS[..7] {
             conn.execute_batch(sql).unwrap();
         }
         conn.execute_batch(
@@ -327,7 +327,7 @@ mod tests {
                  VALUES ('shop', 'K1', 1, 1, 10, 0, 1, 5), ('shop', 'K2', 1, 1, 20, 0, 2, 5);",
         )
         .unwrap();
-        for sql in &MIGRATIONS[6..] {
+        for sql in &MIGRATIONS[7..] {
             conn.execute_batch(sql).unwrap();
         }
         let rows: Vec<(String, i64, i64, Option<i64>)> = conn

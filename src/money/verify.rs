@@ -57,7 +57,7 @@ pub struct Report {
     pub ledger_rows: u64,
     pub members: u64,
     pub credited_files: u64,
-    /// Credited before digests were stored (schema 6): counts and miles
+    /// Credited before digests were stored (schema 7): counts and miles
     /// checked, digest not.
     pub files_without_digest: u64,
     pub reversals: u64,

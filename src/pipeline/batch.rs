@@ -15,12 +15,12 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use rusqlite::Connection;
 
-use crate::config::Encoding;
+use crate::config::{Encoding, Header};
 use crate::db::DbError;
 use crate::members::{lookup_key, Found, KeyKind, KeyList, Lookup};
 
 use super::decode;
-use super::parse::{LineEnding, ParseError, Records};
+use super::parse::{LineEnding, ParseError, Record, Records};
 use super::validate::{self, Code};
 
 /// Rows per batch. Large enough that a batch's sorted member lookups walk
@@ -69,6 +69,9 @@ pub struct Batch {
     pub rows: Vec<Row>,
     /// `found[i]`: the member row `i` names (rows with fields only).
     pub found: Vec<Option<Found>>,
+    /// Set on the batch holding the first line when `header = true` but
+    /// that line is a data row (kept as data: the file is refused, F007).
+    pub header_missing: bool,
 }
 
 impl Batch {
@@ -97,6 +100,7 @@ impl Batch {
     }
 
     fn clear(&mut self) {
+        self.header_missing = false;
         self.raw.clear();
         self.text.clear();
         self.rows.clear();
@@ -146,12 +150,41 @@ pub struct Pipe {
     pub recycled: Receiver<Batch>,
 }
 
+/// `header = true`, and the first line is a data row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderMissing;
+
+/// Whether a file's first record is skipped as its header. Under
+/// `header = true`, a first record whose third field has a digit
+/// ([`validate::is_number`]) is a data row: `Err`, and it is kept as data.
+/// Under `auto` the first record is a header only when it decodes and has a
+/// third field without a digit; anything else stays data, so that a
+/// doubtful line ends up credited or in the error report, never dropped.
+pub fn skip_first(
+    rec: &Record<'_>,
+    encoding: Encoding,
+    header: Header,
+) -> Result<bool, HeaderMissing> {
+    let third_is_number = || {
+        if rec.len() < 3 || !decode::record_decodes(rec.raw, encoding) {
+            return None;
+        }
+        decode::decode(rec.field(2), encoding).map(|f| validate::is_number(&f))
+    };
+    match header {
+        Header::No => Ok(false),
+        Header::Yes if third_is_number() == Some(true) => Err(HeaderMissing),
+        Header::Yes => Ok(true),
+        Header::Auto => Ok(third_is_number() == Some(false)),
+    }
+}
+
 /// The reader thread: parse and decode `input` into batches, look up their
 /// members (sharing the lookups with `helper`), and send them down `pipe`.
 pub fn read_batches(
     input: std::fs::File,
     encoding: Encoding,
-    header: bool,
+    header: Header,
     members: &Connection,
     helper: Helper,
     pipe: Pipe,
@@ -173,7 +206,7 @@ pub fn read_batches(
         out.send(msg).is_ok() && !failed
     };
     let mut records = Records::new(BufReader::with_capacity(256 * 1024, input));
-    let mut header_pending = header;
+    let mut first = true;
     let mut key_buf = String::new();
     let fresh = |recycled: &Receiver<Batch>| {
         let mut b = recycled.try_recv().unwrap_or_default();
@@ -196,9 +229,15 @@ pub fn read_batches(
                 return;
             }
         };
-        if header_pending {
-            header_pending = false;
-            continue;
+        if std::mem::take(&mut first) {
+            match skip_first(&rec, encoding, header) {
+                Ok(true) => {
+                    tracing::debug!(line = rec.line, %header, "first line skipped as the header");
+                    continue;
+                }
+                Ok(false) => {}
+                Err(HeaderMissing) => batch.header_missing = true,
+            }
         }
         let pre = if !decode::record_decodes(rec.raw, encoding) {
             Err(Code::E009)
@@ -428,4 +467,43 @@ fn helper_gone() -> DbError {
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
         Some("the member lookup thread stopped".into()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first(bytes: &[u8], enc: Encoding, header: Header) -> Result<bool, HeaderMissing> {
+        let mut r = Records::new(bytes);
+        let rec = r.next_record().unwrap().unwrap();
+        skip_first(&rec, enc, header)
+    }
+
+    #[test]
+    fn first_line_header_or_data() {
+        let u = Encoding::Utf8;
+        assert_eq!(first(b"member,key,miles", u, Header::Auto), Ok(true));
+        assert_eq!(first(b"M1,k,10", u, Header::Auto), Ok(false));
+        assert_eq!(
+            first(b"M1,k,5.0", u, Header::Auto),
+            Ok(false),
+            "bad miles stay data"
+        );
+        assert_eq!(
+            first(b"member,key", u, Header::Auto),
+            Ok(false),
+            "no third field: data"
+        );
+        assert_eq!(
+            first(b"\xff,k,miles", u, Header::Auto),
+            Ok(false),
+            "undecodable: data"
+        );
+        assert_eq!(first(b"member,key,miles", u, Header::Yes), Ok(true));
+        assert_eq!(first(b"M1,k,10", u, Header::Yes), Err(HeaderMissing));
+        assert_eq!(first(b"member,key,miles", u, Header::No), Ok(false));
+        let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode("会員,キー,マイル");
+        assert_eq!(first(&sjis, Encoding::ShiftJis, Header::Auto), Ok(true));
+        assert_eq!(first(&sjis, Encoding::ShiftJis, Header::Yes), Ok(true));
+    }
 }

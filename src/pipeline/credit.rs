@@ -12,6 +12,16 @@
 //! the current one: ledger inserts and the error CSV in line order. Memory
 //! holds a few batches and one balance delta per member, whatever the file
 //! size.
+//!
+//! Before a batch's rows go in, the ledger is probed for them in key order,
+//! 64 per statement, a prefix seek each on the ledger's `(partner,
+//! partner_key, …)` key: a row that repeats (member, key, miles) of a row
+//! credited in an earlier file within `resend_window` is a *repeat*; under
+//! `unique_partner_key` a key credited before fails E010.
+//!
+//! A refused file (F002–F007) rolls back whole; its report, every row with
+//! its own code or the file code, is written after the rollback by a second
+//! streaming pass (see [`super::report`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,14 +30,14 @@ use std::sync::mpsc::{sync_channel, Receiver};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::config::{Encoding, PartnerConfig};
+use crate::config::{Encoding, PartnerConfig, ResendCheck};
 use crate::db::{self, now_text, DbError};
 use crate::money::digest::{self, LedgerDigest};
 
 use super::batch::{self, Batch, Pre, ReadFailure, BATCH_ROWS};
 use super::parse::{LineEnding, ParseError};
-use super::report::ReportWriter;
-use super::validate::{self, Code};
+use super::report::{self, FailedLines, ReportPlace, ReportWriter, Reread};
+use super::validate::{self, Code, FileCode};
 use super::{Counts, Fetched};
 
 /// Batches decoded ahead of the credit thread.
@@ -41,15 +51,20 @@ pub enum Credited {
         file_id: i64,
         counts: Counts,
         report: Option<PathBuf>,
+        /// `resend_check = "warn"` and the file looks like a re-send.
+        warning: Option<String>,
     },
-    /// Nothing credited; the reason is for ops.
+    /// Nothing credited; the reason is for ops, the code for the partner.
     Refused {
+        code: FileCode,
         counts: Counts,
         reason: String,
-        report: Option<PathBuf>,
+        /// The every-row report, at [`ReportPlace::staging`].
+        report: PathBuf,
     },
     /// The same content was credited before.
     Duplicate {
+        first_id: i64,
         first_name: String,
         first_at: String,
         /// The content's file was reversed since: its id.
@@ -74,22 +89,58 @@ impl From<rusqlite::Error> for CreditError {
     }
 }
 
-/// Why a file is refused before anything is credited.
-enum Refusal {
-    Unreadable(ParseError),
-    Overflow(i64),
+/// What the pass over the rows found besides the counts.
+struct Streamed {
+    /// The file stopped being CSV here; rows before it were counted.
+    unreadable: Option<ParseError>,
+    /// `header = true`, and the first line is a data row.
+    header_missing: bool,
+    /// A member whose credit from this file alone overflows.
+    overflow: Option<i64>,
+    /// Per earlier file id: this file's rows that repeat one of its rows.
+    resent_from: HashMap<i64, u64>,
+    deltas: Deltas,
+    /// Of the ledger rows inserted (stored on the file row, checked by
+    /// `verify`).
+    digest: LedgerDigest,
 }
 
 pub struct CreditJob<'a> {
     pub partner: &'a PartnerConfig,
     pub file: &'a Fetched,
     pub run_id: Option<i64>,
-    pub report_path: PathBuf,
+    /// Where this delivery's report goes (see [`ReportPlace`]).
+    pub reports: ReportPlace,
     pub now: chrono::DateTime<chrono::Utc>,
     pub dry_run: bool,
     /// `milebatch retry`: the file whose archived bytes these are. Only a
     /// retry may credit the content of a reversed file again.
     pub retry_of: Option<i64>,
+}
+
+impl CreditJob<'_> {
+    /// The ending of a report line for a record without its own.
+    fn default_ending(&self) -> LineEnding {
+        match self.partner.encoding {
+            Encoding::ShiftJis => LineEnding::CrLf,
+            Encoding::Utf8 => LineEnding::Lf,
+        }
+    }
+
+    /// The one-line report of a duplicate (`,,,F001`), at
+    /// [`ReportPlace::staging`], in the file's own line ending.
+    pub fn duplicate_report(&self) -> Result<PathBuf, CreditError> {
+        let io = |source| CreditError::Io {
+            path: self.file.archive.clone(),
+            source,
+        };
+        let ending = report::sniff_ending(&self.file.archive)
+            .map_err(io)?
+            .unwrap_or(self.default_ending());
+        let path = self.reports.staging();
+        report::write_one_line(path.clone(), FileCode::F001, ending)
+            .map_err(|source| CreditError::Io { path, source })
+    }
 }
 
 pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credited, CreditError> {
@@ -98,20 +149,21 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // A reversed file's bytes count as credited here: a re-delivery never
     // credits them again, only `milebatch retry` does.
-    if let Some((first_name, first_at, reversed_file)) = tx
+    if let Some((first_id, first_name, first_at, reversed_file)) = tx
         .query_row(
-            "SELECT name, COALESCE(finished_at, started_at),
+            "SELECT id, name, COALESCE(finished_at, started_at),
                     CASE WHEN outcome = 'reversed' THEN id END
              FROM files
              WHERE partner = ?1 AND sha256 = ?2
                AND (outcome = 'credited' OR (outcome = 'reversed' AND NOT ?3))
              ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
             params![p.id, f.sha256, job.retry_of.is_some()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?
     {
         return Ok(Credited::Duplicate {
+            first_id,
             first_name,
             first_at,
             reversed_file,
@@ -136,64 +188,82 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
     )?;
     let file_id = tx.last_insert_rowid();
 
-    let mut report = ReportWriter::new(job.report_path.clone());
+    let report_path = job.reports.path(file_id);
+    let mut report = ReportWriter::new(report_path.clone());
+    let mut failed = FailedLines::new(report_path.parent().unwrap_or(Path::new(".")));
     let mut counts = Counts::default();
-    let mut ledger_digest = LedgerDigest::default();
-    let outcome = stream_rows(
-        &tx,
-        job,
-        file_id,
-        &mut report,
-        &mut counts,
-        &mut ledger_digest,
-    )?;
+    let mut st = stream_rows(&tx, job, file_id, &mut report, &mut failed, &mut counts)?;
+    let checked = p.resend_check != ResendCheck::Off;
+    let repeats: u64 = st.resent_from.values().sum();
+    counts.repeats = checked.then_some(repeats);
+    let over = checked && counts.rows > 0 && repeats as f64 / counts.rows as f64 > p.resend_ratio;
+    let resend = over.then(|| resend_sentence(&st.resent_from, repeats, counts.rows));
 
-    let refuse = |reason: String, report: ReportWriter| -> Result<Credited, CreditError> {
-        // Keep the report of a refused file: it shows ops why.
-        let report = finish_report(report)?;
-        Ok(Credited::Refused {
-            counts,
-            reason,
-            report,
-        })
-    };
-    match outcome {
-        Err(Refusal::Unreadable(e)) => {
-            drop(report);
-            return Ok(Credited::Refused {
-                counts,
-                reason: format!("cannot be read as CSV: {e}"),
-                report: None,
-            });
-        }
-        Err(Refusal::Overflow(member)) => {
-            return refuse(
-                format!("crediting it would overflow the balance of member #{member}"),
-                report,
-            )
-        }
-        Ok(()) => {}
-    }
-    if counts.rows == 0 {
-        return refuse("no data rows: the file is empty".into(), report);
-    }
-    let ratio = counts.failed as f64 / counts.rows as f64;
-    if ratio > p.max_error_ratio {
-        return refuse(
+    let refusal = if let Some(e) = st.unreadable.take() {
+        Some((FileCode::F002, format!("cannot be read as CSV: {e}")))
+    } else if st.header_missing {
+        Some((
+            FileCode::F007,
+            "header = true but the first line is a data row: its third field has a digit. \
+             Nothing was credited, so that row is not lost. If this partner's files have no \
+             header line, set header = \"auto\" (or false) and re-deliver the file"
+                .to_owned(),
+        ))
+    } else if counts.rows == 0 {
+        Some((FileCode::F003, "no data rows: the file is empty".to_owned()))
+    } else if counts.failed as f64 / counts.rows as f64 > p.max_error_ratio {
+        Some((
+            FileCode::F004,
             format!(
                 "{} of {} rows failed ({:.1}%), above max_error_ratio {}",
                 counts.failed,
                 counts.rows,
-                ratio * 100.0,
+                counts.failed as f64 / counts.rows as f64 * 100.0,
                 p.max_error_ratio
             ),
+        ))
+    } else if let (Some(why), ResendCheck::Refuse) = (&resend, p.resend_check) {
+        Some((
+            FileCode::F006,
+            format!(
+                "{why} (more than resend_ratio {} within resend_window {}); if these are \
+                 new exchanges, re-deliver with resend_check = \"warn\" for this partner",
+                p.resend_ratio,
+                days_or_duration(p.resend_window)
+            ),
+        ))
+    } else if let Some(member) = st.overflow {
+        Some((FileCode::F005, overflow_reason(member)))
+    } else {
+        match apply_balances(&tx, std::mem::replace(&mut st.deltas, Deltas::new(0)))? {
+            Err(member) => Some((FileCode::F005, overflow_reason(member))),
+            Ok(()) => None,
+        }
+    };
+    if let Some((code, reason)) = refusal {
+        drop(report); // the failed-rows-only report: never shown for a refused file
+        tx.rollback()?;
+        let src = Reread {
+            archive: &f.archive,
+            encoding: p.encoding,
+            header: p.header,
+            default_ending: job.default_ending(),
+        };
+        let path = job.reports.staging();
+        let report = report::write_every_row(&src, failed, code, path.clone())
+            .map_err(|source| CreditError::Io { path, source })?;
+        return Ok(Credited::Refused {
+            code,
+            counts,
+            reason,
             report,
-        );
+        });
     }
+    drop(failed);
 
     tx.execute(
         "UPDATE files SET rows = ?2, credited = ?3, failed = ?4, failed_by_code = ?5, miles = ?6,
-                          report_path = ?7, finished_at = ?8, ledger_digest = ?9
+                          report_path = ?7, finished_at = ?8, repeats = ?9, ledger_digest = ?10
          WHERE id = ?1",
         params![
             file_id,
@@ -204,7 +274,8 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             counts.miles as i64,
             (report.rows() > 0).then(|| report.path().display().to_string()),
             now_text(chrono::Utc::now()),
-            ledger_digest.to_hex(),
+            counts.repeats.map(|r| r as i64),
+            st.digest.to_hex(),
         ],
     )?;
     // The report is in place before the commit: after a crash between the
@@ -219,7 +290,52 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
         file_id,
         counts,
         report,
+        warning: resend,
     })
+}
+
+fn overflow_reason(member: i64) -> String {
+    format!("crediting it would overflow the balance of member #{member}")
+}
+
+/// "looks like a re-send of file 18: 2,412 of 2,450 rows already credited"
+fn resend_sentence(from: &HashMap<i64, u64>, repeats: u64, rows: u64) -> String {
+    let mut ids: Vec<(i64, u64)> = from.iter().map(|(id, n)| (*id, *n)).collect();
+    // The files most repeated first; at most five named.
+    ids.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let named: Vec<String> = ids.iter().take(5).map(|(id, _)| id.to_string()).collect();
+    let files = match ids.len() {
+        1 => format!("file {}", named[0]),
+        n if n <= 5 => format!("files {}", named.join(", ")),
+        n => format!("files {} and {} more", named.join(", "), n - 5),
+    };
+    format!(
+        "looks like a re-send of {files}: {} of {} rows already credited",
+        thousands(repeats),
+        thousands(rows)
+    )
+}
+
+/// `90d` rather than humantime's `2months 29days 2h 52m 48s`.
+fn days_or_duration(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// 2450 → "2,450".
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn finish_report(report: ReportWriter) -> Result<Option<PathBuf>, CreditError> {
@@ -229,15 +345,16 @@ fn finish_report(report: ReportWriter) -> Result<Option<PathBuf>, CreditError> {
         .map_err(|source| CreditError::Io { path, source })
 }
 
-/// Parse, decode, validate and credit every row; failed rows go to `report`.
+/// Parse, decode, validate and credit every row; failed rows go to `report`
+/// (and their lines to `failed`).
 fn stream_rows(
     tx: &Connection,
     job: &CreditJob<'_>,
     file_id: i64,
     report: &mut ReportWriter,
+    failed: &mut FailedLines,
     counts: &mut Counts,
-    ledger_digest: &mut LedgerDigest,
-) -> Result<Result<(), Refusal>, CreditError> {
+) -> Result<Streamed, CreditError> {
     let p = job.partner;
     let archive = &job.file.archive;
     let input = std::fs::File::open(archive).map_err(|source| CreditError::Io {
@@ -282,34 +399,38 @@ fn stream_rows(
             .map_err(spawn_err)?;
         // Returning drops `batches`: a reader still sending then stops, and
         // dropping its helper's job channel stops the helper.
-        let tally = Tally {
+        let sinks = Sinks {
+            report,
+            failed,
             counts,
-            digest: ledger_digest,
         };
-        credit_batches(tx, job, file_id, report, tally, batches, to_reader)
+        credit_batches(tx, job, file_id, sinks, batches, to_reader)
     })
 }
 
-/// What the credit adds up as it goes: the file's counts, and the digest of
-/// the ledger rows it inserted (stored on the file row, checked by `verify`).
-struct Tally<'t> {
-    counts: &'t mut Counts,
-    digest: &'t mut LedgerDigest,
+/// Where the per-row outcomes go.
+struct Sinks<'s> {
+    report: &'s mut ReportWriter,
+    failed: &'s mut FailedLines,
+    counts: &'s mut Counts,
 }
+
+/// A valid row: (line, member, key, miles).
+type ValidRow<'k> = (i64, i64, Cow<'k, str>, u64);
 
 fn credit_batches(
     tx: &Connection,
     job: &CreditJob<'_>,
     file_id: i64,
-    report: &mut ReportWriter,
-    tally: Tally<'_>,
+    sinks: Sinks<'_>,
     batches: Receiver<Result<Batch, ReadFailure>>,
     recycle: std::sync::mpsc::Sender<Batch>,
-) -> Result<Result<(), Refusal>, CreditError> {
-    let Tally {
+) -> Result<Streamed, CreditError> {
+    let Sinks {
+        report,
+        failed,
         counts,
-        digest: ledger_digest,
-    } = tally;
+    } = sinks;
     let p = job.partner;
     let rules = p.rules();
     let io_err = |path: &Path| {
@@ -324,6 +445,7 @@ fn credit_batches(
         st.raw_bind_parameter(2, &p.id)?;
         st.raw_bind_parameter(3, job.now.timestamp())?;
     }
+    let mut history = History::new(tx, job, file_id)?;
     let mut codes: Vec<Option<Code>> = Vec::with_capacity(BATCH_ROWS);
     // A batch's valid rows in the ledger's key order, and per valid row:
     // skipped as a repeat (E008).
@@ -334,22 +456,29 @@ fn credit_batches(
                                   AND member = ?4 AND miles = ?5 AND dup = ?6",
     )?;
     let max_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM members", [], |r| r.get(0))?;
-    let mut deltas = Deltas::new(max_id);
-    let default_ending = match p.encoding {
-        Encoding::ShiftJis => LineEnding::CrLf,
-        Encoding::Utf8 => LineEnding::Lf,
+    let mut out = Streamed {
+        unreadable: None,
+        header_missing: false,
+        overflow: None,
+        resent_from: HashMap::new(),
+        deltas: Deltas::new(max_id),
+        digest: LedgerDigest::default(),
     };
+    let default_ending = job.default_ending();
     for batch in batches {
         let batch = match batch {
             Ok(b) => b,
             Err(ReadFailure::Io(e)) => return Err(io_err(&job.file.archive)(e)),
-            Err(ReadFailure::Unreadable(e)) => return Ok(Err(Refusal::Unreadable(e))),
+            Err(ReadFailure::Unreadable(e)) => {
+                out.unreadable = Some(e);
+                break;
+            }
             Err(ReadFailure::Db(e)) => return Err(e.into()),
         };
+        out.header_missing |= batch.header_missing;
         // Validate every row in line order.
         codes.clear();
-        // (line, member, key, miles) of the rows that passed E001–E007
-        let mut valid: Vec<(i64, i64, Cow<'_, str>, u64)> = Vec::with_capacity(batch.rows.len());
+        let mut valid: Vec<ValidRow<'_>> = Vec::with_capacity(batch.rows.len());
         for (i, row) in batch.rows.iter().enumerate() {
             codes.push(match row.pre {
                 Pre::Failed(code) => Some(code),
@@ -388,6 +517,10 @@ fn credit_batches(
                 line_b,
             ))
         });
+        // What the ledger already holds for these keys: repeats of earlier
+        // files, and E010. E010 rows are not inserted.
+        history.judge(&valid, &by_key)?;
+        by_key.retain(|&i| !history.e010[i as usize]);
         repeated.clear();
         repeated.resize(valid.len(), false);
         for chunk in by_key.chunks(INSERT_ROWS) {
@@ -431,19 +564,28 @@ fn credit_batches(
                 }
             }
         }
-        let mut next_repeated = repeated.iter();
-        let mut next_valid = valid.iter();
+        let mut next_valid = 0usize;
         for (row, code) in batch.rows.iter().zip(codes.iter_mut()) {
             counts.rows += 1;
             if code.is_none() {
-                let (line, member, key, miles) = next_valid.next().expect("one per valid row");
-                if !next_repeated.next().expect("one per valid row") {
-                    if !deltas.add(*member, *miles) {
-                        return Ok(Err(Refusal::Overflow(*member)));
+                let v = next_valid;
+                next_valid += 1;
+                let (line, member, key, miles) = &valid[v];
+                if history.e010[v] {
+                    *code = Some(Code::E010);
+                } else if repeated[v] {
+                    *code = Some(Code::E008);
+                } else {
+                    if out.overflow.is_none() && !out.deltas.add(*member, *miles) {
+                        // Refused at the end (F005); the rows after it are
+                        // still checked, so that each keeps its own code.
+                        out.overflow = Some(*member);
                     }
-                    // The row exactly as inserted (an overflowing `miles`
-                    // refused the file just above).
-                    ledger_digest.add(&digest::Row {
+                    counts.credited += 1;
+                    counts.miles = counts.miles.saturating_add(*miles);
+                    // The row exactly as inserted (a `miles` beyond i64
+                    // overflowed just above, and the file is refused).
+                    out.digest.add(&digest::Row {
                         partner: &p.id,
                         partner_key: key,
                         file_id,
@@ -453,10 +595,9 @@ fn credit_batches(
                         line: *line,
                         credited_at: job.now.timestamp(),
                     });
-                    counts.credited += 1;
-                    counts.miles = counts.miles.saturating_add(*miles);
-                } else {
-                    *code = Some(Code::E008);
+                    if let Some(earlier) = history.earlier[v] {
+                        *out.resent_from.entry(earlier).or_default() += 1;
+                    }
                 }
             }
             if let Some(code) = *code {
@@ -465,13 +606,221 @@ fn credit_batches(
                 report
                     .write(batch.raw(row), code, ending)
                     .map_err(io_err(report.path()))?;
+                failed.push(row.line, code).map_err(io_err(report.path()))?;
             }
         }
         drop(valid);
         let _ = recycle.send(batch);
     }
-    drop((insert_many, insert_one, line_of));
-    apply_balances(tx, deltas)
+    Ok(out)
+}
+
+/// Rows (re-send probe) or distinct partner keys (E010 probe) per ledger
+/// probe statement.
+const PROBE_ROWS: usize = 64;
+
+/// The re-send probe: ?1 partner, ?2 this file, ?3 the window's start; then
+/// (row index, key, member, miles) per row. `CROSS JOIN` keeps the rows
+/// outside: left to itself, SQLite 3.54 scans the partner's whole ledger
+/// once per statement and looks the rows up inside (1M rows: minutes, not a
+/// second).
+fn repeats_sql() -> String {
+    let values: Vec<String> = (0..PROBE_ROWS)
+        .map(|j| {
+            let at = 4 + 4 * j;
+            format!("(?{}, ?{}, ?{}, ?{})", at, at + 1, at + 2, at + 3)
+        })
+        .collect();
+    format!(
+        "WITH v(i, k, m, mi) AS (VALUES {})
+         SELECT v.i, l.file_id FROM v CROSS JOIN ledger l
+           ON l.partner = ?1 AND l.partner_key = v.k AND l.member = v.m AND l.miles = v.mi
+         WHERE l.file_id <> ?2 AND l.credited_at >= ?3 AND {NOT_REVERSED}",
+        values.join(", ")
+    )
+}
+
+/// A credit `l` that no reversal took back: its compensating row has the
+/// same key with the miles negated (`money::reverse`). One primary-key
+/// probe, made only for the rows that match otherwise. The re-send check
+/// and E010 ignore reversed credits: after a reversal, the partner's
+/// corrected file is not a re-send, and its keys are free again.
+const NOT_REVERSED: &str = "NOT EXISTS (SELECT 1 FROM ledger r
+    WHERE r.partner = l.partner AND r.partner_key = l.partner_key AND r.file_id = l.file_id
+      AND r.member = l.member AND r.miles = -l.miles AND r.dup = l.dup)";
+
+/// The E010 probe: ?1 partner, then the distinct keys.
+fn keys_sql() -> String {
+    let list: Vec<String> = (0..PROBE_ROWS).map(|j| format!("?{}", j + 2)).collect();
+    format!(
+        "SELECT partner_key, file_id, member, miles FROM ledger l
+         WHERE partner = ?1 AND partner_key IN ({}) AND miles > 0 AND {NOT_REVERSED}",
+        list.join(", ")
+    )
+}
+
+/// The ledger's rows for a batch's partner keys, judged per valid row.
+struct History<'c> {
+    /// Re-sends (`None`: `resend_check = "off"`): per row, the earlier
+    /// files' ledger rows with the same (key, member, miles) in the window.
+    /// Only true repeats come back, by row index: in the steady state every
+    /// key has history, and returning it all cost more than the seeks.
+    repeats: Option<rusqlite::Statement<'c>>,
+    /// E010 (`None`: not `unique_partner_key`): every ledger row of each
+    /// distinct key, this file's earlier batches included.
+    keys_probe: Option<rusqlite::Statement<'c>>,
+    file_id: i64,
+    /// Per valid row of the batch: the latest earlier file holding the same
+    /// (member, key, miles) within the window.
+    earlier: Vec<Option<i64>>,
+    /// Per valid row: fails E010.
+    e010: Vec<bool>,
+    /// The E010 probe's answer: (key, file, member, miles).
+    found: Vec<(String, i64, i64, u64)>,
+    keys: Vec<u32>,
+}
+
+impl<'c> History<'c> {
+    fn new(tx: &'c Connection, job: &CreditJob<'_>, file_id: i64) -> rusqlite::Result<History<'c>> {
+        let p = job.partner;
+        let repeats = if p.resend_check != ResendCheck::Off {
+            let mut st = tx.prepare(&repeats_sql())?;
+            let window = i64::try_from(p.resend_window.as_secs()).unwrap_or(i64::MAX);
+            st.raw_bind_parameter(1, &p.id)?;
+            st.raw_bind_parameter(2, file_id)?;
+            st.raw_bind_parameter(3, job.now.timestamp().saturating_sub(window))?;
+            Some(st)
+        } else {
+            None
+        };
+        let keys_probe = if p.unique_partner_key {
+            let mut st = tx.prepare(&keys_sql())?;
+            st.raw_bind_parameter(1, &p.id)?;
+            Some(st)
+        } else {
+            None
+        };
+        Ok(History {
+            repeats,
+            keys_probe,
+            file_id,
+            earlier: Vec::new(),
+            e010: Vec::new(),
+            found: Vec::new(),
+            keys: Vec::new(),
+        })
+    }
+
+    /// Fill `earlier` and `e010` for `valid`, whose indexes `by_key` lists in
+    /// key order (so that neighbouring probes share B-tree pages).
+    fn judge(&mut self, valid: &[ValidRow<'_>], by_key: &[u32]) -> rusqlite::Result<()> {
+        self.earlier.clear();
+        self.earlier.resize(valid.len(), None);
+        self.e010.clear();
+        self.e010.resize(valid.len(), false);
+        if by_key.is_empty() {
+            return Ok(());
+        }
+        if let Some(probe) = self.repeats.as_mut() {
+            for chunk in by_key.chunks(PROBE_ROWS) {
+                // A short last chunk repeats its last row: one statement for all.
+                for j in 0..PROBE_ROWS {
+                    let i = chunk[j.min(chunk.len() - 1)];
+                    let (_, member, key, miles) = &valid[i as usize];
+                    let at = 4 + 4 * j;
+                    probe.raw_bind_parameter(at, i)?;
+                    probe.raw_bind_parameter(at + 1, key.as_ref())?;
+                    probe.raw_bind_parameter(at + 2, *member)?;
+                    probe.raw_bind_parameter(at + 3, *miles as i64)?;
+                }
+                let mut rows = probe.raw_query();
+                while let Some(r) = rows.next()? {
+                    let (i, file): (u32, i64) = (r.get(0)?, r.get(1)?);
+                    let e = &mut self.earlier[i as usize];
+                    *e = Some(e.map_or(file, |was| was.max(file)));
+                }
+            }
+        }
+        let Some(probe) = self.keys_probe.as_mut() else {
+            return Ok(());
+        };
+        // The start (in `by_key`) of each distinct key.
+        self.keys.clear();
+        for (pos, &i) in by_key.iter().enumerate() {
+            if pos == 0 || valid[by_key[pos - 1] as usize].2 != valid[i as usize].2 {
+                self.keys.push(pos as u32);
+            }
+        }
+        let ends: Vec<usize> = self.keys[1..]
+            .iter()
+            .map(|&e| e as usize)
+            .chain([by_key.len()])
+            .collect();
+        for (starts, ends) in self.keys.chunks(PROBE_ROWS).zip(ends.chunks(PROBE_ROWS)) {
+            for j in 0..PROBE_ROWS {
+                let start = starts[j.min(starts.len() - 1)];
+                let key = &valid[by_key[start as usize] as usize].2;
+                probe.raw_bind_parameter(j + 2, key.as_ref())?;
+            }
+            self.found.clear();
+            let mut rows = probe.raw_query();
+            while let Some(r) = rows.next()? {
+                self.found
+                    .push((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64));
+            }
+            drop(rows);
+            self.found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (&start, &end) in starts.iter().zip(ends) {
+                let group = &by_key[start as usize..end];
+                let key = valid[group[0] as usize].2.as_ref();
+                let lo = self.found.partition_point(|h| h.0.as_str() < key);
+                let hi = self.found.partition_point(|h| h.0.as_str() <= key);
+                Self::judge_unique(
+                    valid,
+                    group,
+                    &self.found[lo..hi],
+                    self.file_id,
+                    &mut self.e010,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// E010 under `unique_partner_key`, for one key's rows of a batch: all of
+    /// them when an earlier file credited the key; otherwise every row but
+    /// the key's first in this file and its exact repeats (E008, decided by
+    /// the insert).
+    fn judge_unique(
+        valid: &[ValidRow<'_>],
+        group: &[u32],
+        hist: &[(String, i64, i64, u64)],
+        file_id: i64,
+        e010: &mut [bool],
+    ) {
+        if hist.iter().any(|h| h.1 != file_id) {
+            for &i in group {
+                e010[i as usize] = true;
+            }
+            return;
+        }
+        let kept = match hist.first() {
+            // Credited by an earlier batch of this file.
+            Some(h) => (h.2, h.3),
+            None => {
+                let first = group
+                    .iter()
+                    .min_by_key(|&&i| valid[i as usize].0)
+                    .expect("a group has rows");
+                let (_, member, _, miles) = &valid[*first as usize];
+                (*member, *miles)
+            }
+        };
+        for &i in group {
+            let (_, member, _, miles) = &valid[i as usize];
+            e010[i as usize] = (*member, *miles) != kept;
+        }
+    }
 }
 
 /// Ledger rows per INSERT statement: one statement run (cursor opens,
@@ -583,7 +932,8 @@ impl Deltas {
 /// B-tree access), INSERT_ROWS members per statement. An overflow trips the
 /// table's CHECK and refuses the file; the statement that tripped it is
 /// undone and its members retried one by one, to name the member.
-fn apply_balances(tx: &Connection, deltas: Deltas) -> Result<Result<(), Refusal>, CreditError> {
+/// `Ok(Err(member))`: that member's balance would overflow.
+fn apply_balances(tx: &Connection, deltas: Deltas) -> Result<Result<(), i64>, CreditError> {
     let upsert_sql = |rows: usize| {
         let values: Vec<String> = (0..rows)
             .map(|j| format!("(?{}, ?{})", 2 * j + 1, 2 * j + 2))
@@ -618,10 +968,66 @@ fn apply_balances(tx: &Connection, deltas: Deltas) -> Result<Result<(), Refusal>
             upsert_one.raw_bind_parameter(2, *miles)?;
             match upsert_one.raw_execute() {
                 Ok(_) => {}
-                Err(e) if is_overflow(&e) => return Ok(Err(Refusal::Overflow(*member))),
+                Err(e) if is_overflow(&e) => return Ok(Err(*member)),
                 Err(e) => return Err(e.into()),
             }
         }
     }
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resend_sentences() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(2450), "2,450");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        let one = HashMap::from([(18, 2412)]);
+        assert_eq!(
+            resend_sentence(&one, 2412, 2450),
+            "looks like a re-send of file 18: 2,412 of 2,450 rows already credited"
+        );
+        let many: HashMap<i64, u64> = (1..=7).map(|id| (id, 10 + id as u64)).collect();
+        assert_eq!(
+            resend_sentence(&many, 98, 100),
+            "looks like a re-send of files 7, 6, 5, 4, 3 and 2 more: 98 of 100 rows already credited"
+        );
+        assert_eq!(
+            days_or_duration(crate::config::DEFAULT_RESEND_WINDOW),
+            "90d"
+        );
+        assert_eq!(days_or_duration(std::time::Duration::from_secs(7200)), "2h");
+    }
+
+    /// Both probes seek the ledger by (partner, partner_key) per row or key:
+    /// a plan that scans the partner's ledger instead is quadratic.
+    #[test]
+    fn probes_seek_the_ledger_key() {
+        let d = tempfile::tempdir().unwrap();
+        let c = crate::db::open(&d.path().join("m.db")).unwrap();
+        for sql in [repeats_sql(), keys_sql()] {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = st.raw_query();
+            let mut plan = Vec::new();
+            while let Some(r) = rows.next().unwrap() {
+                plan.push(r.get::<_, String>(3).unwrap());
+            }
+            let search = plan
+                .iter()
+                .position(|l| l.contains("USING PRIMARY KEY (partner=? AND partner_key=?)"));
+            assert!(search.is_some(), "{plan:?}");
+            assert!(
+                plan.iter()
+                    .all(|l| !l.starts_with("SCAN l") && !l.starts_with("SCAN ledger")),
+                "{plan:?}"
+            );
+            if let Some(values) = plan.iter().position(|l| l == "SCAN v") {
+                assert!(values < search.unwrap(), "the rows outside: {plan:?}");
+            }
+        }
+    }
 }

@@ -5,8 +5,10 @@
 //! decode  → each record in the partner's encoding (E009)
 //! parse   → CSV records from raw bytes, streaming
 //! validate→ E001–E007 against the member store
-//! credit  → ledger + balances + file row in one transaction (E008)
-//! report  → the error CSV, failed records byte for byte + ",CODE"
+//! credit  → ledger + balances + file row in one transaction (E008, E010,
+//!           repeats of earlier files); refusals F002–F007
+//! report  → the error CSV, failed records byte for byte + ",CODE"; for a
+//!           refused file every row (own E code, else the F code)
 //! tidy    → after the commit: upload the report, move/delete the inbox file
 //! ```
 //!
@@ -38,7 +40,8 @@ use crate::db::{self, now_text, DbError};
 use crate::source::SourceError;
 
 use credit::{CreditError, CreditJob, Credited};
-use validate::Code;
+use report::ReportPlace;
+use validate::{Code, FileCode};
 
 /// A file downloaded and archived, ready to credit.
 #[derive(Debug, Clone)]
@@ -51,18 +54,23 @@ pub struct Fetched {
     pub archive: PathBuf,
 }
 
-/// Row counts of one file (or one run).
+/// Row counts of one file (or one run). Serialized with the names of the
+/// `files` columns (`query::FileRow`).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Counts {
     pub rows: u64,
     pub credited: u64,
     pub failed: u64,
     pub miles: u64,
-    #[serde(serialize_with = "ser_by_code")]
-    pub by_code: [u64; 9],
+    #[serde(rename = "failed_by_code", serialize_with = "ser_by_code")]
+    pub by_code: [u64; Code::ALL.len()],
+    /// Credited rows that repeat (member, key, miles) of a row credited in
+    /// an earlier file within `resend_window`; `None`: not checked
+    /// (`resend_check = "off"`).
+    pub repeats: Option<u64>,
 }
 
-fn ser_by_code<S: serde::Serializer>(v: &[u64; 9], s: S) -> Result<S::Ok, S::Error> {
+fn ser_by_code<S: serde::Serializer>(v: &[u64; Code::ALL.len()], s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut m = s.serialize_map(None)?;
     for c in Code::ALL {
@@ -83,13 +91,17 @@ impl Counts {
         self.credited += o.credited;
         self.failed += o.failed;
         self.miles += o.miles;
-        for i in 0..9 {
-            self.by_code[i] += o.by_code[i];
+        for (mine, theirs) in self.by_code.iter_mut().zip(o.by_code) {
+            *mine += theirs;
         }
+        self.repeats = match (self.repeats, o.repeats) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
     }
     pub fn by_code_json(&self) -> String {
         serde_json::to_value(self)
-            .map(|v| v["by_code"].to_string())
+            .map(|v| v["failed_by_code"].to_string())
             .unwrap_or_default()
     }
     /// `E003=2 E006=1`, for logs.
@@ -166,18 +178,26 @@ pub struct RunOptions<'a> {
     pub shutdown: &'a AtomicBool,
 }
 
-/// The outcome of one file, for the summary and `--json`.
+/// The outcome of one file, for the summary and `--json`. Field names are
+/// those of `files --json` (`query::FileRow`).
 #[derive(Debug, Clone, Serialize)]
 pub struct FileReport {
+    /// The `files` row; `None` in a dry run (nothing is recorded).
+    pub id: Option<i64>,
+    pub partner: String,
     pub name: String,
     pub sha256: String,
     /// credited | refused | duplicate | dry-run
     pub outcome: String,
     pub reason: Option<String>,
+    /// Why the whole file was refused, for the partner: F001–F007.
+    pub file_code: Option<FileCode>,
+    /// Credited, but worth a look (`resend_check = "warn"`).
+    pub warning: Option<String>,
     #[serde(flatten)]
     pub counts: Counts,
-    pub report: Option<PathBuf>,
-    pub archive: PathBuf,
+    pub report_path: Option<PathBuf>,
+    pub archive_path: PathBuf,
 }
 
 /// The outcome of one partner run.
@@ -303,7 +323,7 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
     let paths: Vec<String> = report
         .files
         .iter()
-        .filter_map(|f| f.report.as_ref().map(|p| p.display().to_string()))
+        .filter_map(|f| f.report_path.as_ref().map(|p| p.display().to_string()))
         .collect();
     tracing::info!(
         outcome = %report.outcome,
@@ -312,6 +332,7 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
         credited = c.credited,
         failed = c.failed,
         failed_by_code = %c.by_code_text(),
+        repeats = %c.repeats.map_or("not checked".to_owned(), |r| r.to_string()),
         miles = c.miles,
         skipped = report.skipped.len(),
         skipped_by_reason = %report.skipped_text(),
@@ -387,7 +408,6 @@ fn run_inner(
     let mut listing = pickup::survey(source.as_mut(), pickup_cfg, &conn, &partner.id, opts.now)?;
     report.skipped.append(&mut listing.skipped);
     let archive_dir = pickup::archive_dir(data_dir, &partner.id);
-    let reports_dir = data_dir.join("reports").join(&partner.id);
     // Files ready now go first; `stable:` files too young to judge are
     // watched afterwards, so an old file never waits for a young one.
     let mut batch = std::mem::take(&mut listing.ready);
@@ -418,29 +438,37 @@ fn run_inner(
                 report.skipped.push(s);
                 continue;
             }
-            let stem = std::path::Path::new(&fetched.name)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| fetched.name.clone());
+            // One report per delivery: received today (in the daemon's zone),
+            // named by file id.
+            let reports = ReportPlace::new(
+                data_dir,
+                &partner.id,
+                today,
+                &fetched.name,
+                &fetched.sha256,
+                opts.dry_run,
+            );
             let job = CreditJob {
                 partner,
                 file: &fetched,
                 run_id: report.run_id,
-                report_path: reports_dir.join(format!("{stem}.errors.csv")),
+                reports,
                 now: opts.now,
                 dry_run: opts.dry_run,
                 retry_of: None,
             };
             let outcome = credit::credit_file(&mut conn, &job)?;
-            let file_report = record(&conn, &job, outcome)?;
+            let file_report = record(&mut conn, &job, outcome)?;
             tracing::info!(
                 outcome = %file_report.outcome,
+                file_id = file_report.id,
                 rows = file_report.counts.rows,
                 credited = file_report.counts.credited,
                 failed = file_report.counts.failed,
+                repeats = file_report.counts.repeats,
                 miles = file_report.counts.miles,
                 reason = file_report.reason.as_deref().unwrap_or(""),
-                report = %file_report.report.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                report = %file_report.report_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                 "file done"
             );
             report.counts.add(&file_report.counts);
@@ -488,27 +516,26 @@ pub fn retry_archived(
     )
     .map_err(DbError::from)?;
     let run_id = conn.last_insert_rowid();
-    let stem = std::path::Path::new(&fetched.name)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| fetched.name.clone());
+    let today = now.with_timezone(&config.daemon.timezone).date_naive();
     let job = CreditJob {
         partner,
         file: fetched,
         run_id: Some(run_id),
-        report_path: config
-            .daemon
-            .data_dir
-            .join("reports")
-            .join(&partner.id)
-            .join(format!("{stem}.retry-of-{retry_of}.errors.csv")),
+        reports: ReportPlace::new(
+            &config.daemon.data_dir,
+            &partner.id,
+            today,
+            &fetched.name,
+            &fetched.sha256,
+            false,
+        ),
         now,
         dry_run: false,
         retry_of: Some(retry_of),
     };
     let result = credit::credit_file(&mut conn, &job)
         .map_err(PipelineError::from)
-        .and_then(|outcome| record(&conn, &job, outcome));
+        .and_then(|outcome| record(&mut conn, &job, outcome));
     // The run row says how it went; partner_state (catch-up, failures) is
     // about deliveries and is left alone.
     let (outcome, error, c) = match &result {
@@ -536,46 +563,64 @@ pub fn retry_archived(
 }
 
 /// Record a refused or duplicate file (credited files recorded themselves in
-/// their transaction), and describe the outcome.
+/// their transaction) with its report, and describe the outcome.
 fn record(
-    conn: &Connection,
+    conn: &mut Connection,
     job: &CreditJob<'_>,
     outcome: Credited,
 ) -> Result<FileReport, PipelineError> {
     let f = job.file;
     let mut fr = FileReport {
+        id: None,
+        partner: job.partner.id.clone(),
         name: f.name.clone(),
         sha256: f.sha256.clone(),
         outcome: String::new(),
         reason: None,
+        file_code: None,
+        warning: None,
         counts: Counts::default(),
-        report: None,
-        archive: f.archive.clone(),
+        report_path: None,
+        archive_path: f.archive.clone(),
     };
-    match outcome {
-        Credited::Done { counts, report, .. } => {
+    let staged = match outcome {
+        Credited::Done {
+            file_id,
+            counts,
+            report,
+            warning,
+        } => {
             fr.outcome = if job.dry_run { "dry-run" } else { "credited" }.into();
+            fr.id = (!job.dry_run).then_some(file_id);
             fr.counts = counts;
-            fr.report = report;
+            fr.report_path = report;
+            if let Some(w) = &warning {
+                tracing::warn!(warning = %w, "credited, but it looks like a re-send (resend_check = \"warn\")");
+            }
+            fr.warning = warning;
+            return Ok(fr);
         }
         Credited::Refused {
+            code,
             counts,
             reason,
             report,
         } => {
-            tracing::warn!(%reason, "file refused: nothing credited");
+            tracing::warn!(%reason, code = code.as_str(), "file refused: nothing credited");
             fr.outcome = "refused".into();
             fr.reason = Some(reason);
+            fr.file_code = Some(code);
             fr.counts = counts;
-            fr.report = report;
+            report
         }
         Credited::Duplicate {
+            first_id,
             first_name,
             first_at,
             reversed_file,
         } => {
             let mut reason = format!(
-                "duplicate delivery: the same content was credited as {first_name:?} at {first_at}"
+                "duplicate delivery: the same content was credited as file {first_id} ({first_name:?}) at {first_at}"
             );
             if let Some(id) = reversed_file {
                 reason.push_str(&format!(
@@ -583,46 +628,72 @@ fn record(
                      (to credit these bytes again: `milebatch retry --file {id}`)"
                 ));
             }
-            tracing::warn!(%reason, "file refused: nothing credited");
+            tracing::warn!(%reason, code = "F001", "file refused: nothing credited");
             fr.outcome = "duplicate".into();
             fr.reason = Some(reason);
+            fr.file_code = Some(FileCode::F001);
+            job.duplicate_report()?
         }
+    };
+    // A refused file credits nothing.
+    fr.counts.credited = 0;
+    fr.counts.miles = 0;
+    if job.dry_run {
+        fr.report_path = Some(staged);
+        return Ok(fr);
     }
-    if fr.outcome == "refused" || fr.outcome == "duplicate" {
-        if job.dry_run {
-            return Ok(fr);
-        }
-        let c = &fr.counts;
-        conn.execute(
-            "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, reason, rows, credited,
-                               failed, failed_by_code, miles, archive_path, report_path, started_at, finished_at,
-                               retry_of, tidy)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15,
-                     ?16, CASE WHEN ?16 IS NULL THEN 'pending' ELSE 'done' END)",
-            params![
-                job.partner.id,
-                job.run_id,
-                f.name,
-                f.size as i64,
-                f.mtime,
-                f.sha256,
-                fr.outcome,
-                fr.reason,
-                c.rows as i64,
-                c.failed as i64,
-                c.by_code_json(),
-                f.archive.display().to_string(),
-                fr.report.as_ref().map(|p| p.display().to_string()),
-                now_text(job.now),
-                now_text(Utc::now()),
-                job.retry_of,
-            ],
-        )
-        .map_err(DbError::from)?;
-        // A refused file credits nothing.
-        fr.counts.credited = 0;
-        fr.counts.miles = 0;
+    // The row and the report's final name (it holds the row's id) go in
+    // together: a crash leaves either neither (the rerun judges the file
+    // again) or both.
+    let tx = conn.transaction().map_err(DbError::from)?;
+    let c = &fr.counts;
+    tx.execute(
+        "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, reason, rows, credited,
+                           failed, failed_by_code, miles, archive_path, started_at, finished_at,
+                           repeats, file_code, retry_of, tidy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16,
+                 ?17, CASE WHEN ?17 IS NULL THEN 'pending' ELSE 'done' END)",
+        params![
+            job.partner.id,
+            job.run_id,
+            f.name,
+            f.size as i64,
+            f.mtime,
+            f.sha256,
+            fr.outcome,
+            fr.reason,
+            c.rows as i64,
+            c.failed as i64,
+            c.by_code_json(),
+            f.archive.display().to_string(),
+            now_text(job.now),
+            now_text(Utc::now()),
+            c.repeats.map(|r| r as i64),
+            fr.file_code.map(FileCode::as_str),
+            job.retry_of,
+        ],
+    )
+    .map_err(DbError::from)?;
+    let id = tx.last_insert_rowid();
+    let path = job.reports.path(id);
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| PipelineError::Io { path, source }
+    };
+    std::fs::rename(&staged, &path).map_err(io(&path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
     }
+    tx.execute(
+        "UPDATE files SET report_path = ?2 WHERE id = ?1",
+        params![id, path.display().to_string()],
+    )
+    .map_err(DbError::from)?;
+    tx.commit().map_err(DbError::from)?;
+    fr.id = Some(id);
+    fr.report_path = Some(path);
     Ok(fr)
 }
 
@@ -749,13 +820,17 @@ mod tests {
 
     fn file(outcome: &str) -> FileReport {
         FileReport {
+            id: None,
+            partner: "p".into(),
             name: "a.csv".into(),
             sha256: String::new(),
             outcome: outcome.into(),
             reason: None,
+            file_code: None,
+            warning: None,
             counts: Counts::default(),
-            report: None,
-            archive: PathBuf::new(),
+            report_path: None,
+            archive_path: PathBuf::new(),
         }
     }
 

@@ -62,10 +62,9 @@ pub fn tidy(
             path: report.clone(),
             source,
         })?;
-        let name = std::path::Path::new(report)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("{}.errors.csv", item.name));
+        // The partner's contract: `<stem>.errors.csv`, whatever the local
+        // (per delivery) name.
+        let name = super::report::upload_name(&item.name);
         with_retries(pickup.retries, "uploading the error report", || {
             source.upload(dir, &name, &data)
         })

@@ -1,9 +1,14 @@
-//! Validate: the row rules E001–E007 of the domain brief, and the error
-//! codes themselves.
+//! Validate: the row rules E001–E007 of the domain brief, the error codes
+//! themselves (row codes E…, file codes F…), and whether a first line is a
+//! header.
 //!
-//! E008 (a repeat of an earlier row in the same file) is decided by the
-//! credit step, as a uniqueness conflict in the ledger; E009 by decode.
-//! A failed row gets exactly one code: the first in table order that applies.
+//! E008 (a repeat of an earlier row in the same file) and E010 (a partner
+//! key credited before, `unique_partner_key`) are decided by the credit step
+//! against the ledger; E009 by decode. A failed row gets exactly one code:
+//! the first in table order that applies.
+//!
+//! What must stay true: codes are a contract with partners. Add, never
+//! renumber or reuse.
 
 use std::borrow::Cow;
 
@@ -33,10 +38,12 @@ pub enum Code {
     E008,
     /// Cannot be decoded in the declared encoding.
     E009,
+    /// The partner key was credited before (`unique_partner_key`).
+    E010,
 }
 
 impl Code {
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 10] = [
         Code::E001,
         Code::E002,
         Code::E003,
@@ -46,6 +53,7 @@ impl Code {
         Code::E007,
         Code::E008,
         Code::E009,
+        Code::E010,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,12 +67,59 @@ impl Code {
             Code::E007 => "E007",
             Code::E008 => "E008",
             Code::E009 => "E009",
+            Code::E010 => "E010",
         }
     }
 
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// Why a whole file was refused: the code every row of its report carries
+/// unless it failed on its own (then it keeps its row code). A contract with
+/// partners like [`Code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum FileCode {
+    /// The same content was credited before.
+    F001,
+    /// Cannot be read as CSV.
+    F002,
+    /// No data rows.
+    F003,
+    /// Its share of failed rows is above `max_error_ratio`.
+    F004,
+    /// Crediting it would overflow a balance.
+    F005,
+    /// A re-send: most rows were credited before (`resend_check`).
+    F006,
+    /// `header = true`, but the first line is a data row.
+    F007,
+}
+
+impl FileCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileCode::F001 => "F001",
+            FileCode::F002 => "F002",
+            FileCode::F003 => "F003",
+            FileCode::F004 => "F004",
+            FileCode::F005 => "F005",
+            FileCode::F006 => "F006",
+            FileCode::F007 => "F007",
+        }
+    }
+}
+
+/// Whether a first line's third field makes it a data row: it has a digit
+/// in it (ASCII or full-width). Far broader than E006 on purpose: a data row
+/// with badly written miles (`5.0`, `+5`, `１２`) must end up in the error
+/// report, never be taken for a header and dropped. Header names (`miles`,
+/// `マイル`) have no digits.
+pub fn is_number(field: &str) -> bool {
+    field
+        .chars()
+        .any(|c| c.is_ascii_digit() || ('０'..='９').contains(&c))
 }
 
 /// A partner's row rules.
@@ -170,6 +225,25 @@ fn trim_cow(s: Cow<'_, str>) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_third_field_with_a_digit_is_data() {
+        for data in [
+            "5",
+            " 5",
+            "5.0",
+            "+5",
+            "-1",
+            "１２",
+            "0",
+            "99999999999999999999",
+        ] {
+            assert!(is_number(data), "{data:?}");
+        }
+        for header in ["miles", "マイル", "", "points "] {
+            assert!(!is_number(header), "{header:?}");
+        }
+    }
 
     #[test]
     fn miles_rules() {

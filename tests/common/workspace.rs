@@ -320,6 +320,63 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// The local report of one file entry of `once --json` or `files --json`
+    /// (`id`, `partner`, `name`, `report_path`), checked against the scheme
+    /// `var/reports/<partner>/<received-date>/<id>-<stem>.errors.csv`, the
+    /// date in Asia/Tokyo (the workspace's zone), and existing.
+    pub fn report_of(&self, file: &serde_json::Value) -> PathBuf {
+        let id = file["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no id: {file:#}"));
+        let partner = file["partner"].as_str().unwrap();
+        let name = file["name"].as_str().unwrap();
+        let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+        let shown = PathBuf::from(
+            file["report_path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no report_path: {file:#}")),
+        );
+        // Today in Tokyo, or a minute ago (a run across midnight).
+        let days: Vec<String> = [0, 60]
+            .iter()
+            .map(|ago| {
+                (chrono::Utc::now() - chrono::Duration::seconds(*ago))
+                    .with_timezone(&chrono_tz::Asia::Tokyo)
+                    .format("%Y-%m-%d")
+                    .to_string()
+            })
+            .collect();
+        assert!(
+            days.iter().any(|d| shown
+                == self.path(&format!("var/reports/{partner}/{d}/{id}-{stem}.errors.csv"))),
+            "report path {} is not var/reports/{partner}/<today>/{id}-{stem}.errors.csv",
+            shown.display()
+        );
+        assert!(shown.is_file(), "{} missing", shown.display());
+        shown
+    }
+
+    /// Every file under `var/reports/<partner>` (any depth), relative paths.
+    pub fn report_files(&self, partner: &str) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+        let base = self.path(&format!("var/reports/{partner}"));
+        let mut out = Vec::new();
+        walk(&base, &base, &mut out);
+        out.sort();
+        out
+    }
+}
+
 /// Poll `f` every 20 ms until it holds; panics after `limit` with `what`.
 pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + limit;

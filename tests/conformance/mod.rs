@@ -351,17 +351,27 @@ pub fn ready_stable(fx: &dyn Fixture) {
     let dir = fresh_inbox(fx, "ready-stable");
     put(fx, &dir, "done.csv", b"complete");
     let growing = put(fx, &dir, "growing.csv", b"part");
-    let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(700));
-        use std::io::Write;
-        let mut f = fs::OpenOptions::new().append(true).open(&growing).unwrap();
-        f.write_all(b" more bytes").unwrap();
-    });
+    // It grows all through the watch, however long the login and the first
+    // listing take (a TLS login on a loaded machine can take longer than
+    // any fixed delay): every pair of listings sees two sizes.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = fs::OpenOptions::new().append(true).open(&growing).unwrap();
+                f.write_all(b" more bytes").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
     let got = candidate_names(
         fx,
         "ready-stable",
         Ready::Stable(Duration::from_millis(1500)),
     );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     assert_eq!(got, ["done.csv"]);
     // Left alone, it becomes stable.
