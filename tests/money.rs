@@ -933,3 +933,23 @@ fn reversed_credits_are_neither_re_sends_nor_taken_keys() {
     assert_eq!(w.ledger_rows(), before + 6 + 7);
     assert_eq!(verify(&w).0, 0);
 }
+
+#[test]
+fn a_reversal_that_cannot_find_every_credited_row_changes_nothing() {
+    // The file row says 4 credited rows, the ledger holds 3 (as after
+    // tampering): the reversal must not take back a part.
+    let w = credited();
+    w.db()
+        .execute_batch("UPDATE files SET credited = 4 WHERE id = 1")
+        .unwrap();
+    let before = money_state(&w);
+    let out = w.run(&["reverse", "--file", "1", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("it records 4 credited rows but 3 were found in the ledger; nothing changed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(money_state(&w), before);
+}

@@ -24,6 +24,12 @@ use super::digest::{LedgerDigest, Row};
 pub enum ReverseError {
     #[error("reverse: database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("reverse {target}: it records {credited} credited rows but {found} were found in the ledger; nothing changed: run `milebatch verify`")]
+    Incomplete {
+        target: Target,
+        credited: i64,
+        found: i64,
+    },
 }
 
 /// What to reverse.
@@ -209,6 +215,22 @@ pub fn reverse(
             *per_member.entry(row.member).or_default() -= row.miles;
             rows += 1;
             miles -= row.miles;
+        }
+    }
+
+    // Every credited row of the file must have been taken back: the file
+    // row's count is the independent figure (`verify` keeps them equal).
+    if let Target::File(id) = target {
+        let credited: i64 =
+            tx.query_row("SELECT credited FROM files WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?;
+        if credited != rows {
+            return Err(ReverseError::Incomplete {
+                target,
+                credited,
+                found: rows,
+            });
         }
     }
 
