@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
 use crate::schedule::Clock;
-use crate::{check, daemon, db, members, query, timefmt};
+use crate::{check, daemon, db, members, money, query, timefmt};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -134,6 +134,81 @@ pub enum Command {
         #[arg(long)]
         key: String,
         /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the money adds up: every balance equals its member's
+    /// ledger rows, every credited file's ledger rows match its counts,
+    /// miles and the digest stored at commit. Exits 1 naming each mismatch.
+    /// Reads only; safe while the daemon runs.
+    Verify {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a wrong credit back: compensating negative ledger rows for every
+    /// credited row of a file (or one API exchange), balances reduced in the
+    /// same transaction. Refused whole, naming each member and shortfall, if
+    /// a balance would go below zero. Reversing twice changes nothing.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["file", "exchange"])))]
+    Reverse {
+        /// The file to reverse (its id in `milebatch files`).
+        #[arg(long, value_name = "ID")]
+        file: Option<i64>,
+        /// The API exchange to reverse (its id in the API's answers).
+        #[arg(long, value_name = "ID")]
+        exchange: Option<i64>,
+        /// Why: kept with the reversal and in the audit trail.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A partner's monthly statement (the basis of its invoice): miles
+    /// issued by channel (pull, upload, API), by file and by day, then the
+    /// reversals, then the net total, with row counts. The month runs from
+    /// local midnight on its first day in `[daemon] timezone`.
+    Statement {
+        /// The partner (its `id` in partners.toml).
+        #[arg(long)]
+        partner: String,
+        /// The month, as YYYY-MM (e.g. 2026-11).
+        #[arg(long, value_name = "YYYY-MM")]
+        month: String,
+        /// Print as CSV (`section,item,detail,rows,miles`).
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the database to DEST while everything runs (one consistent
+    /// snapshot, file mode 0600), then check the copy with `verify`.
+    /// Never overwrites a file. Exits 1 if the copy does not verify.
+    Backup {
+        /// The new backup file (must not exist).
+        dest: PathBuf,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a backup in place of the database. Refused while any process
+    /// (the daemon, `serve`, a `once`) has the database open, and if the
+    /// backup does not verify. The replaced database is kept beside it as
+    /// `<name>.before-restore-<time>`.
+    Restore {
+        /// The backup file to restore.
+        src: PathBuf,
+    },
+    /// Process a refused (or reversed) file again from its archived bytes,
+    /// through the same credit stage, as a new file row linked to the old
+    /// one. Refused for a file that is credited and not reversed.
+    Retry {
+        /// The file to retry (its id in `milebatch files`).
+        #[arg(long, value_name = "ID")]
+        file: i64,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -449,8 +524,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("credited at\tmember\tmiles\tfile:line");
                 for r in rows {
+                    let reversal = r
+                        .reversal
+                        .map(|id| format!("\treversal {id}"))
+                        .unwrap_or_default();
                     println!(
-                        "{}\t{}\t{}\t{}:{}",
+                        "{}\t{}\t{}\t{}:{}{reversal}",
                         timefmt::stored_for_people(&r.credited_at, tz),
                         r.member_id,
                         r.miles,
@@ -460,6 +539,235 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { json } => {
+            let config = load(&cli)?;
+            let conn = db::open_query(&config.daemon.database)?;
+            let report = money::verify::verify(&conn)?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                for m in &report.mismatches {
+                    println!("MISMATCH {}: {}: {}", m.kind, m.subject, m.detail);
+                }
+                println!(
+                    "{}: {} ledger rows, {} balances, {} credited files{} in {:.2} s",
+                    if report.ok { "ok" } else { "FAILED" },
+                    report.ledger_rows,
+                    report.members,
+                    report.credited_files,
+                    if report.files_without_digest > 0 {
+                        format!(
+                            " ({} credited before digests were stored: digest not checked)",
+                            report.files_without_digest
+                        )
+                    } else {
+                        String::new()
+                    },
+                    report.elapsed_ms as f64 / 1000.0
+                );
+            }
+            if report.ok {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(fail(format!(
+                    "verify: {} mismatch(es) between balances, ledger and files",
+                    report.mismatches.len()
+                )))
+            }
+        }
+        Command::Reverse {
+            file,
+            exchange,
+            reason,
+            json,
+        } => {
+            use money::reverse::{self, Outcome, Target};
+            let config = load(&cli)?;
+            let target = match (file, exchange) {
+                (Some(id), _) => Target::File(*id),
+                (None, Some(id)) => Target::Exchange(*id),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            let mut conn = db::open(&config.daemon.database)?;
+            let actor = crate::audit::cli_actor();
+            let outcome = reverse::reverse(&mut conn, target, reason, &actor, clock()?.now())?;
+            if *json {
+                print_json(&outcome)?;
+            }
+            let tz = config.daemon.timezone;
+            let done = |r: &reverse::Reversal| {
+                format!(
+                    "reversal {} of {target} ({}): {} rows, {} miles taken back from {} members, by {} at {}: {}",
+                    r.id,
+                    r.partner,
+                    r.rows,
+                    r.miles,
+                    r.members,
+                    r.actor,
+                    timefmt::stored_for_people(&r.at, tz),
+                    r.reason
+                )
+            };
+            match &outcome {
+                Outcome::Reversed(r) => {
+                    if !*json {
+                        println!("{}", done(r));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Outcome::AlreadyReversed(r) => {
+                    if !*json {
+                        println!("already reversed, nothing changed: {}", done(r));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Outcome::Refused { reason } => {
+                    Ok(fail(format!("cannot reverse {target}: {reason}")))
+                }
+                Outcome::Shortfall { members } => {
+                    let list: Vec<String> = members
+                        .iter()
+                        .map(|m| {
+                            format!(
+                                "{} (balance {}, to take back {}, short by {})",
+                                m.member_id, m.balance, m.to_reverse, m.shortfall
+                            )
+                        })
+                        .collect();
+                    Ok(fail(format!(
+                        "cannot reverse {target}: nothing changed, because {} member(s) no longer hold the miles it would take back: {}",
+                        members.len(),
+                        list.join("; ")
+                    )))
+                }
+            }
+        }
+        Command::Statement {
+            partner,
+            month,
+            csv,
+            json,
+        } => {
+            let config = load(&cli)?;
+            if let Err(code) = known_partner(&config, partner) {
+                return Ok(code);
+            }
+            let tz = config.daemon.timezone;
+            // A bad month is the user's to fix: say so before the database.
+            if let Err(e) = money::statement::month_bounds(month, tz) {
+                return Ok(fail(e));
+            }
+            let conn = db::open_query(&config.daemon.database)?;
+            let st = money::statement::statement(&conn, partner, month, tz)?;
+            if *json {
+                print_json(&st)?;
+            } else if *csv {
+                print!("{}", money::statement::to_csv(&st));
+            } else {
+                print_statement(&st, tz);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { dest, json } => {
+            let config = load(&cli)?;
+            let r = money::backup::backup(&config.daemon.database, dest)?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                for m in &r.verify.mismatches {
+                    println!("MISMATCH {}: {}: {}", m.kind, m.subject, m.detail);
+                }
+                println!(
+                    "backup {} ({} bytes): {} ledger rows, {} balances, {} credited files; verify {}",
+                    r.path.display(),
+                    r.bytes,
+                    r.verify.ledger_rows,
+                    r.verify.members,
+                    r.verify.credited_files,
+                    if r.verify.ok { "ok" } else { "FAILED" }
+                );
+            }
+            if r.verify.ok {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(fail(format!(
+                    "the backup {} was written but does not verify ({} mismatch(es)): the live database has them too; run `milebatch verify`",
+                    r.path.display(),
+                    r.verify.mismatches.len()
+                )))
+            }
+        }
+        Command::Restore { src } => {
+            let config = load(&cli)?;
+            match money::backup::restore(src, &config.daemon.database, clock()?.now()) {
+                Ok(r) => {
+                    println!(
+                        "restored {} to {}{}",
+                        r.restored_from.display(),
+                        r.database.display(),
+                        r.previous
+                            .map(|p| format!(
+                                "; the database it replaced is kept as {}",
+                                p.display()
+                            ))
+                            .unwrap_or_default()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(
+                    e @ (money::backup::BackupError::InUse { .. }
+                    | money::backup::BackupError::SourceBad { .. }),
+                ) => Ok(fail(e)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Retry { file, json } => {
+            use money::retry::RetryOutcome;
+            let config = load(&cli)?;
+            let actor = crate::audit::cli_actor();
+            let outcome = money::retry::retry(&config, *file, &actor, clock()?.now())?;
+            if *json {
+                print_json(&outcome)?;
+            }
+            match outcome {
+                RetryOutcome::Refused { reason } => {
+                    Ok(fail(format!("cannot retry file {file}: {reason}")))
+                }
+                RetryOutcome::Done {
+                    retry_of,
+                    file_id,
+                    report,
+                } => {
+                    let c = &report.counts;
+                    if !*json {
+                        println!(
+                            "file {retry_of} retried as file {}: {}, {} rows, {} credited, {} failed, {} miles{}{}",
+                            file_id.map_or("-".into(), |i| i.to_string()),
+                            report.outcome,
+                            c.rows,
+                            c.credited,
+                            c.failed,
+                            c.miles,
+                            report
+                                .reason
+                                .as_ref()
+                                .map(|r| format!(" — {r}"))
+                                .unwrap_or_default(),
+                            report
+                                .report_path
+                                .as_ref()
+                                .map(|p| format!("; error report {}", p.display()))
+                                .unwrap_or_default()
+                        );
+                    }
+                    if report.outcome == "credited" {
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        Ok(ExitCode::from(1))
+                    }
+                }
+            }
         }
         Command::Files {
             partner,
@@ -641,6 +949,62 @@ fn print_run(r: &RunReport, dry_run: bool, tz: chrono_tz::Tz) {
     }
 }
 
+fn print_statement(st: &money::statement::Statement, tz: chrono_tz::Tz) {
+    let t = |s: &str| timefmt::stored_for_people(s, tz);
+    println!(
+        "statement {} {}: {} to {}",
+        st.partner,
+        st.month,
+        t(&st.from),
+        t(&st.until)
+    );
+    println!("issued by channel");
+    for c in &st.by_channel {
+        println!(
+            "  {:<8}{:>10} rows{:>14} miles",
+            c.channel, c.total.rows, c.total.miles
+        );
+    }
+    println!("issued by file");
+    for f in &st.by_file {
+        let id = if f.file_id == 0 {
+            "API".to_owned()
+        } else {
+            format!("file {}", f.file_id)
+        };
+        println!(
+            "  {id} {} ({}){:>10} rows{:>14} miles",
+            f.name, f.channel, f.total.rows, f.total.miles
+        );
+    }
+    println!("issued by day");
+    for d in &st.by_day {
+        println!(
+            "  {}{:>10} rows{:>14} miles",
+            d.day, d.total.rows, d.total.miles
+        );
+    }
+    println!("issued  {} rows, {} miles", st.issued.rows, st.issued.miles);
+    println!("reversals");
+    for r in &st.reversals {
+        println!(
+            "  reversal {} of {} at {} by {}: {} rows, {} miles — {}",
+            r.id,
+            r.what,
+            t(&r.at),
+            r.actor,
+            r.total.rows,
+            r.total.miles,
+            r.reason
+        );
+    }
+    println!(
+        "reversed  {} rows, {} miles",
+        st.reversed.rows, st.reversed.miles
+    );
+    println!("net  {} rows, {} miles", st.net.rows, st.net.miles);
+}
+
 /// The system clock, or the test-only fake one (see [`daemon::FAKE_NOW_ENV`]).
 fn clock() -> anyhow::Result<Arc<dyn Clock>> {
     daemon::clock_from_env().map_err(anyhow::Error::msg)
@@ -650,6 +1014,9 @@ fn clock() -> anyhow::Result<Arc<dyn Clock>> {
 /// shutdown, exit 0 after a clean stop.
 fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = Arc::new(load(cli)?);
+    // Held open for the daemon's whole life, idle or not: `restore` refuses
+    // while any process has the database open (money/backup.rs).
+    let _holder = db::open(&config.daemon.database)?;
     let clock = clock()?;
     let rt = runtime()?;
     let result = rt.block_on(async move {
@@ -731,8 +1098,9 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     let config = Arc::new(load(cli)?);
     // Create or migrate the database before the first request, and fail
-    // here, clearly, if it cannot be opened.
-    db::open(&config.daemon.database)?;
+    // here, clearly, if it cannot be opened. Held open for the process's
+    // life: `restore` refuses while any process has the database open.
+    let _holder = db::open(&config.daemon.database)?;
     let listen = config.server.listen;
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen} (`[server] listen`)"))?;
@@ -1000,6 +1368,18 @@ fn print_status(v: &serde_json::Value, tz: chrono_tz::Tz) {
             s(&f["outcome"]),
             t(&f["at"]),
             s(&f["reason"])
+        );
+    }
+    if let Some(r) = v["last_reversal"].as_object() {
+        println!(
+            "  reversed  last: {} (reversal {}) at {} by {}: {} rows, {} miles taken back — {}",
+            s(&r["what"]),
+            r["id"],
+            t(&r["at"]),
+            s(&r["actor"]),
+            r["rows"],
+            r["miles"],
+            s(&r["reason"])
         );
     }
     if let Some(m) = v["last_missed"].as_str() {

@@ -13,6 +13,7 @@
 //! - [`db`]: SQLite: pragmas and the migration list.
 //! - [`schedule`]: partner schedules in the daemon's time zone.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
+//! - [`money`]: after the credit: ledger verification (and its digest).
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
 //! - [`audit`]: the append-only audit trail of sensitive actions.
 //! - [`check`]: `milebatch check`: what a run needs, found before a run.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod members;
+pub mod money;
 pub mod pipeline;
 pub mod query;
 pub mod schedule;

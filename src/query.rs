@@ -34,8 +34,9 @@ pub struct FileRow {
 }
 
 /// The outcomes `files --outcome` takes. `refused` also selects
-/// `duplicate` (a duplicate is refused whole too).
-pub const FILE_OUTCOMES: &[&str] = &["credited", "refused", "duplicate"];
+/// `duplicate` (a duplicate is refused whole too); `reversed` is a file
+/// credited and then taken back (`milebatch reverse`).
+pub const FILE_OUTCOMES: &[&str] = &["credited", "refused", "duplicate", "reversed"];
 
 /// Which files `files` shows, in which order.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +78,10 @@ pub fn files(
         |r| r.get(0),
     )?;
     let mut st = conn.prepare(&format!(
-        "SELECT id, partner, name, sha256, outcome, reason, rows, credited, failed, failed_by_code, miles,
+        "SELECT id, partner, name, sha256, outcome,
+                COALESCE(reason, (SELECT 'reversed (reversal ' || r.id || ') by ' || r.actor || ' at ' || r.at
+                                         || ': ' || r.reason FROM reversals r WHERE r.id = files.reversal)),
+                rows, credited, failed, failed_by_code, miles,
                 report_path, archive_path, started_at, finished_at, tidy, repeats, file_code
          FROM files {WHERE} ORDER BY id {} LIMIT ?5",
         if f.newest_first { "DESC" } else { "ASC" }
@@ -120,42 +124,64 @@ pub struct HistoryRow {
     pub partner: String,
     pub partner_key: String,
     pub member_id: String,
+    /// Negative for a reversal's compensating row.
     pub miles: i64,
-    /// The file's name; `api` for an API credit.
+    /// The file's name; for an API exchange (file id 0), `API`.
     pub file: String,
-    /// The file's line; the exchange's id for an API credit.
+    /// 0 for an API exchange.
+    pub file_id: i64,
+    /// The file's line; for an API exchange, the exchange's id.
     pub line: i64,
     pub credited_at: String,
+    /// The reversal that wrote this row (a compensating, negative row).
+    pub reversal: Option<i64>,
     /// `pull`, `upload` or `api`.
     pub channel: String,
 }
 
-/// Every credit of one partner key: the search the management site offers.
+/// Every credit of one partner key, from every channel (files and API
+/// exchanges), reversals included: the search the management site offers.
 pub fn history(conn: &Connection, partner: &str, key: &str) -> Result<Vec<HistoryRow>, DbError> {
     let mut st = conn.prepare(
-        "SELECT l.partner, l.partner_key, m.member_id, l.miles, coalesce(f.name, 'api'), l.line,
-                l.credited_at, CASE WHEN l.file_id = 0 THEN 'api' ELSE coalesce(f.channel, 'pull') END
-         FROM ledger l LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0
-         JOIN members m ON m.id = l.member
+        "SELECT l.partner, l.partner_key, COALESCE(m.member_id, '#' || l.member), l.miles,
+                CASE WHEN l.file_id = 0 THEN 'API' ELSE COALESCE(f.name, '?') END,
+                l.file_id, l.line, l.credited_at, l.reversal,
+                CASE WHEN l.file_id = 0 THEN 'api' ELSE COALESCE(f.channel, 'pull') END
+         FROM ledger l LEFT JOIN files f ON f.id = l.file_id LEFT JOIN members m ON m.id = l.member
          WHERE l.partner = ?1 AND l.partner_key = ?2
-         ORDER BY l.credited_at, l.file_id, l.line",
+         ORDER BY l.credited_at, l.file_id, l.line, l.reversal IS NOT NULL",
     )?;
     let rows = st.query_map(params![partner, key.trim()], |r| {
-        let at: i64 = r.get(6)?;
+        let at: i64 = r.get(7)?;
         Ok(HistoryRow {
             partner: r.get(0)?,
             partner_key: r.get(1)?,
             member_id: r.get(2)?,
             miles: r.get(3)?,
             file: r.get(4)?,
-            line: r.get(5)?,
+            file_id: r.get(5)?,
+            line: r.get(6)?,
             credited_at: chrono::DateTime::from_timestamp(at, 0)
                 .map(crate::db::now_text)
                 .unwrap_or_default(),
-            channel: r.get(7)?,
+            reversal: r.get(8)?,
+            channel: r.get(9)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The last reversal of a partner's credits.
+#[derive(Debug, Serialize)]
+pub struct LastReversal {
+    pub id: i64,
+    /// `file 3` or `API exchange 17`.
+    pub what: String,
+    pub actor: String,
+    pub reason: String,
+    pub at: String,
+    pub rows: i64,
+    pub miles: i64,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -222,6 +248,7 @@ pub struct PartnerStatus {
     pub waiting: Vec<WaitingFile>,
     pub last_credited: Option<FileBrief>,
     pub last_refused: Option<FileBrief>,
+    pub last_reversal: Option<LastReversal>,
 }
 
 pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus, DbError> {
@@ -312,7 +339,25 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
         .optional()
     };
     let last_credited = latest("outcome = 'credited'")?;
-    let last_refused = latest("outcome <> 'credited'")?;
+    let last_refused = latest("outcome NOT IN ('credited', 'reversed')")?;
+    let last_reversal = conn
+        .query_row(
+            "SELECT id, COALESCE('file ' || file_id, 'API exchange ' || exchange), actor, reason, at, rows, miles
+             FROM reversals WHERE partner = ?1 ORDER BY id DESC LIMIT 1",
+            [partner],
+            |r| {
+                Ok(LastReversal {
+                    id: r.get(0)?,
+                    what: r.get(1)?,
+                    actor: r.get(2)?,
+                    reason: r.get(3)?,
+                    at: r.get(4)?,
+                    rows: r.get(5)?,
+                    miles: r.get(6)?,
+                })
+            },
+        )
+        .optional()?;
     // RFC 3339 UTC texts of the same format compare as times.
     let failing_since = waiting
         .iter()
@@ -331,6 +376,7 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
         waiting,
         last_credited,
         last_refused,
+        last_reversal,
     })
 }
 

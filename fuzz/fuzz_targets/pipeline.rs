@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
             ),
             now: chrono::Utc::now(),
             dry_run: true,
+            retry_of: None,
         };
         match credit_file(&mut st.conn, &job).expect("no I/O or database error") {
             Credited::Done { counts, .. } | Credited::Refused { counts, .. } => {

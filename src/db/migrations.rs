@@ -262,4 +262,61 @@ CREATE TABLE api_daily(
     PRIMARY KEY (partner, day)
 ) WITHOUT ROWID;
 "#,
+    // 10: the digest of a credited file's ledger rows, written in the
+    // credit's transaction (src/money/digest.rs) and checked by `verify`.
+    // NULL for files credited before this migration.
+    "ALTER TABLE files ADD COLUMN ledger_digest TEXT;",
+    // 11: reversals (src/money/reverse.rs). A wrong credit is taken back by
+    // compensating NEGATIVE ledger rows, so the ledger is rebuilt with
+    // `miles <> 0` and a `reversal` column naming the `reversals` row (who,
+    // why, when, what) that wrote them; NULL on every credit. Same key, same
+    // append-only triggers, every row kept. A reversal row has the key of
+    // the row it reverses with the miles negated, so it can never collide
+    // with it. No REFERENCES on `reversal`, for the reason given at 3.
+    // A reversed file's outcome becomes `reversed` (`files.reversal` names
+    // the reversal): the credited-once index then lets `retry` credit its
+    // bytes again, and only `retry` (see credit.rs's duplicate check).
+    r#"
+CREATE TABLE reversals(
+    id        INTEGER PRIMARY KEY,
+    partner   TEXT NOT NULL,
+    file_id   INTEGER REFERENCES files(id),  -- the reversed file, or
+    exchange  INTEGER,                  -- the reversed API exchange (file_id 0, dup = its id)
+    actor     TEXT NOT NULL,            -- as in audit.actor
+    reason    TEXT NOT NULL,
+    at        TEXT NOT NULL,            -- RFC 3339 UTC
+    rows      INTEGER NOT NULL,         -- ledger rows written (one per reversed row)
+    miles     INTEGER NOT NULL,         -- miles taken back (positive)
+    members   INTEGER NOT NULL,         -- members whose balance went down
+    ledger_digest TEXT NOT NULL,        -- of its ledger rows, as files.ledger_digest
+    CHECK ((file_id IS NULL) <> (exchange IS NULL))
+);
+CREATE UNIQUE INDEX reversals_once_per_file ON reversals(file_id) WHERE file_id IS NOT NULL;
+CREATE UNIQUE INDEX reversals_once_per_exchange ON reversals(exchange) WHERE exchange IS NOT NULL;
+CREATE INDEX reversals_by_partner ON reversals(partner, id);
+CREATE TABLE ledger_v7(
+    partner     TEXT NOT NULL,
+    partner_key TEXT NOT NULL,
+    file_id     INTEGER NOT NULL,
+    member      INTEGER NOT NULL,
+    miles       INTEGER NOT NULL CHECK (miles <> 0),
+    dup         INTEGER NOT NULL,
+    line        INTEGER NOT NULL,
+    credited_at INTEGER NOT NULL,       -- unix seconds
+    reversal    INTEGER,                -- reversals.id for a compensating row; NULL for a credit
+    PRIMARY KEY (partner, partner_key, file_id, member, miles, dup)
+) WITHOUT ROWID;
+INSERT INTO ledger_v7(partner, partner_key, file_id, member, miles, dup, line, credited_at, reversal)
+    SELECT partner, partner_key, file_id, member, miles, dup, line, credited_at, NULL FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v7 RENAME TO ledger;
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+ALTER TABLE files ADD COLUMN reversal INTEGER REFERENCES reversals(id);
+"#,
+    // 12: `milebatch retry` (src/money/retry.rs): the file whose archived
+    // bytes a file row re-processed. Column only.
+    "ALTER TABLE files ADD COLUMN retry_of INTEGER REFERENCES files(id);",
 ];

@@ -32,6 +32,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::config::{Encoding, PartnerConfig, ResendCheck};
 use crate::db::{self, now_text, DbError};
+use crate::money::digest::{self, LedgerDigest};
 
 use super::batch::{self, Batch, Pre, ReadFailure, BATCH_ROWS};
 use super::parse::{LineEnding, ParseError};
@@ -66,6 +67,8 @@ pub enum Credited {
         first_id: i64,
         first_name: String,
         first_at: String,
+        /// The content's file was reversed since: its id.
+        reversed_file: Option<i64>,
     },
 }
 
@@ -97,6 +100,9 @@ struct Streamed {
     /// Per earlier file id: this file's rows that repeat one of its rows.
     resent_from: HashMap<i64, u64>,
     deltas: Deltas,
+    /// Of the ledger rows inserted (stored on the file row, checked by
+    /// `verify`).
+    digest: LedgerDigest,
 }
 
 pub struct CreditJob<'a> {
@@ -107,6 +113,9 @@ pub struct CreditJob<'a> {
     pub reports: ReportPlace,
     pub now: chrono::DateTime<chrono::Utc>,
     pub dry_run: bool,
+    /// `milebatch retry`: the file whose archived bytes these are. Only a
+    /// retry may credit the content of a reversed file again.
+    pub retry_of: Option<i64>,
 }
 
 impl CreditJob<'_> {
@@ -138,12 +147,18 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
     let p = job.partner;
     let f = job.file;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some((first_id, first_name, first_at)) = tx
+    // A reversed file's bytes count as credited here: a re-delivery never
+    // credits them again, only `milebatch retry` does.
+    if let Some((first_id, first_name, first_at, reversed_file)) = tx
         .query_row(
-            "SELECT id, name, COALESCE(finished_at, started_at) FROM files
-             WHERE partner = ?1 AND sha256 = ?2 AND outcome = 'credited'",
-            params![p.id, f.sha256],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            "SELECT id, name, COALESCE(finished_at, started_at),
+                    CASE WHEN outcome = 'reversed' THEN id END
+             FROM files
+             WHERE partner = ?1 AND sha256 = ?2
+               AND (outcome = 'credited' OR (outcome = 'reversed' AND NOT ?3))
+             ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
+            params![p.id, f.sha256, job.retry_of.is_some()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?
     {
@@ -151,12 +166,14 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             first_id,
             first_name,
             first_at,
+            reversed_file,
         });
     }
     let started = now_text(job.now);
     tx.execute(
-        "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, archive_path, started_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'credited', ?7, ?8)",
+        "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, archive_path, started_at,
+                           retry_of, tidy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'credited', ?7, ?8, ?9, CASE WHEN ?9 IS NULL THEN 'pending' ELSE 'done' END)",
         params![
             p.id,
             job.run_id,
@@ -165,7 +182,8 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             f.mtime,
             f.sha256,
             f.archive.display().to_string(),
-            started
+            started,
+            job.retry_of
         ],
     )?;
     let file_id = tx.last_insert_rowid();
@@ -245,7 +263,7 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
 
     tx.execute(
         "UPDATE files SET rows = ?2, credited = ?3, failed = ?4, failed_by_code = ?5, miles = ?6,
-                          report_path = ?7, finished_at = ?8, repeats = ?9
+                          report_path = ?7, finished_at = ?8, repeats = ?9, ledger_digest = ?10
          WHERE id = ?1",
         params![
             file_id,
@@ -257,6 +275,7 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             (report.rows() > 0).then(|| report.path().display().to_string()),
             now_text(chrono::Utc::now()),
             counts.repeats.map(|r| r as i64),
+            st.digest.to_hex(),
         ],
     )?;
     // The report is in place before the commit: after a crash between the
@@ -443,6 +462,7 @@ fn credit_batches(
         overflow: None,
         resent_from: HashMap::new(),
         deltas: Deltas::new(max_id),
+        digest: LedgerDigest::default(),
     };
     let default_ending = job.default_ending();
     for batch in batches {
@@ -550,7 +570,7 @@ fn credit_batches(
             if code.is_none() {
                 let v = next_valid;
                 next_valid += 1;
-                let (_, member, _, miles) = &valid[v];
+                let (line, member, key, miles) = &valid[v];
                 if history.e010[v] {
                     *code = Some(Code::E010);
                 } else if repeated[v] {
@@ -563,6 +583,18 @@ fn credit_batches(
                     }
                     counts.credited += 1;
                     counts.miles = counts.miles.saturating_add(*miles);
+                    // The row exactly as inserted (a `miles` beyond i64
+                    // overflowed just above, and the file is refused).
+                    out.digest.add(&digest::Row {
+                        partner: &p.id,
+                        partner_key: key,
+                        file_id,
+                        member: *member,
+                        miles: *miles as i64,
+                        dup: if rules.allow_duplicate_rows { *line } else { 0 },
+                        line: *line,
+                        credited_at: job.now.timestamp(),
+                    });
                     if let Some(earlier) = history.earlier[v] {
                         *out.resent_from.entry(earlier).or_default() += 1;
                     }
@@ -603,17 +635,26 @@ fn repeats_sql() -> String {
         "WITH v(i, k, m, mi) AS (VALUES {})
          SELECT v.i, l.file_id FROM v CROSS JOIN ledger l
            ON l.partner = ?1 AND l.partner_key = v.k AND l.member = v.m AND l.miles = v.mi
-         WHERE l.file_id <> ?2 AND l.credited_at >= ?3",
+         WHERE l.file_id <> ?2 AND l.credited_at >= ?3 AND {NOT_REVERSED}",
         values.join(", ")
     )
 }
+
+/// A credit `l` that no reversal took back: its compensating row has the
+/// same key with the miles negated (`money::reverse`). One primary-key
+/// probe, made only for the rows that match otherwise. The re-send check
+/// and E010 ignore reversed credits: after a reversal, the partner's
+/// corrected file is not a re-send, and its keys are free again.
+const NOT_REVERSED: &str = "NOT EXISTS (SELECT 1 FROM ledger r
+    WHERE r.partner = l.partner AND r.partner_key = l.partner_key AND r.file_id = l.file_id
+      AND r.member = l.member AND r.miles = -l.miles AND r.dup = l.dup)";
 
 /// The E010 probe: ?1 partner, then the distinct keys.
 fn keys_sql() -> String {
     let list: Vec<String> = (0..PROBE_ROWS).map(|j| format!("?{}", j + 2)).collect();
     format!(
-        "SELECT partner_key, file_id, member, miles FROM ledger
-         WHERE partner = ?1 AND partner_key IN ({})",
+        "SELECT partner_key, file_id, member, miles FROM ledger l
+         WHERE partner = ?1 AND partner_key IN ({}) AND miles > 0 AND {NOT_REVERSED}",
         list.join(", ")
     )
 }

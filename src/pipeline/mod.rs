@@ -154,6 +154,8 @@ pub enum Trigger {
     Manual,
     Schedule,
     CatchUp,
+    /// `milebatch retry`: one archived file credited again.
+    Retry,
 }
 
 impl Trigger {
@@ -162,6 +164,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch-up",
+            Trigger::Retry => "retry",
         }
     }
 }
@@ -452,6 +455,7 @@ fn run_inner(
                 reports,
                 now: opts.now,
                 dry_run: opts.dry_run,
+                retry_of: None,
             };
             let outcome = credit::credit_file(&mut conn, &job)?;
             let file_report = record(&mut conn, &job, outcome)?;
@@ -488,6 +492,74 @@ fn run_inner(
         report.skipped.append(&mut skipped);
         batch = ready;
     }
+}
+
+/// `milebatch retry`: credit an archived file again, through the same
+/// credit stage as a run, in a new transaction and a new `files` row linked
+/// to the old one (`retry_of`), under the partner's lock and a run of its
+/// own (trigger `retry`). Nothing is fetched, moved or uploaded: the new
+/// row's tidy-up is `done` from the start, and its error report stays local.
+/// The caller decides whether the old file may be retried
+/// (`money::retry`).
+pub fn retry_archived(
+    config: &Config,
+    partner: &PartnerConfig,
+    fetched: &Fetched,
+    retry_of: i64,
+    now: DateTime<Utc>,
+) -> Result<FileReport, PipelineError> {
+    let _lock = lock_partner(&config.daemon.data_dir, &partner.id)?;
+    let mut conn = db::open(&config.daemon.database)?;
+    conn.execute(
+        "INSERT INTO runs(partner, trigger, dry_run, started_at) VALUES (?1, 'retry', 0, ?2)",
+        params![partner.id, now_text(now)],
+    )
+    .map_err(DbError::from)?;
+    let run_id = conn.last_insert_rowid();
+    let today = now.with_timezone(&config.daemon.timezone).date_naive();
+    let job = CreditJob {
+        partner,
+        file: fetched,
+        run_id: Some(run_id),
+        reports: ReportPlace::new(
+            &config.daemon.data_dir,
+            &partner.id,
+            today,
+            &fetched.name,
+            &fetched.sha256,
+            false,
+        ),
+        now,
+        dry_run: false,
+        retry_of: Some(retry_of),
+    };
+    let result = credit::credit_file(&mut conn, &job)
+        .map_err(PipelineError::from)
+        .and_then(|outcome| record(&mut conn, &job, outcome));
+    // The run row says how it went; partner_state (catch-up, failures) is
+    // about deliveries and is left alone.
+    let (outcome, error, c) = match &result {
+        Ok(fr) if fr.outcome == "credited" => ("ok", None, fr.counts),
+        Ok(fr) => ("refused", None, fr.counts),
+        Err(e) => ("failed", Some(e.to_string()), Counts::default()),
+    };
+    conn.execute(
+        "UPDATE runs SET finished_at = ?2, outcome = ?3, files = 1, rows = ?4, credited = ?5, failed = ?6,
+                         miles = ?7, error = ?8
+         WHERE id = ?1",
+        params![
+            run_id,
+            now_text(Utc::now()),
+            outcome,
+            c.rows as i64,
+            c.credited as i64,
+            c.failed as i64,
+            c.miles as i64,
+            error
+        ],
+    )
+    .map_err(DbError::from)?;
+    result
 }
 
 /// Record a refused or duplicate file (credited files recorded themselves in
@@ -545,10 +617,17 @@ fn record(
             first_id,
             first_name,
             first_at,
+            reversed_file,
         } => {
-            let reason = format!(
+            let mut reason = format!(
                 "duplicate delivery: the same content was credited as file {first_id} ({first_name:?}) at {first_at}"
             );
+            if let Some(id) = reversed_file {
+                reason.push_str(&format!(
+                    " and then reversed; a delivery never credits it again \
+                     (to credit these bytes again: `milebatch retry --file {id}`)"
+                ));
+            }
             tracing::warn!(%reason, code = "F001", "file refused: nothing credited");
             fr.outcome = "duplicate".into();
             fr.reason = Some(reason);
@@ -571,8 +650,9 @@ fn record(
     tx.execute(
         "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, reason, rows, credited,
                            failed, failed_by_code, miles, archive_path, started_at, finished_at,
-                           repeats, file_code)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16)",
+                           repeats, file_code, retry_of, tidy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16,
+                 ?17, CASE WHEN ?17 IS NULL THEN 'pending' ELSE 'done' END)",
         params![
             job.partner.id,
             job.run_id,
@@ -590,6 +670,7 @@ fn record(
             now_text(Utc::now()),
             c.repeats.map(|r| r as i64),
             fr.file_code.map(FileCode::as_str),
+            job.retry_of,
         ],
     )
     .map_err(DbError::from)?;
