@@ -809,3 +809,36 @@ fn unique_partner_keys_hold_across_files_and_the_api() {
     assert_eq!(ws.balance("NM0000000002"), 31);
     ws.assert_balances_match_ledger();
 }
+
+/// The three wave-2 pieces on one ledger: API credits verify, an API
+/// exchange is reversed by its id, and the ledger still verifies, with the
+/// member's balance back where it was.
+#[test]
+fn api_credits_verify_and_reverse_by_exchange_id() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    let before = ws.balance("NM0000000001");
+    let r = credit(&c, &s, &key, "v-1", "NM0000000001", "K-V1", 70);
+    assert_eq!(r.status(), 201);
+    let id = json(r)["id"].as_i64().expect("an exchange id");
+    assert_eq!(
+        credit(&c, &s, &key, "v-2", "NM0000000001", "K-V2", 5).status(),
+        201
+    );
+    assert_eq!(ws.balance("NM0000000001"), before + 75);
+
+    let verify = |ws: &Workspace| ws.run(&["verify"]);
+    let out = verify(&ws);
+    assert!(out.status.success(), "verify after API credits: {out:?}");
+
+    let id = id.to_string();
+    ws.ok(&["reverse", "--exchange", &id, "--reason", "test reversal"]);
+    assert_eq!(ws.balance("NM0000000001"), before + 5);
+    let out = verify(&ws);
+    assert!(out.status.success(), "verify after the reversal: {out:?}");
+    // Twice is once.
+    ws.ok(&["reverse", "--exchange", &id, "--reason", "again"]);
+    assert_eq!(ws.balance("NM0000000001"), before + 5);
+    ws.assert_balances_match_ledger();
+}
