@@ -16,7 +16,6 @@ use std::path::PathBuf;
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
 use crate::pipeline::{self, Fetched, FileReport, PipelineError};
@@ -122,8 +121,9 @@ pub fn retry(
     let Some(archive) = archive.map(PathBuf::from) else {
         return refused(format!("file {file_id} ({name}) has no archived copy"));
     };
-    let bytes = match std::fs::read(&archive) {
-        Ok(b) => b,
+    // Streamed, as pickup hashed it: the archive may be gigabytes.
+    let actual = match crate::pipeline::pickup::hash_file(&archive) {
+        Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return refused(format!(
                 "the archived copy of file {file_id} ({name}), {}, is missing",
@@ -137,8 +137,6 @@ pub fn retry(
             })
         }
     };
-    let actual = format!("{:x}", Sha256::digest(&bytes));
-    drop(bytes);
     if actual != sha256 {
         return refused(format!(
             "the archived copy of file {file_id} ({name}), {}, has changed since it was received \
