@@ -34,7 +34,7 @@ const SHOWN: usize = KEY_PREFIX.len() + 8;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("reading random bytes for a key: {0}")]
-    Random(std::io::Error),
+    Random(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -69,10 +69,11 @@ pub fn hash(key: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn random_hex(n: usize) -> std::io::Result<String> {
-    use std::io::Read as _;
+/// `n` bytes from the OS's generator (getrandom, as for passwords and
+/// session ids), hex encoded.
+fn random_hex(n: usize) -> Result<String, KeyError> {
     let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    getrandom::fill(&mut buf).map_err(|e| KeyError::Random(e.to_string()))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -89,10 +90,7 @@ pub fn create(
     let now = crate::db::now_text(chrono::Utc::now());
     // A shown prefix is 32 bits: draw again on the rare collision.
     let key = loop {
-        let key = format!(
-            "{KEY_PREFIX}{}",
-            random_hex(KEY_BYTES).map_err(KeyError::Random)?
-        );
+        let key = format!("{KEY_PREFIX}{}", random_hex(KEY_BYTES)?);
         let taken: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM api_keys WHERE prefix = ?1)",
             [&key[..SHOWN]],
