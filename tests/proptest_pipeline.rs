@@ -93,6 +93,7 @@ fn check(bytes: &[u8], cfg: &Config, conn: &mut rusqlite::Connection, dir: &Path
         now: chrono::Utc::now(),
         dry_run: true,
         retry_of: None,
+        channel: milebatch::pipeline::Channel::Pull,
     };
     match credit_file(conn, &job).expect("no I/O or database error on any input") {
         Credited::Done { counts, .. } | Credited::Refused { counts, .. } => {

@@ -94,6 +94,7 @@ fuzz_target!(|data: &[u8]| {
             now: chrono::Utc::now(),
             dry_run: true,
             retry_of: None,
+            channel: milebatch::pipeline::Channel::Pull,
         };
         match credit_file(&mut st.conn, &job).expect("no I/O or database error") {
             Credited::Done { counts, .. } | Credited::Refused { counts, .. } => {

@@ -38,7 +38,7 @@ use super::batch::{self, Batch, Pre, ReadFailure, BATCH_ROWS};
 use super::parse::{LineEnding, ParseError};
 use super::report::{self, FailedLines, ReportPlace, ReportWriter, Reread};
 use super::validate::{self, Code, FileCode};
-use super::{Counts, Fetched};
+use super::{Channel, Counts, Fetched};
 
 /// Batches decoded ahead of the credit thread.
 const BATCHES_AHEAD: usize = 2;
@@ -116,9 +116,21 @@ pub struct CreditJob<'a> {
     /// `milebatch retry`: the file whose archived bytes these are. Only a
     /// retry may credit the content of a reversed file again.
     pub retry_of: Option<i64>,
+    /// How the file came (`files.channel`).
+    pub channel: Channel,
 }
 
 impl CreditJob<'_> {
+    /// `files.tidy` of a new row: only a delivery pulled from the partner's
+    /// server has anything to tidy there (a retry and an upload have not).
+    pub fn tidy_state(&self) -> &'static str {
+        if self.retry_of.is_none() && self.channel == Channel::Pull {
+            "pending"
+        } else {
+            "done"
+        }
+    }
+
     /// The ending of a report line for a record without its own.
     fn default_ending(&self) -> LineEnding {
         match self.partner.encoding {
@@ -172,8 +184,8 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
     let started = now_text(job.now);
     tx.execute(
         "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, archive_path, started_at,
-                           retry_of, tidy)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'credited', ?7, ?8, ?9, CASE WHEN ?9 IS NULL THEN 'pending' ELSE 'done' END)",
+                           retry_of, tidy, channel)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'credited', ?7, ?8, ?9, ?10, ?11)",
         params![
             p.id,
             job.run_id,
@@ -183,7 +195,9 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             f.sha256,
             f.archive.display().to_string(),
             started,
-            job.retry_of
+            job.retry_of,
+            job.tidy_state(),
+            job.channel.as_str(),
         ],
     )?;
     let file_id = tx.last_insert_rowid();

@@ -25,6 +25,7 @@ pub mod parse;
 pub mod pickup;
 pub mod report;
 pub mod tidy;
+pub mod upload;
 pub mod validate;
 
 use std::fs::File;
@@ -156,6 +157,8 @@ pub enum Trigger {
     CatchUp,
     /// `milebatch retry`: one archived file credited again.
     Retry,
+    /// A file uploaded through the management site.
+    Upload,
 }
 
 impl Trigger {
@@ -165,6 +168,35 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch-up",
             Trigger::Retry => "retry",
+            Trigger::Upload => "upload",
+        }
+    }
+}
+
+/// How a file came to us (`files.channel`; a ledger row's channel is its
+/// file's, or `api` for an API exchange).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Channel {
+    /// Pulled from the partner's server by a run.
+    Pull,
+    /// Uploaded through the management site.
+    Upload,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Pull => "pull",
+            Channel::Upload => "upload",
+        }
+    }
+
+    fn parse(s: &str) -> Channel {
+        if s == "upload" {
+            Channel::Upload
+        } else {
+            Channel::Pull
         }
     }
 }
@@ -456,6 +488,7 @@ fn run_inner(
                 now: opts.now,
                 dry_run: opts.dry_run,
                 retry_of: None,
+                channel: Channel::Pull,
             };
             let outcome = credit::credit_file(&mut conn, &job)?;
             let file_report = record(&mut conn, &job, outcome)?;
@@ -509,35 +542,82 @@ pub fn retry_archived(
     now: DateTime<Utc>,
 ) -> Result<FileReport, PipelineError> {
     let _lock = lock_partner(&config.daemon.data_dir, &partner.id)?;
-    let mut conn = db::open(&config.daemon.database)?;
-    conn.execute(
-        "INSERT INTO runs(partner, trigger, dry_run, started_at) VALUES (?1, 'retry', 0, ?2)",
-        params![partner.id, now_text(now)],
+    // A retried upload is still an upload (statements count by channel).
+    let channel: String = db::open(&config.daemon.database)?
+        .query_row("SELECT channel FROM files WHERE id = ?1", [retry_of], |r| {
+            r.get(0)
+        })
+        .map_err(DbError::from)?;
+    credit_single(
+        config,
+        partner,
+        fetched,
+        &Single {
+            trigger: Trigger::Retry,
+            retry_of: Some(retry_of),
+            channel: Channel::parse(&channel),
+            dry_run: false,
+            now,
+        },
     )
-    .map_err(DbError::from)?;
-    let run_id = conn.last_insert_rowid();
-    let today = now.with_timezone(&config.daemon.timezone).date_naive();
+}
+
+/// How [`credit_single`] credits its one file.
+struct Single {
+    trigger: Trigger,
+    retry_of: Option<i64>,
+    channel: Channel,
+    dry_run: bool,
+    now: DateTime<Utc>,
+}
+
+/// One archived file through the same credit stage and [`record`] as a
+/// run's files, outside a run of the inbox (a retry, an upload). The
+/// caller holds the partner's lock. Unless a dry run, the file gets a run
+/// row of its own (`s.trigger`) that says how it went; partner_state
+/// (catch-up, consecutive failures) is about scheduled deliveries and is
+/// left alone.
+fn credit_single(
+    config: &Config,
+    partner: &PartnerConfig,
+    fetched: &Fetched,
+    s: &Single,
+) -> Result<FileReport, PipelineError> {
+    let mut conn = db::open(&config.daemon.database)?;
+    let run_id = if s.dry_run {
+        None
+    } else {
+        conn.execute(
+            "INSERT INTO runs(partner, trigger, dry_run, started_at) VALUES (?1, ?2, 0, ?3)",
+            params![partner.id, s.trigger.as_str(), now_text(s.now)],
+        )
+        .map_err(DbError::from)?;
+        Some(conn.last_insert_rowid())
+    };
+    let today = s.now.with_timezone(&config.daemon.timezone).date_naive();
     let job = CreditJob {
         partner,
         file: fetched,
-        run_id: Some(run_id),
+        run_id,
         reports: ReportPlace::new(
             &config.daemon.data_dir,
             &partner.id,
             today,
             &fetched.name,
             &fetched.sha256,
-            false,
+            s.dry_run,
         ),
-        now,
-        dry_run: false,
-        retry_of: Some(retry_of),
+        now: s.now,
+        dry_run: s.dry_run,
+        retry_of: s.retry_of,
+        channel: s.channel,
     };
     let result = credit::credit_file(&mut conn, &job)
         .map_err(PipelineError::from)
         .and_then(|outcome| record(&mut conn, &job, outcome));
-    // The run row says how it went; partner_state (catch-up, failures) is
-    // about deliveries and is left alone.
+    let Some(run_id) = run_id else {
+        return result;
+    };
     let (outcome, error, c) = match &result {
         Ok(fr) if fr.outcome == "credited" => ("ok", None, fr.counts),
         Ok(fr) => ("refused", None, fr.counts),
@@ -650,9 +730,9 @@ fn record(
     tx.execute(
         "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, reason, rows, credited,
                            failed, failed_by_code, miles, archive_path, started_at, finished_at,
-                           repeats, file_code, retry_of, tidy)
+                           repeats, file_code, retry_of, tidy, channel)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16,
-                 ?17, CASE WHEN ?17 IS NULL THEN 'pending' ELSE 'done' END)",
+                 ?17, ?18, ?19)",
         params![
             job.partner.id,
             job.run_id,
@@ -671,6 +751,8 @@ fn record(
             c.repeats.map(|r| r as i64),
             fr.file_code.map(FileCode::as_str),
             job.retry_of,
+            job.tidy_state(),
+            job.channel.as_str(),
         ],
     )
     .map_err(DbError::from)?;
@@ -796,6 +878,24 @@ fn lock_partner(data_dir: &std::path::Path, partner: &str) -> Result<File, Pipel
             lock: path,
         }),
         Err(std::fs::TryLockError::Error(source)) => Err(PipelineError::Io { path, source }),
+    }
+}
+
+/// [`lock_partner`], waiting up to `wait` while a run holds it (an upload
+/// waits for the run in progress rather than failing at once).
+fn lock_partner_wait(
+    data_dir: &std::path::Path,
+    partner: &str,
+    wait: std::time::Duration,
+) -> Result<File, PipelineError> {
+    let end = std::time::Instant::now() + wait;
+    loop {
+        match lock_partner(data_dir, partner) {
+            Err(PipelineError::Busy { .. }) if std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -508,23 +508,44 @@ pub fn fetch(
         during: "downloading",
         source: e,
     })?;
+    let sha256 = hash_file(&tmp).map_err(io(&tmp))?;
+    archive(&tmp, archive_dir, &f.name, size, f.mtime, sha256)
+}
+
+/// Put the complete, hashed copy at `tmp` (in `archive_dir`, or on the same
+/// file system) into the archive: owner-only, synced, renamed to its
+/// content-addressed name `<sha256 prefix>-<name>`. The one way bytes enter
+/// the archive, whichever channel brought them. `name` must be a
+/// [`safe_name`].
+pub fn archive(
+    tmp: &Path,
+    archive_dir: &Path,
+    name: &str,
+    size: u64,
+    mtime: Option<i64>,
+    sha256: String,
+) -> Result<Fetched, PipelineError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PipelineError::Io { path, source }
+    };
+    crate::db::create_private_dir(archive_dir).map_err(io(archive_dir))?;
     // Partner data is owner-only, whatever mode the copy came with.
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(tmp))?;
     }
-    let sha256 = hash_file(&tmp).map_err(io(&tmp))?;
-    let archive = archive_dir.join(format!("{}-{}", &sha256[..16], f.name));
-    let file = std::fs::File::open(&tmp).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &archive).map_err(io(&archive))?;
+    let archive = archive_dir.join(format!("{}-{}", &sha256[..16], name));
+    let file = std::fs::File::open(tmp).map_err(io(tmp))?;
+    file.sync_all().map_err(io(tmp))?;
+    std::fs::rename(tmp, &archive).map_err(io(&archive))?;
     if let Ok(dir) = std::fs::File::open(archive_dir) {
         let _ = dir.sync_all();
     }
     Ok(Fetched {
-        name: f.name.clone(),
+        name: name.to_owned(),
         size,
-        mtime: f.mtime,
+        mtime,
         sha256,
         archive,
     })
