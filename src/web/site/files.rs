@@ -203,7 +203,7 @@ async fn errors(
 
 /// `attachment` with an ASCII `filename` (anything else replaced by `_`)
 /// and the exact name as RFC 5987 `filename*`.
-fn content_disposition(name: &str) -> HeaderValue {
+pub(super) fn content_disposition(name: &str) -> HeaderValue {
     let ascii: String = name
         .chars()
         .map(|c| {

@@ -19,6 +19,7 @@ pub mod files;
 pub mod history;
 pub mod home;
 pub mod ops;
+pub mod upload;
 
 use std::net::SocketAddr;
 
@@ -41,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .merge(ops::routes())
         .merge(files::routes())
         .merge(history::routes())
+        .merge(upload::routes())
 }
 
 async fn css() -> impl IntoResponse {
@@ -82,6 +84,14 @@ fn env() -> &'static Environment<'static> {
             (
                 "ops_audit.html",
                 include_str!("../../../templates/ops_audit.html"),
+            ),
+            (
+                "upload.html",
+                include_str!("../../../templates/upload.html"),
+            ),
+            (
+                "upload_result.html",
+                include_str!("../../../templates/upload_result.html"),
             ),
         ] {
             e.add_template(name, src).expect("template parses");
@@ -350,6 +360,8 @@ mod tests {
             "ops_dashboard.html",
             "ops_member.html",
             "ops_audit.html",
+            "upload.html",
+            "upload_result.html",
         ] {
             let ctx = minijinja::context! { user => "u", ops => true, csrf => "t", rows => vec![row.clone()],
             q => "q", found => true, shown => "shop", more => 1, next => 5,

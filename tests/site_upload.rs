@@ -1,0 +1,479 @@
+//! The upload page (flow ③) against the real `milebatch serve` over TLS:
+//! multipart posts made by hand (the form without JavaScript, the CSRF
+//! checks, the size limit) and a real Chromium (the page with its script,
+//! the result page, the error-file download). Screenshots go to
+//! `target/screenshots/<test>/`.
+
+mod common;
+
+use std::io::Read;
+
+use common::browser::{serve_pin, Browser};
+use common::serve::{tls_server_section, Serve};
+use common::servers::TestCa;
+use common::workspace::{local_partner, Workspace};
+
+/// `shop` (Shift_JIS, CRLF, `max_error_ratio = 0.9`) and `other` (UTF-8),
+/// both with an empty local inbox; 10 members; `serve` on TLS.
+fn site() -> (Workspace, Serve, String) {
+    let ca = TestCa::new();
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.inbox("shop")).unwrap();
+    std::fs::create_dir_all(ws.inbox("other")).unwrap();
+    let partners = format!(
+        "{}{}",
+        local_partner(
+            "shop",
+            "inbox/shop",
+            "encoding = \"shift_jis\"\nmax_error_ratio = 0.9"
+        ),
+        local_partner("other", "inbox/other", "")
+    );
+    ws.write_config("", &format!("{}\n{partners}", tls_server_section(&ca)));
+    ws.members(10);
+    let pin = serve_pin(&ca);
+    let s = Serve::start(&ws, Some(ca));
+    (ws, s, pin)
+}
+
+fn add_user(ws: &Workspace, email: &str, role: &[&str]) -> String {
+    let mut args = vec!["user", "add", email];
+    args.extend_from_slice(role);
+    let out = ws.ok(&args);
+    out.lines().nth(1).expect("password line").trim().to_owned()
+}
+
+fn cp932(s: &str) -> Vec<u8> {
+    let (b, _, unmappable) = encoding_rs::SHIFT_JIS.encode(s);
+    assert!(!unmappable);
+    b.into_owned()
+}
+
+/// A CP932 exchange file with two good rows, an unknown member written in
+/// kanji (E003) and bad miles (E006), and the error CSV the pipeline must
+/// give back: the failed rows byte for byte, `,CODE`, CRLF.
+fn shop_file() -> (Vec<u8>, Vec<u8>) {
+    let file = cp932("M000001,注文-1,500\r\n未登録会員,注文-2,40\r\nM000002,注文-3,１２\r\nm3@example.jp,注文-4,70\r\n");
+    let errors = cp932("未登録会員,注文-2,40,E003\r\nM000002,注文-3,１２,E006\r\n");
+    (file, errors)
+}
+
+// ---------------------------------------------------------------------
+// Without a browser: the form as a plain POST, as a browser without
+// JavaScript sends it.
+
+struct Client {
+    c: reqwest::blocking::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+fn log_in(s: &Serve, email: &str, password: &str) -> Client {
+    let c = s.client();
+    let body = format!(
+        "email={}&password={}",
+        email.replace('@', "%40"),
+        password
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect::<String>()
+    );
+    let r = c
+        .post(s.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "logged in");
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = c
+        .get(s.url("/upload"))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("enctype=\"multipart/form-data\""), "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    Client {
+        c,
+        base: s.base.clone(),
+        cookie,
+        csrf,
+    }
+}
+
+const BOUNDARY: &str = "----milebatch-test-boundary-7d2f";
+
+/// The multipart framing before and after a file's bytes, with `fields`
+/// (name, value) first.
+fn framing(fields: &[(&str, &str)], file_name: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut head = Vec::new();
+    for (k, v) in fields {
+        head.extend_from_slice(
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    head.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+             Content-Type: text/csv\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    (head, format!("\r\n--{BOUNDARY}--\r\n").into_bytes())
+}
+
+impl Client {
+    fn post(
+        &self,
+        fields: &[(&str, &str)],
+        file_name: &str,
+        bytes: &[u8],
+        header_token: Option<&str>,
+    ) -> (u16, String) {
+        let (mut body, tail) = framing(fields, file_name);
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(&tail);
+        self.send(reqwest::blocking::Body::from(body), header_token)
+    }
+
+    fn send(&self, body: reqwest::blocking::Body, header_token: Option<&str>) -> (u16, String) {
+        let mut req = self
+            .c
+            .post(format!("{}/upload", self.base))
+            .header("cookie", &self.cookie)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(body);
+        if let Some(t) = header_token {
+            req = req.header("x-csrf-token", t);
+        }
+        let r = req.send().unwrap();
+        // minijinja escapes `/` in values (links) as `&#x2f;`.
+        (r.status().as_u16(), r.text().unwrap().replace("&#x2f;", "/"))
+    }
+}
+
+fn uploads_left(ws: &Workspace) -> usize {
+    std::fs::read_dir(ws.path("var/uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn upload_form_without_javascript_csrf_limits_and_duplicates() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let c = log_in(&s, "staff@shop.example", &pw);
+    let (file, errors) = shop_file();
+
+    // No token, a wrong token: 403, nothing written, nothing credited.
+    let (st, _) = c.post(&[], "交換.csv", &file, None);
+    assert_eq!(st, 403);
+    let (st, _) = c.post(&[("csrf", "wrong")], "交換.csv", &file, None);
+    assert_eq!(st, 403);
+    // The token after the file is too late: the file is never read.
+    let (mut body, _) = framing(&[], "交換.csv");
+    body.extend_from_slice(&file);
+    body.extend_from_slice(
+        format!(
+            "\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{}\r\n--{BOUNDARY}--\r\n",
+            c.csrf
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.send(body.into(), None).0, 403);
+    assert_eq!(ws.int("SELECT count(*) FROM files"), 0);
+    assert_eq!(uploads_left(&ws), 0);
+
+    // Validate only: the counts, nothing credited or recorded, and the
+    // dry-run report downloadable byte for byte.
+    let (st, page) = c.post(
+        &[("csrf", &c.csrf), ("dry_run", "1")],
+        "交換.csv",
+        &file,
+        None,
+    );
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("検証のみ") && page.contains("何も積算していません"),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"credited\">2<") && page.contains("id=\"failed\">2<"),
+        "{page}"
+    );
+    assert_eq!(ws.int("SELECT count(*) FROM ledger"), 0);
+    assert_eq!(ws.int("SELECT count(*) FROM files"), 0);
+    let link = page
+        .split("href=\"/upload/dry-run/")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("dry-run report link");
+    let r =
+        c.c.get(format!("{}/upload/dry-run/{link}", c.base))
+            .header("cookie", &c.cookie)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=Shift_JIS");
+    assert_eq!(r.bytes().unwrap().as_ref(), &errors[..]);
+    // A path instead of a name is not served.
+    let r =
+        c.c.get(format!("{}/upload/dry-run/..%2F..%2Fmilebatch.db", c.base))
+            .header("cookie", &c.cookie)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // For real, the token as the script sends it (a header): credited as
+    // an upload, with the pipeline's report.
+    let (st, page) = c.post(&[], "交換.csv", &file, Some(&c.csrf));
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("積算しました") && page.contains("id=\"miles\">570<"),
+        "{page}"
+    );
+    assert!(
+        page.contains("E003") && page.contains("会員が見つかりません"),
+        "{page}"
+    );
+    let id = ws.int("SELECT id FROM files WHERE outcome = 'credited' AND channel = 'upload'");
+    assert!(page.contains(&format!("/files/{id}/errors")), "{page}");
+    assert_eq!(ws.balance("M000001"), 500);
+    assert_eq!(ws.balance("M000003"), 70);
+    let report: String = ws
+        .db()
+        .query_row("SELECT report_path FROM files WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(std::fs::read(report).unwrap(), errors);
+
+    // The same bytes again, under another name: F001, in plain words.
+    let (st, page) = c.post(&[("csrf", &c.csrf)], "again.csv", &file, None);
+    assert_eq!(st, 422, "{page}");
+    assert!(
+        page.contains("重複のため拒否") && page.contains("F001"),
+        "{page}"
+    );
+    assert_eq!(ws.balance("M000001"), 500, "not credited twice");
+
+    // One byte over 100 MiB: refused with a page that says so, the temp
+    // file removed, nothing recorded. (The body is streamed, not built.)
+    let over = 100 * 1024 * 1024 + 1;
+    let (head, tail) = framing(&[("csrf", &c.csrf)], "big.csv");
+    let len = (head.len() + over + tail.len()) as u64;
+    let reader = std::io::Cursor::new(head)
+        .chain(std::io::repeat(b'x').take(over as u64))
+        .chain(std::io::Cursor::new(tail));
+    let (st, page) = c.send(reqwest::blocking::Body::sized(reader, len), None);
+    assert_eq!(st, 413, "{page}");
+    assert!(
+        page.contains("ファイルが大きすぎます") && page.contains("100 MiB"),
+        "{page}"
+    );
+    assert_eq!(uploads_left(&ws), 0, "temp file removed");
+    assert_eq!(ws.int("SELECT count(*) FROM files"), 2);
+
+    // Every upload is audited: the dry run, the credit and the duplicate.
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'upload' AND partner = 'shop'"),
+        3
+    );
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM audit WHERE action = 'upload' AND detail LIKE 'file {id} %credited%'"
+        )),
+        1
+    );
+
+    // A partner user cannot upload for another partner; ops choose one.
+    let (st, _) = c.post(
+        &[("csrf", &c.csrf), ("partner", "other")],
+        "p.csv",
+        b"M000004,X1,4\n",
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE partner = 'other'"),
+        0
+    );
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let o = log_in(&s, "ops@example.jp", &ops_pw);
+    let (st, page) = o.post(&[("csrf", &o.csrf)], "o.csv", b"M000005,O1,5\n", None);
+    assert_eq!(st, 400, "ops must choose: {page}");
+    let (st, _) = o.post(
+        &[("csrf", &o.csrf), ("partner", "other")],
+        "o.csv",
+        b"M000005,O1,5\n",
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE partner = 'other' AND channel = 'upload'"),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------
+// In a real browser, with the page's script.
+
+async fn browser_log_in(b: &mut Browser, s: &Serve, email: &str, password: &str) {
+    b.visit(&s.url("/login"), "login").await;
+    b.fill_labelled("メールアドレス", email).await;
+    b.fill_labelled("パスワード", password).await;
+    b.click_button("ログイン").await;
+}
+
+/// Choose `path` in the file input, tick "validate only" if asked, send,
+/// and wait for the result page.
+async fn upload(b: &mut Browser, s: &Serve, path: &std::path::Path, dry_run: bool, step: &str) {
+    b.visit(&s.url("/upload"), &format!("{step}-form")).await;
+    b.client
+        .find(fantoccini::Locator::Id("file"))
+        .await
+        .unwrap()
+        .send_keys(path.to_str().unwrap())
+        .await
+        .unwrap();
+    if dry_run {
+        b.client
+            .find(fantoccini::Locator::Id("dry_run"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+    b.click_button("アップロード").await;
+    b.client
+        .wait()
+        .at_most(std::time::Duration::from_secs(60))
+        .for_element(fantoccini::Locator::Id("upload-outcome"))
+        .await
+        .expect("result page");
+    b.shot(step).await;
+}
+
+async fn download(b: &Browser, link: &str) -> Vec<u8> {
+    for e in std::fs::read_dir(&b.downloads).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    b.client
+        .find(fantoccini::Locator::LinkText(link))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let done: Vec<_> = std::fs::read_dir(&b.downloads)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        if let Some(p) = done.first() {
+            return std::fs::read(p).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no download");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_upload_validate_only_credit_download_and_duplicate() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let (file, errors) = shop_file();
+    let path = ws.write("to-upload/交換.csv", &file);
+    let mut b = Browser::start("upload", Some(&pin)).await;
+    browser_log_in(&mut b, &s, "staff@shop.example", &pw).await;
+    // The nav leads to the page; its fields have real labels.
+    b.client
+        .find(fantoccini::Locator::LinkText("アップロード"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("upload-page").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("交換ファイル（CSV）") && t.contains("検証のみ（積算しない）"),
+        "{t}"
+    );
+
+    // Validate only: says so, credits nothing, records no file.
+    upload(&mut b, &s, &path, true, "validate-only").await;
+    let t = b.text().await;
+    assert!(t.contains("検証のみ: このファイルは積算できます"), "{t}");
+    assert!(t.contains("E003") && t.contains("E006"), "{t}");
+    assert_eq!(ws.int("SELECT count(*) FROM ledger"), 0);
+    assert_eq!(ws.int("SELECT count(*) FROM files"), 0);
+    assert_eq!(download(&b, "エラーファイルをダウンロード").await, errors);
+
+    // For real: credited, the counts, and the error file byte for byte.
+    upload(&mut b, &s, &path, false, "credited").await;
+    let t = b.text().await;
+    assert!(t.contains("積算しました"), "{t}");
+    let num = |id: &'static str| {
+        let c = b.client.clone();
+        async move {
+            c.find(fantoccini::Locator::Id(id))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(num("rows").await, "4");
+    assert_eq!(num("credited").await, "2");
+    assert_eq!(num("failed").await, "2");
+    assert_eq!(num("miles").await, "570");
+    assert_eq!(ws.balance("M000001"), 500);
+    assert_eq!(download(&b, "エラーファイルをダウンロード").await, errors);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE channel = 'upload' AND outcome = 'credited'"),
+        1
+    );
+
+    // The same file again: refused as a duplicate, in plain words.
+    upload(&mut b, &s, &path, false, "duplicate").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("重複のため拒否しました") && t.contains("F001"),
+        "{t}"
+    );
+    assert!(
+        t.contains("同じ内容のファイルがすでに積算されています"),
+        "{t}"
+    );
+    assert_eq!(ws.balance("M000001"), 500, "not credited twice");
+
+    // The files page lists both as uploads.
+    b.visit(&s.url("/files"), "files").await;
+    let t = b.text().await;
+    assert!(t.matches("アップロード").count() >= 3, "{t}");
+    b.close().await;
+}
