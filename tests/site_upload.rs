@@ -347,6 +347,18 @@ async fn browser_log_in(b: &mut Browser, s: &Serve, email: &str, password: &str)
 /// and wait for the result page.
 async fn upload(b: &mut Browser, s: &Serve, path: &std::path::Path, dry_run: bool, step: &str) {
     b.visit(&s.url("/upload"), &format!("{step}-form")).await;
+    // A mark on this window, and the furthest the progress bar goes.
+    b.client
+        .execute(
+            "window.mbMarker = 1; window.mbProgress = 0;
+             var bar = document.getElementById('upload-progress');
+             new MutationObserver(function () {
+               if (bar.hasAttribute('value')) { window.mbProgress = Math.max(window.mbProgress, bar.value); }
+             }).observe(bar, { attributes: true });",
+            vec![],
+        )
+        .await
+        .unwrap();
     b.client
         .find(fantoccini::Locator::Id("file"))
         .await
@@ -425,6 +437,18 @@ async fn browser_upload_validate_only_credit_download_and_duplicate() {
 
     // Validate only: says so, credits nothing, records no file.
     upload(&mut b, &s, &path, true, "validate-only").await;
+    // It went through the page's script (the window survived: no
+    // navigation), which moved the progress bar to the whole body.
+    let seen = b
+        .client
+        .execute("return [window.mbMarker || 0, window.mbProgress || 0];", vec![])
+        .await
+        .unwrap();
+    assert_eq!(seen[0], 1, "the result came through XMLHttpRequest: {seen}");
+    assert!(
+        seen[1].as_f64().unwrap() >= file.len() as f64,
+        "progress reached the file's size: {seen}"
+    );
     let t = b.text().await;
     assert!(t.contains("検証のみ: このファイルは積算できます"), "{t}");
     assert!(t.contains("E003") && t.contains("E006"), "{t}");
