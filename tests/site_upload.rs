@@ -166,7 +166,10 @@ impl Client {
         }
         let r = req.send().unwrap();
         // minijinja escapes `/` in values (links) as `&#x2f;`.
-        (r.status().as_u16(), r.text().unwrap().replace("&#x2f;", "/"))
+        (
+            r.status().as_u16(),
+            r.text().unwrap().replace("&#x2f;", "/"),
+        )
     }
 }
 
@@ -441,7 +444,10 @@ async fn browser_upload_validate_only_credit_download_and_duplicate() {
     // navigation), which moved the progress bar to the whole body.
     let seen = b
         .client
-        .execute("return [window.mbMarker || 0, window.mbProgress || 0];", vec![])
+        .execute(
+            "return [window.mbMarker || 0, window.mbProgress || 0];",
+            vec![],
+        )
         .await
         .unwrap();
     assert_eq!(seen[0], 1, "the result came through XMLHttpRequest: {seen}");
@@ -494,6 +500,33 @@ async fn browser_upload_validate_only_credit_download_and_duplicate() {
         "{t}"
     );
     assert_eq!(ws.balance("M000001"), 500, "not credited twice");
+
+    // Over 100 MiB: the page's script says so before sending anything.
+    let big = ws.path("to-upload/big.csv");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(100 * 1024 * 1024 + 1)
+        .unwrap();
+    b.visit(&s.url("/upload"), "too-large-form").await;
+    b.client
+        .find(fantoccini::Locator::Id("file"))
+        .await
+        .unwrap()
+        .send_keys(big.to_str().unwrap())
+        .await
+        .unwrap();
+    b.click_button("アップロード").await;
+    b.shot("too-large").await;
+    let status = b
+        .client
+        .find(fantoccini::Locator::Id("upload-status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(status.contains("ファイルが大きすぎます"), "{status}");
+    assert_eq!(ws.int("SELECT count(*) FROM files"), 2);
 
     // The files page lists both as uploads.
     b.visit(&s.url("/files"), "files").await;
