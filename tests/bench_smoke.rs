@@ -54,3 +54,29 @@ fn bench_smoke_run_agrees_with_the_baselines() {
         .expect("a credited count");
     assert!(credited > 9_000, "{stdout}");
 }
+
+/// `bench/upload.sh --smoke`: `once` and the same file uploaded through the
+/// site (real `serve` over HTTPS, curl) credit the same rows and miles, the
+/// upload is recorded as channel `upload`, no temp file is left, and the
+/// table of targets is printed.
+#[test]
+fn upload_bench_smoke_run_credits_the_same_as_once() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("bench/upload.sh"))
+        .args(["--smoke", "--bin", env!("CARGO_BIN_EXE_milebatch")])
+        .output()
+        .expect("run bench/upload.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench/upload.sh --smoke failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert_eq!(stdout.matches("\nok    ").count(), 5, "{stdout}");
+    assert!(!stdout.contains("FAIL  "), "{stdout}");
+    for row in ["upload / once", "serve peak RSS (VmHWM)"] {
+        assert!(stdout.contains(row), "no {row:?} in:\n{stdout}");
+    }
+}
