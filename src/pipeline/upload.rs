@@ -496,6 +496,39 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_upload_stays_an_upload() {
+        let w = ws();
+        let fr = w
+            .upload("bad.csv", b"M1,K1,10\nx,K2,1\ny,K3,1\n", false)
+            .unwrap();
+        assert_eq!(fr.outcome, "refused");
+        let fetched = crate::pipeline::Fetched {
+            name: fr.name.clone(),
+            size: 0,
+            mtime: None,
+            sha256: fr.sha256.clone(),
+            archive: fr.archive_path.clone(),
+        };
+        let again = crate::pipeline::retry_archived(
+            &w.config,
+            &w.config.partners[0],
+            &fetched,
+            fr.id.unwrap(),
+            Utc::now(),
+        )
+        .unwrap();
+        let channel: String = w
+            .db()
+            .query_row(
+                "SELECT channel FROM files WHERE id = ?1",
+                [again.id.unwrap()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(channel, "upload");
+    }
+
+    #[test]
     fn validate_only_credits_and_records_nothing() {
         let w = ws();
         let fr = w.upload("x.csv", GOOD, true).unwrap();
