@@ -303,6 +303,98 @@ fn csrf_token_and_origin_are_both_checked() {
     assert_eq!(ws.int("SELECT count(*) FROM sessions"), 0);
 }
 
+/// Log in over HTTP (no browser): the `name=value` session cookie.
+fn http_login(s: &Serve, email: &str, password: &str) -> String {
+    let r = s
+        .client()
+        .post(s.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("email", email), ("password", password)]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "login of {email}");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token of the page at `path` for session `sid`.
+fn csrf_of(s: &Serve, sid: &str, path: &str) -> String {
+    let page = s
+        .client()
+        .get(s.url(path))
+        .header("cookie", sid)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf in {path}: {page}"))
+        .to_owned()
+}
+
+/// While the batch holds the database's write lock (a file's credit
+/// transaction), pages still answer at once (they read through the pool;
+/// the session's expiry is not rewritten on every page), and a write
+/// (logout) waits for the lock instead of failing with SQLITE_BUSY.
+#[test]
+fn pages_answer_while_the_batch_holds_the_write_lock_and_writes_wait() {
+    let (ws, s, _pin) = site_with(
+        |ws| ws.scheduled_partner("shop", "daily 03:00"),
+        |ws| {
+            ws.members(3);
+            ws.write("inbox/shop/x.csv", "M000001,K1,500\r\n");
+            ws.ok(&["once"]);
+        },
+    );
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let sid = http_login(&s, "staff@shop.example", &pw);
+    let token = csrf_of(&s, &sid, "/");
+    let lock = ws.db();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let c = s.client();
+    for path in ["/", "/files", "/history?key=K1"] {
+        let started = std::time::Instant::now();
+        let r = c
+            .get(s.url(path))
+            .header("cookie", &sid)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .unwrap_or_else(|e| panic!("{path} did not answer under the write lock: {e}"));
+        assert_eq!(r.status(), 200, "{path}");
+        let body = r.text().unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+        if path == "/files" {
+            assert!(body.contains("x.csv"), "{body}");
+        }
+    }
+    // A write waits for the lock, then succeeds.
+    let logout = {
+        let c = s.client();
+        let url = s.url("/logout");
+        let sid = sid.clone();
+        std::thread::spawn(move || {
+            c.post(url)
+                .header("cookie", &sid)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&[("csrf", token.as_str())]))
+                .send()
+                .unwrap()
+                .status()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!logout.is_finished(), "the logout waits for the write lock");
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(logout.join().unwrap(), 303);
+    assert_eq!(ws.int("SELECT count(*) FROM sessions"), 0);
+}
+
 /// `application/x-www-form-urlencoded` (reqwest's `form` feature is off).
 fn form(pairs: &[(&str, &str)]) -> String {
     let enc = |v: &str| {

@@ -16,7 +16,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use super::ops::not_found;
-use super::{render, with_db, Page};
+use super::{render, with_db, with_read, Page};
 use crate::config::Encoding;
 use crate::timefmt;
 use crate::web::AppState;
@@ -79,7 +79,7 @@ async fn list(
     };
     let tz = state.config.daemon.timezone;
     let who = partner.clone();
-    let result = with_db(&state, move |c| {
+    let result = with_read(&state, move |c| {
         let filter = crate::query::FileFilter {
             partner: Some(&who),
             limit: Some(PAGE),
@@ -134,7 +134,7 @@ async fn errors(
     };
     let own = page.session.partner.clone();
     let actor = format!("user:{}", page.session.email);
-    let found = with_db(&state, move |c| {
+    let found = with_read(&state, move |c| {
         use rusqlite::OptionalExtension;
         let row: Option<(String, Option<String>)> = c
             .query_row(
@@ -154,17 +154,6 @@ async fn errors(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("reading error report {path}: {e}")),
         };
-        crate::audit::record(
-            c,
-            &crate::audit::Entry {
-                actor: &actor,
-                action: "download",
-                partner: Some(&partner),
-                detail: &format!("error report of file {id}"),
-                client: None,
-            },
-        )
-        .map_err(|e| e.to_string())?;
         let name = std::path::Path::new(&path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -172,6 +161,26 @@ async fn errors(
         Ok(Some((partner, name, bytes)))
     })
     .await;
+    if let Ok(Some((partner, ..))) = &found {
+        let partner = partner.clone();
+        if let Err(r) = with_db(&state, move |c| {
+            crate::audit::record(
+                c,
+                &crate::audit::Entry {
+                    actor: &actor,
+                    action: "download",
+                    partner: Some(&partner),
+                    detail: &format!("error report of file {id}"),
+                    client: None,
+                },
+            )
+            .map_err(|e| e.to_string())
+        })
+        .await
+        {
+            return r;
+        }
+    }
     let (partner, name, bytes) = match found {
         Ok(Some(x)) => x,
         Ok(None) => return not_found(),

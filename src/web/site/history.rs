@@ -16,7 +16,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use super::ops::not_found;
-use super::{error_page, render, with_db, Page};
+use super::{error_page, render, with_db, with_read, Page};
 use crate::timefmt;
 use crate::web::AppState;
 
@@ -191,7 +191,7 @@ async fn page(
     };
     let n = q.page.unwrap_or(1).max(1);
     let tz = state.config.daemon.timezone;
-    let found = with_db(&state, move |c| {
+    let found = with_read(&state, move |c| {
         search(c, &b, (n - 1) * PAGE, PAGE, tz).map_err(|e| e.to_string())
     })
     .await;
@@ -266,30 +266,42 @@ async fn csv(
     let tz = state.config.daemon.timezone;
     let actor = format!("user:{}", page.session.email);
     let partner = b.partner.clone();
-    let found = with_db(&state, move |c| {
+    let found = with_read(&state, move |c| {
         let (rows, total) = search(c, &b, 0, EXPORT_MAX + 1, tz).map_err(|e| e.to_string())?;
         if total > EXPORT_MAX {
             return Ok(Err(total));
         }
-        crate::audit::record(
-            c,
-            &crate::audit::Entry {
-                actor: &actor,
-                action: "history-export",
-                partner: Some(&b.partner),
-                detail: &format!(
-                    "{} rows, key {}{}",
-                    rows.len(),
-                    b.key,
-                    if b.prefix { "*" } else { "" }
-                ),
-                client: None,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Ok(rows))
+        Ok(Ok((rows, b)))
     })
     .await;
+    // Audited after the read (the export is only sent once this is written).
+    let found = match found {
+        Ok(Ok((rows, b))) => {
+            let detail = format!(
+                "{} rows, key {}{}",
+                rows.len(),
+                b.key,
+                if b.prefix { "*" } else { "" }
+            );
+            with_db(&state, move |c| {
+                crate::audit::record(
+                    c,
+                    &crate::audit::Entry {
+                        actor: &actor,
+                        action: "history-export",
+                        partner: Some(&b.partner),
+                        detail: &detail,
+                        client: None,
+                    },
+                )
+                .map_err(|e| e.to_string())
+            })
+            .await
+            .map(|_| Ok(rows))
+        }
+        Ok(Err(total)) => Ok(Err(total)),
+        Err(r) => Err(r),
+    };
     let rows = match found {
         Ok(Ok(rows)) => rows,
         Ok(Err(total)) => {

@@ -15,6 +15,7 @@
 //! - templates escape every value (minijinja auto-escape on `.html`).
 
 pub mod auth;
+pub mod conn;
 pub mod files;
 pub mod history;
 pub mod home;
@@ -130,19 +131,54 @@ pub fn internal(e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// Run `f` with a read-write connection on a blocking thread.
+/// Run `f` with the site's writable connection ([`conn::SiteWriter`]) on a
+/// blocking thread. Only for writes (and the reads that decide them).
 pub async fn with_db<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
 ) -> Result<T, Response> {
-    let path = state.config.daemon.database.clone();
-    tokio::task::spawn_blocking(move || {
-        let conn = crate::db::open(&path).map_err(|e| e.to_string())?;
-        f(&conn)
-    })
-    .await
-    .map_err(internal)?
-    .map_err(internal)
+    with_db_mut(state, move |c| f(c)).await
+}
+
+/// [`with_db`] for functions that need `&mut Connection` (their own
+/// transaction).
+pub async fn with_db_mut<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    let writer = state.site_writer.clone();
+    tokio::task::spawn_blocking(move || writer.with(f))
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+}
+
+/// A message for [`with_read`]'s errors (a `DbError` of the pool, or the
+/// handler's own).
+pub struct ReadError(String);
+
+impl From<crate::db::DbError> for ReadError {
+    fn from(e: crate::db::DbError) -> Self {
+        ReadError(e.to_string())
+    }
+}
+
+impl From<String> for ReadError {
+    fn from(e: String) -> Self {
+        ReadError(e)
+    }
+}
+
+/// Run `f` with a read-only connection of the pool ([`crate::web::readers`]).
+pub async fn with_read<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    state
+        .readers
+        .with(move |c| f(c).map_err(ReadError))
+        .await
+        .map_err(|e: ReadError| internal(e.0))
 }
 
 /// Unix seconds now. (Handlers take it once per request.)
@@ -245,14 +281,24 @@ impl Page {
         };
         let now = now();
         let lookup = id.clone();
-        let found = with_db(state, move |c| {
-            sessions::touch(c, &lookup, now).map_err(|e| e.to_string())
+        // A read; the expiry is written only when it is stale
+        // (`sessions::TOUCH_EVERY`), so pages do not queue behind the
+        // batch's write lock.
+        let found = with_read(state, move |c| {
+            sessions::find(c, &lookup, now).map_err(|e| e.to_string())
         })
         .await?;
-        match found {
-            Some(session) => Ok(Page { session, id }),
-            None => Err(Redirect::to("/login?expired=1").into_response()),
+        let Some((session, expires_at)) = found else {
+            return Err(Redirect::to("/login?expired=1").into_response());
+        };
+        if sessions::needs_extend(expires_at, now) {
+            let lookup = id.clone();
+            with_db(state, move |c| {
+                sessions::extend(c, &lookup, now).map_err(|e| e.to_string())
+            })
+            .await?;
         }
+        Ok(Page { session, id })
     }
 
     /// Whether a POST may go on: same-origin and carrying this session's
