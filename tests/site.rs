@@ -779,3 +779,194 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
     assert!(b.text().await.contains("151 件"), "still our own partner");
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_page_creates_a_key_shown_once_and_revokes_after_confirmation() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}\n[partner.api]\nenabled = true\ndaily_miles_limit = 1000\n{}",
+                    ws.scheduled_partner("shop", "daily 03:00"),
+                    ws.scheduled_partner("other", "daily 03:00")
+                )
+            },
+            |_| {},
+        )
+    })
+    .await
+    .unwrap();
+    let other = ws.ok(&[
+        "api-key",
+        "create",
+        "--partner",
+        "other",
+        "--label",
+        "theirs",
+        "--json",
+    ]);
+    let other: serde_json::Value = serde_json::from_str(&other).unwrap();
+    let other_prefix = other["prefix"].as_str().unwrap().to_owned();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let mut b = Browser::start("keys", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    b.client
+        .find(fantoccini::Locator::LinkText("API キー"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("keys-empty").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("キーはまだありません") && !t.contains(&other_prefix),
+        "{t}"
+    );
+
+    // Create: the key is on the result page, once.
+    b.fill_labelled("名前（用途）", "POS 本番").await;
+    b.click_button("キーを作成").await;
+    b.shot("key-created").await;
+    let key = b
+        .client
+        .find(fantoccini::Locator::Id("new-key"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(key.starts_with("mbk_") && key.len() == 44, "{key}");
+    let prefix = key[..12].to_owned();
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM api_keys WHERE partner = 'shop' AND prefix = '{prefix}' AND label = 'POS 本番'"
+        )),
+        1
+    );
+    // The key works against the API, and is never shown again.
+    let r = tokio::task::block_in_place(|| {
+        s.client()
+            .post(s.url("/api/v1/exchanges"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("idempotency-key", "k1")
+            .header("content-type", "application/json")
+            .body(r#"{"member":"nobody","partner_key":"P1","miles":1}"#)
+            .send()
+            .unwrap()
+    });
+    assert_eq!(r.status(), 422, "authenticated (unknown member)");
+    b.visit(&s.url("/keys"), "keys-list").await;
+    let t = b.text().await;
+    assert!(
+        t.contains(&prefix) && t.contains("POS 本番") && t.contains("有効"),
+        "{t}"
+    );
+    assert!(!t.contains(&key), "the key is shown only once: {t}");
+    let html = b.client.source().await.unwrap();
+    assert!(!html.contains(&key[12..]), "not even in the page source");
+
+    // Another partner's prefix: 404 like a missing one, for the
+    // confirmation page and for the POST itself.
+    b.visit(
+        &s.url(&format!("/keys/{other_prefix}/revoke")),
+        "other-partner-key",
+    )
+    .await;
+    assert!(b.text().await.contains("404"));
+    b.visit(&s.url("/keys/mbk_00000000/revoke"), "missing-key")
+        .await;
+    assert!(b.text().await.contains("404"));
+    let (sid, token) = tokio::task::block_in_place(|| {
+        let sid = http_login(&s, "staff@shop.example", &pw);
+        let token = csrf_of(&s, &sid, "/keys");
+        (sid, token)
+    });
+    let r = tokio::task::block_in_place(|| {
+        s.client()
+            .post(s.url(&format!("/keys/{other_prefix}/revoke")))
+            .header("cookie", &sid)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", token.as_str())]))
+            .send()
+            .unwrap()
+    });
+    assert_eq!(r.status(), 404);
+    // Without the CSRF token: refused, nothing revoked.
+    let r = tokio::task::block_in_place(|| {
+        s.client()
+            .post(s.url(&format!("/keys/{prefix}/revoke")))
+            .header("cookie", &sid)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", "wrong")]))
+            .send()
+            .unwrap()
+    });
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL"),
+        0
+    );
+
+    // Revoke: a confirmation page first, then the key is refused by the API.
+    b.visit(&s.url("/keys"), "keys-before-revoke").await;
+    b.client
+        .find(fantoccini::Locator::LinkText("失効させる"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("revoke-confirm").await;
+    assert!(b.text().await.contains("元に戻すことはできません"));
+    assert_eq!(
+        ws.int("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL"),
+        0
+    );
+    b.click_button("失効させる").await;
+    let t = b.text().await;
+    b.shot("revoked").await;
+    assert!(
+        t.contains("失効させました") && t.contains("失効済み"),
+        "{t}"
+    );
+    let r = tokio::task::block_in_place(|| {
+        s.client()
+            .post(s.url("/api/v1/exchanges"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("idempotency-key", "k2")
+            .header("content-type", "application/json")
+            .body(r#"{"member":"nobody","partner_key":"P2","miles":1}"#)
+            .send()
+            .unwrap()
+    });
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM audit WHERE actor = 'user:staff@shop.example' AND client = '127.0.0.1' \
+             AND ((action = 'api-key-create' AND detail LIKE 'key {prefix}%') OR (action = 'api-key-revoke' AND detail = 'key {prefix}'))"
+        )),
+        2
+    );
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM audit WHERE detail LIKE '%{}%'",
+            &key[12..]
+        )),
+        0,
+        "the key is never in the audit trail"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM api_keys WHERE partner = 'other' AND revoked_at IS NULL"),
+        1,
+        "the other partner's key is untouched"
+    );
+    b.click_button("ログアウト").await;
+
+    // Ops have no key page (they use `milebatch api-key`).
+    log_in(&mut b, &s, "ops@example.jp", &ops_pw, "ops-logged-in").await;
+    b.visit(&s.url("/keys"), "ops-keys").await;
+    assert!(b.text().await.contains("404"));
+    b.close().await;
+}

@@ -19,6 +19,7 @@ pub mod conn;
 pub mod files;
 pub mod history;
 pub mod home;
+pub mod keys;
 pub mod ops;
 
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .merge(ops::routes())
         .merge(files::routes())
         .merge(history::routes())
+        .merge(keys::routes())
 }
 
 async fn css() -> impl IntoResponse {
@@ -83,6 +85,15 @@ fn env() -> &'static Environment<'static> {
             (
                 "ops_audit.html",
                 include_str!("../../../templates/ops_audit.html"),
+            ),
+            ("keys.html", include_str!("../../../templates/keys.html")),
+            (
+                "key_created.html",
+                include_str!("../../../templates/key_created.html"),
+            ),
+            (
+                "key_revoke.html",
+                include_str!("../../../templates/key_revoke.html"),
             ),
         ] {
             e.add_template(name, src).expect("template parses");
@@ -396,11 +407,15 @@ mod tests {
             "ops_dashboard.html",
             "ops_member.html",
             "ops_audit.html",
+            "keys.html",
+            "key_created.html",
+            "key_revoke.html",
         ] {
             let ctx = minijinja::context! { user => "u", ops => true, csrf => "t", rows => vec![row.clone()],
             q => "q", found => true, shown => "shop", more => 1, next => 5,
                 searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
-                partners => vec!["shop"], q_partner => "shop", q_mode => "prefix" };
+                partners => vec!["shop"], q_partner => "shop", q_mode => "prefix",
+                k => row.clone(), key => "mbk_x", prefix => "mbk_1", enabled => false, notice => "n" };
             env()
                 .get_template(name)
                 .and_then(|t| t.render(ctx))
