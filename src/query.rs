@@ -249,6 +249,9 @@ pub struct PartnerStatus {
     pub last_credited: Option<FileBrief>,
     pub last_refused: Option<FileBrief>,
     pub last_reversal: Option<LastReversal>,
+    /// A "run now" request from the site not yet finished (queued or
+    /// running; `crate::run_requests`).
+    pub run_request: Option<crate::run_requests::Request>,
 }
 
 pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus, DbError> {
@@ -377,6 +380,9 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
         last_credited,
         last_refused,
         last_reversal,
+        run_request: crate::run_requests::open_of(conn, partner).map_err(|e| match e {
+            crate::run_requests::RequestError::Db(e) => DbError::from(e),
+        })?,
     })
 }
 

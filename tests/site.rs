@@ -970,3 +970,126 @@ async fn api_keys_page_creates_a_key_shown_once_and_revokes_after_confirmation()
     assert!(b.text().await.contains("404"));
     b.close().await;
 }
+
+/// The attribute `attr` of the first element matching `css`.
+async fn attr_of(b: &Browser, css: &str, attr: &str) -> String {
+    b.client
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .attr(attr)
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_now_is_queued_by_the_site_and_run_by_the_real_daemon() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| ws.scheduled_partner("shop", "daily 03:00"),
+            |ws| {
+                ws.members(5);
+                ws.write("inbox/shop/now.csv", "M000001,N1,300\r\nM000002,N2,20\r\n");
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let partner_pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+
+    // A partner user cannot ask for a run: 404.
+    tokio::task::block_in_place(|| {
+        let sid = http_login(&s, "staff@shop.example", &partner_pw);
+        let token = csrf_of(&s, &sid, "/");
+        let r = s
+            .client()
+            .post(s.url("/ops/partners/shop/run"))
+            .header("cookie", &sid)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", token.as_str())]))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    });
+    assert_eq!(ws.int("SELECT count(*) FROM run_requests"), 0);
+
+    let mut b = Browser::start("run-now", Some(&pin)).await;
+    log_in(&mut b, &s, "ops@example.jp", &ops_pw, "ops-logged-in").await;
+    b.visit(&s.url("/files?partner=shop"), "partner-files")
+        .await;
+    b.click_button("今すぐ実行").await;
+    b.shot("queued").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/files");
+    assert_eq!(
+        attr_of(&b, "tr[data-request]", "data-state").await,
+        "queued"
+    );
+    assert!(b.text().await.contains("待機中"));
+    // Asking again while it is open does not queue a second run.
+    b.click_button("今すぐ実行").await;
+    assert_eq!(ws.int("SELECT count(*) FROM run_requests"), 1);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'run-now' AND partner = 'shop' AND actor = 'user:ops@example.jp'"),
+        1
+    );
+    let status = ws.ok(&["status"]);
+    assert!(
+        status.contains("run now   request 1 by user:ops@example.jp"),
+        "{status}"
+    );
+    assert!(status.contains("queued"), "{status}");
+
+    // No daemon: after a minute the page says nobody is picking it up.
+    ws.db()
+        .execute(
+            "UPDATE run_requests SET requested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 minutes')",
+            [],
+        )
+        .unwrap();
+    b.visit(&s.url("/files?partner=shop"), "stale").await;
+    let t = b.text().await;
+    assert!(t.contains("デーモンがこの要求を受け付けていません"), "{t}");
+    assert_eq!(ws.int("SELECT count(*) FROM files"), 0, "nothing ran");
+
+    // The daemon starts, picks the request up and runs the partner.
+    let daemon = ws.spawn_daemon(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        b.visit(&s.url("/files?partner=shop"), "waiting").await;
+        if attr_of(&b, "tr[data-request]", "data-state").await == "done" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was not run:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    b.shot("done").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("完了: 成功（ok）") && t.contains("now.csv") && t.contains("積算済み"),
+        "{t}"
+    );
+    assert!(!t.contains("受け付けていません"), "{t}");
+    assert_eq!(
+        ws.int(
+            "SELECT count(*) FROM run_requests r JOIN runs ON runs.id = r.run_id \
+                WHERE runs.trigger = 'run-now' AND runs.partner = 'shop' AND r.outcome = 'ok' \
+                AND r.started_at IS NOT NULL AND r.finished_at IS NOT NULL"
+        ),
+        1
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE outcome = 'credited'"),
+        1
+    );
+    assert_eq!(ws.balance("M000001"), 300);
+    let status = ws.ok(&["status"]);
+    assert!(!status.contains("run now"), "nothing pending: {status}");
+    assert!(status.contains("[run-now] ok"), "{status}");
+    b.close().await;
+}

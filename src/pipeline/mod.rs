@@ -156,6 +156,9 @@ pub enum Trigger {
     CatchUp,
     /// `milebatch retry`: one archived file credited again.
     Retry,
+    /// A "run now" request from the management site, run by the daemon
+    /// (`crate::run_requests`).
+    RunNow,
 }
 
 impl Trigger {
@@ -165,6 +168,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch-up",
             Trigger::Retry => "retry",
+            Trigger::RunNow => "run-now",
         }
     }
 }
@@ -257,7 +261,8 @@ impl RunReport {
             "skipped"
         } else if !self.files.is_empty() {
             "ok"
-        } else if expect_file && trigger != Trigger::Manual && only_seen {
+        } else if expect_file && !matches!(trigger, Trigger::Manual | Trigger::RunNow) && only_seen
+        {
             "missed"
         } else if !self.skipped.is_empty() {
             "skipped"

@@ -29,6 +29,8 @@ pub fn routes() -> Router<AppState> {
 
 /// Files shown on one page, newest first.
 const PAGE: u64 = 100;
+/// "Run now" requests shown to ops, newest first.
+const REQUESTS_SHOWN: i64 = 5;
 
 #[derive(Deserialize)]
 struct ListQuery {
@@ -79,6 +81,7 @@ async fn list(
     };
     let tz = state.config.daemon.timezone;
     let who = partner.clone();
+    let ops = page.session.is_ops();
     let result = with_read(&state, move |c| {
         let filter = crate::query::FileFilter {
             partner: Some(&who),
@@ -109,14 +112,31 @@ async fn list(
                 has_report: f.report_path.is_some(),
             });
         }
-        Ok((rows, pg.total))
+        // Ops see the partner's latest "run now" requests.
+        let requests = if ops {
+            let now = chrono::Utc::now();
+            crate::run_requests::recent(c, &who, REQUESTS_SHOWN)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|r| super::run_now::shown(r, tz, now))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok((rows, pg.total, requests))
     })
     .await;
     match result {
-        Ok((rows, total)) => {
+        Ok((rows, total, requests)) => {
             let more = total.saturating_sub(rows.len() as u64);
-            let ctx =
-                minijinja::context! { shown => partner, rows => rows, more => more, ..page.ctx() };
+            // Reload while a request is on its way, to show its result.
+            let refresh = requests
+                .iter()
+                .any(|r| r.state == "running" || (r.state == "queued" && !r.stale));
+            let ctx = minijinja::context! {
+                shown => partner, rows => rows, more => more, requests => requests,
+                refresh => refresh, ..page.ctx()
+            };
             render(StatusCode::OK, "files.html", ctx)
         }
         Err(r) => r,

@@ -21,6 +21,7 @@ pub mod history;
 pub mod home;
 pub mod keys;
 pub mod ops;
+pub mod run_now;
 
 use std::net::SocketAddr;
 
@@ -44,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .merge(files::routes())
         .merge(history::routes())
         .merge(keys::routes())
+        .merge(run_now::routes())
 }
 
 async fn css() -> impl IntoResponse {
