@@ -1093,3 +1093,225 @@ async fn run_now_is_queued_by_the_site_and_run_by_the_real_daemon() {
     assert!(status.contains("[run-now] ok"), "{status}");
     b.close().await;
 }
+
+/// The first `.csv` the browser downloads (at most 20 s).
+async fn downloaded_csv(b: &Browser) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let done: Vec<_> = std::fs::read_dir(&b.downloads)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        if let Some(p) = done.first() {
+            return std::fs::read(p).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no download");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}{}",
+                    ws.scheduled_partner("shop", "daily 03:00"),
+                    ws.scheduled_partner("other", "daily 03:00")
+                )
+            },
+            |ws| {
+                ws.members(5);
+                ws.write(
+                    "inbox/shop/wrong.csv",
+                    "M000001,W1,500\r\nM000002,W2,40\r\n",
+                );
+                ws.write("inbox/other/o.csv", "M000003,O1,7\r\n");
+                ws.ok(&["once"]);
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let file = ws.int("SELECT id FROM files WHERE partner = 'shop'");
+    let month = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m")
+        .to_string();
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let partner_pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    // M000002 has spent 30 of its 40 miles elsewhere.
+    ws.db()
+        .execute(
+            "UPDATE balances SET miles = 10 WHERE member = (SELECT id FROM members WHERE member_id = 'M000002')",
+            [],
+        )
+        .unwrap();
+
+    // Partner users never reach the reverse pages.
+    tokio::task::block_in_place(|| {
+        let sid = http_login(&s, "staff@shop.example", &partner_pw);
+        let token = csrf_of(&s, &sid, "/");
+        let c = s.client();
+        let r = c
+            .get(s.url(&format!("/ops/files/{file}/reverse")))
+            .header("cookie", &sid)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let r = c
+            .post(s.url(&format!("/ops/files/{file}/reverse")))
+            .header("cookie", &sid)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", token.as_str()), ("reason", "mine")]))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    });
+
+    let mut b = Browser::start("money", Some(&pin)).await;
+    log_in(&mut b, &s, "ops@example.jp", &ops_pw, "ops-logged-in").await;
+    b.visit(&s.url("/files?partner=shop"), "partner-files")
+        .await;
+    b.client
+        .find(fantoccini::Locator::LinkText("取り消す"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("confirm").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("wrong.csv") && t.contains("540") && t.contains("理由"),
+        "{t}"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM reversals"),
+        0,
+        "nothing before the confirmation"
+    );
+    b.fill_labelled("理由（必須・記録に残ります）", "誤送信（パートナー依頼）")
+        .await;
+    b.click_button("取り消しを実行").await;
+    let t = b.text().await;
+    b.shot("shortfall").await;
+    assert!(
+        t.contains("取り消しできません")
+            && t.contains("M000002")
+            && t.contains("何も変更していません"),
+        "{t}"
+    );
+    let short = b
+        .client
+        .find(fantoccini::Locator::Css("tr[data-member=M000002] td.red"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(short, "30");
+    assert!(!t.contains("M000001"), "only members short are named: {t}");
+    assert_eq!(ws.int("SELECT count(*) FROM reversals"), 0);
+    assert_eq!(ws.balance("M000001"), 500, "nothing changed");
+
+    // The miles come back (a refund elsewhere): the reversal goes through.
+    ws.db()
+        .execute(
+            "UPDATE balances SET miles = 40 WHERE member = (SELECT id FROM members WHERE member_id = 'M000002')",
+            [],
+        )
+        .unwrap();
+    b.visit(
+        &s.url(&format!("/ops/files/{file}/reverse")),
+        "confirm-again",
+    )
+    .await;
+    b.fill_labelled("理由（必須・記録に残ります）", "誤送信（パートナー依頼）")
+        .await;
+    b.click_button("取り消しを実行").await;
+    let t = b.text().await;
+    b.shot("reversed").await;
+    assert!(
+        t.contains("取り消しました") && t.contains("540 マイル"),
+        "{t}"
+    );
+    assert_eq!(ws.balance("M000001"), 0);
+    assert_eq!(ws.balance("M000002"), 0);
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM reversals WHERE file_id = {file} AND actor = 'user:ops@example.jp' AND reason = '誤送信（パートナー依頼）'"
+        )),
+        1
+    );
+    assert_eq!(
+        ws.int(
+            "SELECT count(*) FROM audit WHERE action = 'reverse' AND actor = 'user:ops@example.jp'"
+        ),
+        1
+    );
+    ws.assert_balances_match_ledger();
+    let verify = ws.run(&["verify"]);
+    assert_eq!(verify.status.code(), Some(0), "{verify:?}");
+    b.visit(&s.url("/files?partner=shop"), "files-after").await;
+    let t = b.text().await;
+    assert!(t.contains("取り消し済み"), "{t}");
+
+    // Ops: another partner's statement, equal to the CLI's.
+    let cli_other = ws.ok(&[
+        "statement",
+        "--partner",
+        "other",
+        "--month",
+        &month,
+        "--csv",
+    ]);
+    let web_other = tokio::task::block_in_place(|| {
+        let sid = http_login(&s, "ops@example.jp", &ops_pw);
+        let r = s
+            .client()
+            .get(s.url(&format!("/statement.csv?partner=other&month={month}")))
+            .header("cookie", &sid)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().unwrap()
+    });
+    assert_eq!(web_other, cli_other);
+    b.click_button("ログアウト").await;
+
+    // A partner user downloads its own statement from the files page:
+    // the reversal is in it, and it equals the CLI's byte for byte.
+    log_in(
+        &mut b,
+        &s,
+        "staff@shop.example",
+        &partner_pw,
+        "partner-logged-in",
+    )
+    .await;
+    b.visit(&s.url("/files"), "partner-files").await;
+    b.click_button("明細を CSV でダウンロード").await;
+    let csv = downloaded_csv(&b).await;
+    let cli = ws.ok(&["statement", "--partner", "shop", "--month", &month, "--csv"]);
+    assert_eq!(String::from_utf8(csv).unwrap(), cli);
+    assert!(cli.contains("net"), "{cli}");
+    // Another partner's statement: 404.
+    b.visit(
+        &s.url(&format!("/statement.csv?partner=other&month={month}")),
+        "other-statement",
+    )
+    .await;
+    assert!(b.text().await.contains("404"));
+    b.visit(&s.url("/statement.csv?month=2026-13"), "bad-month")
+        .await;
+    assert!(b.text().await.contains("YYYY-MM"));
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'statement-download'"),
+        2
+    );
+    b.close().await;
+}

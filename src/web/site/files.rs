@@ -60,6 +60,7 @@ fn outcome_text(o: &str) -> &'static str {
         "refused" => "拒否",
         "duplicate" => "重複のため拒否",
         "dry-run" => "検証のみ",
+        "reversed" => "取り消し済み",
         _ => "その他",
     }
 }
@@ -133,9 +134,14 @@ async fn list(
             let refresh = requests
                 .iter()
                 .any(|r| r.state == "running" || (r.state == "queued" && !r.stale));
+            let this_month = chrono::Utc::now()
+                .with_timezone(&tz)
+                .format("%Y-%m")
+                .to_string();
             let ctx = minijinja::context! {
                 shown => partner, rows => rows, more => more, requests => requests,
-                refresh => refresh, ..page.ctx()
+                refresh => refresh, this_month => this_month, timezone => tz.to_string(),
+                ..page.ctx()
             };
             render(StatusCode::OK, "files.html", ctx)
         }

@@ -20,6 +20,7 @@ pub mod files;
 pub mod history;
 pub mod home;
 pub mod keys;
+pub mod money;
 pub mod ops;
 pub mod run_now;
 
@@ -46,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .merge(history::routes())
         .merge(keys::routes())
         .merge(run_now::routes())
+        .merge(money::routes())
 }
 
 async fn css() -> impl IntoResponse {
@@ -96,6 +98,14 @@ fn env() -> &'static Environment<'static> {
             (
                 "key_revoke.html",
                 include_str!("../../../templates/key_revoke.html"),
+            ),
+            (
+                "reverse.html",
+                include_str!("../../../templates/reverse.html"),
+            ),
+            (
+                "reverse_result.html",
+                include_str!("../../../templates/reverse_result.html"),
             ),
         ] {
             e.add_template(name, src).expect("template parses");
@@ -412,12 +422,14 @@ mod tests {
             "keys.html",
             "key_created.html",
             "key_revoke.html",
+            "reverse.html",
+            "reverse_result.html",
         ] {
             let ctx = minijinja::context! { user => "u", ops => true, csrf => "t", rows => vec![row.clone()],
             q => "q", found => true, shown => "shop", more => 1, next => 5,
                 searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
                 partners => vec!["shop"], q_partner => "shop", q_mode => "prefix",
-                k => row.clone(), key => "mbk_x", prefix => "mbk_1", enabled => false, notice => "n" };
+                k => row.clone(), f => row.clone(), key => "mbk_x", prefix => "mbk_1", enabled => false, notice => "n" };
             env()
                 .get_template(name)
                 .and_then(|t| t.render(ctx))
