@@ -647,9 +647,17 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
     .await;
     let t = b.text().await;
     assert!(t.contains("404") && !t.contains("O2"), "{t}");
+    assert!(t.contains("ログアウト"), "the 404 page has the menu: {t}");
     b.visit(&s.url("/files/999999/errors"), "missing-file")
         .await;
     assert!(b.text().await.contains("404"));
+    // A path no route takes: the HTML 404 with the menu, for a browser.
+    b.visit(&s.url("/no-such-page"), "no-such-page").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("ページが見つかりません") && t.contains("ファイル一覧"),
+        "{t}"
+    );
     b.close().await;
 }
 
@@ -1130,7 +1138,10 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
                     "M000001,W1,500\r\nM000002,W2,40\r\n",
                 );
                 ws.write("inbox/other/o.csv", "M000003,O1,7\r\n");
-                ws.ok(&["once"]);
+                // A header line only: refused, F003.
+                ws.write("inbox/other/p.csv", "member,key,miles\r\n");
+                let out = ws.run(&["once"]);
+                assert_eq!(out.status.code(), Some(1), "{out:?}");
             },
         )
     })
@@ -1259,6 +1270,14 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
     b.visit(&s.url("/files?partner=shop"), "files-after").await;
     let t = b.text().await;
     assert!(t.contains("取り消し済み"), "{t}");
+
+    // A refused file shows its code and what it means.
+    b.visit(&s.url("/files?partner=other"), "other-files").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("F003 データ行がありません") && t.contains("p.csv"),
+        "{t}"
+    );
 
     // Ops: another partner's statement, equal to the CLI's.
     let cli_other = ws.ok(&[

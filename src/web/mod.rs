@@ -107,7 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(site::routes())
         .merge(api::routes())
-        .fallback(problem::not_found)
+        .fallback(site::fallback)
         .with_state(state);
     with_security_headers(app)
 }

@@ -15,7 +15,6 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::ops::not_found;
 use super::{render, with_db, with_read, Page};
 use crate::config::Encoding;
 use crate::timefmt;
@@ -47,6 +46,11 @@ struct Row {
     outcome: String,
     outcome_text: &'static str,
     reason: String,
+    /// F001–F007 of a refused file, and what it means in words.
+    file_code: String,
+    code_text: &'static str,
+    /// Rows repeating earlier files' rows (`None`: not checked).
+    repeats: Option<i64>,
     rows: i64,
     credited: i64,
     failed: i64,
@@ -65,6 +69,20 @@ fn outcome_text(o: &str) -> &'static str {
     }
 }
 
+/// A refused file's code in plain words (the README's table).
+fn code_text(code: &str) -> &'static str {
+    match code {
+        "F001" => "同じ内容のファイルがすでに積算されています（重複）",
+        "F002" => "CSV として読めません（64 KiB を超える行、または閉じていない引用符）",
+        "F003" => "データ行がありません",
+        "F004" => "エラー行の割合が上限を超えています",
+        "F005" => "積算すると残高が上限を超える会員がいます",
+        "F006" => "以前のファイルの再送と判断しました（同じ行が多数）",
+        "F007" => "ヘッダー行があるはずの 1 行目がデータ行です",
+        _ => "",
+    }
+}
+
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -78,7 +96,7 @@ async fn list(
     let partner = match (&page.session.partner, q.partner) {
         (Some(own), _) => own.clone(),
         (None, Some(p)) if state.config.partners.iter().any(|c| c.id == p) => p,
-        (None, _) => return not_found(),
+        (None, _) => return page.not_found(),
     };
     let tz = state.config.daemon.timezone;
     let who = partner.clone();
@@ -106,6 +124,9 @@ async fn list(
                 outcome_text: outcome_text(&f.outcome),
                 outcome: f.outcome,
                 reason: f.reason.unwrap_or_default(),
+                code_text: code_text(f.file_code.as_deref().unwrap_or_default()),
+                file_code: f.file_code.unwrap_or_default(),
+                repeats: f.repeats,
                 rows: f.rows,
                 credited: f.credited,
                 failed: f.failed,
@@ -209,7 +230,7 @@ async fn errors(
     }
     let (partner, name, bytes) = match found {
         Ok(Some(x)) => x,
-        Ok(None) => return not_found(),
+        Ok(None) => return page.not_found(),
         Err(r) => return r,
     };
     let charset = match state

@@ -15,8 +15,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::ops::not_found;
-use super::{error_page, render, with_db, with_read, Page};
+use super::{render, with_db, with_read, Page};
 use crate::timefmt;
 use crate::web::AppState;
 
@@ -71,10 +70,10 @@ enum Refused {
 }
 
 impl Refused {
-    fn page(self) -> Response {
+    fn page(self, p: &Page) -> Response {
         match self {
-            Refused::NoSuchPartner => not_found(),
-            Refused::BadDate(s) => error_page(
+            Refused::NoSuchPartner => p.not_found(),
+            Refused::BadDate(s) => p.error(
                 StatusCode::BAD_REQUEST,
                 &format!("日付「{s}」は YYYY-MM-DD の形式で入力してください。"),
             ),
@@ -175,7 +174,7 @@ async fn page(
     let partners: Vec<String> = state.config.partners.iter().map(|p| p.id.clone()).collect();
     let b = match bounds(&state, &page, &q) {
         Ok(b) => b,
-        Err(r) => return r.page(),
+        Err(r) => return r.page(&page),
     };
     let base = minijinja::context! {
         partners => partners,
@@ -256,12 +255,12 @@ async fn csv(
     let b = match bounds(&state, &page, &q) {
         Ok(Some(b)) => b,
         Ok(None) => {
-            return error_page(
+            return page.error(
                 StatusCode::BAD_REQUEST,
                 "パートナーと指定キーを入力してください。",
             )
         }
-        Err(r) => return r.page(),
+        Err(r) => return r.page(&page),
     };
     let tz = state.config.daemon.timezone;
     let actor = format!("user:{}", page.session.email);
@@ -305,7 +304,7 @@ async fn csv(
     let rows = match found {
         Ok(Ok(rows)) => rows,
         Ok(Err(total)) => {
-            return error_page(
+            return page.error(
                 StatusCode::BAD_REQUEST,
                 &format!("該当が {total} 件あり、CSV の上限 {EXPORT_MAX} 件を超えています。期間または指定キーを絞ってください。"),
             )

@@ -17,8 +17,7 @@ use axum::routing::get;
 use axum::{Form, Router};
 use serde::{Deserialize, Serialize};
 
-use super::ops::not_found;
-use super::{client, error_page, forbidden, render, with_db_mut, with_read, Page};
+use super::{client, forbidden, render, with_db_mut, with_read, Page};
 use crate::timefmt;
 use crate::web::auth::api_keys;
 use crate::web::AppState;
@@ -46,7 +45,7 @@ async fn partner_page(state: &AppState, headers: &HeaderMap) -> Result<(Page, St
     let page = Page::require(state, headers).await?;
     match page.session.partner.clone() {
         Some(p) => Ok((page, p)),
-        None => Err(not_found()),
+        None => Err(page.not_found()),
     }
 }
 
@@ -178,7 +177,7 @@ async fn confirm(
             "key_revoke.html",
             minijinja::context! { k => k, ..page.ctx() },
         ),
-        Ok(None) => not_found(),
+        Ok(None) => page.not_found(),
         Err(r) => r,
     }
 }
@@ -227,11 +226,11 @@ async fn revoke(
         }
         // Already revoked, another partner's, or no such key.
         Ok(None) => match own_key(&state, &partner, prefix).await {
-            Ok(Some(_)) => error_page(
+            Ok(Some(_)) => page.error(
                 StatusCode::CONFLICT,
                 "この API キーはすでに失効しています。",
             ),
-            Ok(None) => not_found(),
+            Ok(None) => page.not_found(),
             Err(r) => r,
         },
         Err(r) => r,

@@ -204,6 +204,29 @@ pub async fn with_read<T: Send + 'static>(
         .map_err(|e: ReadError| internal(e.0))
 }
 
+/// Every path no route takes. The API and non-browser clients get the
+/// problem+json 404; a browser gets the HTML 404, with the menu when it is
+/// logged in.
+pub async fn fallback(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if !html || uri.path().starts_with("/api/") {
+        return super::problem::not_found().await.into_response();
+    }
+    if cookie(&state, &headers).is_some() {
+        if let Ok(page) = Page::require(&state, &headers).await {
+            return page.not_found();
+        }
+    }
+    ops::not_found()
+}
+
 /// Unix seconds now. (Handlers take it once per request.)
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -335,6 +358,21 @@ impl Page {
             );
         }
         ok
+    }
+
+    /// An HTML error page with the menu of this user.
+    pub fn error(&self, status: StatusCode, message: &str) -> Response {
+        render(
+            status,
+            "error.html",
+            minijinja::context! { status => status.as_u16(), message => message, ..self.ctx() },
+        )
+    }
+
+    /// The 404 of a logged-in user (with the menu): a missing page, another
+    /// partner's id and an ops page asked for by a partner user alike.
+    pub fn not_found(&self) -> Response {
+        self.error(StatusCode::NOT_FOUND, ops::NOT_FOUND)
     }
 
     /// What every page template gets: who is logged in, the CSRF token.

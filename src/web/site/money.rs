@@ -18,8 +18,7 @@ use axum::{Form, Router};
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
-use super::ops::not_found;
-use super::{error_page, forbidden, render, with_db, with_db_mut, with_read, Page};
+use super::{forbidden, render, with_db, with_db_mut, with_read, Page};
 use crate::money::reverse::{self, Outcome, Target};
 use crate::money::statement;
 use crate::timefmt;
@@ -74,7 +73,7 @@ async fn file_info(state: &AppState, id: i64) -> Result<Option<FileInfo>, Respon
 async fn ops_only(state: &AppState, headers: &HeaderMap) -> Result<Page, Response> {
     let page = Page::require(state, headers).await?;
     if !page.session.is_ops() {
-        return Err(not_found());
+        return Err(page.not_found());
     }
     Ok(page)
 }
@@ -94,7 +93,7 @@ async fn confirm(
             "reverse.html",
             minijinja::context! { f => f, ..page.ctx() },
         ),
-        Ok(None) => not_found(),
+        Ok(None) => page.not_found(),
         Err(r) => r,
     }
 }
@@ -122,7 +121,7 @@ async fn do_reverse(
     }
     let f = match file_info(&state, id).await {
         Ok(Some(f)) => f,
-        Ok(None) => return not_found(),
+        Ok(None) => return page.not_found(),
         Err(r) => return r,
     };
     let reason = form.reason.trim().to_owned();
@@ -187,15 +186,15 @@ async fn statement_csv(
     };
     // A partner user: its own partner only; naming another is 404.
     let partner = match (&page.session.partner, q.partner) {
-        (Some(own), Some(p)) if *own != p => return not_found(),
+        (Some(own), Some(p)) if *own != p => return page.not_found(),
         (Some(own), _) => own.clone(),
         (None, Some(p)) if state.config.partner(&p).is_some() => p,
-        (None, _) => return not_found(),
+        (None, _) => return page.not_found(),
     };
     let tz = state.config.daemon.timezone;
     let month = q.month.unwrap_or_default();
     if statement::month_bounds(&month, tz).is_err() {
-        return error_page(
+        return page.error(
             StatusCode::BAD_REQUEST,
             "月を YYYY-MM の形（例: 2026-11）で指定してください。",
         );

@@ -27,13 +27,17 @@ pub fn routes() -> Router<AppState> {
 async fn ops_page(state: &AppState, headers: &HeaderMap) -> Result<Page, Response> {
     let page = Page::require(state, headers).await?;
     if !page.session.is_ops() {
-        return Err(not_found());
+        return Err(page.not_found());
     }
     Ok(page)
 }
 
+/// The 404 message, the same for every reason.
+pub const NOT_FOUND: &str = "ページが見つかりません。";
+
+/// The 404 page without a session (no menu); see [`Page::not_found`].
 pub fn not_found() -> Response {
-    error_page(StatusCode::NOT_FOUND, "ページが見つかりません。")
+    error_page(StatusCode::NOT_FOUND, NOT_FOUND)
 }
 
 /// One dashboard row.

@@ -16,7 +16,6 @@ use axum::routing::post;
 use axum::{Form, Router};
 use serde::{Deserialize, Serialize};
 
-use super::ops::not_found;
 use super::{client, forbidden, with_db_mut, Page};
 use crate::run_requests::{self, Request, State as ReqState};
 use crate::timefmt;
@@ -44,7 +43,7 @@ async fn run_now(
         Err(r) => return r,
     };
     if !page.session.is_ops() || state.config.partner(&id).is_none() {
-        return not_found();
+        return page.not_found();
     }
     if !page.post_allowed(&headers, &uri, &f.csrf) {
         return forbidden();
