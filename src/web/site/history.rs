@@ -113,53 +113,46 @@ fn bounds(state: &AppState, page: &Page, q: &Search) -> Result<Option<Bounds>, R
     }))
 }
 
-/// Matching rows `offset..offset+limit`, in key order, and the total.
+/// Matching rows `offset..offset+limit`, in key order, and the total: the
+/// shared search of `query::history_search`, shaped for the page and CSV.
 fn search(
     c: &rusqlite::Connection,
     b: &Bounds,
     offset: i64,
     limit: i64,
     tz: chrono_tz::Tz,
-) -> rusqlite::Result<(Vec<Row>, i64)> {
-    // A prefix is the key range [prefix, prefix || U+10FFFF): the ledger's
-    // primary key serves it (BINARY collation compares UTF-8 bytes).
-    let (lo, hi) = if b.prefix {
-        (b.key.clone(), format!("{}\u{10FFFF}", b.key))
-    } else {
-        (b.key.clone(), b.key.clone())
-    };
-    const WHERE: &str = "WHERE l.partner = ?1 AND l.partner_key >= ?2 AND l.partner_key <= ?3 \
-                         AND l.credited_at >= ?4 AND l.credited_at < ?5";
-    let total: i64 = c.query_row(
-        &format!("SELECT count(*) FROM ledger l {WHERE}"),
-        rusqlite::params![b.partner, lo, hi, b.from, b.to],
-        |r| r.get(0),
+) -> Result<(Vec<Row>, i64), crate::db::DbError> {
+    let found = crate::query::history_search(
+        c,
+        &crate::query::HistorySearch {
+            partner: &b.partner,
+            key: &b.key,
+            prefix: b.prefix,
+            from: b.from,
+            to: b.to,
+        },
+        offset.max(0) as u64,
+        Some(limit.max(0) as u64),
     )?;
-    let mut st = c.prepare(&format!(
-        "SELECT l.credited_at, l.partner_key, m.member_id, l.miles, \
-                CASE WHEN l.file_id = 0 THEN 'api' ELSE COALESCE(f.channel, 'pull') END, \
-                COALESCE(f.name, ''), l.line \
-         FROM ledger l JOIN members m ON m.id = l.member \
-         LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0 \
-         {WHERE} ORDER BY l.partner_key, l.credited_at, l.file_id, l.line LIMIT ?6 OFFSET ?7"
-    ))?;
-    let rows = st
-        .query_map(
-            rusqlite::params![b.partner, lo, hi, b.from, b.to, limit, offset],
-            |r| {
-                Ok(Row {
-                    at: timefmt::unix_for_people(r.get(0)?, tz),
-                    partner_key: r.get(1)?,
-                    member_id: r.get(2)?,
-                    miles: r.get(3)?,
-                    channel: r.get(4)?,
-                    file: r.get(5)?,
-                    line: r.get(6)?,
-                })
+    let rows = found
+        .rows
+        .into_iter()
+        .map(|r| Row {
+            at: timefmt::unix_for_people(r.credited_unix, tz),
+            partner_key: r.partner_key,
+            member_id: r.member_id,
+            miles: r.miles,
+            // An API exchange has no file: its `line` is the exchange id.
+            file: if r.file_id == 0 {
+                String::new()
+            } else {
+                r.file
             },
-        )?
-        .collect::<Result<_, _>>()?;
-    Ok((rows, total))
+            channel: r.channel,
+            line: r.line,
+        })
+        .collect();
+    Ok((rows, found.total as i64))
 }
 
 async fn page(
