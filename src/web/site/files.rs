@@ -137,10 +137,17 @@ async fn list(
         // Ops see the partner's latest "run now" requests.
         let requests = if ops {
             let now = chrono::Utc::now();
+            let running: Option<i64> = c
+                .query_row(
+                    "SELECT max(id) FROM runs WHERE partner = ?1 AND finished_at IS NULL",
+                    [&who],
+                    |r| r.get(0),
+                )
+                .map_err(|e| e.to_string())?;
             crate::run_requests::recent(c, &who, REQUESTS_SHOWN)
                 .map_err(|e| e.to_string())?
                 .iter()
-                .map(|r| super::run_now::shown(r, tz, now))
+                .map(|r| super::run_now::shown(r, tz, now, running))
                 .collect()
         } else {
             Vec::new()
@@ -152,9 +159,10 @@ async fn list(
         Ok((rows, total, requests)) => {
             let more = total.saturating_sub(rows.len() as u64);
             // Reload while a request is on its way, to show its result.
-            let refresh = requests
-                .iter()
-                .any(|r| r.state == "running" || (r.state == "queued" && !r.stale));
+            let refresh = requests.iter().any(|r| {
+                r.state == "running"
+                    || (r.state == "queued" && (!r.stale || r.waiting_for.is_some()))
+            });
             let this_month = chrono::Utc::now()
                 .with_timezone(&tz)
                 .format("%Y-%m")

@@ -467,7 +467,7 @@ mod tests {
             q => "q", found => true, shown => "shop", more => 1, next => 5,
                 searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
                 partners => vec!["shop"], q_partner => "shop", q_mode => "prefix",
-                k => row.clone(), f => row.clone(), key => "mbk_x", prefix => "mbk_1", enabled => false, notice => "n" };
+                k => row.clone(), f => row.clone(), r => row.clone(), key => "mbk_x", prefix => "mbk_1", enabled => false, notice => "n" };
             env()
                 .get_template(name)
                 .and_then(|t| t.render(ctx))

@@ -74,14 +74,27 @@ pub struct Shown {
     pub requested_by: String,
     pub requested_at: String,
     pub run_id: Option<i64>,
-    /// Queued for over a minute: the daemon is not picking requests up.
+    /// Queued for over a minute: the daemon is not picking requests up
+    /// (or the partner's run in progress is long).
     pub stale: bool,
+    /// The partner's run in progress that a queued request waits for.
+    pub waiting_for: Option<i64>,
 }
 
-/// `r` for people, in `tz`, judged at `now`.
-pub fn shown(r: &Request, tz: chrono_tz::Tz, now: chrono::DateTime<chrono::Utc>) -> Shown {
+/// `r` for people, in `tz`, judged at `now`; `running` is the partner's
+/// run in progress, if any (a request waits for it: not a stuck daemon).
+pub fn shown(
+    r: &Request,
+    tz: chrono_tz::Tz,
+    now: chrono::DateTime<chrono::Utc>,
+    running: Option<i64>,
+) -> Shown {
+    let waiting = r.state() == ReqState::Queued && running.is_some();
     let state_text = match r.state() {
-        ReqState::Queued => "待機中".to_owned(),
+        ReqState::Queued => match running {
+            Some(run) => format!("待機中（実行中の処理 {run} の終了待ち）"),
+            None => "待機中".to_owned(),
+        },
         ReqState::Running => "実行中".to_owned(),
         ReqState::Done => format!(
             "完了: {}",
@@ -96,6 +109,7 @@ pub fn shown(r: &Request, tz: chrono_tz::Tz, now: chrono::DateTime<chrono::Utc>)
         requested_at: timefmt::stored_for_people(&r.requested_at, tz),
         run_id: r.run_id,
         stale: r.stale(now),
+        waiting_for: running.filter(|_| waiting),
     }
 }
 
@@ -120,5 +134,45 @@ fn outcome_text(o: &str) -> String {
         o.to_owned()
     } else {
         format!("{words}（{o}）")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(started: bool, finished: bool, age_s: i64) -> Request {
+        let t = |s: i64| crate::db::now_text(chrono::Utc::now() - chrono::Duration::seconds(s));
+        Request {
+            id: 1,
+            partner: "p".into(),
+            requested_by: "user:o".into(),
+            requested_at: t(age_s),
+            started_at: started.then(|| t(1)),
+            finished_at: finished.then(|| t(0)),
+            run_id: finished.then_some(9),
+            outcome: finished.then(|| "ok".into()),
+        }
+    }
+
+    #[test]
+    fn a_queued_request_says_what_it_waits_for() {
+        let tz = chrono_tz::Asia::Tokyo;
+        let now = chrono::Utc::now();
+        let old = shown(&req(false, false, 120), tz, now, None);
+        assert!(old.stale && old.waiting_for.is_none(), "no daemon");
+        let behind = shown(&req(false, false, 120), tz, now, Some(5));
+        assert_eq!(behind.waiting_for, Some(5));
+        assert!(
+            behind.state_text.contains("5 の終了待ち"),
+            "{}",
+            behind.state_text
+        );
+        let fresh = shown(&req(false, false, 5), tz, now, None);
+        assert!(!fresh.stale && fresh.state_text == "待機中");
+        let running = shown(&req(true, false, 120), tz, now, Some(5));
+        assert!(!running.stale && running.waiting_for.is_none());
+        let done = shown(&req(true, true, 120), tz, now, None);
+        assert_eq!(done.state_text, "完了: 成功（ok）");
     }
 }
