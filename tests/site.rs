@@ -1269,7 +1269,12 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
     assert_eq!(verify.status.code(), Some(0), "{verify:?}");
     b.visit(&s.url("/files?partner=shop"), "files-after").await;
     let t = b.text().await;
-    assert!(t.contains("取り消し済み"), "{t}");
+    assert!(
+        t.contains("取り消し済み")
+            && t.contains("取り消し番号 1（")
+            && t.contains("JST、user:ops@example.jp）: 誤送信（パートナー依頼）"),
+        "{t}"
+    );
 
     // A refused file shows its code and what it means.
     b.visit(&s.url("/files?partner=other"), "other-files").await;

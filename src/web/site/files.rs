@@ -111,11 +111,31 @@ async fn list(
         let pg = crate::query::files(c, &filter, tz).map_err(|e| e.to_string())?;
         let mut rows = Vec::with_capacity(pg.rows.len());
         for f in pg.rows {
-            let channel: String = c
-                .query_row("SELECT channel FROM files WHERE id = ?1", [f.id], |r| {
-                    r.get(0)
-                })
+            let (channel, reversal): (String, Option<i64>) = c
+                .query_row(
+                    "SELECT channel, reversal FROM files WHERE id = ?1",
+                    [f.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .map_err(|e| e.to_string())?;
+            // A reversed file: who took it back, when (in the zone) and why.
+            let reason = match reversal {
+                Some(_) => {
+                    crate::money::reverse::find(c, crate::money::reverse::Target::File(f.id))
+                        .map_err(|e| e.to_string())?
+                        .map(|r| {
+                            format!(
+                                "取り消し番号 {}（{}、{}）: {}",
+                                r.id,
+                                timefmt::stored_for_people(&r.at, tz),
+                                r.actor,
+                                r.reason
+                            )
+                        })
+                }
+                None => None,
+            }
+            .or(f.reason);
             rows.push(Row {
                 id: f.id,
                 at: timefmt::stored_for_people(&f.started_at, tz),
@@ -123,7 +143,7 @@ async fn list(
                 channel,
                 outcome_text: outcome_text(&f.outcome),
                 outcome: f.outcome,
-                reason: f.reason.unwrap_or_default(),
+                reason: reason.unwrap_or_default(),
                 code_text: code_text(f.file_code.as_deref().unwrap_or_default()),
                 file_code: f.file_code.unwrap_or_default(),
                 repeats: f.repeats,
