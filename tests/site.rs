@@ -635,7 +635,7 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
         "byte for byte"
     );
     assert_eq!(
-        ws.int("SELECT count(*) FROM audit WHERE action = 'download' AND partner = 'shop'"),
+        ws.int("SELECT count(*) FROM audit WHERE action = 'download' AND partner = 'shop' AND client = '127.0.0.1'"),
         1
     );
 
@@ -1334,7 +1334,7 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
         .await;
     assert!(b.text().await.contains("YYYY-MM"));
     assert_eq!(
-        ws.int("SELECT count(*) FROM audit WHERE action = 'statement-download'"),
+        ws.int("SELECT count(*) FROM audit WHERE action = 'statement-download' AND client = '127.0.0.1'"),
         2
     );
     b.close().await;

@@ -200,6 +200,7 @@ async fn list(
 
 async fn errors(
     State(state): State<AppState>,
+    addr: axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
@@ -209,6 +210,7 @@ async fn errors(
     };
     let own = page.session.partner.clone();
     let actor = format!("user:{}", page.session.email);
+    let client = super::client(&addr);
     let found = with_read(&state, move |c| {
         use rusqlite::OptionalExtension;
         let row: Option<(String, Option<String>)> = c
@@ -246,7 +248,7 @@ async fn errors(
                     action: "download",
                     partner: Some(&partner),
                     detail: &format!("error report of file {id}"),
-                    client: None,
+                    client: Some(&client),
                 },
             )
             .map_err(|e| e.to_string())

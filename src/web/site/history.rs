@@ -238,6 +238,7 @@ fn query_string(q: &Search) -> String {
 
 async fn csv(
     State(state): State<AppState>,
+    addr: axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<Search>,
 ) -> Response {
@@ -257,6 +258,7 @@ async fn csv(
     };
     let tz = state.config.daemon.timezone;
     let actor = format!("user:{}", page.session.email);
+    let client = super::client(&addr);
     let partner = b.partner.clone();
     let found = with_read(&state, move |c| {
         let (rows, total) = search(c, &b, 0, EXPORT_MAX + 1, tz).map_err(|e| e.to_string())?;
@@ -283,7 +285,7 @@ async fn csv(
                         action: "history-export",
                         partner: Some(&b.partner),
                         detail: &detail,
-                        client: None,
+                        client: Some(&client),
                     },
                 )
                 .map_err(|e| e.to_string())

@@ -177,6 +177,7 @@ struct StatementQuery {
 
 async fn statement_csv(
     State(state): State<AppState>,
+    addr: axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<StatementQuery>,
 ) -> Response {
@@ -210,6 +211,7 @@ async fn statement_csv(
         Err(r) => return r,
     };
     let actor = format!("user:{}", page.session.email);
+    let client = super::client(&addr);
     let who = partner.clone();
     let detail = format!(
         "statement {month}: net {} miles in {} rows",
@@ -223,7 +225,7 @@ async fn statement_csv(
                 action: "statement-download",
                 partner: Some(&who),
                 detail: &detail,
-                client: None,
+                client: Some(&client),
             },
         )
         .map_err(|e| e.to_string())

@@ -149,6 +149,7 @@ const MEMBER_ROWS: i64 = 200;
 
 async fn member(
     State(state): State<AppState>,
+    addr: axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<MemberQuery>,
 ) -> Response {
@@ -162,6 +163,7 @@ async fn member(
     }
     let tz = state.config.daemon.timezone;
     let actor = format!("user:{}", page.session.email);
+    let client = super::client(&addr);
     let looked_up = query.clone();
     let found = with_read(&state, move |c| {
         let Some((member_id, status, miles)) =
@@ -208,7 +210,7 @@ async fn member(
                     action: "member-lookup",
                     partner: None,
                     detail: &format!("member {member_id}"),
-                    client: None,
+                    client: Some(&client),
                 },
             )
             .map_err(|e| e.to_string())
