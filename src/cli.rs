@@ -1388,6 +1388,20 @@ fn print_status(v: &serde_json::Value, tz: chrono_tz::Tz) {
             timefmt::stored_for_people(m, tz)
         );
     }
+    if let Some(r) = v["run_request"].as_object() {
+        let by = format!("by {} at {}", s(&r["requested_by"]), t(&r["requested_at"]));
+        match r["started_at"].as_str() {
+            Some(at) => println!(
+                "  run now   request {} {by}: running since {}",
+                r["id"],
+                timefmt::stored_for_people(at, tz)
+            ),
+            None => println!(
+                "  run now   request {} {by}: queued — the daemon (`milebatch run`) starts it within seconds; if it stays queued, the daemon is not running",
+                r["id"]
+            ),
+        }
+    }
 }
 
 /// `milebatch check [--connect]`: the partners, their next runs, and every

@@ -61,6 +61,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
+use crate::run_requests;
 use crate::schedule::{sleep_until, Clock};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +98,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    run_observed(config, clock, shutdown, None).await
+    run_observed(config, clock, shutdown, None, run_requests::POLL).await
 }
 
 /// The last and next run of one partner, for `STATUS=`.
@@ -118,6 +119,12 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     events: Option<mpsc::UnboundedSender<Event>>,
     boards: Mutex<Vec<Board>>,
+    /// Per partner: set from the moment a run is queued until its result is
+    /// recorded (the overlap guard, shared by the schedule and run-now
+    /// requests; taken with compare-and-swap).
+    busy: Vec<Arc<AtomicBool>>,
+    /// How often "run now" requests are polled for.
+    request_poll: Duration,
 }
 
 impl Shared {
@@ -197,9 +204,22 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-/// `partner_state.last_success` of every partner that has one.
-fn last_successes(config: &Config) -> Result<HashMap<String, DateTime<Utc>>, DaemonError> {
+/// `partner_state.last_success` of every partner that has one. (Also
+/// finishes "run now" requests a dead daemon left running.)
+fn last_successes(
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, DateTime<Utc>>, DaemonError> {
     let conn = db::open(&config.daemon.database)?;
+    let interrupted = run_requests::interrupt_running(&conn, now).map_err(|e| match e {
+        run_requests::RequestError::Db(e) => DbError::from(e),
+    })?;
+    if interrupted > 0 {
+        tracing::warn!(
+            requests = interrupted,
+            "run-now requests left running by a daemon that stopped: marked interrupted"
+        );
+    }
     let mut st = conn
         .prepare("SELECT partner, last_success FROM partner_state WHERE last_success IS NOT NULL")
         .map_err(DbError::from)?;
@@ -229,10 +249,11 @@ pub(crate) async fn run_observed(
     clock: Arc<dyn Clock>,
     mut shutdown: watch::Receiver<bool>,
     events: Option<mpsc::UnboundedSender<Event>>,
+    request_poll: Duration,
 ) -> Result<(), DaemonError> {
     // Opens (and migrates) the database up front: a bad path fails the start,
     // not the first run hours later.
-    let last = last_successes(&config)?;
+    let last = last_successes(&config, clock.now())?;
     let tz = config.daemon.timezone;
     let shared = Arc::new(Shared {
         permits: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
@@ -240,6 +261,8 @@ pub(crate) async fn run_observed(
         shutdown: shutdown.clone(),
         events,
         boards: Mutex::new(vec![Board::default(); config.partners.len()]),
+        busy: (0..config.partners.len()).map(|_| Arc::default()).collect(),
+        request_poll,
         clock,
         config,
     });
@@ -274,6 +297,7 @@ pub(crate) async fn run_observed(
         }
         loops.spawn(partner_loop(shared.clone(), idx, catch_up));
     }
+    loops.spawn(request_loop(shared.clone()));
 
     let watchdog = sd_notify::watchdog_enabled().map(|every| {
         let half = (every / 2).max(Duration::from_millis(100));
@@ -357,12 +381,12 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
     let partner = &sh.config.partners[idx];
     let tz = sh.tz();
     let mut shutdown = sh.shutdown.clone();
-    // Set from the moment a run is queued until its result is recorded: the
-    // overlap guard. (The task's own `is_finished` lags behind `Finished`.)
-    let busy = Arc::new(AtomicBool::new(false));
+    // The overlap guard. (The task's own `is_finished` lags behind
+    // `Finished`.)
+    let busy = sh.busy[idx].clone();
     let mut running: Option<JoinHandle<()>> = None;
-    if catch_up {
-        running = Some(spawn_job(&sh, idx, Trigger::CatchUp, &busy));
+    if catch_up && take(&busy) {
+        running = Some(spawn_job(&sh, idx, Trigger::CatchUp, &busy, None));
     }
     loop {
         let now = sh.clock.now();
@@ -380,7 +404,7 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
         if !sleep_until(&*sh.clock, next, &mut shutdown).await {
             break;
         }
-        if busy.load(Ordering::SeqCst) {
+        if !take(&busy) {
             tracing::warn!(
                 partner = %partner.id,
                 scheduled_for = %zoned(next, tz),
@@ -392,7 +416,7 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
             });
             continue;
         }
-        running = Some(spawn_job(&sh, idx, Trigger::Schedule, &busy));
+        running = Some(spawn_job(&sh, idx, Trigger::Schedule, &busy, None));
     }
     if let Some(h) = running {
         if let Err(e) = h.await {
@@ -401,13 +425,138 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
     }
 }
 
-/// Start one run of partner `idx`: wait for a concurrency permit (or
-/// shutdown), then the blocking pipeline on the blocking pool.
+/// Set a partner's busy flag if it was clear: `false` when a run of the
+/// partner is already queued or going.
+fn take(busy: &AtomicBool) -> bool {
+    busy.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+}
+
+/// Poll for "run now" requests every `request_poll` until shutdown; start
+/// each queued one whose partner is idle (a busy partner's request waits
+/// for the next poll), then wait for the runs it started.
+async fn request_loop(sh: Arc<Shared>) {
+    let mut shutdown = sh.shutdown.clone();
+    let conn: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    let mut jobs: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(sh.request_poll) => {}
+        }
+        jobs.retain(|h| !h.is_finished());
+        let queued = {
+            let conn = conn.clone();
+            let path = sh.config.daemon.database.clone();
+            tokio::task::spawn_blocking(move || {
+                with_conn(&conn, &path, |c| {
+                    run_requests::queued(c).map_err(|e| e.to_string())
+                })
+            })
+            .await
+        };
+        let queued = match queued {
+            Ok(Ok(q)) => q,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read run-now requests; trying again");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "run-now poll panicked");
+                continue;
+            }
+        };
+        for r in queued {
+            let idx = sh.config.partners.iter().position(|p| p.id == r.partner);
+            let now = sh.clock.now();
+            let Some(idx) = idx else {
+                tracing::warn!(request = r.id, partner = %r.partner, "run-now request for a partner not in the config: finished as unknown-partner");
+                let conn = conn.clone();
+                let path = sh.config.daemon.database.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    with_conn(&conn, &path, |c| {
+                        run_requests::finish(c, r.id, now, None, "unknown-partner")
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .await;
+                continue;
+            };
+            let busy = sh.busy[idx].clone();
+            if !take(&busy) {
+                continue;
+            }
+            let claimed = {
+                let conn = conn.clone();
+                let path = sh.config.daemon.database.clone();
+                tokio::task::spawn_blocking(move || {
+                    with_conn(&conn, &path, |c| {
+                        run_requests::claim(c, r.id, now).map_err(|e| e.to_string())
+                    })
+                })
+                .await
+            };
+            match claimed {
+                Ok(Ok(true)) => {
+                    tracing::info!(partner = %r.partner, request = r.id, requested_by = %r.requested_by, "running a run-now request");
+                    jobs.push(spawn_job(&sh, idx, Trigger::RunNow, &busy, Some(r.id)));
+                }
+                other => {
+                    busy.store(false, Ordering::SeqCst);
+                    if let Ok(Err(e)) = other {
+                        tracing::warn!(request = r.id, error = %e, "could not start a run-now request; trying again");
+                    }
+                }
+            }
+        }
+    }
+    for h in jobs {
+        let _ = h.await;
+    }
+}
+
+/// Run `f` with the request loop's connection, opening it on first use.
+fn with_conn<T>(
+    conn: &Mutex<Option<rusqlite::Connection>>,
+    path: &std::path::Path,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_none() {
+        *guard = Some(db::open(path).map_err(|e| e.to_string())?);
+    }
+    f(guard.as_ref().expect("opened above"))
+}
+
+/// Record how run-now request `id` ended (or put it back in the queue when
+/// `outcome` is `None`: the run never started because of shutdown).
+async fn record_request(sh: &Shared, id: i64, run_id: Option<i64>, outcome: Option<String>) {
+    let path = sh.config.daemon.database.clone();
+    let now = sh.clock.now();
+    let done = tokio::task::spawn_blocking(move || {
+        let conn = db::open(&path).map_err(|e| e.to_string())?;
+        match outcome {
+            Some(o) => run_requests::finish(&conn, id, now, run_id, &o),
+            None => run_requests::unclaim(&conn, id),
+        }
+        .map_err(|e| e.to_string())
+    })
+    .await;
+    if !matches!(done, Ok(Ok(()))) {
+        tracing::error!(request = id, "could not record the end of a run-now request: it shows as running until the daemon restarts");
+    }
+}
+
+/// Start one run of partner `idx` (its busy flag already taken): wait for a
+/// concurrency permit (or shutdown), then the blocking pipeline on the
+/// blocking pool. `request`: the run-now request it answers.
 fn spawn_job(
     sh: &Arc<Shared>,
     idx: usize,
     trigger: Trigger,
     busy: &Arc<AtomicBool>,
+    request: Option<i64>,
 ) -> JoinHandle<()> {
     let sh = sh.clone();
     busy.store(true, Ordering::SeqCst);
@@ -420,12 +569,11 @@ fn spawn_job(
             _ = shutdown.wait_for(|s| *s) => None,
             p = sh.permits.clone().acquire_owned() => p.ok(),
         };
-        let Some(permit) = permit else {
+        if permit.is_none() || sh.stop.load(Ordering::SeqCst) {
             tracing::info!(partner = %id, "shutdown: not starting the queued run");
-            return;
-        };
-        if sh.stop.load(Ordering::SeqCst) {
-            tracing::info!(partner = %id, "shutdown: not starting the queued run");
+            if let Some(rid) = request {
+                record_request(&sh, rid, None, None).await;
+            }
             return;
         }
         let now = sh.clock.now();
@@ -450,6 +598,14 @@ fn spawn_job(
             )
         })
         .await;
+        if let Some(rid) = request {
+            let (run_id, outcome) = match &result {
+                Ok(r) if r.run_id.is_none() => (None, "not-started".to_owned()),
+                Ok(r) => (r.run_id, r.outcome.clone()),
+                Err(_) => (None, "panicked".to_owned()),
+            };
+            record_request(&sh, rid, run_id, Some(outcome)).await;
+        }
         match result {
             Ok(report) => {
                 if report.run_id.is_none() {
@@ -623,7 +779,13 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let (tx, rx) = mpsc::unbounded_channel();
         let clock: Arc<dyn Clock> = Arc::new(clock.clone());
-        let handle = tokio::spawn(run_observed(ws.config.clone(), clock, shutdown, Some(tx)));
+        let handle = tokio::spawn(run_observed(
+            ws.config.clone(),
+            clock,
+            shutdown,
+            Some(tx),
+            Duration::from_millis(20),
+        ));
         Running {
             handle,
             stop,
@@ -715,6 +877,58 @@ mod tests {
     fn tokyo_3am(day: u32) -> DateTime<Utc> {
         // 03:00 JST on `day` is 18:00 UTC the day before.
         utc(2026, 11, day - 1, 18, 0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_now_request_is_run_once_and_its_run_recorded() {
+        let ws = workspace(&["acme", "idle"], 4);
+        let clock = ManualClock::new(utc(2026, 11, 24, 12, 0));
+        let mut d = start(&ws, &clock);
+        d.expect("ready", |e| matches!(e, Event::Ready)).await;
+        ws.deliver("acme", "a.csv", 20);
+        let (req, _) = {
+            let mut conn = db::open(ws.db_path()).unwrap();
+            run_requests::request(&mut conn, "acme", "user:ops@x", None, clock.now()).unwrap()
+        };
+        // And one for a partner no longer in the config.
+        {
+            let conn = ws.db();
+            conn.execute(
+                "INSERT INTO run_requests(partner, requested_by, requested_at) VALUES ('gone', 'x', 't')",
+                [],
+            )
+            .unwrap();
+        }
+        let (trigger, report) = d.finished("acme").await;
+        assert_eq!((trigger, report.outcome.as_str()), (Trigger::RunNow, "ok"));
+        let conn = db::open(ws.db_path()).unwrap();
+        let done = run_requests::recent(&conn, "acme", 5).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].id, req.id);
+        assert_eq!(done[0].state(), run_requests::State::Done);
+        assert_eq!(done[0].run_id, report.run_id);
+        assert_eq!(done[0].outcome.as_deref(), Some("ok"));
+        let trig: String = conn
+            .query_row(
+                "SELECT trigger FROM runs WHERE id = ?1",
+                [report.run_id.unwrap()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(trig, "run-now");
+        assert_eq!(
+            ws.count("SELECT count(*) FROM files WHERE outcome = 'credited'"),
+            1
+        );
+        // The next polls start nothing more: the request ran once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let gone = run_requests::recent(&conn, "gone", 1).unwrap();
+        assert_eq!(gone[0].outcome.as_deref(), Some("unknown-partner"));
+        let events = d.shutdown().await;
+        assert_eq!(
+            started(&events),
+            vec![("acme".to_string(), Trigger::RunNow)]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

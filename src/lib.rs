@@ -32,6 +32,7 @@ pub mod members;
 pub mod money;
 pub mod pipeline;
 pub mod query;
+pub mod run_requests;
 pub mod schedule;
 pub mod source;
 pub mod timefmt;

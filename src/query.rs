@@ -133,42 +133,121 @@ pub struct HistoryRow {
     /// The file's line; for an API exchange, the exchange's id.
     pub line: i64,
     pub credited_at: String,
+    /// `credited_at` as unix seconds (as stored).
+    #[serde(skip)]
+    pub credited_unix: i64,
     /// The reversal that wrote this row (a compensating, negative row).
     pub reversal: Option<i64>,
     /// `pull`, `upload` or `api`.
     pub channel: String,
 }
 
-/// Every credit of one partner key, from every channel (files and API
-/// exchanges), reversals included: the search the management site offers.
-pub fn history(conn: &Connection, partner: &str, key: &str) -> Result<Vec<HistoryRow>, DbError> {
-    let mut st = conn.prepare(
+/// A search of one partner's credits by partner key: the one query behind
+/// `milebatch history` and the site's history page and CSV.
+#[derive(Debug, Clone)]
+pub struct HistorySearch<'a> {
+    pub partner: &'a str,
+    pub key: &'a str,
+    /// `key` is a prefix: a range on the ledger's clustered key
+    /// `(partner, partner_key, …)`, never a scan.
+    pub prefix: bool,
+    /// Credited at or after this (unix seconds; `i64::MIN`: no bound).
+    pub from: i64,
+    /// Credited before this (unix seconds; `i64::MAX`: no bound).
+    pub to: i64,
+}
+
+impl<'a> HistorySearch<'a> {
+    /// Every credit of exactly `key`, whenever.
+    pub fn exact(partner: &'a str, key: &'a str) -> Self {
+        HistorySearch {
+            partner,
+            key,
+            prefix: false,
+            from: i64::MIN,
+            to: i64::MAX,
+        }
+    }
+}
+
+/// The search's condition: a range of the ledger's primary key (pinned by
+/// a unit test's query plan).
+const HISTORY_WHERE: &str = "WHERE l.partner = ?1 AND l.partner_key >= ?2 AND l.partner_key <= ?3 \
+                             AND l.credited_at >= ?4 AND l.credited_at < ?5";
+
+/// Rows of a [`HistorySearch`], and how many match in all.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub rows: Vec<HistoryRow>,
+    pub total: u64,
+}
+
+/// Matching rows `offset..offset + limit` (`None`: all), in key order (then
+/// time, file, line; a reversal's row after the row it reverses), from
+/// every channel (files and API exchanges), reversals included.
+pub fn history_search(
+    conn: &Connection,
+    s: &HistorySearch<'_>,
+    offset: u64,
+    limit: Option<u64>,
+) -> Result<HistoryPage, DbError> {
+    let key = s.key.trim();
+    // A prefix is the key range [prefix, prefix || U+10FFFF] (BINARY
+    // collation compares UTF-8 bytes).
+    let (lo, hi) = if s.prefix {
+        (key.to_owned(), format!("{key}\u{10FFFF}"))
+    } else {
+        (key.to_owned(), key.to_owned())
+    };
+    const WHERE: &str = HISTORY_WHERE;
+    let total: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM ledger l {WHERE}"),
+        params![s.partner, lo, hi, s.from, s.to],
+        |r| r.get(0),
+    )?;
+    let limit = limit.map(|n| n.min(i64::MAX as u64) as i64).unwrap_or(-1);
+    let mut st = conn.prepare_cached(&format!(
         "SELECT l.partner, l.partner_key, COALESCE(m.member_id, '#' || l.member), l.miles,
                 CASE WHEN l.file_id = 0 THEN 'API' ELSE COALESCE(f.name, '?') END,
                 l.file_id, l.line, l.credited_at, l.reversal,
                 CASE WHEN l.file_id = 0 THEN 'api' ELSE COALESCE(f.channel, 'pull') END
-         FROM ledger l LEFT JOIN files f ON f.id = l.file_id LEFT JOIN members m ON m.id = l.member
-         WHERE l.partner = ?1 AND l.partner_key = ?2
-         ORDER BY l.credited_at, l.file_id, l.line, l.reversal IS NOT NULL",
+         FROM ledger l LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0
+         LEFT JOIN members m ON m.id = l.member
+         {WHERE}
+         ORDER BY l.partner_key, l.credited_at, l.file_id, l.line, l.reversal IS NOT NULL
+         LIMIT ?6 OFFSET ?7"
+    ))?;
+    let rows = st.query_map(
+        params![s.partner, lo, hi, s.from, s.to, limit, offset as i64],
+        |r| {
+            let at: i64 = r.get(7)?;
+            Ok(HistoryRow {
+                partner: r.get(0)?,
+                partner_key: r.get(1)?,
+                member_id: r.get(2)?,
+                miles: r.get(3)?,
+                file: r.get(4)?,
+                file_id: r.get(5)?,
+                line: r.get(6)?,
+                credited_at: chrono::DateTime::from_timestamp(at, 0)
+                    .map(crate::db::now_text)
+                    .unwrap_or_default(),
+                credited_unix: at,
+                reversal: r.get(8)?,
+                channel: r.get(9)?,
+            })
+        },
     )?;
-    let rows = st.query_map(params![partner, key.trim()], |r| {
-        let at: i64 = r.get(7)?;
-        Ok(HistoryRow {
-            partner: r.get(0)?,
-            partner_key: r.get(1)?,
-            member_id: r.get(2)?,
-            miles: r.get(3)?,
-            file: r.get(4)?,
-            file_id: r.get(5)?,
-            line: r.get(6)?,
-            credited_at: chrono::DateTime::from_timestamp(at, 0)
-                .map(crate::db::now_text)
-                .unwrap_or_default(),
-            reversal: r.get(8)?,
-            channel: r.get(9)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(HistoryPage {
+        rows: rows.collect::<Result<_, _>>()?,
+        total: total as u64,
+    })
+}
+
+/// Every credit of one partner key (`milebatch history`): a
+/// [`history_search`] for exactly `key`, all of it.
+pub fn history(conn: &Connection, partner: &str, key: &str) -> Result<Vec<HistoryRow>, DbError> {
+    Ok(history_search(conn, &HistorySearch::exact(partner, key), 0, None)?.rows)
 }
 
 /// The last reversal of a partner's credits.
@@ -249,6 +328,9 @@ pub struct PartnerStatus {
     pub last_credited: Option<FileBrief>,
     pub last_refused: Option<FileBrief>,
     pub last_reversal: Option<LastReversal>,
+    /// A "run now" request from the site not yet finished (queued or
+    /// running; `crate::run_requests`).
+    pub run_request: Option<crate::run_requests::Request>,
 }
 
 pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus, DbError> {
@@ -377,6 +459,9 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
         last_credited,
         last_refused,
         last_reversal,
+        run_request: crate::run_requests::open_of(conn, partner).map_err(|e| match e {
+            crate::run_requests::RequestError::Db(e) => DbError::from(e),
+        })?,
     })
 }
 
@@ -427,4 +512,122 @@ pub fn api_exchanges(
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ledger rows of partner `shop` (and one of `other`), inserted directly:
+    /// (key, file_id, member, miles, line, unix time).
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
+        conn.execute_batch(
+            "INSERT INTO members(id, member_id, email, status) VALUES (1, 'M1', NULL, 0), (2, 'M2', NULL, 0);
+             INSERT INTO runs(id, partner, trigger, started_at) VALUES (1, 'shop', 'manual', 't');
+             INSERT INTO files(id, partner, run_id, name, size, sha256, outcome, rows, credited, failed, miles, started_at, channel)
+                 VALUES (7, 'shop', 1, 'f.csv', 1, 'x', 'credited', 3, 3, 0, 6, 't', 'upload');",
+        )
+        .unwrap();
+        for (key, file, member, miles, line, at) in [
+            ("K1", 7, 1, 1, 1, 100),
+            ("K10", 7, 2, 2, 2, 200),
+            ("K2", 7, 1, 3, 3, 300),
+            ("K11", 0, 2, 4, 9, 400),
+            ("K1", 7, 1, -1, 1, 500),
+        ] {
+            conn.execute(
+                "INSERT INTO ledger(partner, partner_key, file_id, member, miles, dup, line, credited_at, reversal)
+                 VALUES ('shop', ?1, ?2, ?3, ?4, ?5, ?5, ?6, CASE WHEN ?4 < 0 THEN 1 END)",
+                params![key, file, member, miles, line, at],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO ledger(partner, partner_key, file_id, member, miles, dup, line, credited_at)
+             VALUES ('other', 'K1', 0, 1, 5, 1, 1, 100)",
+            [],
+        )
+        .unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn history_search_exact_prefix_dates_and_pages() {
+        let (_d, conn) = db();
+        // Exact: K1 only (not K10, K11), both the credit and its reversal,
+        // the reversal after it; never another partner's K1.
+        let exact = history(&conn, "shop", " K1 ").unwrap();
+        let got: Vec<_> = exact
+            .iter()
+            .map(|r| (r.partner_key.as_str(), r.miles, r.reversal))
+            .collect();
+        assert_eq!(got, vec![("K1", 1, None), ("K1", -1, Some(1))]);
+        assert_eq!(
+            (exact[0].file.as_str(), exact[0].channel.as_str()),
+            ("f.csv", "upload")
+        );
+        let s = |prefix, from, to| HistorySearch {
+            partner: "shop",
+            key: "K1",
+            prefix,
+            from,
+            to,
+        };
+        // Prefix: K1, K10, K11 in key order, the API row as channel api.
+        let all = history_search(&conn, &s(true, i64::MIN, i64::MAX), 0, None).unwrap();
+        assert_eq!(all.total, 4);
+        let keys: Vec<_> = all.rows.iter().map(|r| r.partner_key.as_str()).collect();
+        assert_eq!(keys, ["K1", "K1", "K10", "K11"]);
+        let api = &all.rows[3];
+        assert_eq!(
+            (
+                api.channel.as_str(),
+                api.file_id,
+                api.line,
+                api.file.as_str()
+            ),
+            ("api", 0, 9, "API")
+        );
+        // A page: the total stays the whole search.
+        let page = history_search(&conn, &s(true, i64::MIN, i64::MAX), 1, Some(2)).unwrap();
+        assert_eq!(page.total, 4);
+        assert_eq!(
+            page.rows.iter().map(|r| r.miles).collect::<Vec<_>>(),
+            [-1, 2]
+        );
+        // Dates: [from, to).
+        let window = history_search(&conn, &s(true, 200, 400), 0, None).unwrap();
+        assert_eq!(
+            window
+                .rows
+                .iter()
+                .map(|r| r.credited_unix)
+                .collect::<Vec<_>>(),
+            [200]
+        );
+    }
+
+    #[test]
+    fn history_search_seeks_the_ledger_key() {
+        let (_d, conn) = db();
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM ledger l {HISTORY_WHERE}"
+            ))
+            .unwrap()
+            .query_map(params!["shop", "K1", "K1\u{10FFFF}", 0, 1], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains(
+                "SEARCH l USING PRIMARY KEY (partner=? AND partner_key>? AND partner_key<?)"
+            )),
+            "{plan:?}"
+        );
+    }
 }

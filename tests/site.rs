@@ -303,6 +303,98 @@ fn csrf_token_and_origin_are_both_checked() {
     assert_eq!(ws.int("SELECT count(*) FROM sessions"), 0);
 }
 
+/// Log in over HTTP (no browser): the `name=value` session cookie.
+fn http_login(s: &Serve, email: &str, password: &str) -> String {
+    let r = s
+        .client()
+        .post(s.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("email", email), ("password", password)]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "login of {email}");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token of the page at `path` for session `sid`.
+fn csrf_of(s: &Serve, sid: &str, path: &str) -> String {
+    let page = s
+        .client()
+        .get(s.url(path))
+        .header("cookie", sid)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf in {path}: {page}"))
+        .to_owned()
+}
+
+/// While the batch holds the database's write lock (a file's credit
+/// transaction), pages still answer at once (they read through the pool;
+/// the session's expiry is not rewritten on every page), and a write
+/// (logout) waits for the lock instead of failing with SQLITE_BUSY.
+#[test]
+fn pages_answer_while_the_batch_holds_the_write_lock_and_writes_wait() {
+    let (ws, s, _pin) = site_with(
+        |ws| ws.scheduled_partner("shop", "daily 03:00"),
+        |ws| {
+            ws.members(3);
+            ws.write("inbox/shop/x.csv", "M000001,K1,500\r\n");
+            ws.ok(&["once"]);
+        },
+    );
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let sid = http_login(&s, "staff@shop.example", &pw);
+    let token = csrf_of(&s, &sid, "/");
+    let lock = ws.db();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let c = s.client();
+    for path in ["/", "/files", "/history?key=K1"] {
+        let started = std::time::Instant::now();
+        let r = c
+            .get(s.url(path))
+            .header("cookie", &sid)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .unwrap_or_else(|e| panic!("{path} did not answer under the write lock: {e}"));
+        assert_eq!(r.status(), 200, "{path}");
+        let body = r.text().unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+        if path == "/files" {
+            assert!(body.contains("x.csv"), "{body}");
+        }
+    }
+    // A write waits for the lock, then succeeds.
+    let logout = {
+        let c = s.client();
+        let url = s.url("/logout");
+        let sid = sid.clone();
+        std::thread::spawn(move || {
+            c.post(url)
+                .header("cookie", &sid)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&[("csrf", token.as_str())]))
+                .send()
+                .unwrap()
+                .status()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!logout.is_finished(), "the logout waits for the write lock");
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(logout.join().unwrap(), 303);
+    assert_eq!(ws.int("SELECT count(*) FROM sessions"), 0);
+}
+
 /// `application/x-www-form-urlencoded` (reqwest's `form` feature is off).
 fn form(pairs: &[(&str, &str)]) -> String {
     let enc = |v: &str| {
@@ -543,7 +635,7 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
         "byte for byte"
     );
     assert_eq!(
-        ws.int("SELECT count(*) FROM audit WHERE action = 'download' AND partner = 'shop'"),
+        ws.int("SELECT count(*) FROM audit WHERE action = 'download' AND partner = 'shop' AND client = '127.0.0.1'"),
         1
     );
 
@@ -555,9 +647,17 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
     .await;
     let t = b.text().await;
     assert!(t.contains("404") && !t.contains("O2"), "{t}");
+    assert!(t.contains("ログアウト"), "the 404 page has the menu: {t}");
     b.visit(&s.url("/files/999999/errors"), "missing-file")
         .await;
     assert!(b.text().await.contains("404"));
+    // A path no route takes: the HTML 404 with the menu, for a browser.
+    b.visit(&s.url("/no-such-page"), "no-such-page").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("ページが見つかりません") && t.contains("ファイル一覧"),
+        "{t}"
+    );
     b.close().await;
 }
 
@@ -685,5 +785,557 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
     )
     .await;
     assert!(b.text().await.contains("151 件"), "still our own partner");
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_page_creates_a_key_shown_once_and_revokes_after_confirmation() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}\n[partner.api]\nenabled = true\ndaily_miles_limit = 1000\n{}",
+                    ws.scheduled_partner("shop", "daily 03:00"),
+                    ws.scheduled_partner("other", "daily 03:00")
+                )
+            },
+            |_| {},
+        )
+    })
+    .await
+    .unwrap();
+    let other = ws.ok(&[
+        "api-key",
+        "create",
+        "--partner",
+        "other",
+        "--label",
+        "theirs",
+        "--json",
+    ]);
+    let other: serde_json::Value = serde_json::from_str(&other).unwrap();
+    let other_prefix = other["prefix"].as_str().unwrap().to_owned();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let mut b = Browser::start("keys", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    b.client
+        .find(fantoccini::Locator::LinkText("API キー"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("keys-empty").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("キーはまだありません") && !t.contains(&other_prefix),
+        "{t}"
+    );
+
+    // Create: the key is on the result page, once.
+    b.fill_labelled("名前（用途）", "POS 本番").await;
+    b.click_button("キーを作成").await;
+    b.shot("key-created").await;
+    let key = b
+        .client
+        .find(fantoccini::Locator::Id("new-key"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(key.starts_with("mbk_") && key.len() == 44, "{key}");
+    let prefix = key[..12].to_owned();
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM api_keys WHERE partner = 'shop' AND prefix = '{prefix}' AND label = 'POS 本番'"
+        )),
+        1
+    );
+    // The key works against the API, and is never shown again.
+    let r = tokio::task::block_in_place(|| {
+        s.client()
+            .post(s.url("/api/v1/exchanges"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("idempotency-key", "k1")
+            .header("content-type", "application/json")
+            .body(r#"{"member":"nobody","partner_key":"P1","miles":1}"#)
+            .send()
+            .unwrap()
+    });
+    assert_eq!(r.status(), 422, "authenticated (unknown member)");
+    b.visit(&s.url("/keys"), "keys-list").await;
+    let t = b.text().await;
+    assert!(
+        t.contains(&prefix) && t.contains("POS 本番") && t.contains("有効"),
+        "{t}"
+    );
+    assert!(!t.contains(&key), "the key is shown only once: {t}");
+    let html = b.client.source().await.unwrap();
+    assert!(!html.contains(&key[12..]), "not even in the page source");
+
+    // Another partner's prefix: 404 like a missing one, for the
+    // confirmation page and for the POST itself.
+    b.visit(
+        &s.url(&format!("/keys/{other_prefix}/revoke")),
+        "other-partner-key",
+    )
+    .await;
+    assert!(b.text().await.contains("404"));
+    b.visit(&s.url("/keys/mbk_00000000/revoke"), "missing-key")
+        .await;
+    assert!(b.text().await.contains("404"));
+    let (sid, token) = tokio::task::block_in_place(|| {
+        let sid = http_login(&s, "staff@shop.example", &pw);
+        let token = csrf_of(&s, &sid, "/keys");
+        (sid, token)
+    });
+    let r = tokio::task::block_in_place(|| {
+        s.client()
+            .post(s.url(&format!("/keys/{other_prefix}/revoke")))
+            .header("cookie", &sid)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", token.as_str())]))
+            .send()
+            .unwrap()
+    });
+    assert_eq!(r.status(), 404);
+    // Without the CSRF token: refused, nothing revoked.
+    let r = tokio::task::block_in_place(|| {
+        s.client()
+            .post(s.url(&format!("/keys/{prefix}/revoke")))
+            .header("cookie", &sid)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", "wrong")]))
+            .send()
+            .unwrap()
+    });
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL"),
+        0
+    );
+
+    // Revoke: a confirmation page first, then the key is refused by the API.
+    b.visit(&s.url("/keys"), "keys-before-revoke").await;
+    b.client
+        .find(fantoccini::Locator::LinkText("失効させる"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("revoke-confirm").await;
+    assert!(b.text().await.contains("元に戻すことはできません"));
+    assert_eq!(
+        ws.int("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL"),
+        0
+    );
+    b.click_button("失効させる").await;
+    let t = b.text().await;
+    b.shot("revoked").await;
+    assert!(
+        t.contains("失効させました") && t.contains("失効済み"),
+        "{t}"
+    );
+    let r = tokio::task::block_in_place(|| {
+        s.client()
+            .post(s.url("/api/v1/exchanges"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("idempotency-key", "k2")
+            .header("content-type", "application/json")
+            .body(r#"{"member":"nobody","partner_key":"P2","miles":1}"#)
+            .send()
+            .unwrap()
+    });
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM audit WHERE actor = 'user:staff@shop.example' AND client = '127.0.0.1' \
+             AND ((action = 'api-key-create' AND detail LIKE 'key {prefix}%') OR (action = 'api-key-revoke' AND detail = 'key {prefix}'))"
+        )),
+        2
+    );
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM audit WHERE detail LIKE '%{}%'",
+            &key[12..]
+        )),
+        0,
+        "the key is never in the audit trail"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM api_keys WHERE partner = 'other' AND revoked_at IS NULL"),
+        1,
+        "the other partner's key is untouched"
+    );
+    b.click_button("ログアウト").await;
+
+    // Ops have no key page (they use `milebatch api-key`).
+    log_in(&mut b, &s, "ops@example.jp", &ops_pw, "ops-logged-in").await;
+    b.visit(&s.url("/keys"), "ops-keys").await;
+    assert!(b.text().await.contains("404"));
+    b.close().await;
+}
+
+/// The attribute `attr` of the first element matching `css`.
+async fn attr_of(b: &Browser, css: &str, attr: &str) -> String {
+    b.client
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .attr(attr)
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_now_is_queued_by_the_site_and_run_by_the_real_daemon() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| ws.scheduled_partner("shop", "daily 03:00"),
+            |ws| {
+                ws.members(5);
+                ws.write("inbox/shop/now.csv", "M000001,N1,300\r\nM000002,N2,20\r\n");
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let partner_pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+
+    // A partner user cannot ask for a run: 404.
+    tokio::task::block_in_place(|| {
+        let sid = http_login(&s, "staff@shop.example", &partner_pw);
+        let token = csrf_of(&s, &sid, "/");
+        let r = s
+            .client()
+            .post(s.url("/ops/partners/shop/run"))
+            .header("cookie", &sid)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", token.as_str())]))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    });
+    assert_eq!(ws.int("SELECT count(*) FROM run_requests"), 0);
+
+    let mut b = Browser::start("run-now", Some(&pin)).await;
+    log_in(&mut b, &s, "ops@example.jp", &ops_pw, "ops-logged-in").await;
+    b.visit(&s.url("/files?partner=shop"), "partner-files")
+        .await;
+    b.click_button("今すぐ実行").await;
+    b.shot("queued").await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/files");
+    assert_eq!(
+        attr_of(&b, "tr[data-request]", "data-state").await,
+        "queued"
+    );
+    assert!(b.text().await.contains("待機中"));
+    // Asking again while it is open does not queue a second run.
+    b.click_button("今すぐ実行").await;
+    assert_eq!(ws.int("SELECT count(*) FROM run_requests"), 1);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'run-now' AND partner = 'shop' AND actor = 'user:ops@example.jp'"),
+        1
+    );
+    let status = ws.ok(&["status"]);
+    assert!(
+        status.contains("run now   request 1 by user:ops@example.jp"),
+        "{status}"
+    );
+    assert!(status.contains("queued"), "{status}");
+
+    // No daemon: after a minute the page says nobody is picking it up.
+    ws.db()
+        .execute(
+            "UPDATE run_requests SET requested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 minutes')",
+            [],
+        )
+        .unwrap();
+    b.visit(&s.url("/files?partner=shop"), "stale").await;
+    let t = b.text().await;
+    assert!(t.contains("デーモンがこの要求を受け付けていません"), "{t}");
+    assert_eq!(ws.int("SELECT count(*) FROM files"), 0, "nothing ran");
+
+    // The daemon starts, picks the request up and runs the partner.
+    let daemon = ws.spawn_daemon(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        b.visit(&s.url("/files?partner=shop"), "waiting").await;
+        if attr_of(&b, "tr[data-request]", "data-state").await == "done" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was not run:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    b.shot("done").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("完了: 成功（ok）") && t.contains("now.csv") && t.contains("積算済み"),
+        "{t}"
+    );
+    assert!(!t.contains("受け付けていません"), "{t}");
+    assert_eq!(
+        ws.int(
+            "SELECT count(*) FROM run_requests r JOIN runs ON runs.id = r.run_id \
+                WHERE runs.trigger = 'run-now' AND runs.partner = 'shop' AND r.outcome = 'ok' \
+                AND r.started_at IS NOT NULL AND r.finished_at IS NOT NULL"
+        ),
+        1
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM files WHERE outcome = 'credited'"),
+        1
+    );
+    assert_eq!(ws.balance("M000001"), 300);
+    let status = ws.ok(&["status"]);
+    assert!(!status.contains("run now"), "nothing pending: {status}");
+    assert!(status.contains("[run-now] ok"), "{status}");
+    b.close().await;
+}
+
+/// The first `.csv` the browser downloads (at most 20 s).
+async fn downloaded_csv(b: &Browser) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let done: Vec<_> = std::fs::read_dir(&b.downloads)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        if let Some(p) = done.first() {
+            return std::fs::read(p).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no download");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}{}",
+                    ws.scheduled_partner("shop", "daily 03:00"),
+                    ws.scheduled_partner("other", "daily 03:00")
+                )
+            },
+            |ws| {
+                ws.members(5);
+                ws.write(
+                    "inbox/shop/wrong.csv",
+                    "M000001,W1,500\r\nM000002,W2,40\r\n",
+                );
+                ws.write("inbox/other/o.csv", "M000003,O1,7\r\n");
+                // A header line only: refused, F003.
+                ws.write("inbox/other/p.csv", "member,key,miles\r\n");
+                let out = ws.run(&["once"]);
+                assert_eq!(out.status.code(), Some(1), "{out:?}");
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let file = ws.int("SELECT id FROM files WHERE partner = 'shop'");
+    let month = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m")
+        .to_string();
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let partner_pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    // M000002 has spent 30 of its 40 miles elsewhere.
+    ws.db()
+        .execute(
+            "UPDATE balances SET miles = 10 WHERE member = (SELECT id FROM members WHERE member_id = 'M000002')",
+            [],
+        )
+        .unwrap();
+
+    // Partner users never reach the reverse pages.
+    tokio::task::block_in_place(|| {
+        let sid = http_login(&s, "staff@shop.example", &partner_pw);
+        let token = csrf_of(&s, &sid, "/");
+        let c = s.client();
+        let r = c
+            .get(s.url(&format!("/ops/files/{file}/reverse")))
+            .header("cookie", &sid)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let r = c
+            .post(s.url(&format!("/ops/files/{file}/reverse")))
+            .header("cookie", &sid)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", token.as_str()), ("reason", "mine")]))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    });
+
+    let mut b = Browser::start("money", Some(&pin)).await;
+    log_in(&mut b, &s, "ops@example.jp", &ops_pw, "ops-logged-in").await;
+    b.visit(&s.url("/files?partner=shop"), "partner-files")
+        .await;
+    b.client
+        .find(fantoccini::Locator::LinkText("取り消す"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.shot("confirm").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("wrong.csv") && t.contains("540") && t.contains("理由"),
+        "{t}"
+    );
+    assert_eq!(
+        ws.int("SELECT count(*) FROM reversals"),
+        0,
+        "nothing before the confirmation"
+    );
+    b.fill_labelled("理由（必須・記録に残ります）", "誤送信（パートナー依頼）")
+        .await;
+    b.click_button("取り消しを実行").await;
+    let t = b.text().await;
+    b.shot("shortfall").await;
+    assert!(
+        t.contains("取り消しできません")
+            && t.contains("M000002")
+            && t.contains("何も変更していません"),
+        "{t}"
+    );
+    let short = b
+        .client
+        .find(fantoccini::Locator::Css("tr[data-member=M000002] td.red"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(short, "30");
+    assert!(!t.contains("M000001"), "only members short are named: {t}");
+    assert_eq!(ws.int("SELECT count(*) FROM reversals"), 0);
+    assert_eq!(ws.balance("M000001"), 500, "nothing changed");
+
+    // The miles come back (a refund elsewhere): the reversal goes through.
+    ws.db()
+        .execute(
+            "UPDATE balances SET miles = 40 WHERE member = (SELECT id FROM members WHERE member_id = 'M000002')",
+            [],
+        )
+        .unwrap();
+    b.visit(
+        &s.url(&format!("/ops/files/{file}/reverse")),
+        "confirm-again",
+    )
+    .await;
+    b.fill_labelled("理由（必須・記録に残ります）", "誤送信（パートナー依頼）")
+        .await;
+    b.click_button("取り消しを実行").await;
+    let t = b.text().await;
+    b.shot("reversed").await;
+    assert!(
+        t.contains("取り消しました") && t.contains("540 マイル"),
+        "{t}"
+    );
+    assert_eq!(ws.balance("M000001"), 0);
+    assert_eq!(ws.balance("M000002"), 0);
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM reversals WHERE file_id = {file} AND actor = 'user:ops@example.jp' AND reason = '誤送信（パートナー依頼）'"
+        )),
+        1
+    );
+    assert_eq!(
+        ws.int(
+            "SELECT count(*) FROM audit WHERE action = 'reverse' AND actor = 'user:ops@example.jp'"
+        ),
+        1
+    );
+    ws.assert_balances_match_ledger();
+    let verify = ws.run(&["verify"]);
+    assert_eq!(verify.status.code(), Some(0), "{verify:?}");
+    b.visit(&s.url("/files?partner=shop"), "files-after").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("取り消し済み")
+            && t.contains("取り消し番号 1（")
+            && t.contains("JST、user:ops@example.jp）: 誤送信（パートナー依頼）"),
+        "{t}"
+    );
+
+    // A refused file shows its code and what it means.
+    b.visit(&s.url("/files?partner=other"), "other-files").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("F003 データ行がありません") && t.contains("p.csv"),
+        "{t}"
+    );
+
+    // Ops: another partner's statement, equal to the CLI's.
+    let cli_other = ws.ok(&[
+        "statement",
+        "--partner",
+        "other",
+        "--month",
+        &month,
+        "--csv",
+    ]);
+    let web_other = tokio::task::block_in_place(|| {
+        let sid = http_login(&s, "ops@example.jp", &ops_pw);
+        let r = s
+            .client()
+            .get(s.url(&format!("/statement.csv?partner=other&month={month}")))
+            .header("cookie", &sid)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().unwrap()
+    });
+    assert_eq!(web_other, cli_other);
+    b.click_button("ログアウト").await;
+
+    // A partner user downloads its own statement from the files page:
+    // the reversal is in it, and it equals the CLI's byte for byte.
+    log_in(
+        &mut b,
+        &s,
+        "staff@shop.example",
+        &partner_pw,
+        "partner-logged-in",
+    )
+    .await;
+    b.visit(&s.url("/files"), "partner-files").await;
+    b.click_button("明細を CSV でダウンロード").await;
+    let csv = downloaded_csv(&b).await;
+    let cli = ws.ok(&["statement", "--partner", "shop", "--month", &month, "--csv"]);
+    assert_eq!(String::from_utf8(csv).unwrap(), cli);
+    assert!(cli.contains("net"), "{cli}");
+    // Another partner's statement: 404.
+    b.visit(
+        &s.url(&format!("/statement.csv?partner=other&month={month}")),
+        "other-statement",
+    )
+    .await;
+    assert!(b.text().await.contains("404"));
+    b.visit(&s.url("/statement.csv?month=2026-13"), "bad-month")
+        .await;
+    assert!(b.text().await.contains("YYYY-MM"));
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'statement-download' AND client = '127.0.0.1'"),
+        2
+    );
     b.close().await;
 }

@@ -319,4 +319,22 @@ ALTER TABLE files ADD COLUMN reversal INTEGER REFERENCES reversals(id);
     // 12: `milebatch retry` (src/money/retry.rs): the file whose archived
     // bytes a file row re-processed. Column only.
     "ALTER TABLE files ADD COLUMN retry_of INTEGER REFERENCES files(id);",
+    // 14: "run now" requests from the management site (src/run_requests.rs).
+    // `serve` holds no transfer credentials, so it only records the request;
+    // the daemon polls for queued rows (started_at NULL), runs the partner
+    // under its usual lock and records the run and its outcome. Times are
+    // RFC 3339 UTC; `run_id` names `runs.id` (no REFERENCES, as at 3).
+    r#"
+CREATE TABLE run_requests(
+    id           INTEGER PRIMARY KEY,
+    partner      TEXT NOT NULL,
+    requested_by TEXT NOT NULL,     -- as in audit.actor
+    requested_at TEXT NOT NULL,
+    started_at   TEXT,              -- NULL: queued
+    finished_at  TEXT,              -- NULL with started_at set: running
+    run_id       INTEGER,           -- the run it became (NULL if none started)
+    outcome      TEXT               -- the run's outcome, or why there was none
+);
+CREATE INDEX run_requests_open ON run_requests(partner, id) WHERE finished_at IS NULL;
+"#,
 ];

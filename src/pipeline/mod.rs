@@ -159,6 +159,9 @@ pub enum Trigger {
     Retry,
     /// A file uploaded through the management site.
     Upload,
+    /// A "run now" request from the management site, run by the daemon
+    /// (`crate::run_requests`).
+    RunNow,
 }
 
 impl Trigger {
@@ -169,6 +172,7 @@ impl Trigger {
             Trigger::CatchUp => "catch-up",
             Trigger::Retry => "retry",
             Trigger::Upload => "upload",
+            Trigger::RunNow => "run-now",
         }
     }
 }
@@ -289,7 +293,8 @@ impl RunReport {
             "skipped"
         } else if !self.files.is_empty() {
             "ok"
-        } else if expect_file && trigger != Trigger::Manual && only_seen {
+        } else if expect_file && !matches!(trigger, Trigger::Manual | Trigger::RunNow) && only_seen
+        {
             "missed"
         } else if !self.skipped.is_empty() {
             "skipped"

@@ -82,6 +82,8 @@ pub struct AppState {
     pub limiter: Arc<api::limits::Limiter>,
     /// `members/verify` calls per partner today.
     pub verify_quota: Arc<api::limits::DailyQuota>,
+    /// The management site's one writable connection (sessions, audit).
+    pub site_writer: Arc<site::conn::SiteWriter>,
 }
 
 impl AppState {
@@ -90,7 +92,8 @@ impl AppState {
         let db = config.daemon.database.clone();
         Ok(AppState {
             writer: writer::Writer::start(&db, config.daemon.timezone)?,
-            readers: Arc::new(readers::Readers::new(db)),
+            readers: Arc::new(readers::Readers::new(db.clone())),
+            site_writer: Arc::new(site::conn::SiteWriter::new(db)),
             limiter: Arc::default(),
             verify_quota: Arc::default(),
             config,
@@ -104,7 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(site::routes())
         .merge(api::routes())
-        .fallback(problem::not_found)
+        .fallback(site::fallback)
         .with_state(state);
     with_security_headers(app)
 }

@@ -75,32 +75,59 @@ pub fn create(conn: &Connection, user: i64, now: i64) -> Result<String, SessionE
     }
 }
 
+/// How stale a session's stored expiry may get before a request moves it
+/// forward: pages are reads, and a write per page would queue every page
+/// behind the batch's write lock. A session may so end up to this much
+/// before [`IDLE`] after its last request.
+pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// The live session with id `id` at `now`, and its stored expiry (unix
+/// seconds). `None` for an unknown, expired or disabled user's session.
+/// Reads only.
+pub fn find(conn: &Connection, id: &str, now: i64) -> Result<Option<(Session, i64)>, SessionError> {
+    Ok(conn
+        .query_row(
+            "SELECT s.user, u.email, u.partner, s.csrf, s.expires_at FROM sessions s JOIN users u ON u.id = s.user \
+             WHERE s.id_sha256 = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
+            params![digest(id), now],
+            |r| {
+                Ok((
+                    Session {
+                        user: r.get(0)?,
+                        email: r.get(1)?,
+                        partner: r.get(2)?,
+                        csrf: r.get(3)?,
+                    },
+                    r.get(4)?,
+                ))
+            },
+        )
+        .optional()?)
+}
+
+/// Whether a session found with `expires_at` at `now` is due for
+/// [`extend`] (its expiry is more than [`TOUCH_EVERY`] old).
+pub fn needs_extend(expires_at: i64, now: i64) -> bool {
+    expires_at - now < (IDLE - TOUCH_EVERY).as_secs() as i64
+}
+
+/// Move the idle expiry of session `id` to [`IDLE`] after `now`.
+pub fn extend(conn: &Connection, id: &str, now: i64) -> Result<(), SessionError> {
+    conn.execute(
+        "UPDATE sessions SET expires_at = ?2 WHERE id_sha256 = ?1",
+        params![digest(id), now + IDLE.as_secs() as i64],
+    )?;
+    Ok(())
+}
+
 /// The live session with id `id` at `now`, its idle expiry moved forward.
 /// `None` for an unknown, expired or disabled user's session.
 pub fn touch(conn: &Connection, id: &str, now: i64) -> Result<Option<Session>, SessionError> {
-    let key = digest(id);
-    let found = conn
-        .query_row(
-            "SELECT s.user, u.email, u.partner, s.csrf FROM sessions s JOIN users u ON u.id = s.user \
-             WHERE s.id_sha256 = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
-            params![key, now],
-            |r| {
-                Ok(Session {
-                    user: r.get(0)?,
-                    email: r.get(1)?,
-                    partner: r.get(2)?,
-                    csrf: r.get(3)?,
-                })
-            },
-        )
-        .optional()?;
+    let found = find(conn, id, now)?;
     if found.is_some() {
-        conn.execute(
-            "UPDATE sessions SET expires_at = ?2 WHERE id_sha256 = ?1",
-            params![key, now + IDLE.as_secs() as i64],
-        )?;
+        extend(conn, id, now)?;
     }
-    Ok(found)
+    Ok(found.map(|(s, _)| s))
 }
 
 /// End the session `id` (logout).
@@ -147,6 +174,20 @@ mod tests {
         assert!(touch(&conn, &id, 1000 + 3600 + idle - 1).unwrap().is_some());
         assert!(touch(&conn, &id, 1000 + 3600 + 2 * idle).unwrap().is_none());
         assert!(touch(&conn, "made-up", 1000).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_session_is_extended_only_when_its_expiry_is_stale() {
+        let (_d, conn, user) = db();
+        let id = create(&conn, user, 1000).unwrap();
+        let (_, exp) = find(&conn, &id, 1000).unwrap().unwrap();
+        assert_eq!(exp, 1000 + IDLE.as_secs() as i64);
+        let every = TOUCH_EVERY.as_secs() as i64;
+        assert!(!needs_extend(exp, 1000 + every - 1));
+        assert!(needs_extend(exp, 1000 + every + 1));
+        extend(&conn, &id, 1000 + every + 1).unwrap();
+        let (_, exp2) = find(&conn, &id, 1000 + every + 1).unwrap().unwrap();
+        assert_eq!(exp2, 1000 + every + 1 + IDLE.as_secs() as i64);
     }
 
     #[test]

@@ -15,8 +15,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::ops::not_found;
-use super::{render, with_db, Page};
+use super::{render, with_db, with_read, Page};
 use crate::config::Encoding;
 use crate::timefmt;
 use crate::web::AppState;
@@ -29,6 +28,8 @@ pub fn routes() -> Router<AppState> {
 
 /// Files shown on one page, newest first.
 const PAGE: u64 = 100;
+/// "Run now" requests shown to ops, newest first.
+const REQUESTS_SHOWN: i64 = 5;
 
 #[derive(Deserialize)]
 struct ListQuery {
@@ -45,6 +46,11 @@ struct Row {
     outcome: String,
     outcome_text: &'static str,
     reason: String,
+    /// F001–F007 of a refused file, and what it means in words.
+    file_code: String,
+    code_text: &'static str,
+    /// Rows repeating earlier files' rows (`None`: not checked).
+    repeats: Option<i64>,
     rows: i64,
     credited: i64,
     failed: i64,
@@ -58,7 +64,22 @@ fn outcome_text(o: &str) -> &'static str {
         "refused" => "拒否",
         "duplicate" => "重複のため拒否",
         "dry-run" => "検証のみ",
+        "reversed" => "取り消し済み",
         _ => "その他",
+    }
+}
+
+/// A refused file's code in plain words (the README's table).
+fn code_text(code: &str) -> &'static str {
+    match code {
+        "F001" => "同じ内容のファイルがすでに積算されています（重複）",
+        "F002" => "CSV として読めません（64 KiB を超える行、または閉じていない引用符）",
+        "F003" => "データ行がありません",
+        "F004" => "エラー行の割合が上限を超えています",
+        "F005" => "積算すると残高が上限を超える会員がいます",
+        "F006" => "以前のファイルの再送と判断しました（同じ行が多数）",
+        "F007" => "ヘッダー行があるはずの 1 行目がデータ行です",
+        _ => "",
     }
 }
 
@@ -75,11 +96,12 @@ async fn list(
     let partner = match (&page.session.partner, q.partner) {
         (Some(own), _) => own.clone(),
         (None, Some(p)) if state.config.partners.iter().any(|c| c.id == p) => p,
-        (None, _) => return not_found(),
+        (None, _) => return page.not_found(),
     };
     let tz = state.config.daemon.timezone;
     let who = partner.clone();
-    let result = with_db(&state, move |c| {
+    let ops = page.session.is_ops();
+    let result = with_read(&state, move |c| {
         let filter = crate::query::FileFilter {
             partner: Some(&who),
             limit: Some(PAGE),
@@ -89,11 +111,31 @@ async fn list(
         let pg = crate::query::files(c, &filter, tz).map_err(|e| e.to_string())?;
         let mut rows = Vec::with_capacity(pg.rows.len());
         for f in pg.rows {
-            let channel: String = c
-                .query_row("SELECT channel FROM files WHERE id = ?1", [f.id], |r| {
-                    r.get(0)
-                })
+            let (channel, reversal): (String, Option<i64>) = c
+                .query_row(
+                    "SELECT channel, reversal FROM files WHERE id = ?1",
+                    [f.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .map_err(|e| e.to_string())?;
+            // A reversed file: who took it back, when (in the zone) and why.
+            let reason = match reversal {
+                Some(_) => {
+                    crate::money::reverse::find(c, crate::money::reverse::Target::File(f.id))
+                        .map_err(|e| e.to_string())?
+                        .map(|r| {
+                            format!(
+                                "取り消し番号 {}（{}、{}）: {}",
+                                r.id,
+                                timefmt::stored_for_people(&r.at, tz),
+                                r.actor,
+                                r.reason
+                            )
+                        })
+                }
+                None => None,
+            }
+            .or(f.reason);
             rows.push(Row {
                 id: f.id,
                 at: timefmt::stored_for_people(&f.started_at, tz),
@@ -101,7 +143,10 @@ async fn list(
                 channel,
                 outcome_text: outcome_text(&f.outcome),
                 outcome: f.outcome,
-                reason: f.reason.unwrap_or_default(),
+                reason: reason.unwrap_or_default(),
+                code_text: code_text(f.file_code.as_deref().unwrap_or_default()),
+                file_code: f.file_code.unwrap_or_default(),
+                repeats: f.repeats,
                 rows: f.rows,
                 credited: f.credited,
                 failed: f.failed,
@@ -109,14 +154,44 @@ async fn list(
                 has_report: f.report_path.is_some(),
             });
         }
-        Ok((rows, pg.total))
+        // Ops see the partner's latest "run now" requests.
+        let requests = if ops {
+            let now = chrono::Utc::now();
+            let running: Option<i64> = c
+                .query_row(
+                    "SELECT max(id) FROM runs WHERE partner = ?1 AND finished_at IS NULL",
+                    [&who],
+                    |r| r.get(0),
+                )
+                .map_err(|e| e.to_string())?;
+            crate::run_requests::recent(c, &who, REQUESTS_SHOWN)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|r| super::run_now::shown(r, tz, now, running))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok((rows, pg.total, requests))
     })
     .await;
     match result {
-        Ok((rows, total)) => {
+        Ok((rows, total, requests)) => {
             let more = total.saturating_sub(rows.len() as u64);
-            let ctx =
-                minijinja::context! { shown => partner, rows => rows, more => more, ..page.ctx() };
+            // Reload while a request is on its way, to show its result.
+            let refresh = requests.iter().any(|r| {
+                r.state == "running"
+                    || (r.state == "queued" && (!r.stale || r.waiting_for.is_some()))
+            });
+            let this_month = chrono::Utc::now()
+                .with_timezone(&tz)
+                .format("%Y-%m")
+                .to_string();
+            let ctx = minijinja::context! {
+                shown => partner, rows => rows, more => more, requests => requests,
+                refresh => refresh, this_month => this_month, timezone => tz.to_string(),
+                ..page.ctx()
+            };
             render(StatusCode::OK, "files.html", ctx)
         }
         Err(r) => r,
@@ -125,6 +200,7 @@ async fn list(
 
 async fn errors(
     State(state): State<AppState>,
+    addr: axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
@@ -134,7 +210,8 @@ async fn errors(
     };
     let own = page.session.partner.clone();
     let actor = format!("user:{}", page.session.email);
-    let found = with_db(&state, move |c| {
+    let client = super::client(&addr);
+    let found = with_read(&state, move |c| {
         use rusqlite::OptionalExtension;
         let row: Option<(String, Option<String>)> = c
             .query_row(
@@ -154,17 +231,6 @@ async fn errors(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("reading error report {path}: {e}")),
         };
-        crate::audit::record(
-            c,
-            &crate::audit::Entry {
-                actor: &actor,
-                action: "download",
-                partner: Some(&partner),
-                detail: &format!("error report of file {id}"),
-                client: None,
-            },
-        )
-        .map_err(|e| e.to_string())?;
         let name = std::path::Path::new(&path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -172,9 +238,29 @@ async fn errors(
         Ok(Some((partner, name, bytes)))
     })
     .await;
+    if let Ok(Some((partner, ..))) = &found {
+        let partner = partner.clone();
+        if let Err(r) = with_db(&state, move |c| {
+            crate::audit::record(
+                c,
+                &crate::audit::Entry {
+                    actor: &actor,
+                    action: "download",
+                    partner: Some(&partner),
+                    detail: &format!("error report of file {id}"),
+                    client: Some(&client),
+                },
+            )
+            .map_err(|e| e.to_string())
+        })
+        .await
+        {
+            return r;
+        }
+    }
     let (partner, name, bytes) = match found {
         Ok(Some(x)) => x,
-        Ok(None) => return not_found(),
+        Ok(None) => return page.not_found(),
         Err(r) => return r,
     };
     let charset = match state

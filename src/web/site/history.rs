@@ -15,8 +15,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::ops::not_found;
-use super::{error_page, render, with_db, Page};
+use super::{render, with_db, with_read, Page};
 use crate::timefmt;
 use crate::web::AppState;
 
@@ -71,10 +70,10 @@ enum Refused {
 }
 
 impl Refused {
-    fn page(self) -> Response {
+    fn page(self, p: &Page) -> Response {
         match self {
-            Refused::NoSuchPartner => not_found(),
-            Refused::BadDate(s) => error_page(
+            Refused::NoSuchPartner => p.not_found(),
+            Refused::BadDate(s) => p.error(
                 StatusCode::BAD_REQUEST,
                 &format!("日付「{s}」は YYYY-MM-DD の形式で入力してください。"),
             ),
@@ -114,53 +113,46 @@ fn bounds(state: &AppState, page: &Page, q: &Search) -> Result<Option<Bounds>, R
     }))
 }
 
-/// Matching rows `offset..offset+limit`, in key order, and the total.
+/// Matching rows `offset..offset+limit`, in key order, and the total: the
+/// shared search of `query::history_search`, shaped for the page and CSV.
 fn search(
     c: &rusqlite::Connection,
     b: &Bounds,
     offset: i64,
     limit: i64,
     tz: chrono_tz::Tz,
-) -> rusqlite::Result<(Vec<Row>, i64)> {
-    // A prefix is the key range [prefix, prefix || U+10FFFF): the ledger's
-    // primary key serves it (BINARY collation compares UTF-8 bytes).
-    let (lo, hi) = if b.prefix {
-        (b.key.clone(), format!("{}\u{10FFFF}", b.key))
-    } else {
-        (b.key.clone(), b.key.clone())
-    };
-    const WHERE: &str = "WHERE l.partner = ?1 AND l.partner_key >= ?2 AND l.partner_key <= ?3 \
-                         AND l.credited_at >= ?4 AND l.credited_at < ?5";
-    let total: i64 = c.query_row(
-        &format!("SELECT count(*) FROM ledger l {WHERE}"),
-        rusqlite::params![b.partner, lo, hi, b.from, b.to],
-        |r| r.get(0),
+) -> Result<(Vec<Row>, i64), crate::db::DbError> {
+    let found = crate::query::history_search(
+        c,
+        &crate::query::HistorySearch {
+            partner: &b.partner,
+            key: &b.key,
+            prefix: b.prefix,
+            from: b.from,
+            to: b.to,
+        },
+        offset.max(0) as u64,
+        Some(limit.max(0) as u64),
     )?;
-    let mut st = c.prepare(&format!(
-        "SELECT l.credited_at, l.partner_key, m.member_id, l.miles, \
-                CASE WHEN l.file_id = 0 THEN 'api' ELSE COALESCE(f.channel, 'pull') END, \
-                COALESCE(f.name, ''), l.line \
-         FROM ledger l JOIN members m ON m.id = l.member \
-         LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0 \
-         {WHERE} ORDER BY l.partner_key, l.credited_at, l.file_id, l.line LIMIT ?6 OFFSET ?7"
-    ))?;
-    let rows = st
-        .query_map(
-            rusqlite::params![b.partner, lo, hi, b.from, b.to, limit, offset],
-            |r| {
-                Ok(Row {
-                    at: timefmt::unix_for_people(r.get(0)?, tz),
-                    partner_key: r.get(1)?,
-                    member_id: r.get(2)?,
-                    miles: r.get(3)?,
-                    channel: r.get(4)?,
-                    file: r.get(5)?,
-                    line: r.get(6)?,
-                })
+    let rows = found
+        .rows
+        .into_iter()
+        .map(|r| Row {
+            at: timefmt::unix_for_people(r.credited_unix, tz),
+            partner_key: r.partner_key,
+            member_id: r.member_id,
+            miles: r.miles,
+            // An API exchange has no file: its `line` is the exchange id.
+            file: if r.file_id == 0 {
+                String::new()
+            } else {
+                r.file
             },
-        )?
-        .collect::<Result<_, _>>()?;
-    Ok((rows, total))
+            channel: r.channel,
+            line: r.line,
+        })
+        .collect();
+    Ok((rows, found.total as i64))
 }
 
 async fn page(
@@ -175,7 +167,7 @@ async fn page(
     let partners: Vec<String> = state.config.partners.iter().map(|p| p.id.clone()).collect();
     let b = match bounds(&state, &page, &q) {
         Ok(b) => b,
-        Err(r) => return r.page(),
+        Err(r) => return r.page(&page),
     };
     let base = minijinja::context! {
         partners => partners,
@@ -191,7 +183,7 @@ async fn page(
     };
     let n = q.page.unwrap_or(1).max(1);
     let tz = state.config.daemon.timezone;
-    let found = with_db(&state, move |c| {
+    let found = with_read(&state, move |c| {
         search(c, &b, (n - 1) * PAGE, PAGE, tz).map_err(|e| e.to_string())
     })
     .await;
@@ -246,6 +238,7 @@ fn query_string(q: &Search) -> String {
 
 async fn csv(
     State(state): State<AppState>,
+    addr: axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<Search>,
 ) -> Response {
@@ -256,44 +249,57 @@ async fn csv(
     let b = match bounds(&state, &page, &q) {
         Ok(Some(b)) => b,
         Ok(None) => {
-            return error_page(
+            return page.error(
                 StatusCode::BAD_REQUEST,
                 "パートナーと指定キーを入力してください。",
             )
         }
-        Err(r) => return r.page(),
+        Err(r) => return r.page(&page),
     };
     let tz = state.config.daemon.timezone;
     let actor = format!("user:{}", page.session.email);
+    let client = super::client(&addr);
     let partner = b.partner.clone();
-    let found = with_db(&state, move |c| {
+    let found = with_read(&state, move |c| {
         let (rows, total) = search(c, &b, 0, EXPORT_MAX + 1, tz).map_err(|e| e.to_string())?;
         if total > EXPORT_MAX {
             return Ok(Err(total));
         }
-        crate::audit::record(
-            c,
-            &crate::audit::Entry {
-                actor: &actor,
-                action: "history-export",
-                partner: Some(&b.partner),
-                detail: &format!(
-                    "{} rows, key {}{}",
-                    rows.len(),
-                    b.key,
-                    if b.prefix { "*" } else { "" }
-                ),
-                client: None,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Ok(rows))
+        Ok(Ok((rows, b)))
     })
     .await;
+    // Audited after the read (the export is only sent once this is written).
+    let found = match found {
+        Ok(Ok((rows, b))) => {
+            let detail = format!(
+                "{} rows, key {}{}",
+                rows.len(),
+                b.key,
+                if b.prefix { "*" } else { "" }
+            );
+            with_db(&state, move |c| {
+                crate::audit::record(
+                    c,
+                    &crate::audit::Entry {
+                        actor: &actor,
+                        action: "history-export",
+                        partner: Some(&b.partner),
+                        detail: &detail,
+                        client: Some(&client),
+                    },
+                )
+                .map_err(|e| e.to_string())
+            })
+            .await
+            .map(|_| Ok(rows))
+        }
+        Ok(Err(total)) => Ok(Err(total)),
+        Err(r) => Err(r),
+    };
     let rows = match found {
         Ok(Ok(rows)) => rows,
         Ok(Err(total)) => {
-            return error_page(
+            return page.error(
                 StatusCode::BAD_REQUEST,
                 &format!("該当が {total} 件あり、CSV の上限 {EXPORT_MAX} 件を超えています。期間または指定キーを絞ってください。"),
             )

@@ -15,11 +15,15 @@
 //! - templates escape every value (minijinja auto-escape on `.html`).
 
 pub mod auth;
+pub mod conn;
 pub mod files;
 pub mod history;
 pub mod home;
+pub mod keys;
+pub mod money;
 pub mod ops;
 pub mod upload;
+pub mod run_now;
 
 use std::net::SocketAddr;
 
@@ -43,6 +47,9 @@ pub fn routes() -> Router<AppState> {
         .merge(files::routes())
         .merge(history::routes())
         .merge(upload::routes())
+        .merge(keys::routes())
+        .merge(run_now::routes())
+        .merge(money::routes())
 }
 
 async fn css() -> impl IntoResponse {
@@ -92,6 +99,22 @@ fn env() -> &'static Environment<'static> {
             (
                 "upload_result.html",
                 include_str!("../../../templates/upload_result.html"),
+            ("keys.html", include_str!("../../../templates/keys.html")),
+            (
+                "key_created.html",
+                include_str!("../../../templates/key_created.html"),
+            ),
+            (
+                "key_revoke.html",
+                include_str!("../../../templates/key_revoke.html"),
+            ),
+            (
+                "reverse.html",
+                include_str!("../../../templates/reverse.html"),
+            ),
+            (
+                "reverse_result.html",
+                include_str!("../../../templates/reverse_result.html"),
             ),
         ] {
             e.add_template(name, src).expect("template parses");
@@ -140,19 +163,77 @@ pub fn internal(e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// Run `f` with a read-write connection on a blocking thread.
+/// Run `f` with the site's writable connection ([`conn::SiteWriter`]) on a
+/// blocking thread. Only for writes (and the reads that decide them).
 pub async fn with_db<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
 ) -> Result<T, Response> {
-    let path = state.config.daemon.database.clone();
-    tokio::task::spawn_blocking(move || {
-        let conn = crate::db::open(&path).map_err(|e| e.to_string())?;
-        f(&conn)
-    })
-    .await
-    .map_err(internal)?
-    .map_err(internal)
+    with_db_mut(state, move |c| f(c)).await
+}
+
+/// [`with_db`] for functions that need `&mut Connection` (their own
+/// transaction).
+pub async fn with_db_mut<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    let writer = state.site_writer.clone();
+    tokio::task::spawn_blocking(move || writer.with(f))
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+}
+
+/// A message for [`with_read`]'s errors (a `DbError` of the pool, or the
+/// handler's own).
+pub struct ReadError(String);
+
+impl From<crate::db::DbError> for ReadError {
+    fn from(e: crate::db::DbError) -> Self {
+        ReadError(e.to_string())
+    }
+}
+
+impl From<String> for ReadError {
+    fn from(e: String) -> Self {
+        ReadError(e)
+    }
+}
+
+/// Run `f` with a read-only connection of the pool ([`crate::web::readers`]).
+pub async fn with_read<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    state
+        .readers
+        .with(move |c| f(c).map_err(ReadError))
+        .await
+        .map_err(|e: ReadError| internal(e.0))
+}
+
+/// Every path no route takes. The API and non-browser clients get the
+/// problem+json 404; a browser gets the HTML 404, with the menu when it is
+/// logged in.
+pub async fn fallback(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if !html || uri.path().starts_with("/api/") {
+        return super::problem::not_found().await.into_response();
+    }
+    if cookie(&state, &headers).is_some() {
+        if let Ok(page) = Page::require(&state, &headers).await {
+            return page.not_found();
+        }
+    }
+    ops::not_found()
 }
 
 /// Unix seconds now. (Handlers take it once per request.)
@@ -255,14 +336,24 @@ impl Page {
         };
         let now = now();
         let lookup = id.clone();
-        let found = with_db(state, move |c| {
-            sessions::touch(c, &lookup, now).map_err(|e| e.to_string())
+        // A read; the expiry is written only when it is stale
+        // (`sessions::TOUCH_EVERY`), so pages do not queue behind the
+        // batch's write lock.
+        let found = with_read(state, move |c| {
+            sessions::find(c, &lookup, now).map_err(|e| e.to_string())
         })
         .await?;
-        match found {
-            Some(session) => Ok(Page { session, id }),
-            None => Err(Redirect::to("/login?expired=1").into_response()),
+        let Some((session, expires_at)) = found else {
+            return Err(Redirect::to("/login?expired=1").into_response());
+        };
+        if sessions::needs_extend(expires_at, now) {
+            let lookup = id.clone();
+            with_db(state, move |c| {
+                sessions::extend(c, &lookup, now).map_err(|e| e.to_string())
+            })
+            .await?;
         }
+        Ok(Page { session, id })
     }
 
     /// Whether a POST may go on: same-origin and carrying this session's
@@ -276,6 +367,21 @@ impl Page {
             );
         }
         ok
+    }
+
+    /// An HTML error page with the menu of this user.
+    pub fn error(&self, status: StatusCode, message: &str) -> Response {
+        render(
+            status,
+            "error.html",
+            minijinja::context! { status => status.as_u16(), message => message, ..self.ctx() },
+        )
+    }
+
+    /// The 404 of a logged-in user (with the menu): a missing page, another
+    /// partner's id and an ops page asked for by a partner user alike.
+    pub fn not_found(&self) -> Response {
+        self.error(StatusCode::NOT_FOUND, ops::NOT_FOUND)
     }
 
     /// What every page template gets: who is logged in, the CSRF token.
@@ -362,11 +468,17 @@ mod tests {
             "ops_audit.html",
             "upload.html",
             "upload_result.html",
+            "keys.html",
+            "key_created.html",
+            "key_revoke.html",
+            "reverse.html",
+            "reverse_result.html",
         ] {
             let ctx = minijinja::context! { user => "u", ops => true, csrf => "t", rows => vec![row.clone()],
             q => "q", found => true, shown => "shop", more => 1, next => 5,
                 searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
-                partners => vec!["shop"], q_partner => "shop", q_mode => "prefix" };
+                partners => vec!["shop"], q_partner => "shop", q_mode => "prefix",
+                k => row.clone(), f => row.clone(), r => row.clone(), key => "mbk_x", prefix => "mbk_1", enabled => false, notice => "n" };
             env()
                 .get_template(name)
                 .and_then(|t| t.render(ctx))

@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::{error_page, render, with_db, Page};
+use super::{error_page, render, with_db, with_read, Page};
 use crate::timefmt;
 use crate::web::AppState;
 
@@ -27,13 +27,17 @@ pub fn routes() -> Router<AppState> {
 async fn ops_page(state: &AppState, headers: &HeaderMap) -> Result<Page, Response> {
     let page = Page::require(state, headers).await?;
     if !page.session.is_ops() {
-        return Err(not_found());
+        return Err(page.not_found());
     }
     Ok(page)
 }
 
+/// The 404 message, the same for every reason.
+pub const NOT_FOUND: &str = "ページが見つかりません。";
+
+/// The 404 page without a session (no menu); see [`Page::not_found`].
 pub fn not_found() -> Response {
-    error_page(StatusCode::NOT_FOUND, "ページが見つかりません。")
+    error_page(StatusCode::NOT_FOUND, NOT_FOUND)
 }
 
 /// One dashboard row.
@@ -59,7 +63,7 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
         Err(r) => return r,
     };
     let config = state.config.clone();
-    let rows = with_db(&state, move |c| {
+    let rows = with_read(&state, move |c| {
         let tz = config.daemon.timezone;
         let now = chrono::Utc::now();
         let today = timefmt::start_of_day(now.with_timezone(&tz).date_naive(), tz);
@@ -145,6 +149,7 @@ const MEMBER_ROWS: i64 = 200;
 
 async fn member(
     State(state): State<AppState>,
+    addr: axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<MemberQuery>,
 ) -> Response {
@@ -158,8 +163,9 @@ async fn member(
     }
     let tz = state.config.daemon.timezone;
     let actor = format!("user:{}", page.session.email);
+    let client = super::client(&addr);
     let looked_up = query.clone();
-    let found = with_db(&state, move |c| {
+    let found = with_read(&state, move |c| {
         let Some((member_id, status, miles)) =
             crate::members::balance(c, &looked_up).map_err(|e| e.to_string())?
         else {
@@ -186,18 +192,6 @@ async fn member(
             })
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| e.to_string())?;
-        // The member's ID, not the e-mail that may have been typed.
-        crate::audit::record(
-            c,
-            &crate::audit::Entry {
-                actor: &actor,
-                action: "member-lookup",
-                partner: None,
-                detail: &format!("member {member_id}"),
-                client: None,
-            },
-        )
-        .map_err(|e| e.to_string())?;
         let status = serde_json::to_value(status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -205,6 +199,27 @@ async fn member(
         Ok(Some((member_id, status, miles, rows)))
     })
     .await;
+    // The member's ID, not the e-mail that may have been typed.
+    if let Ok(Some((member_id, ..))) = &found {
+        let member_id = member_id.clone();
+        if let Err(r) = with_db(&state, move |c| {
+            crate::audit::record(
+                c,
+                &crate::audit::Entry {
+                    actor: &actor,
+                    action: "member-lookup",
+                    partner: None,
+                    detail: &format!("member {member_id}"),
+                    client: Some(&client),
+                },
+            )
+            .map_err(|e| e.to_string())
+        })
+        .await
+        {
+            return r;
+        }
+    }
     match found {
         Ok(found) => {
             let ctx = match found {
@@ -250,7 +265,7 @@ async fn audit_log(
     };
     let tz = state.config.daemon.timezone;
     let before = q.before.unwrap_or(i64::MAX);
-    let rows = with_db(&state, move |c| {
+    let rows = with_read(&state, move |c| {
         let mut st = c
             .prepare(
                 "SELECT id, at, actor, action, COALESCE(partner, ''), detail, COALESCE(client, '') \
