@@ -149,6 +149,8 @@ pub struct PartnerConfig {
     pub source: SourceConfig,
     /// `[partner.api]`: the real-time partner API (`milebatch serve`).
     pub api: ApiConfig,
+    /// Write (and upload beside the error report) a per-file summary.
+    pub summary: bool,
 }
 
 /// `[partner.api]`: whether the partner may credit through the API, and
@@ -277,6 +279,7 @@ struct RawPartner {
     unique_partner_key: Option<Spanned<bool>>,
     source: Spanned<crate::source::RawSource>,
     api: Option<Spanned<RawApi>>,
+    summary: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -498,6 +501,25 @@ impl Config {
                 Some(a) => api_config(a.get_ref(), max_miles)
                     .map_err(|m| invalid(loc.at(a, &ctx("api"), m)))?,
             };
+            let summary = p.summary.as_ref().is_some_and(|s| *s.get_ref());
+            if let (Some(s), SourceConfig::Http(h)) = (p.summary.as_ref(), &source) {
+                // One fixed URL for every report: the summary would overwrite
+                // the error report there.
+                if let Some(u) = h
+                    .errors_url
+                    .as_ref()
+                    .filter(|u| summary && !u.ends_with('/'))
+                {
+                    return Err(invalid(loc.at(
+                        s,
+                        &ctx("summary"),
+                        format!(
+                            "needs an errors_url ending in \"/\" (it is {u:?}): the summary is PUT beside \
+                             the error report as <stem>.summary.csv, and a fixed URL would receive both"
+                        ),
+                    )));
+                }
+            }
             partners.push(PartnerConfig {
                 name: p.name.unwrap_or_else(|| id.clone()),
                 id,
@@ -514,6 +536,7 @@ impl Config {
                 unique_partner_key,
                 source,
                 api,
+                summary,
             });
         }
         Ok(Config {
@@ -845,5 +868,29 @@ dir = "inbox/demo"
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn summary_key_and_a_fixed_errors_url() {
+        assert!(!parse(GOOD).unwrap().partners[0].summary, "off by default");
+        let on = GOOD.replace(
+            "allow_duplicate_rows = false\n",
+            "allow_duplicate_rows = false\nsummary = true\n",
+        );
+        assert!(parse(&on).unwrap().partners[0].summary);
+        let http = |errors_url: &str| {
+            on.replace(
+                "kind = \"local\"\ndir = \"inbox/demo\"",
+                &format!("kind = \"https\"\nurl = \"https://p.example/x.csv\"\nerrors_url = \"{errors_url}\""),
+            )
+        };
+        assert!(parse(&http("https://p.example/reports/")).is_ok());
+        let e = parse(&http("https://p.example/reports/errors.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`summary`") && e.contains("ending in \"/\"") && e.contains("line "),
+            "{e}"
+        );
     }
 }
