@@ -67,7 +67,21 @@ pub struct DaemonConfig {
     pub timezone: chrono_tz::Tz,
     pub max_concurrent: usize,
     pub shutdown_timeout: Duration,
+    /// When the daemon runs `verify` on the live database; `None`: never
+    /// (`verify = "off"`).
+    pub verify: Option<Schedule>,
+    /// When the daemon takes a backup into `backup_dir`; `None`: never.
+    pub backup: Option<Schedule>,
+    /// Where scheduled backups go (required with `backup`).
+    pub backup_dir: Option<PathBuf>,
+    /// Scheduled backups kept; older ones the daemon made are deleted.
+    pub keep: usize,
 }
+
+/// `[daemon] verify` when not given.
+pub const DEFAULT_VERIFY_SCHEDULE: &str = "weekly sun 05:00";
+/// `[daemon] keep` when not given.
+pub const DEFAULT_BACKUP_KEEP: usize = 14;
 
 /// Text encodings a partner may declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -215,6 +229,29 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     })
 }
 
+/// `[daemon] verify` / `backup`: a schedule (the partners' grammar), or
+/// `"off"`; `default` when the key is absent.
+fn maintenance_schedule(
+    raw: Option<&Spanned<String>>,
+    default: Option<&str>,
+    key: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<Schedule>, String> {
+    let text = match raw {
+        None => match default {
+            None => return Ok(None),
+            Some(d) => return Ok(Some(Schedule::parse(d).expect("a valid default"))),
+        },
+        Some(t) => t,
+    };
+    if text.get_ref().trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    Schedule::parse(text.get_ref())
+        .map(Some)
+        .map_err(|e| loc.at(text, key, format!("{e} (or \"off\")")))
+}
+
 impl PartnerConfig {
     /// The validation rules of this partner, as the pipeline needs them.
     pub fn rules(&self) -> crate::pipeline::validate::Rules {
@@ -244,6 +281,10 @@ struct RawDaemon {
     timezone: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<usize>>,
     shutdown_timeout: Option<Spanned<String>>,
+    verify: Option<Spanned<String>>,
+    backup: Option<Spanned<String>>,
+    backup_dir: Option<Spanned<String>>,
+    keep: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -402,7 +443,37 @@ impl Config {
             timezone,
             max_concurrent,
             shutdown_timeout,
+            verify: maintenance_schedule(
+                d.verify.as_ref(),
+                Some(DEFAULT_VERIFY_SCHEDULE),
+                "`daemon.verify`",
+                &loc,
+            )
+            .map_err(invalid)?,
+            backup: maintenance_schedule(d.backup.as_ref(), None, "`daemon.backup`", &loc)
+                .map_err(invalid)?,
+            backup_dir: d.backup_dir.as_ref().map(|p| resolve(p.get_ref())),
+            keep: match &d.keep {
+                None => DEFAULT_BACKUP_KEEP,
+                Some(k) if *k.get_ref() == 0 => {
+                    return Err(invalid(loc.at(
+                        k,
+                        "`daemon.keep`",
+                        "must be at least 1 (the backup just taken is one of them)",
+                    )))
+                }
+                Some(k) => *k.get_ref(),
+            },
         };
+        if let (Some(b), None) = (&d.backup, &daemon.backup_dir) {
+            if daemon.backup.is_some() {
+                return Err(invalid(loc.at(
+                    b,
+                    "`daemon.backup`",
+                    "needs `backup_dir`: the folder scheduled backups are written to (not the database's own folder)",
+                )));
+            }
+        }
 
         let server =
             server_config(raw.server.unwrap_or_default(), &loc, &resolve).map_err(invalid)?;
@@ -892,5 +963,53 @@ dir = "inbox/demo"
             e.contains("`summary`") && e.contains("ending in \"/\"") && e.contains("line "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn daemon_maintenance_schedules() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.daemon.verify.as_ref().unwrap().to_string(),
+            "weekly sun 05:00"
+        );
+        assert!(c.daemon.backup.is_none() && c.daemon.backup_dir.is_none());
+        assert_eq!(c.daemon.keep, 14);
+        let with = |extra: &str| {
+            GOOD.replace(
+                "timezone = \"Asia/Tokyo\"\n",
+                &format!("timezone = \"Asia/Tokyo\"\n{extra}"),
+            )
+        };
+        let c = parse(&with(
+            "verify = \"off\"\nbackup = \"daily 04:00\"\nbackup_dir = \"backups\"\nkeep = 3\n",
+        ))
+        .unwrap();
+        assert!(c.daemon.verify.is_none());
+        assert_eq!(c.daemon.backup.as_ref().unwrap().to_string(), "daily 04:00");
+        assert_eq!(
+            c.daemon.backup_dir.as_deref(),
+            Some(Path::new("/etc/mb/backups"))
+        );
+        assert_eq!(c.daemon.keep, 3);
+        let e = parse(&with("backup = \"daily 04:00\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`daemon.backup`") && e.contains("backup_dir"),
+            "{e}"
+        );
+        let e = parse(&with("verify = \"sundays\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 6: `daemon.verify`") && e.contains("\"off\""),
+            "{e}"
+        );
+        let e = parse(&with(
+            "backup = \"daily 04:00\"\nbackup_dir = \"b\"\nkeep = 0\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`daemon.keep`"), "{e}");
     }
 }
