@@ -146,8 +146,16 @@ pub fn scheduled(
             "scheduled verify: ok"
         ),
         (Ok(r), first) => {
-            for m in &r.mismatches {
+            // One line each, but a bounded log: `milebatch verify` lists them all.
+            const LOG_AT_MOST: usize = 100;
+            for m in r.mismatches.iter().take(LOG_AT_MOST) {
                 tracing::error!(kind = m.kind, subject = %m.subject, detail = %m.detail, "scheduled verify: MISMATCH");
+            }
+            if r.mismatches.len() > LOG_AT_MOST {
+                tracing::error!(
+                    more = r.mismatches.len() - LOG_AT_MOST,
+                    "scheduled verify: more mismatches not logged (run `milebatch verify` for all)"
+                );
             }
             tracing::error!(
                 problems = run.problems,
