@@ -382,7 +382,9 @@ fn killed_mid_reversal_or_retry_leaves_all_or_nothing() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let at = full.mul_f64(0.15 + (rng % 800) as f64 / 1000.0);
+        // Earliest first (a kill after the commit ends the attempts), each
+        // at a random moment within its slot of the calibrated run.
+        let at = full.mul_f64(0.05 + 0.15 * attempt as f64 + (rng % 100) as f64 / 1000.0);
         let args = [
             "reverse",
             "--file",
@@ -459,7 +461,9 @@ fn killed_mid_reversal_or_retry_leaves_all_or_nothing() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let at = full.mul_f64(0.15 + (rng % 800) as f64 / 1000.0);
+        // Earliest first (a kill after the commit ends the attempts), each
+        // at a random moment within its slot of the calibrated run.
+        let at = full.mul_f64(0.05 + 0.15 * attempt as f64 + (rng % 100) as f64 / 1000.0);
         let running = kill_at(&w, &["retry", "--file", &b.to_string()], at);
         match retried(b) {
             0 => {
