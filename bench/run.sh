@@ -22,6 +22,8 @@
 # (gen.py, mkmembers.sh, sqlite_floor.sh, python_baseline.py: the operator's
 # reference workload, copied in so that a clone needs nothing outside it).
 # Environment: BENCH_DIR the work folder (default a new /tmp folder).
+# Also times `milebatch verify` over the ledger the credit run wrote
+# (target: 3 s per 1M ledger rows) and checks that it finds nothing.
 # Exit status: 1 if a correctness check fails, 2 if a target is missed
 # (never in --smoke), 0 otherwise.
 set -euo pipefail
@@ -165,6 +167,9 @@ for i in $(seq 1 "$repeat"); do
     prepare_once "$data/exchange.csv"
     (cd "$mb" && measure once "$rows" "$bin" --config partners.toml once --json)
     cp "$work/once.out" "$work/once.json"
+    # verify over the ledger the run just wrote (its rows, digests, balances)
+    (cd "$mb" && measure verify "$rows" "$bin" --config partners.toml verify --json)
+    cp "$work/verify.out" "$work/verify.json"
 done
 
 flat_rows=0
@@ -216,6 +221,7 @@ labels = [("mkmembers", "mkmembers.sh (sqlite3 .import)"),
           ("floor", "sqlite_floor.sh"),
           ("python", "python_baseline.py"),
           ("once", "milebatch once"),
+          ("verify", "milebatch verify (the ledger)"),
           ("flat", f"milebatch once, 5x rows"),
           ("big", f"milebatch once, {big:,} rows")]
 for key, label in labels:
@@ -223,7 +229,7 @@ for key, label in labels:
         continue
     w, rss, n = stat(key)
     per = f"{n / w:,.0f}" if w > 0 else "-"
-    vs = "" if key in ("mkmembers", "import") else f"{w / floor_w:>9.2f}x {python_w / w:>9.1f}x" if w > 0 else ""
+    vs = "" if key in ("mkmembers", "import", "verify") else f"{w / floor_w:>9.2f}x {python_w / w:>9.1f}x" if w > 0 else ""
     print(f"{label:<34}{w:>8.2f}{per:>12}{rss:>9.1f} {vs}")
 
 print("\ncorrectness")
@@ -239,6 +245,10 @@ py_err = int(open(f"{work}/python.out").read().split()[0])
 check(f"failed rows = Python's errors ({py_err})", f.get("failed") == py_err)
 check(f"re-send detection ran (repeats {f.get('repeats')}, a first delivery: 0)", f.get("repeats") == 0)
 check(f"members imported = members ({imported})", imported == members)
+ver = json.load(open(f"{work}/verify.json"))
+check(f"verify ok over {ver.get('ledger_rows')} ledger rows = credited ({f.get('credited')}), "
+      f"{len(ver.get('mismatches', []))} mismatch(es)",
+      ver.get("ok") is True and ver.get("ledger_rows") == f.get("credited") and ver.get("credited_files") == 1)
 for extra in (["flat"] if flat else []) + (["big"] if big else []):
     e = json.load(open(f"{work}/{extra}.json"))[0]["files"][0]
     n = runs[extra][0][2]
@@ -256,6 +266,12 @@ target(f"once {python_w / once_w:.1f}x faster than Python (>= 7x)", python_w >= 
 imp_w, mk_w = stat("import")[0], stat("mkmembers")[0]
 target(f"members import {imp_w:.2f}s <= mkmembers.sh {mk_w:.2f}s", imp_w <= mk_w)
 target(f"once peak RSS {once_rss:.1f} MiB <= 200 MiB", once_rss <= 200)
+# Issue 14: 1M ledger rows verify in <= 3 s (scaled by the ledger's size
+# for other --rows; the process as a whole, start-up included).
+ver_w = stat("verify")[0]
+ver_limit = 3.0 * ver.get("ledger_rows", rows) / 1_000_000
+target(f"verify {ver_w:.2f}s for {ver.get('ledger_rows', 0):,} ledger rows <= {ver_limit:.2f}s (3 s per 1M)",
+       ver_w <= ver_limit)
 if flat:
     fr = stat("flat")[1]
     target(f"5x rows peak RSS {fr:.1f} MiB within 20% of {once_rss:.1f} MiB ({fr / once_rss - 1:+.1%})",

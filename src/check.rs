@@ -58,7 +58,7 @@ pub struct Connected {
 /// The whole answer of `check`.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
-    /// Problems of the `[daemon]` section (database, `data_dir`).
+    /// Problems of the `[daemon]` section (database, `data_dir`, `backup_dir`).
     pub daemon: Vec<String>,
     pub partners: Vec<PartnerCheck>,
 }
@@ -103,6 +103,15 @@ pub fn check(config: &Config, today: chrono::NaiveDate) -> Report {
         _ => {}
     }
     if let Some(p) = writable_dir("data_dir", &d.data_dir) {
+        daemon.push(p);
+    }
+    // Scheduled backups are written there (created when missing).
+    if let Some(p) = d
+        .backup_dir
+        .as_ref()
+        .filter(|_| d.backup.is_some())
+        .and_then(|b| writable_dir("backup_dir", b))
+    {
         daemon.push(p);
     }
     let partners = config

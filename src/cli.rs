@@ -1259,19 +1259,103 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
         v["next_run"] = next.into();
         out.push(v);
     }
+    let (last_verify, last_backup) = match &conn {
+        Some(c) => (
+            crate::money::verify::last_run(c)?,
+            crate::money::backup::last_run(c)?,
+        ),
+        None => (None, None),
+    };
+    let d = &config.daemon;
+    let next = |s: &Option<crate::schedule::Schedule>| {
+        s.as_ref()
+            .and_then(|s| s.next_after(now, tz))
+            .map(|t| daemon::zoned(t, tz))
+    };
+    let maintenance = serde_json::json!({
+        "verify": {
+            "schedule": d.verify.as_ref().map(|s| s.to_string()),
+            "next": next(&d.verify),
+            "last": last_verify,
+        },
+        "backup": {
+            "schedule": d.backup.as_ref().map(|s| s.to_string()),
+            "next": next(&d.backup),
+            "dir": d.backup_dir.as_ref().map(|p| p.display().to_string()),
+            "keep": d.keep,
+            "last": last_backup,
+        },
+    });
     if json {
         print_json(&serde_json::json!({
             "now": daemon::zoned(now, tz),
             "timezone": tz.to_string(),
+            "verify": maintenance["verify"],
+            "backup": maintenance["backup"],
             "partners": out,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("now {} ({tz})", daemon::zoned(now, tz));
+    print_maintenance(&maintenance, tz);
     for v in &out {
         print_status(v, tz);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's scheduled verify and backup, for `status`.
+fn print_maintenance(m: &serde_json::Value, tz: chrono_tz::Tz) {
+    let t = |v: &serde_json::Value| {
+        v.as_str()
+            .map(|x| timefmt::stored_for_people(x, tz))
+            .unwrap_or_else(|| "-".into())
+    };
+    let sched = |v: &serde_json::Value| match v["schedule"].as_str() {
+        Some(s) => format!("{s}, next {}", v["next"].as_str().unwrap_or("-")),
+        None => "off".into(),
+    };
+    let v = &m["verify"];
+    let last = &v["last"];
+    let verify_last = if last.is_null() {
+        "never run by the daemon".to_owned()
+    } else if last["ok"].as_bool() == Some(true) {
+        format!(
+            "last {} ok ({} ledger rows, {:.1} s)",
+            t(&last["at"]),
+            last["ledger_rows"],
+            last["seconds"].as_f64().unwrap_or(0.0)
+        )
+    } else {
+        format!(
+            "last {} FAILED: {} problem(s): {}",
+            t(&last["at"]),
+            last["problems"],
+            last["first_problem"].as_str().unwrap_or("-")
+        )
+    };
+    println!("verify    ({}) {verify_last}", sched(v));
+    let b = &m["backup"];
+    let last = &b["last"];
+    let backup_last = if last.is_null() {
+        "never run by the daemon".to_owned()
+    } else if last["ok"].as_bool() == Some(true) {
+        format!(
+            "last {} ok: {} ({} bytes, verified; {} old deleted, keep {})",
+            t(&last["at"]),
+            last["path"].as_str().unwrap_or("-"),
+            last["bytes"],
+            last["deleted"],
+            b["keep"]
+        )
+    } else {
+        format!(
+            "last {} FAILED: {}",
+            t(&last["at"]),
+            last["error"].as_str().unwrap_or("-")
+        )
+    };
+    println!("backup    ({}) {backup_last}", sched(b));
 }
 
 /// One partner of `status`, from its JSON form.

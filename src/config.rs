@@ -67,7 +67,21 @@ pub struct DaemonConfig {
     pub timezone: chrono_tz::Tz,
     pub max_concurrent: usize,
     pub shutdown_timeout: Duration,
+    /// When the daemon runs `verify` on the live database; `None`: never
+    /// (`verify = "off"`).
+    pub verify: Option<Schedule>,
+    /// When the daemon takes a backup into `backup_dir`; `None`: never.
+    pub backup: Option<Schedule>,
+    /// Where scheduled backups go (required with `backup`).
+    pub backup_dir: Option<PathBuf>,
+    /// Scheduled backups kept; older ones the daemon made are deleted.
+    pub keep: usize,
 }
+
+/// `[daemon] verify` when not given.
+pub const DEFAULT_VERIFY_SCHEDULE: &str = "weekly sun 05:00";
+/// `[daemon] keep` when not given.
+pub const DEFAULT_BACKUP_KEEP: usize = 14;
 
 /// Text encodings a partner may declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -149,6 +163,8 @@ pub struct PartnerConfig {
     pub source: SourceConfig,
     /// `[partner.api]`: the real-time partner API (`milebatch serve`).
     pub api: ApiConfig,
+    /// Write (and upload beside the error report) a per-file summary.
+    pub summary: bool,
 }
 
 /// `[partner.api]`: whether the partner may credit through the API, and
@@ -213,6 +229,29 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     })
 }
 
+/// `[daemon] verify` / `backup`: a schedule (the partners' grammar), or
+/// `"off"`; `default` when the key is absent.
+fn maintenance_schedule(
+    raw: Option<&Spanned<String>>,
+    default: Option<&str>,
+    key: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<Schedule>, String> {
+    let text = match raw {
+        None => match default {
+            None => return Ok(None),
+            Some(d) => return Ok(Some(Schedule::parse(d).expect("a valid default"))),
+        },
+        Some(t) => t,
+    };
+    if text.get_ref().trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    Schedule::parse(text.get_ref())
+        .map(Some)
+        .map_err(|e| loc.at(text, key, format!("{e} (or \"off\")")))
+}
+
 impl PartnerConfig {
     /// The validation rules of this partner, as the pipeline needs them.
     pub fn rules(&self) -> crate::pipeline::validate::Rules {
@@ -242,6 +281,10 @@ struct RawDaemon {
     timezone: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<usize>>,
     shutdown_timeout: Option<Spanned<String>>,
+    verify: Option<Spanned<String>>,
+    backup: Option<Spanned<String>>,
+    backup_dir: Option<Spanned<String>>,
+    keep: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -277,6 +320,7 @@ struct RawPartner {
     unique_partner_key: Option<Spanned<bool>>,
     source: Spanned<crate::source::RawSource>,
     api: Option<Spanned<RawApi>>,
+    summary: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -399,7 +443,37 @@ impl Config {
             timezone,
             max_concurrent,
             shutdown_timeout,
+            verify: maintenance_schedule(
+                d.verify.as_ref(),
+                Some(DEFAULT_VERIFY_SCHEDULE),
+                "`daemon.verify`",
+                &loc,
+            )
+            .map_err(invalid)?,
+            backup: maintenance_schedule(d.backup.as_ref(), None, "`daemon.backup`", &loc)
+                .map_err(invalid)?,
+            backup_dir: d.backup_dir.as_ref().map(|p| resolve(p.get_ref())),
+            keep: match &d.keep {
+                None => DEFAULT_BACKUP_KEEP,
+                Some(k) if *k.get_ref() == 0 => {
+                    return Err(invalid(loc.at(
+                        k,
+                        "`daemon.keep`",
+                        "must be at least 1 (the backup just taken is one of them)",
+                    )))
+                }
+                Some(k) => *k.get_ref(),
+            },
         };
+        if let (Some(b), None) = (&d.backup, &daemon.backup_dir) {
+            if daemon.backup.is_some() {
+                return Err(invalid(loc.at(
+                    b,
+                    "`daemon.backup`",
+                    "needs `backup_dir`: the folder scheduled backups are written to (not the database's own folder)",
+                )));
+            }
+        }
 
         let server =
             server_config(raw.server.unwrap_or_default(), &loc, &resolve).map_err(invalid)?;
@@ -498,6 +572,25 @@ impl Config {
                 Some(a) => api_config(a.get_ref(), max_miles)
                     .map_err(|m| invalid(loc.at(a, &ctx("api"), m)))?,
             };
+            let summary = p.summary.as_ref().is_some_and(|s| *s.get_ref());
+            if let (Some(s), SourceConfig::Http(h)) = (p.summary.as_ref(), &source) {
+                // One fixed URL for every report: the summary would overwrite
+                // the error report there.
+                if let Some(u) = h
+                    .errors_url
+                    .as_ref()
+                    .filter(|u| summary && !u.ends_with('/'))
+                {
+                    return Err(invalid(loc.at(
+                        s,
+                        &ctx("summary"),
+                        format!(
+                            "needs an errors_url ending in \"/\" (it is {u:?}): the summary is PUT beside \
+                             the error report as <stem>.summary.csv, and a fixed URL would receive both"
+                        ),
+                    )));
+                }
+            }
             partners.push(PartnerConfig {
                 name: p.name.unwrap_or_else(|| id.clone()),
                 id,
@@ -514,6 +607,7 @@ impl Config {
                 unique_partner_key,
                 source,
                 api,
+                summary,
             });
         }
         Ok(Config {
@@ -845,5 +939,77 @@ dir = "inbox/demo"
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn summary_key_and_a_fixed_errors_url() {
+        assert!(!parse(GOOD).unwrap().partners[0].summary, "off by default");
+        let on = GOOD.replace(
+            "allow_duplicate_rows = false\n",
+            "allow_duplicate_rows = false\nsummary = true\n",
+        );
+        assert!(parse(&on).unwrap().partners[0].summary);
+        let http = |errors_url: &str| {
+            on.replace(
+                "kind = \"local\"\ndir = \"inbox/demo\"",
+                &format!("kind = \"https\"\nurl = \"https://p.example/x.csv\"\nerrors_url = \"{errors_url}\""),
+            )
+        };
+        assert!(parse(&http("https://p.example/reports/")).is_ok());
+        let e = parse(&http("https://p.example/reports/errors.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`summary`") && e.contains("ending in \"/\"") && e.contains("line "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn daemon_maintenance_schedules() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.daemon.verify.as_ref().unwrap().to_string(),
+            "weekly sun 05:00"
+        );
+        assert!(c.daemon.backup.is_none() && c.daemon.backup_dir.is_none());
+        assert_eq!(c.daemon.keep, 14);
+        let with = |extra: &str| {
+            GOOD.replace(
+                "timezone = \"Asia/Tokyo\"\n",
+                &format!("timezone = \"Asia/Tokyo\"\n{extra}"),
+            )
+        };
+        let c = parse(&with(
+            "verify = \"off\"\nbackup = \"daily 04:00\"\nbackup_dir = \"backups\"\nkeep = 3\n",
+        ))
+        .unwrap();
+        assert!(c.daemon.verify.is_none());
+        assert_eq!(c.daemon.backup.as_ref().unwrap().to_string(), "daily 04:00");
+        assert_eq!(
+            c.daemon.backup_dir.as_deref(),
+            Some(Path::new("/etc/mb/backups"))
+        );
+        assert_eq!(c.daemon.keep, 3);
+        let e = parse(&with("backup = \"daily 04:00\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`daemon.backup`") && e.contains("backup_dir"),
+            "{e}"
+        );
+        let e = parse(&with("verify = \"sundays\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 6: `daemon.verify`") && e.contains("\"off\""),
+            "{e}"
+        );
+        let e = parse(&with(
+            "backup = \"daily 04:00\"\nbackup_dir = \"b\"\nkeep = 0\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`daemon.keep`"), "{e}");
     }
 }

@@ -46,6 +46,11 @@
 //!   enabled, `STOPPING=1` on shutdown.
 //! - Time only ever comes from the injected [`Clock`], including each run's
 //!   `now`, so tests run the loop at millisecond speed with a `ManualClock`.
+//! - **Maintenance**: `[daemon] verify` and `backup` each get a loop of
+//!   their own on the same schedule grammar ([`maintenance_loop`]); a run
+//!   happens inside its loop, so it never overlaps itself, and there is no
+//!   catch-up (the next occurrence comes soon enough). Each run is recorded
+//!   and logged by `money::verify::scheduled` / `money::backup::scheduled`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -298,6 +303,12 @@ pub(crate) async fn run_observed(
         loops.spawn(partner_loop(shared.clone(), idx, catch_up));
     }
     loops.spawn(request_loop(shared.clone()));
+    if shared.config.daemon.verify.is_some() {
+        loops.spawn(maintenance_loop(shared.clone(), Maintenance::Verify));
+    }
+    if shared.config.daemon.backup.is_some() {
+        loops.spawn(maintenance_loop(shared.clone(), Maintenance::Backup));
+    }
 
     let watchdog = sd_notify::watchdog_enabled().map(|every| {
         let half = (every / 2).max(Duration::from_millis(100));
@@ -421,6 +432,58 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
     if let Some(h) = running {
         if let Err(e) = h.await {
             tracing::error!(partner = %partner.id, error = %e, "run task failed");
+        }
+    }
+}
+
+/// The daemon's own scheduled jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Maintenance {
+    Verify,
+    Backup,
+}
+
+/// Run `what` on its `[daemon]` schedule until shutdown: next occurrence,
+/// sleep, run (on the blocking pool, awaited here: never two at once).
+async fn maintenance_loop(sh: Arc<Shared>, what: Maintenance) {
+    let d = &sh.config.daemon;
+    let (schedule, name) = match what {
+        Maintenance::Verify => (d.verify.clone(), "verify"),
+        Maintenance::Backup => (d.backup.clone(), "backup"),
+    };
+    let Some(schedule) = schedule else { return };
+    let tz = sh.tz();
+    let mut shutdown = sh.shutdown.clone();
+    loop {
+        let Some(next) = schedule.next_after(sh.clock.now(), tz) else {
+            tracing::warn!(job = name, %schedule, "the schedule has no further occurrence");
+            break;
+        };
+        tracing::info!(job = name, next = %zoned(next, tz), "next scheduled {name}");
+        if !sleep_until(&*sh.clock, next, &mut shutdown).await {
+            break;
+        }
+        let now = sh.clock.now();
+        let config = sh.config.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let d = &config.daemon;
+            match what {
+                Maintenance::Verify => {
+                    crate::money::verify::scheduled(&d.database, now).map(|_| ())
+                }
+                Maintenance::Backup => {
+                    let dir = d.backup_dir.as_deref().expect("checked with the config");
+                    crate::money::backup::scheduled(&d.database, dir, d.keep, now).map(|_| ())
+                }
+            }
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(job = name, error = %e, "scheduled {name}: could not record the run")
+            }
+            Err(e) => tracing::error!(job = name, error = %e, "scheduled {name} panicked"),
         }
     }
 }

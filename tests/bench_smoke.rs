@@ -30,6 +30,7 @@ fn bench_smoke_run_agrees_with_the_baselines() {
         "sqlite_floor.sh",
         "python_baseline.py",
         "milebatch once",
+        "milebatch verify",
     ] {
         assert!(stdout.contains(job), "no {job:?} row in:\n{stdout}");
     }
@@ -38,7 +39,8 @@ fn bench_smoke_run_agrees_with_the_baselines() {
         .nth(1)
         .and_then(|s| s.split("targets").next())
         .unwrap_or_default();
-    assert_eq!(correctness.matches("  OK   ").count(), 7, "{stdout}");
+    assert_eq!(correctness.matches("  OK   ").count(), 8, "{stdout}");
+    assert!(correctness.contains("OK   verify ok over "), "{stdout}");
     assert!(
         correctness.contains("OK   re-send detection ran"),
         "the timed run must have re-send detection on:\n{stdout}"

@@ -182,7 +182,10 @@ fn check_names_every_problem_of_a_config_that_cannot_run() {
     w.config(&cfg);
     let text = std::fs::read_to_string(w.config_path())
         .unwrap()
-        .replace("data_dir = \"var\"", "data_dir = \"not-a-folder/var\"");
+        .replace(
+            "data_dir = \"var\"",
+            "data_dir = \"not-a-folder/var\"\nbackup = \"daily 04:00\"\nbackup_dir = \"not-a-folder/backups\"",
+        );
     w.write("partners.toml", text);
 
     // An inbox milebatch moves files out of, but cannot write (the immutable
@@ -202,6 +205,7 @@ fn check_names_every_problem_of_a_config_that_cannot_run() {
     );
     let expect = [
         ("[daemon]", "data_dir"),
+        ("[daemon]", "backup_dir"),
         ("no-inbox", "does not exist: create it"),
         ("sub-file", "exists and is not a folder"),
         ("no-key", "keys/absent does not exist"),

@@ -302,3 +302,207 @@ fn crash_soak_full() {
     let sshd = Sshd::start(SshdOpts::default());
     soak(n / 2, rows, Inbox::Sftp(&sshd));
 }
+
+/// Start `args` and SIGKILL it `at` after the start unless it ended first;
+/// whether it was still running when killed.
+fn kill_at(w: &Workspace, args: &[&str], at: Duration) -> bool {
+    let mut child = w
+        .cmd(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < at && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().ok(); // SIGKILL
+    child.wait().unwrap();
+    running
+}
+
+/// How long `args` takes to run to the end (exit 0 required).
+fn timed(w: &Workspace, args: &[&str]) -> Duration {
+    let start = Instant::now();
+    w.ok(args);
+    start.elapsed()
+}
+
+fn verify_ok(w: &Workspace, when: &str) {
+    let out = w.run(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{when}: verify failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// SIGKILL in the middle of `reverse` and of `retry` (the credit of an
+/// archived file): after each kill the reversal (or the retry's credit) is
+/// there whole or not at all, and the ledger verifies; run again, it
+/// completes once, and a second attempt changes nothing.
+#[test]
+fn killed_mid_reversal_or_retry_leaves_all_or_nothing() {
+    const ROWS: usize = 20_000;
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox", ""));
+    w.members(MEMBERS);
+    let credit = |name: &str, seed: u64| -> i64 {
+        let (bytes, _) = exchange_csv(ROWS, MEMBERS, seed);
+        w.write(&format!("inbox/{name}"), bytes);
+        let (code, run) = w.once_json("shop", &[]);
+        assert_eq!(code, 0, "{run:#}");
+        run["files"][0]["id"].as_i64().unwrap()
+    };
+    let reversal_rows = |file: i64| -> i64 {
+        w.int(&format!(
+            "SELECT count(*) FROM ledger WHERE reversal IN (SELECT id FROM reversals WHERE file_id = {file})"
+        ))
+    };
+    // Calibrate on a file of the same size, reversed to the end.
+    let a = credit("a.csv", 11);
+    let full = timed(
+        &w,
+        &[
+            "reverse",
+            "--file",
+            &a.to_string(),
+            "--reason",
+            "calibration",
+        ],
+    );
+    assert_eq!(reversal_rows(a), ROWS as i64);
+
+    let b = credit("b.csv", 13);
+    let ledger_before = w.ledger_rows();
+    let mut mid = 0;
+    let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
+    for attempt in 0..5 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Earliest first (a kill after the commit ends the attempts), each
+        // at a random moment within its slot of the calibrated run.
+        let at = full.mul_f64(0.05 + 0.15 * attempt as f64 + (rng % 100) as f64 / 1000.0);
+        let args = [
+            "reverse",
+            "--file",
+            &b.to_string(),
+            "--reason",
+            "wrong file",
+        ];
+        let running = kill_at(&w, &args, at);
+        let n = reversal_rows(b);
+        let outcome: String = w
+            .db()
+            .query_row("SELECT outcome FROM files WHERE id = ?1", [b], |r| r.get(0))
+            .unwrap();
+        let recs = w.int(&format!(
+            "SELECT count(*) FROM reversals WHERE file_id = {b}"
+        ));
+        match (n, recs, outcome.as_str()) {
+            (0, 0, "credited") => {
+                assert_eq!(w.ledger_rows(), ledger_before, "attempt {attempt}");
+                if running {
+                    mid += 1;
+                }
+            }
+            (n, 1, "reversed") if n == ROWS as i64 => {
+                assert_eq!(w.ledger_rows(), ledger_before + ROWS as i64);
+                break;
+            }
+            other => panic!("attempt {attempt}: a partial reversal: {other:?}"),
+        }
+        verify_ok(&w, &format!("after kill {attempt} of reverse"));
+        w.assert_balances_match_ledger();
+    }
+    println!("reverse: full run {full:?}, {mid} kill(s) mid-reversal");
+    assert!(mid >= 1, "no kill landed mid-reversal (full run {full:?})");
+    // Run to the end (or it already was), then once more: nothing changes.
+    w.ok(&[
+        "reverse",
+        "--file",
+        &b.to_string(),
+        "--reason",
+        "wrong file",
+    ]);
+    assert_eq!(reversal_rows(b), ROWS as i64);
+    let out = w.ok(&["reverse", "--file", &b.to_string(), "--reason", "again"]);
+    assert!(out.contains("already reversed"), "{out}");
+    assert_eq!(reversal_rows(b), ROWS as i64);
+    assert_eq!(
+        w.int(&format!(
+            "SELECT count(*) FROM reversals WHERE file_id = {b}"
+        )),
+        1
+    );
+    assert_eq!(
+        w.int(&format!(
+            "SELECT sum(miles) FROM ledger WHERE file_id = {b}"
+        )),
+        0
+    );
+    verify_ok(&w, "after the reversal");
+
+    // Retry: the reversed file b credited again from its archive.
+    let before = w.ledger_rows();
+    let full = timed(&w, &["retry", "--file", &a.to_string()]);
+    let retried = |of: i64| -> i64 {
+        w.int(&format!(
+            "SELECT count(*) FROM ledger WHERE file_id IN (SELECT id FROM files WHERE retry_of = {of} AND outcome = 'credited')"
+        ))
+    };
+    assert_eq!(retried(a), ROWS as i64);
+    assert_eq!(w.ledger_rows(), before + ROWS as i64);
+    let before = w.ledger_rows();
+    let mut mid = 0;
+    for attempt in 0..5 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Earliest first (a kill after the commit ends the attempts), each
+        // at a random moment within its slot of the calibrated run.
+        let at = full.mul_f64(0.05 + 0.15 * attempt as f64 + (rng % 100) as f64 / 1000.0);
+        let running = kill_at(&w, &["retry", "--file", &b.to_string()], at);
+        match retried(b) {
+            0 => {
+                assert_eq!(w.ledger_rows(), before, "attempt {attempt}");
+                assert_eq!(
+                    w.int(&format!(
+                        "SELECT count(*) FROM files WHERE retry_of = {b} AND outcome = 'credited'"
+                    )),
+                    0
+                );
+                if running {
+                    mid += 1;
+                }
+            }
+            n if n == ROWS as i64 => {
+                assert_eq!(w.ledger_rows(), before + ROWS as i64);
+                break;
+            }
+            n => panic!("attempt {attempt}: a partial retry: {n} rows"),
+        }
+        verify_ok(&w, &format!("after kill {attempt} of retry"));
+        w.assert_balances_match_ledger();
+    }
+    println!("retry: full run {full:?}, {mid} kill(s) mid-retry");
+    assert!(mid >= 1, "no kill landed mid-retry (full run {full:?})");
+    if retried(b) == 0 {
+        w.ok(&["retry", "--file", &b.to_string()]);
+    }
+    assert_eq!(retried(b), ROWS as i64);
+    // Once credited, a second retry is refused and changes nothing.
+    let out = w.run(&["retry", "--file", &b.to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(retried(b), ROWS as i64);
+    assert_eq!(w.ledger_rows(), before + ROWS as i64);
+    verify_ok(&w, "at the end");
+    w.assert_balances_match_ledger();
+}

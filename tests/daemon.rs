@@ -348,3 +348,155 @@ fn the_example_config_runs_on_schedule_and_on_catch_up() {
         "credited once"
     );
 }
+
+/// `[daemon] verify` runs at its scheduled time (Sunday 05:00 JST) and is
+/// recorded; scheduled backups (here every 2 s) are written 0600, verified,
+/// and only the newest `keep` of the daemon's own backups stay (other files
+/// in the folder are never touched); `status` shows the last of each. After
+/// a balance is tampered with, the next scheduled verify fails: an ERROR log
+/// line naming the member, a failed `verify_runs` row, and `status` says so.
+#[test]
+fn daemon_runs_verify_and_backups_on_schedule_with_retention() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    let partner = ws.scheduled_partner("demo-shop", "daily 03:00");
+    ws.write_config(
+        "verify = \"weekly sun 05:00\"\nbackup = \"*/2 * * * * *\"\nbackup_dir = \"backups\"\nkeep = 2\n",
+        &partner,
+    );
+    ws.members(100);
+    let (text, valid) = exchange("demo-shop", 100, 100, 0);
+    ws.write("inbox/demo-shop/demo.csv", text);
+    ws.ok(&["once", "--partner", "demo-shop"]);
+    assert_eq!(ws.ledger_rows(), valid as i64);
+    // Not the daemon's: never deleted.
+    ws.write("backups/milebatch-manual.db", "mine");
+    ws.write("backups/milebatch-20261101T040000Z.db.partial", "x");
+    // The daemon's (by name), older than any new one: deleted first.
+    ws.write("backups/milebatch-20261101T040000Z.db", "old");
+
+    // Sunday 2026-11-29 04:59:57 JST.
+    let mut d = ws.spawn_daemon(Some("2026-11-28T19:59:57Z"));
+    wait_for("the 05:00 verify", LONG, || {
+        ws.try_int("SELECT count(*) FROM verify_runs") == Ok(1)
+    });
+    wait_for("three scheduled backups", LONG, || {
+        ws.try_int("SELECT count(*) FROM backup_runs WHERE ok = 1")
+            .is_ok_and(|n| n >= 3)
+    });
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+    let (at, ok, rows): (String, bool, i64) = ws
+        .db()
+        .query_row("SELECT at, ok, ledger_rows FROM verify_runs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert!(at.starts_with("2026-11-28T20:00:0"), "at 05:00 JST: {at}");
+    assert!(ok);
+    assert_eq!(rows, valid as i64);
+    assert!(
+        d.log_text().contains("scheduled verify: ok"),
+        "{}",
+        d.log_text()
+    );
+
+    let mut names: Vec<String> = std::fs::read_dir(ws.path("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let ours: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("milebatch-2026112") && n.ends_with("Z.db"))
+        .collect();
+    assert_eq!(ours.len(), 2, "exactly keep = 2 of the daemon's: {names:?}");
+    assert!(
+        names.contains(&"milebatch-manual.db".to_owned()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"milebatch-20261101T040000Z.db.partial".to_owned()));
+    assert!(
+        !names.contains(&"milebatch-20261101T040000Z.db".to_owned()),
+        "the oldest went first: {names:?}"
+    );
+    let newest: String = ws
+        .db()
+        .query_row(
+            "SELECT path FROM backup_runs WHERE ok = 1 ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(newest.ends_with(ours[1].as_str()), "{newest} vs {ours:?}");
+    for n in &ours {
+        let p = ws.path("backups").join(n);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let copy = rusqlite::Connection::open(&p).unwrap();
+        let n: i64 = copy
+            .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, valid as i64);
+    }
+    let deleted = ws.int("SELECT sum(deleted) FROM backup_runs");
+    let made = ws.int("SELECT count(*) FROM backup_runs WHERE ok = 1");
+    assert_eq!(
+        deleted,
+        made + 1 - 2,
+        "one old file + every new one beyond keep"
+    );
+
+    let st = status_json(&ws, "2026-11-29T00:00:00Z");
+    assert_eq!(st["verify"]["last"]["ok"], true, "{st:#}");
+    assert_eq!(st["verify"]["next"], "2026-12-06T05:00:00+09:00", "{st:#}");
+    assert_eq!(st["backup"]["last"]["ok"], true, "{st:#}");
+    assert_eq!(st["backup"]["keep"], 2);
+
+    // A redemption that never happened: the balance no longer matches.
+    ws.db()
+        .execute(
+            "UPDATE balances SET miles = miles + 7 WHERE member = (SELECT id FROM members WHERE member_id = 'M000003')",
+            [],
+        )
+        .unwrap();
+    ws.write_config("verify = \"weekly sun 05:00\"\n", &partner);
+    // The next Sunday, 04:59:58 JST.
+    let mut d = ws.spawn_daemon(Some("2026-12-05T19:59:58Z"));
+    wait_for("the failing verify", LONG, || {
+        ws.try_int("SELECT count(*) FROM verify_runs") == Ok(2)
+    });
+    d.wait_log("scheduled verify FAILED", LONG);
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("MISMATCH"))
+        .unwrap_or_else(|| panic!("no ERROR line: {log}"));
+    assert!(
+        line.contains("balance") && line.contains("M000003"),
+        "{line}"
+    );
+    let (ok, problems, first): (bool, i64, String) = ws
+        .db()
+        .query_row(
+            "SELECT ok, problems, first_problem FROM verify_runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(!ok);
+    assert_eq!(problems, 1);
+    assert!(first.starts_with("balance: member M000003"), "{first}");
+    let mut c = ws.cmd(&["status"]);
+    c.env(FAKE_NOW, "2026-12-05T21:00:00Z");
+    let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
+    assert!(
+        out.contains("FAILED: 1 problem(s): balance: member M000003"),
+        "{out}"
+    );
+    assert!(out.contains("backup    (off) last "), "{out}");
+}

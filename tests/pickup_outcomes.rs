@@ -440,3 +440,59 @@ fn a_report_the_server_refuses_fails_the_run_until_a_later_tidy_delivers_it() {
     assert_eq!(w.balance("NM0000000001"), 10);
     assert_eq!(w.ledger_rows(), 1);
 }
+
+/// `summary = true` on an HTTP partner: a file with no failed row has no
+/// error report, only its summary to PUT. A 403 to it is an undelivered
+/// report like any other (the run is `tidy-failed`, `status` shows it);
+/// once the server takes it, it arrives as `<stem>.summary.csv` beside
+/// where the error reports go.
+#[test]
+fn a_summary_the_server_refuses_fails_the_run_until_it_is_delivered() {
+    let ca = TestCa::new();
+    let server = HttpServer::start(Some(&ca), HttpAuth::None);
+    server.put_file("/x.csv", "NM0000000001,k1,10\nNM0000000002,k2,5\n");
+    let w = Workspace::new();
+    w.config(&format!(
+        "[[partner]]\nid = \"web\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\nsummary = true\n\
+         [partner.source]\nkind = \"https\"\nurl = \"{}\"\nerrors_url = \"{}\"\nca_file = \"{}\"\n\
+         timeout = \"5s\"\nretries = 1\n",
+        server.url("/x.csv"),
+        server.url("/errors/"),
+        ca.ca_pem.display()
+    ));
+    w.demo_members();
+    server.set_put_status(Some(403));
+
+    let (code, run) = w.once_json("web", &[]);
+    assert_eq!(code, 1, "an undelivered summary fails the run: {run:#}");
+    assert_eq!(run["outcome"], "tidy-failed", "{run:#}");
+    assert_eq!(run["files"][0]["failed"], 0, "{run:#}");
+    let err = run["tidy_failed"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("x.summary.csv not delivered") && err.contains("403"),
+        "{err}"
+    );
+    let st = status_json(&w, "web");
+    assert_eq!(st["failing"], true, "{st:#}");
+    assert!(st["waiting"][0]["tidy_error"]
+        .as_str()
+        .unwrap()
+        .contains("x.summary.csv"));
+
+    server.set_put_status(None);
+    let (code, run) = w.once_json("web", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    let got = std::fs::read_to_string(server.uploads.join("errors/x.summary.csv")).unwrap();
+    assert!(
+        got.starts_with("item,value\nfile,x.csv\n")
+            && got.contains("\noutcome,credited\nrows,2\ncredited,2\nfailed,0\nmiles,15\n")
+            && got.ends_with("\nfile_code,\nreason,\n"),
+        "{got}"
+    );
+    assert!(
+        !server.uploads.join("errors/x.errors.csv").exists(),
+        "no failed row, no report"
+    );
+    assert_eq!(status_json(&w, "web")["failing"], false);
+    assert_eq!(w.ledger_rows(), 2, "credited once");
+}

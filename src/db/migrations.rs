@@ -319,6 +319,31 @@ ALTER TABLE files ADD COLUMN reversal INTEGER REFERENCES reversals(id);
     // 12: `milebatch retry` (src/money/retry.rs): the file whose archived
     // bytes a file row re-processed. Column only.
     "ALTER TABLE files ADD COLUMN retry_of INTEGER REFERENCES files(id);",
+    // 13: the daemon's scheduled maintenance (src/money/verify.rs,
+    // src/money/backup.rs). One row per scheduled `verify` of the live
+    // database (what `status` and the verify metrics show) and per scheduled
+    // backup (its file, size, whether the copy verified, what retention
+    // deleted, or the error).
+    r#"
+CREATE TABLE verify_runs(
+    id            INTEGER PRIMARY KEY,
+    at            TEXT NOT NULL,          -- RFC 3339 UTC, when it started
+    ok            INTEGER NOT NULL,       -- 1: everything adds up
+    problems      INTEGER NOT NULL,       -- mismatches found
+    ledger_rows   INTEGER NOT NULL,
+    seconds       REAL NOT NULL,
+    first_problem TEXT                    -- `kind: subject: detail` of the first mismatch, or the error
+);
+CREATE TABLE backup_runs(
+    id       INTEGER PRIMARY KEY,
+    at       TEXT NOT NULL,               -- RFC 3339 UTC
+    path     TEXT,
+    bytes    INTEGER,
+    ok       INTEGER NOT NULL,            -- 1: written and verified
+    deleted  INTEGER NOT NULL DEFAULT 0,  -- older backups removed by `keep`
+    error    TEXT
+);
+"#,
     // 14: "run now" requests from the management site (src/run_requests.rs).
     // `serve` holds no transfer credentials, so it only records the request;
     // the daemon polls for queued rows (started_at NULL), runs the partner

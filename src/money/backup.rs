@@ -11,6 +11,10 @@
 //! - `restore` never overwrites a database that any process has open, and
 //!   never destroys the database it replaces: that one, with its WAL, is
 //!   moved aside under a dated name.
+//! - Scheduled backups ([`scheduled`], `[daemon] backup`) are named
+//!   `milebatch-YYYYMMDDTHHMMSSZ.db` (UTC) in `backup_dir`; retention
+//!   (`keep`) deletes only files with exactly that name shape, oldest first,
+//!   and only after the new backup verified. Each is a `backup_runs` row.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -114,6 +118,137 @@ pub fn backup(db: &Path, dest: &Path) -> Result<BackupReport, BackupError> {
         bytes,
         verify: report,
     })
+}
+
+/// What one scheduled backup did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackupRun {
+    /// RFC 3339 UTC.
+    pub at: String,
+    pub path: Option<String>,
+    pub bytes: Option<u64>,
+    /// Written and verified.
+    pub ok: bool,
+    /// Older scheduled backups deleted by `keep`.
+    pub deleted: u64,
+    pub error: Option<String>,
+}
+
+/// The file name of a scheduled backup taken at `now`.
+pub fn scheduled_name(now: chrono::DateTime<chrono::Utc>) -> String {
+    format!("milebatch-{}.db", now.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// Whether `name` is one the daemon made ([`scheduled_name`]'s shape, exactly):
+/// retention never touches anything else in `backup_dir`.
+pub fn is_scheduled_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == "milebatch-20261129T040000Z.db".len()
+        && name.starts_with("milebatch-")
+        && name.ends_with("Z.db")
+        && b[10..18].iter().all(u8::is_ascii_digit)
+        && b[18] == b'T'
+        && b[19..25].iter().all(u8::is_ascii_digit)
+}
+
+/// Take the daemon's scheduled backup of `db` into `dir` (created 0700 if
+/// missing), then delete the oldest scheduled backups beyond `keep`. Logged
+/// (ERROR when it fails or does not verify) and recorded in `backup_runs`.
+pub fn scheduled(
+    db: &Path,
+    dir: &Path,
+    keep: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<BackupRun, crate::db::DbError> {
+    let dest = dir.join(scheduled_name(now));
+    let mut run = BackupRun {
+        at: crate::db::now_text(now),
+        path: Some(dest.display().to_string()),
+        bytes: None,
+        ok: false,
+        deleted: 0,
+        error: None,
+    };
+    let result = crate::db::create_private_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+        .and_then(|()| backup(db, &dest).map_err(|e| e.to_string()));
+    match result {
+        Ok(r) if r.verify.ok => {
+            run.ok = true;
+            run.bytes = Some(r.bytes);
+            match prune(dir, keep) {
+                Ok(n) => run.deleted = n,
+                Err(e) => {
+                    run.error = Some(format!("backup written, but retention failed: {e}"));
+                    tracing::error!(dir = %dir.display(), error = %e, "scheduled backup: old backups could not be deleted");
+                }
+            }
+            tracing::info!(path = %dest.display(), bytes = r.bytes, deleted = run.deleted, keep, "scheduled backup: written and verified");
+        }
+        Ok(r) => {
+            run.bytes = Some(r.bytes);
+            let e = format!(
+                "the copy does not verify ({} mismatch(es)): the live database has them too; run `milebatch verify`; no old backup deleted",
+                r.verify.mismatches.len()
+            );
+            tracing::error!(path = %dest.display(), error = %e, "scheduled backup FAILED");
+            run.error = Some(e);
+        }
+        Err(e) => {
+            tracing::error!(path = %dest.display(), error = %e, "scheduled backup FAILED");
+            run.path = None;
+            run.error = Some(e);
+        }
+    }
+    let conn = crate::db::open(db)?;
+    conn.execute(
+        "INSERT INTO backup_runs(at, path, bytes, ok, deleted, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            run.at,
+            run.path,
+            run.bytes.map(|b| b as i64),
+            run.ok,
+            run.deleted as i64,
+            run.error
+        ],
+    )?;
+    Ok(run)
+}
+
+/// Delete the oldest scheduled backups in `dir` beyond `keep`; how many.
+fn prune(dir: &Path, keep: usize) -> std::io::Result<u64> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_scheduled_name(n))
+        .collect();
+    // The name is the UTC time: text order is time order.
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for n in &names[..excess] {
+        std::fs::remove_file(dir.join(n))?;
+        tracing::info!(path = %dir.join(n).display(), "scheduled backup: deleted (beyond keep)");
+    }
+    Ok(excess as u64)
+}
+
+/// The latest scheduled backup, if any ran.
+pub fn last_run(conn: &rusqlite::Connection) -> rusqlite::Result<Option<BackupRun>> {
+    let mut st = conn.prepare(
+        "SELECT at, path, bytes, ok, deleted, error FROM backup_runs ORDER BY id DESC LIMIT 1",
+    )?;
+    let mut rows = st.query_map([], |r| {
+        Ok(BackupRun {
+            at: r.get(0)?,
+            path: r.get(1)?,
+            bytes: r.get::<_, Option<i64>>(2)?.map(|b| b as u64),
+            ok: r.get(3)?,
+            deleted: r.get::<_, i64>(4)? as u64,
+            error: r.get(5)?,
+        })
+    })?;
+    rows.next().transpose()
 }
 
 /// `verify` on a database file (read-only).
@@ -268,4 +403,52 @@ fn sync_dir(p: &Path) -> Result<(), BackupError> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn retention_deletes_only_the_daemons_oldest_backups() {
+        let t = chrono::Utc.with_ymd_and_hms(2026, 11, 29, 4, 0, 0).unwrap();
+        assert_eq!(scheduled_name(t), "milebatch-20261129T040000Z.db");
+        assert!(is_scheduled_name(&scheduled_name(t)));
+        for other in [
+            "milebatch-20261129T040000Z.db.partial",
+            "milebatch-20261129T0400Z.db",
+            "milebatch-2026112xT040000Z.db",
+            "xmilebatch-20261129T040000Z.db",
+            "milebatch.db",
+            "notes.txt",
+        ] {
+            assert!(!is_scheduled_name(other), "{other}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut names = vec![];
+        for h in 0..5 {
+            let n = scheduled_name(t + chrono::Duration::hours(h));
+            std::fs::write(d.path().join(&n), b"x").unwrap();
+            names.push(n);
+        }
+        std::fs::write(d.path().join("milebatch.db"), b"live").unwrap();
+        std::fs::write(d.path().join("milebatch-manual.db"), b"mine").unwrap();
+        assert_eq!(prune(d.path(), 2).unwrap(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "milebatch-20261129T070000Z.db",
+                "milebatch-20261129T080000Z.db",
+                "milebatch-manual.db",
+                "milebatch.db"
+            ]
+        );
+        assert_eq!(prune(d.path(), 2).unwrap(), 0);
+    }
 }

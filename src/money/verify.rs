@@ -17,6 +17,12 @@
 //! What must stay true: it only reads (safe next to the daemon, on a
 //! read-only connection), and it reads the ledger once, sequentially, so a
 //! million rows verify in well under 3 s.
+//!
+//! The daemon runs it on `[daemon] verify` ([`scheduled`]): each such run
+//! is a `verify_runs` row (migration 13), logged (a failing one at ERROR,
+//! naming the first problem), shown by `status`, and rendered for
+//! Prometheus by [`metrics_lines`]. `milebatch verify` itself records
+//! nothing: it stays read-only.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -84,6 +90,159 @@ pub fn verify(conn: &Connection) -> Result<Report, VerifyError> {
     let mut report = result?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// One recorded run of the daemon's scheduled verify.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VerifyRun {
+    /// RFC 3339 UTC.
+    pub at: String,
+    pub ok: bool,
+    pub problems: u64,
+    pub ledger_rows: u64,
+    pub seconds: f64,
+    /// `kind: subject: detail` of the first mismatch, or why it could not run.
+    pub first_problem: Option<String>,
+}
+
+/// Verify the database at `db` now, as the daemon's schedule does: record
+/// the run in `verify_runs` and log it (ERROR naming the first problem when
+/// something does not add up, or when verify could not run at all).
+pub fn scheduled(
+    db: &std::path::Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<VerifyRun, crate::db::DbError> {
+    let started = Instant::now();
+    let result: Result<Report, String> = crate::db::open_query(db)
+        .map_err(|e| e.to_string())
+        .and_then(|c| verify(&c).map_err(|e| e.to_string()));
+    let run = match &result {
+        Ok(r) => VerifyRun {
+            at: crate::db::now_text(now),
+            ok: r.ok,
+            problems: r.mismatches.len() as u64,
+            ledger_rows: r.ledger_rows,
+            seconds: r.elapsed_ms as f64 / 1000.0,
+            first_problem: r
+                .mismatches
+                .first()
+                .map(|m| format!("{}: {}: {}", m.kind, m.subject, m.detail)),
+        },
+        Err(e) => VerifyRun {
+            at: crate::db::now_text(now),
+            ok: false,
+            problems: 0,
+            ledger_rows: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            first_problem: Some(format!("verify could not run: {e}")),
+        },
+    };
+    match (&result, &run.first_problem) {
+        (Ok(r), _) if r.ok => tracing::info!(
+            ledger_rows = run.ledger_rows,
+            members = r.members,
+            credited_files = r.credited_files,
+            seconds = run.seconds,
+            "scheduled verify: ok"
+        ),
+        (Ok(r), first) => {
+            // One line each, but a bounded log: `milebatch verify` lists them all.
+            const LOG_AT_MOST: usize = 100;
+            for m in r.mismatches.iter().take(LOG_AT_MOST) {
+                tracing::error!(kind = m.kind, subject = %m.subject, detail = %m.detail, "scheduled verify: MISMATCH");
+            }
+            if r.mismatches.len() > LOG_AT_MOST {
+                tracing::error!(
+                    more = r.mismatches.len() - LOG_AT_MOST,
+                    "scheduled verify: more mismatches not logged (run `milebatch verify` for all)"
+                );
+            }
+            tracing::error!(
+                problems = run.problems,
+                first = first.as_deref().unwrap_or(""),
+                ledger_rows = run.ledger_rows,
+                "scheduled verify FAILED: the ledger does not add up (run `milebatch verify`)"
+            );
+        }
+        (Err(e), _) => tracing::error!(error = %e, "scheduled verify could not run"),
+    }
+    let conn = crate::db::open(db)?;
+    conn.execute(
+        "INSERT INTO verify_runs(at, ok, problems, ledger_rows, seconds, first_problem)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            run.at,
+            run.ok,
+            run.problems as i64,
+            run.ledger_rows as i64,
+            run.seconds,
+            run.first_problem
+        ],
+    )?;
+    Ok(run)
+}
+
+/// The latest scheduled verify, if any ran.
+pub fn last_run(conn: &Connection) -> rusqlite::Result<Option<VerifyRun>> {
+    let mut st = conn.prepare(
+        "SELECT at, ok, problems, ledger_rows, seconds, first_problem
+         FROM verify_runs ORDER BY id DESC LIMIT 1",
+    )?;
+    let mut rows = st.query_map([], |r| {
+        Ok(VerifyRun {
+            at: r.get(0)?,
+            ok: r.get(1)?,
+            problems: r.get::<_, i64>(2)? as u64,
+            ledger_rows: r.get::<_, i64>(3)? as u64,
+            seconds: r.get(4)?,
+            first_problem: r.get(5)?,
+        })
+    })?;
+    rows.next().transpose()
+}
+
+/// The verify gauges in Prometheus text format, from the latest scheduled
+/// verify (`verify_runs`): `milebatch_verify_last_ok` (1/0),
+/// `milebatch_verify_last_run_timestamp_seconds`, `milebatch_verify_problems`.
+/// Before any verify ran, the HELP/TYPE lines only (no sample: "unknown"
+/// is not "ok"). A database that cannot be read gives a comment line
+/// saying so, and no sample.
+pub fn metrics_lines(conn: &Connection) -> String {
+    let mut out = String::new();
+    let last = last_run(conn);
+    let gauges: [(&str, &str, Option<f64>); 3] = {
+        let l = last.as_ref().ok().and_then(Option::as_ref);
+        [
+            (
+                "milebatch_verify_last_ok",
+                "1 if the last scheduled verify found that the ledger adds up, 0 if not",
+                l.map(|l| if l.ok { 1.0 } else { 0.0 }),
+            ),
+            (
+                "milebatch_verify_last_run_timestamp_seconds",
+                "Unix time of the last scheduled verify",
+                l.and_then(|l| crate::timefmt::parse_stored(&l.at))
+                    .map(|t| t.timestamp() as f64),
+            ),
+            (
+                "milebatch_verify_problems",
+                "Mismatches the last scheduled verify found",
+                l.map(|l| l.problems as f64),
+            ),
+        ]
+    };
+    if let Err(e) = &last {
+        out.push_str(&format!(
+            "# milebatch_verify: cannot read verify_runs: {e}\n"
+        ));
+    }
+    for (name, help, value) in gauges {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        if let Some(v) = value {
+            out.push_str(&format!("{name} {v}\n"));
+        }
+    }
+    out
 }
 
 fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
@@ -349,4 +508,56 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
         mismatches,
         elapsed_ms: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduled_runs_are_recorded_and_rendered_for_prometheus() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join("m.db");
+        let conn = crate::db::open(&db).unwrap();
+        // Before any run: the families, no sample ("unknown" is not "ok").
+        let m = metrics_lines(&conn);
+        assert!(m.contains("# TYPE milebatch_verify_last_ok gauge\n"), "{m}");
+        assert!(!m.lines().any(|l| l.starts_with("milebatch_")), "{m}");
+
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-29T05:00:00+09:00")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let run = scheduled(&db, t).unwrap();
+        assert!(run.ok && run.problems == 0);
+        let m = metrics_lines(&conn);
+        assert!(m.contains("\nmilebatch_verify_last_ok 1\n"), "{m}");
+        assert!(
+            m.contains("\nmilebatch_verify_last_run_timestamp_seconds 1795896000\n"),
+            "{m}"
+        );
+        assert!(m.contains("\nmilebatch_verify_problems 0\n"), "{m}");
+
+        // A balance nobody's ledger rows explain.
+        conn.execute_batch(
+            "INSERT INTO members(id, member_id, status) VALUES (1, 'M1', 0);
+             INSERT INTO balances(member, miles) VALUES (1, 5);",
+        )
+        .unwrap();
+        let run = scheduled(&db, t + chrono::Duration::days(7)).unwrap();
+        assert!(!run.ok);
+        assert_eq!(run.problems, 1);
+        assert!(run
+            .first_problem
+            .as_deref()
+            .unwrap()
+            .starts_with("balance: member M1"));
+        assert_eq!(last_run(&conn).unwrap().unwrap(), run);
+        let m = metrics_lines(&conn);
+        assert!(m.contains("\nmilebatch_verify_last_ok 0\n"), "{m}");
+        assert!(m.contains("\nmilebatch_verify_problems 1\n"), "{m}");
+        assert!(
+            m.contains("\nmilebatch_verify_last_run_timestamp_seconds 1796500800\n"),
+            "{m}"
+        );
+    }
 }

@@ -24,6 +24,7 @@ pub mod decode;
 pub mod parse;
 pub mod pickup;
 pub mod report;
+pub mod summary;
 pub mod tidy;
 pub mod upload;
 pub mod validate;
@@ -384,9 +385,11 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
 /// Tidy up `items` (earlier runs' owed tidy-ups, or the file just done),
 /// recording each failure on its file and in the run report. A file whose
 /// tidy-up already failed in this run is not tried again in it.
+#[allow(clippy::too_many_arguments)]
 fn tidy_items(
     source: &mut dyn crate::source::Source,
     pickup_cfg: &crate::source::Pickup,
+    summary: Option<&summary::SummaryOpts<'_>>,
     conn: &Connection,
     items: Vec<tidy::TidyItem>,
     opts: &RunOptions<'_>,
@@ -396,7 +399,7 @@ fn tidy_items(
         if report.tidy_failed.iter().any(|f| f.file_id == item.file_id) {
             continue;
         }
-        if let Err(e) = tidy::tidy(source, pickup_cfg, conn, &item) {
+        if let Err(e) = tidy::tidy_file(source, pickup_cfg, conn, &item, summary) {
             tracing::warn!(file = %item.name, file_id = item.file_id, error = %e, "tidy-up failed; the file is credited and will not be credited again; the run fails until a later tidy-up succeeds");
             let failure = tidy::record_failure(conn, &item, &e, opts.now).map_err(DbError::from)?;
             report.tidy_failed.push(failure);
@@ -436,10 +439,23 @@ fn run_inner(
         tracing::warn!(source = %source.describe(), "plain FTP: the password and the files cross the network unencrypted");
     }
 
+    let summary_opts = partner.summary.then_some(summary::SummaryOpts {
+        data_dir,
+        tz: config.daemon.timezone,
+        encoding: partner.encoding,
+    });
     // Tidy-ups owed by earlier runs come first: they never touch money.
     if !opts.dry_run {
         let owed = tidy::pending(&conn, &partner.id).map_err(DbError::from)?;
-        tidy_items(source.as_mut(), pickup_cfg, &conn, owed, opts, report)?;
+        tidy_items(
+            source.as_mut(),
+            pickup_cfg,
+            summary_opts.as_ref(),
+            &conn,
+            owed,
+            opts,
+            report,
+        )?;
     }
 
     let mut listing = pickup::survey(source.as_mut(), pickup_cfg, &conn, &partner.id, opts.now)?;
@@ -513,7 +529,15 @@ fn run_inner(
             report.files.push(file_report);
             if !opts.dry_run {
                 let owed = tidy::pending(&conn, &partner.id).map_err(DbError::from)?;
-                tidy_items(source.as_mut(), pickup_cfg, &conn, owed, opts, report)?;
+                tidy_items(
+                    source.as_mut(),
+                    pickup_cfg,
+                    summary_opts.as_ref(),
+                    &conn,
+                    owed,
+                    opts,
+                    report,
+                )?;
             }
         }
         if watch.is_empty() {
@@ -620,9 +644,34 @@ fn credit_single(
     let result = credit::credit_file(&mut conn, &job)
         .map_err(PipelineError::from)
         .and_then(|outcome| record(&mut conn, &job, outcome));
+    // A retry's or an upload's summary, like its error report, stays local. The credit
+    // has committed: a summary that cannot be written is logged, not an Err.
+    if let (true, Ok(FileReport { id: Some(id), .. })) = (partner.summary, &result) {
+        let written = summary::load(&conn, *id)
+            .map_err(|e| e.to_string())
+            .and_then(|facts| {
+                summary::write(
+                    &config.daemon.data_dir,
+                    config.daemon.timezone,
+                    partner.encoding,
+                    &facts,
+                )
+                .map_err(|e| e.to_string())
+            });
+        match written {
+            Ok((path, _)) => {
+                tracing::info!(file_id = id, summary = %path.display(), "summary written")
+            }
+            Err(error) => {
+                tracing::error!(file_id = id, %error, "the summary could not be written")
+            }
+        }
+    }
     let Some(run_id) = run_id else {
         return result;
     };
+    // The run row says how it went; partner_state (catch-up, failures) is
+    // about deliveries and is left alone.
     let (outcome, error, c) = match &result {
         Ok(fr) if fr.outcome == "credited" => ("ok", None, fr.counts),
         Ok(fr) => ("refused", None, fr.counts),

@@ -8,6 +8,10 @@
 //! only a log line: it is recorded on the file (`tidy_error`,
 //! `tidy_failing_since`) and fails the run (`tidy-failed`) until a later
 //! tidy-up succeeds.
+//!
+//! With `summary = true` the file's summary ([`super::summary`]) is written
+//! from its committed row and uploaded after the error report, under the
+//! same rules: a failed upload is an undelivered report.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
@@ -35,6 +39,11 @@ pub enum TidyError {
     Delete { name: String, source: SourceError },
     #[error("done-file {name} not removed: {source}")]
     DoneFile { name: String, source: SourceError },
+    #[error("summary {path} cannot be written: {source}")]
+    WriteSummary {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
 }
@@ -55,6 +64,18 @@ pub fn tidy(
     conn: &Connection,
     item: &TidyItem,
 ) -> Result<(), TidyError> {
+    tidy_file(source, pickup, conn, item, None)
+}
+
+/// [`tidy`], and with `summary` (the partner has `summary = true`) the
+/// file's summary written and uploaded after its error report.
+pub fn tidy_file(
+    source: &mut dyn Source,
+    pickup: &Pickup,
+    conn: &Connection,
+    item: &TidyItem,
+    summary: Option<&super::summary::SummaryOpts<'_>>,
+) -> Result<(), TidyError> {
     // Uploading the report does not depend on `can_tidy`: an HTTP source
     // cannot move files but PUTs reports to its `errors_url`.
     if let (Some(dir), Some(report)) = (&pickup.errors_dir, &item.report_path) {
@@ -72,6 +93,26 @@ pub fn tidy(
             name: name.clone(),
             source,
         })?;
+    }
+    if let Some(opts) = summary {
+        let facts = super::summary::load(conn, item.file_id)?;
+        let (_, data) = super::summary::write(opts.data_dir, opts.tz, opts.encoding, &facts)
+            .map_err(|source| TidyError::WriteSummary {
+                path: super::summary::local_path(opts.data_dir, opts.tz, &facts)
+                    .display()
+                    .to_string(),
+                source,
+            })?;
+        if let Some(dir) = &pickup.errors_dir {
+            let name = super::summary::upload_name(&item.name);
+            with_retries(pickup.retries, "uploading the summary", || {
+                source.upload(dir, &name, &data)
+            })
+            .map_err(|source| TidyError::Upload {
+                name: name.clone(),
+                source,
+            })?;
+        }
     }
     if source.can_tidy() {
         let action = if item.outcome == "credited" {

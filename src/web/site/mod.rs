@@ -22,8 +22,8 @@ pub mod home;
 pub mod keys;
 pub mod money;
 pub mod ops;
-pub mod upload;
 pub mod run_now;
+pub mod upload;
 
 use std::net::SocketAddr;
 
@@ -99,6 +99,7 @@ fn env() -> &'static Environment<'static> {
             (
                 "upload_result.html",
                 include_str!("../../../templates/upload_result.html"),
+            ),
             ("keys.html", include_str!("../../../templates/keys.html")),
             (
                 "key_created.html",
