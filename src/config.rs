@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// allowed only on a loopback address or with `insecure_plaintext`.
     pub tls: Option<TlsFiles>,
     pub insecure_plaintext: bool,
+    /// `metrics_listen`: where `GET /metrics` is served (plain HTTP, a
+    /// listener of its own); `None`: no metrics listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +70,9 @@ pub struct DaemonConfig {
     pub timezone: chrono_tz::Tz,
     pub max_concurrent: usize,
     pub shutdown_timeout: Duration,
+    /// `metrics_listen`: where the daemon serves `GET /metrics` (plain
+    /// HTTP); `None`: no metrics listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Text encodings a partner may declare.
@@ -242,6 +248,9 @@ struct RawDaemon {
     timezone: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<usize>>,
     shutdown_timeout: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics_allow_remote: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -252,6 +261,9 @@ struct RawServer {
     tls_key: Option<Spanned<String>>,
     #[serde(default)]
     insecure_plaintext: bool,
+    metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics_allow_remote: bool,
 }
 
 #[derive(Deserialize)]
@@ -399,6 +411,13 @@ impl Config {
             timezone,
             max_concurrent,
             shutdown_timeout,
+            metrics_listen: metrics_listen(
+                d.metrics_listen.as_ref(),
+                d.metrics_allow_remote,
+                "daemon",
+                &loc,
+            )
+            .map_err(invalid)?,
         };
 
         let server =
@@ -585,7 +604,50 @@ fn server_config(
         listen,
         tls,
         insecure_plaintext: r.insecure_plaintext,
+        metrics_listen: metrics_listen(
+            r.metrics_listen.as_ref(),
+            r.metrics_allow_remote,
+            "server",
+            loc,
+        )?,
     })
+}
+
+/// `[daemon]` or `[server]` `metrics_listen`: off unless set (the daemon and
+/// `serve` on one host would otherwise fight over one default port), and
+/// loopback only unless `metrics_allow_remote = true`: the figures name
+/// partners and their files, and the listener is plain HTTP without
+/// authentication, so exposing it is a decision, never a default.
+fn metrics_listen(
+    raw: Option<&Spanned<String>>,
+    allow_remote: bool,
+    section: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    let Some(l) = raw else { return Ok(None) };
+    let key = format!("`{section}.metrics_listen`");
+    let addr = l.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+        loc.at(
+            l,
+            &key,
+            format!(
+                "{:?} is not an address with a port, like \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                l.get_ref()
+            ),
+        )
+    })?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(loc.at(
+            l,
+            &key,
+            format!(
+                "{addr} is not a loopback address: /metrics is plain HTTP without a login and \
+                 names partners and their files; set `metrics_allow_remote = true` in [{section}] \
+                 to serve it there anyway (and restrict who can reach it)"
+            ),
+        ));
+    }
+    Ok(Some(addr))
 }
 
 /// `[partner.api]`, validated. An enabled API needs a daily cap: no key,
@@ -699,6 +761,55 @@ dir = "inbox/demo"
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, Path::new("/etc/mb/partners.toml"))
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_loopback_unless_allowed() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.daemon.metrics_listen, None);
+        assert_eq!(c.server.metrics_listen, None);
+        let with = |daemon: &str, server: &str| {
+            parse(&GOOD.replace(
+                "timezone = \"Asia/Tokyo\"\n",
+                &format!("timezone = \"Asia/Tokyo\"\n{daemon}\n[server]\n{server}\n"),
+            ))
+        };
+        let c = with(
+            "metrics_listen = \"127.0.0.1:9464\"",
+            "metrics_listen = \"[::1]:9465\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.daemon.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(c.server.metrics_listen, Some("[::1]:9465".parse().unwrap()));
+        let e = with("metrics_listen = \"0.0.0.0:9464\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`daemon.metrics_listen`"), "{e}");
+        assert!(e.contains("metrics_allow_remote = true"), "{e}");
+        let e = with("", "metrics_listen = \"10.0.0.1:9464\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 8: `server.metrics_listen`"), "{e}");
+        let e = with("metrics_listen = \"localhost\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an address with a port"), "{e}");
+        let c = with(
+            "metrics_listen = \"0.0.0.0:9464\"\nmetrics_allow_remote = true",
+            "metrics_listen = \"0.0.0.0:9465\"\nmetrics_allow_remote = true",
+        )
+        .unwrap();
+        assert_eq!(
+            c.daemon.metrics_listen,
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        assert_eq!(
+            c.server.metrics_listen,
+            Some("0.0.0.0:9465".parse().unwrap())
+        );
     }
 
     #[test]

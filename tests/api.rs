@@ -842,3 +842,131 @@ fn api_credits_verify_and_reverse_by_exchange_id() {
     assert_eq!(ws.balance("NM0000000001"), before + 5);
     ws.assert_balances_match_ledger();
 }
+
+/// `[server] metrics_listen`: serve's `/metrics` counts API requests by
+/// matched route template (never the raw path) and status, with a latency
+/// histogram, and exports the same credit figures as the daemon.
+#[test]
+fn serve_metrics_count_requests_by_route_and_status() {
+    use common::serve::{metrics_url, sample, scrape};
+    let ca = TestCa::new();
+    let ws = Workspace::new();
+    ws.write_config(
+        "",
+        &format!(
+            "{}metrics_listen = \"127.0.0.1:0\"\n\n{}{API}\n",
+            tls_server_section(&ca),
+            ws.scheduled_partner("shop", "daily 03:00"),
+        ),
+    );
+    ws.demo_members();
+    let s = Serve::start(&ws, Some(ca));
+    common::workspace::wait_for(
+        "serve to log its metrics URL",
+        Duration::from_secs(30),
+        || metrics_url(&s.log_text()).is_some(),
+    );
+    let url = metrics_url(&s.log_text()).unwrap();
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    for i in 0..2 {
+        let r = credit(
+            &c,
+            &s,
+            &key,
+            &format!("m-{i}"),
+            "NM0000000001",
+            &format!("O-{i}"),
+            5,
+        );
+        assert_eq!(r.status(), 201);
+    }
+    let id = json(credit(&c, &s, &key, "m-0", "NM0000000001", "O-0", 5))["id"]
+        .as_i64()
+        .unwrap();
+    problem(credit(&c, &s, &key, "m-x", "NM9999999999", "O-x", 5), 422);
+    problem(
+        credit(&c, &s, "mbk_wrong", "m-y", "NM0000000001", "O-y", 5),
+        401,
+    );
+    let r = c
+        .get(s.url(&format!("/api/v1/exchanges/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    problem(c.get(s.url("/no/such/path")).send().unwrap(), 404);
+
+    let text = scrape(&url);
+    let req = |route: &str, status: u16| {
+        sample(
+            &text,
+            &format!("milebatch_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"),
+        )
+    };
+    // Two credits and one replay of the first: 201 all three.
+    assert_eq!(req("/api/v1/exchanges", 201), Some(3.0), "{text}");
+    assert_eq!(req("/api/v1/exchanges", 422), Some(1.0), "{text}");
+    assert_eq!(req("/api/v1/exchanges", 401), Some(1.0), "{text}");
+    assert_eq!(req("/api/v1/exchanges/{id}", 200), Some(1.0), "{text}");
+    assert_eq!(req("unmatched", 404), Some(1.0), "{text}");
+    assert!(req("/healthz", 200).unwrap() >= 1.0, "{text}");
+    assert!(!text.contains("/no/such/path"), "{text}");
+    assert!(
+        !text.contains(&format!("/api/v1/exchanges/{id}\"")),
+        "{text}"
+    );
+    let count = |route: &str| {
+        sample(
+            &text,
+            &format!("milebatch_http_request_duration_seconds_count{{route=\"{route}\"}}"),
+        )
+    };
+    assert_eq!(count("/api/v1/exchanges"), Some(5.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_http_request_duration_seconds_bucket{route=\"/api/v1/exchanges\",le=\"+Inf\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_credits_total{partner=\"shop\",channel=\"api\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_miles_total{partner=\"shop\",channel=\"api\"}"
+        ),
+        Some(10.0),
+        "{text}"
+    );
+    // Read incrementally: one more credit shows at the next scrape.
+    assert_eq!(
+        credit(&c, &s, &key, "m-3", "NM0000000002", "O-3", 7).status(),
+        201
+    );
+    let text = scrape(&url);
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_credits_total{partner=\"shop\",channel=\"api\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_miles_total{partner=\"shop\",channel=\"api\"}"
+        ),
+        Some(17.0),
+        "{text}"
+    );
+}
