@@ -970,3 +970,146 @@ fn serve_metrics_count_requests_by_route_and_status() {
         "{text}"
     );
 }
+
+/// Crash safety: `serve` killed with SIGKILL under load (16 clients, a
+/// unique Idempotency-Key per request). Every 201 a client got is in the
+/// ledger exactly once; the only other API rows are requests that were in
+/// flight at the kill (no answer); retried with their keys after a restart,
+/// those credit at most once; the answered ones replay the same answer; and
+/// the balances equal the ledger.
+#[test]
+fn sigkill_under_load_loses_no_answered_credit_and_credits_nothing_twice() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const FAST: &str =
+        "[partner.api]\nenabled = true\nrate = \"100000/s\"\ndaily_miles_limit = 100000000\n";
+    let (ws, mut s) = setup(FAST);
+    let key = new_key(&ws, "shop");
+    let stop = AtomicBool::new(false);
+    let body = |k: &str| {
+        let member = if k.ends_with(['0', '2', '4', '6', '8']) {
+            "NM0000000001"
+        } else {
+            "NM0000000002"
+        };
+        serde_json::json!({"member": member, "partner_key": format!("PK-{k}"), "miles": 3})
+            .to_string()
+    };
+    // Per key: Some(the 201 body) or None (no answer: in flight at the kill).
+    let sent: BTreeMap<String, Option<String>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|t| {
+                let (s, key, stop, body) = (&s, &key, &stop, &body);
+                sc.spawn(move || {
+                    let c = s.client();
+                    let mut mine = BTreeMap::new();
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let k = format!("crash-{t}-{i}");
+                        let answer = match post(&c, s, key, &k, &body(&k)).send() {
+                            Ok(r) if r.status() == 201 => Some(r.text().unwrap()),
+                            Ok(r) => panic!("{k}: {} {}", r.status(), r.text().unwrap()),
+                            // The server died under this request: it may or may not
+                            // have committed. The client stops, as it would.
+                            Err(_) => {
+                                mine.insert(k, None);
+                                break;
+                            }
+                        };
+                        mine.insert(k, answer);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        unsafe { libc::kill(s.pid() as i32, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let answered: Vec<(&String, i64)> = sent
+        .iter()
+        .filter_map(|(k, b)| {
+            let v: serde_json::Value = serde_json::from_str(b.as_ref()?).unwrap();
+            Some((k, v["id"].as_i64().unwrap()))
+        })
+        .collect();
+    let in_flight = sent.len() - answered.len();
+    assert!(
+        answered.len() >= 50,
+        "too little load to mean anything: {}",
+        answered.len()
+    );
+    assert!(in_flight >= 1, "the kill hit no request");
+
+    // Before any retry: every answered credit is there exactly once.
+    let db = ws.db();
+    for (k, id) in &answered {
+        let n: i64 = db
+            .query_row(
+                "SELECT count(*) FROM ledger l JOIN api_exchanges e ON e.id = l.dup
+                 WHERE l.file_id = 0 AND l.dup = ?1 AND e.idem_key = ?2 AND l.partner_key = ?3",
+                rusqlite::params![id, k, format!("PK-{k}")],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            n, 1,
+            "{k} (id {id}) answered 201 but is in the ledger {n} times"
+        );
+    }
+    let api_rows: i64 = ws.int("SELECT count(*) FROM ledger WHERE file_id = 0");
+    assert!(
+        api_rows >= answered.len() as i64 && api_rows <= sent.len() as i64,
+        "{api_rows} API ledger rows for {} answered of {} sent",
+        answered.len(),
+        sent.len()
+    );
+    // Nothing but what was sent: every API row's key is one a client used.
+    let mut keys = db.prepare("SELECT idem_key FROM api_exchanges").unwrap();
+    for k in keys.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+        let k = k.unwrap();
+        assert!(sent.contains_key(&k), "an exchange nobody sent: {k}");
+    }
+    ws.assert_balances_match_ledger();
+    eprintln!(
+        "sent {}, answered 201 {}, no answer {in_flight}, API ledger rows at the kill {api_rows}",
+        sent.len(),
+        answered.len()
+    );
+    drop(keys);
+    drop(db);
+
+    // Restart; clients retry what got no answer, and replay one answered key.
+    let ca = s.ca.take();
+    drop(s);
+    let s = Serve::start(&ws, ca);
+    let c = s.client();
+    for (k, b) in &sent {
+        let r = post(&c, &s, &key, k, &body(k)).send().unwrap();
+        assert_eq!(r.status(), 201, "{k}");
+        let replayed = r.headers().get("idempotent-replayed").is_some();
+        let text = r.text().unwrap();
+        if let Some(first) = b {
+            assert!(replayed, "{k}");
+            assert_eq!(&text, first, "{k}: the replay is the first answer");
+        }
+    }
+    assert_eq!(
+        ws.int("SELECT count(*) FROM ledger WHERE file_id = 0"),
+        sent.len() as i64,
+        "one credit per key sent, none twice"
+    );
+    assert_eq!(
+        ws.int("SELECT count(DISTINCT partner_key) FROM ledger WHERE file_id = 0"),
+        sent.len() as i64
+    );
+    assert_eq!(
+        ws.balance("NM0000000001") + ws.balance("NM0000000002"),
+        3 * sent.len() as i64
+    );
+    ws.assert_balances_match_ledger();
+}
