@@ -681,7 +681,9 @@ fn the_openapi_document_matches_the_routes() {
         }
     }
     let post = &paths["/api/v1/exchanges"]["post"];
-    for status in ["201", "400", "401", "409", "415", "422", "429"] {
+    for status in [
+        "201", "400", "401", "408", "409", "415", "422", "429", "500",
+    ] {
         assert!(post["responses"].get(status).is_some(), "{status}");
     }
 }
@@ -714,6 +716,20 @@ fn hostile_input_is_refused_and_the_server_lives_on() {
     let c = s.client();
     let key = new_key(&ws, "shop");
     let addr = s.base.trim_start_matches("http://").to_owned();
+
+    // A body that never completes: 408 after the body read timeout (10 s),
+    // the connection closed, nothing credited. Runs beside the rest.
+    let slow_body = {
+        let (addr, key) = (addr.clone(), key.clone());
+        std::thread::spawn(move || {
+            let req = format!(
+                "POST /api/v1/exchanges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Type: application/json\r\nIdempotency-Key: slow\r\nContent-Length: 100\r\n\r\n\
+                 {{\"member\":\"NM0000000001\","
+            );
+            raw(&addr, req.as_bytes(), Duration::from_secs(30))
+        })
+    };
 
     // Deeply nested JSON within the size limit: 400, no stack overflow.
     let nested = "[".repeat(15_000);
@@ -772,9 +788,73 @@ fn hostile_input_is_refused_and_the_server_lives_on() {
     );
     assert!(!answer.contains("200 OK"), "{answer}");
     assert!(took < Duration::from_secs(15), "held for {took:?}");
+    let (answer, took) = slow_body.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        answer.contains("\"type\":\"/problems/request-timeout\""),
+        "{answer}"
+    );
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(20)).contains(&took),
+        "answered and closed after {took:?}"
+    );
     // Still serving, nothing credited.
     assert_eq!(c.get(s.url("/healthz")).send().unwrap().status(), 200);
     assert_eq!(ws.ledger_rows(), 0);
+    assert_eq!(ws.int("SELECT count(*) FROM api_exchanges"), 0);
+}
+
+/// A database failure inside an exchange's transaction (a trigger that
+/// RAISEs on the balance update, after the exchange and ledger rows went
+/// in): 500 problem+json that does not leak the cause, nothing of it
+/// kept, the key not claimed; once the fault is gone the same key credits
+/// once.
+#[test]
+fn a_failed_commit_is_a_500_and_the_same_key_credits_once_after() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    ws.db()
+        .execute_batch(
+            "CREATE TRIGGER fault_ins BEFORE INSERT ON balances
+               BEGIN SELECT RAISE(ABORT, 'injected fault'); END;
+             CREATE TRIGGER fault_upd BEFORE UPDATE ON balances
+               BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+    let v = problem(
+        credit(&c, &s, &key, "f-1", "NM0000000001", "FAULT-1", 40),
+        500,
+    );
+    assert_eq!(v["type"], "/problems/internal", "{v}");
+    assert!(
+        !v.to_string().contains("injected"),
+        "the cause stays in the log: {v}"
+    );
+    assert!(s.log_text().contains("injected fault"), "{}", s.log_text());
+    assert_eq!(ws.ledger_rows(), 0);
+    assert_eq!(ws.int("SELECT count(*) FROM api_exchanges"), 0);
+    assert_eq!(ws.int("SELECT count(*) FROM api_daily"), 0);
+    // Retried while the fault lasts: the same 500, still nothing.
+    problem(
+        credit(&c, &s, &key, "f-1", "NM0000000001", "FAULT-1", 40),
+        500,
+    );
+    assert_eq!(ws.ledger_rows(), 0);
+
+    ws.db()
+        .execute_batch("DROP TRIGGER fault_ins; DROP TRIGGER fault_upd;")
+        .unwrap();
+    let r = credit(&c, &s, &key, "f-1", "NM0000000001", "FAULT-1", 40);
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    let r = credit(&c, &s, &key, "f-1", "NM0000000001", "FAULT-1", 40);
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(ws.ledger_rows(), 1);
+    assert_eq!(ws.balance("NM0000000001"), 40);
+    ws.assert_balances_match_ledger();
 }
 
 #[test]

@@ -63,7 +63,9 @@ pub fn valid_idempotency_key(k: &[u8]) -> bool {
         (status = 409, description = "The same Idempotency-Key is still being processed (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Rejected with a row code E002–E007, or the Idempotency-Key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive whole within 10 s", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's rate or the partner's daily miles limit (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The database failed; nothing was done", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
