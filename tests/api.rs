@@ -1193,3 +1193,96 @@ fn sigkill_under_load_loses_no_answered_credit_and_credits_nothing_twice() {
     );
     ws.assert_balances_match_ledger();
 }
+
+/// A reversed credit reads back as reversed, Stripe-style: the credit keeps
+/// its miles and gains `reversed: true` and `reversal` (id, when, why),
+/// from `GET /exchanges/{id}` and in the list, where the compensating rows
+/// are not entries of their own; a credit not reversed has `reversal: null`.
+#[test]
+fn a_reversed_credit_reads_back_as_reversed() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    std::fs::write(ws.inbox("shop").join("r.csv"), "NM0000000002,K-R,30\n").unwrap();
+    ws.ok(&["once", "--partner", "shop"]);
+    let file_id = ws.int("SELECT id FROM files WHERE partner = 'shop'");
+    let a = json(credit(&c, &s, &key, "ra", "NM0000000001", "K-R", 70))["id"]
+        .as_i64()
+        .unwrap();
+    let b = json(credit(&c, &s, &key, "rb", "NM0000000001", "K-R", 5))["id"]
+        .as_i64()
+        .unwrap();
+    ws.ok(&[
+        "reverse",
+        "--exchange",
+        &a.to_string(),
+        "--reason",
+        "partner asked",
+    ]);
+    ws.ok(&[
+        "reverse",
+        "--file",
+        &file_id.to_string(),
+        "--reason",
+        "wrong file",
+    ]);
+    let rev_a = ws.int(&format!("SELECT id FROM reversals WHERE exchange = {a}"));
+    let rev_f = ws.int(&format!(
+        "SELECT id FROM reversals WHERE file_id = {file_id}"
+    ));
+
+    let get = |id: i64| {
+        let r = c
+            .get(s.url(&format!("/api/v1/exchanges/{id}")))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        json(r)
+    };
+    let v = get(a);
+    assert_eq!(v["miles"], 70, "{v}");
+    assert_eq!(v["reversed"], true, "{v}");
+    assert_eq!(v["reversal"]["id"], rev_a, "{v}");
+    assert_eq!(v["reversal"]["reason"], "partner asked", "{v}");
+    let at = v["reversal"]["reversed_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(at).is_ok() && at.ends_with('Z'),
+        "{v}"
+    );
+    assert!(v["reversal"].get("actor").is_none(), "{v}");
+    let v = get(b);
+    assert_eq!(v["reversed"], false, "{v}");
+    assert_eq!(v["reversal"], serde_json::Value::Null, "{v}");
+
+    let v = json(
+        c.get(s.url("/api/v1/exchanges?partner_key=K-R"))
+            .bearer_auth(&key)
+            .send()
+            .unwrap(),
+    );
+    let credits = v["credits"].as_array().unwrap();
+    assert_eq!(credits.len(), 3, "credits only, no compensating rows: {v}");
+    assert!(
+        credits.iter().all(|c| c["miles"].as_i64().unwrap() > 0),
+        "{v}"
+    );
+    let by = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        credits
+            .iter()
+            .find(|c| f(c))
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    let fa = by(&|c| c["id"] == a);
+    assert_eq!(
+        (fa["reversed"].clone(), fa["reversal"]["id"].clone()),
+        (true.into(), rev_a.into())
+    );
+    let fb = by(&|c| c["id"] == b);
+    assert_eq!(fb["reversed"], false);
+    let ff = by(&|c| c["file_id"] == file_id);
+    assert_eq!(ff["reversed"], true, "{v}");
+    assert_eq!(ff["reversal"]["id"], rev_f, "{v}");
+    assert_eq!(ff["reversal"]["reason"], "wrong file", "{v}");
+    ws.assert_balances_match_ledger();
+}
