@@ -13,6 +13,8 @@
 #   --rows N     rows of the file `once` credits during phase 3 (default 1000000)
 #   --conns N    client connections (default 64)
 #   --keep       keep the work folder (printed at the end)
+#   --debug      use the debug build (checks the script quickly; figures
+#                of a debug build mean nothing)
 #
 # Phases:
 #   1. credits for S seconds; then every balance equals the ledger
@@ -35,6 +37,7 @@ seconds=60
 members=1000000
 rows=1000000
 conns=64
+profile=release
 smoke=0
 keep=0
 while [ $# -gt 0 ]; do
@@ -45,7 +48,8 @@ while [ $# -gt 0 ]; do
         --rows) rows=$2; shift 2 ;;
         --conns) conns=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        --debug) profile=debug; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "bench/api.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
     esac
 done
@@ -55,10 +59,14 @@ for c in openssl sqlite3 python3; do
     command -v $c >/dev/null || die "$c not found"
 done
 
-echo "building (release): milebatch and examples/loadgen" >&2
-cargo build --release --locked --bin milebatch --example loadgen >&2
-bin=$root/target/release/milebatch
-loadgen=$root/target/release/examples/loadgen
+echo "building ($profile): milebatch and examples/loadgen" >&2
+if [ $profile = release ]; then
+    cargo build --release --locked --bin milebatch --example loadgen >&2
+else
+    cargo build --locked --bin milebatch --example loadgen >&2
+fi
+bin=$root/target/$profile/milebatch
+loadgen=$root/target/$profile/examples/loadgen
 
 work=$(mktemp -d /tmp/milebatch-api-bench.XXXXXX)
 serve_pid=""
@@ -114,7 +122,8 @@ mb() { "$bin" --config "$work/partners.toml" "$@"; }
 mb members import "$work/data/members.csv" >&2
 key=$(mb api-key create --partner bench --label bench)
 
-mb serve > "$work/serve.out" 2> "$work/serve.log" &
+# Not through mb(): $! must be the server itself, not a subshell.
+"$bin" --config "$work/partners.toml" serve > "$work/serve.out" 2> "$work/serve.log" &
 serve_pid=$!
 for _ in $(seq 300); do
     grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break
@@ -159,7 +168,7 @@ check "every verify answered {\"match\":true}" "$([ "$(field "$v2" "['failed']")
 echo "phase 3: credits while once credits $rows rows" >&2
 cp "$work/data/exchange.csv" "$work/inbox/exchange.csv"
 start3=$(date +%s.%N)
-mb once --partner bench --json > "$work/once.json" 2> "$work/once.log" &
+"$bin" --config "$work/partners.toml" once --partner bench --json > "$work/once.json" 2> "$work/once.log" &
 once_pid=$!
 c3=$(lg credits p3 --until-pid "$once_pid")
 if wait "$once_pid"; then once_rc=0; else once_rc=$?; fi
