@@ -13,6 +13,7 @@
 #   --rows N     rows of the file `once` credits during phase 3 (default 1000000)
 #   --conns N    client connections (default 64)
 #   --keep       keep the work folder (printed at the end)
+#   --no-build   use the binaries already in target/ (as last built)
 #   --debug      use the debug build (checks the script quickly; figures
 #                of a debug build mean nothing)
 #
@@ -38,6 +39,7 @@ members=1000000
 rows=1000000
 conns=64
 profile=release
+build=1
 smoke=0
 keep=0
 while [ $# -gt 0 ]; do
@@ -49,7 +51,8 @@ while [ $# -gt 0 ]; do
         --conns) conns=$2; shift 2 ;;
         --keep) keep=1; shift ;;
         --debug) profile=debug; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        --no-build) build=0; shift ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "bench/api.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
     esac
 done
@@ -60,7 +63,9 @@ for c in openssl sqlite3 python3; do
 done
 
 echo "building ($profile): milebatch and examples/loadgen" >&2
-if [ $profile = release ]; then
+if [ $build = 0 ]; then
+    echo "  (--no-build: using target/$profile as it is)" >&2
+elif [ $profile = release ]; then
     cargo build --release --locked --bin milebatch --example loadgen >&2
 else
     cargo build --locked --bin milebatch --example loadgen >&2
