@@ -25,17 +25,18 @@ pub struct Entry<'a> {
 
 /// Append `e` with the current time.
 pub fn record(conn: &Connection, e: &Entry<'_>) -> rusqlite::Result<i64> {
-    conn.execute(
+    // Cached: the API writes one row per `members/verify` call.
+    conn.prepare_cached(
         "INSERT INTO audit(at, actor, action, partner, detail, client) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
+    )?
+    .execute(params![
             crate::db::now_text(chrono::Utc::now()),
             e.actor,
             e.action,
             e.partner,
-            e.detail,
-            e.client
-        ],
-    )?;
+        e.detail,
+        e.client
+    ])?;
     Ok(conn.last_insert_rowid())
 }
 

@@ -1018,11 +1018,25 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     // while any process has the database open (money/backup.rs).
     let _holder = db::open(&config.daemon.database)?;
     let clock = clock()?;
+    let metrics_listener = bind_metrics(config.daemon.metrics_listen, "[daemon] metrics_listen")?;
     let rt = runtime()?;
     let result = rt.block_on(async move {
         // Install the handlers before anything is scheduled (and before
         // READY=1), so an early SIGTERM is never the default "die now".
         let rx = shutdown_on_signals()?;
+        if let Some(l) = metrics_listener {
+            let m = Arc::new(crate::metrics::Metrics::new(
+                config.daemon.database.clone(),
+                config.partners.iter().map(|p| p.id.clone()).collect(),
+                None,
+            ));
+            let stop = rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(m, l, stop).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            });
+        }
         daemon::run(config, clock, rx)
             .await
             .map_err(anyhow::Error::from)
@@ -1032,6 +1046,18 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `/metrics` listener, bound before anything starts so that a taken
+/// port fails the start with the key to change.
+fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+    key: &str,
+) -> anyhow::Result<Option<std::net::TcpListener>> {
+    addr.map(|a| {
+        std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a} ({key})"))
+    })
+    .transpose()
 }
 
 fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
@@ -1105,6 +1131,7 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen} (`[server] listen`)"))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = bind_metrics(config.server.metrics_listen, "[server] metrics_listen")?;
     let scheme = if config.server.tls.is_some() {
         "https"
     } else {
@@ -1116,7 +1143,7 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let result = rt.block_on(async move {
         let rx = shutdown_on_signals()?;
-        crate::web::serve(config, listener, rx)
+        crate::web::serve(config, listener, metrics_listener, rx)
             .await
             .map_err(anyhow::Error::from)
     });

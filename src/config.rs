@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// allowed only on a loopback address or with `insecure_plaintext`.
     pub tls: Option<TlsFiles>,
     pub insecure_plaintext: bool,
+    /// `metrics_listen`: where `GET /metrics` is served (plain HTTP, a
+    /// listener of its own); `None`: no metrics listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +79,9 @@ pub struct DaemonConfig {
     pub backup_dir: Option<PathBuf>,
     /// Scheduled backups kept; older ones the daemon made are deleted.
     pub keep: usize,
+    /// `metrics_listen`: where the daemon serves `GET /metrics` (plain
+    /// HTTP); `None`: no metrics listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[daemon] verify` when not given.
@@ -285,6 +291,9 @@ struct RawDaemon {
     backup: Option<Spanned<String>>,
     backup_dir: Option<Spanned<String>>,
     keep: Option<Spanned<usize>>,
+    metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics_allow_remote: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -295,6 +304,9 @@ struct RawServer {
     tls_key: Option<Spanned<String>>,
     #[serde(default)]
     insecure_plaintext: bool,
+    metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics_allow_remote: bool,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +476,13 @@ impl Config {
                 }
                 Some(k) => *k.get_ref(),
             },
+            metrics_listen: metrics_listen(
+                d.metrics_listen.as_ref(),
+                d.metrics_allow_remote,
+                "daemon",
+                &loc,
+            )
+            .map_err(invalid)?,
         };
         if let (Some(b), None) = (&d.backup, &daemon.backup_dir) {
             if daemon.backup.is_some() {
@@ -679,7 +698,50 @@ fn server_config(
         listen,
         tls,
         insecure_plaintext: r.insecure_plaintext,
+        metrics_listen: metrics_listen(
+            r.metrics_listen.as_ref(),
+            r.metrics_allow_remote,
+            "server",
+            loc,
+        )?,
     })
+}
+
+/// `[daemon]` or `[server]` `metrics_listen`: off unless set (the daemon and
+/// `serve` on one host would otherwise fight over one default port), and
+/// loopback only unless `metrics_allow_remote = true`: the figures name
+/// partners and their files, and the listener is plain HTTP without
+/// authentication, so exposing it is a decision, never a default.
+fn metrics_listen(
+    raw: Option<&Spanned<String>>,
+    allow_remote: bool,
+    section: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    let Some(l) = raw else { return Ok(None) };
+    let key = format!("`{section}.metrics_listen`");
+    let addr = l.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+        loc.at(
+            l,
+            &key,
+            format!(
+                "{:?} is not an address with a port, like \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                l.get_ref()
+            ),
+        )
+    })?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(loc.at(
+            l,
+            &key,
+            format!(
+                "{addr} is not a loopback address: /metrics is plain HTTP without a login and \
+                 names partners and their files; set `metrics_allow_remote = true` in [{section}] \
+                 to serve it there anyway (and restrict who can reach it)"
+            ),
+        ));
+    }
+    Ok(Some(addr))
 }
 
 /// `[partner.api]`, validated. An enabled API needs a daily cap: no key,
@@ -793,6 +855,55 @@ dir = "inbox/demo"
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, Path::new("/etc/mb/partners.toml"))
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_loopback_unless_allowed() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.daemon.metrics_listen, None);
+        assert_eq!(c.server.metrics_listen, None);
+        let with = |daemon: &str, server: &str| {
+            parse(&GOOD.replace(
+                "timezone = \"Asia/Tokyo\"\n",
+                &format!("timezone = \"Asia/Tokyo\"\n{daemon}\n[server]\n{server}\n"),
+            ))
+        };
+        let c = with(
+            "metrics_listen = \"127.0.0.1:9464\"",
+            "metrics_listen = \"[::1]:9465\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.daemon.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(c.server.metrics_listen, Some("[::1]:9465".parse().unwrap()));
+        let e = with("metrics_listen = \"0.0.0.0:9464\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`daemon.metrics_listen`"), "{e}");
+        assert!(e.contains("metrics_allow_remote = true"), "{e}");
+        let e = with("", "metrics_listen = \"10.0.0.1:9464\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 8: `server.metrics_listen`"), "{e}");
+        let e = with("metrics_listen = \"localhost\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an address with a port"), "{e}");
+        let c = with(
+            "metrics_listen = \"0.0.0.0:9464\"\nmetrics_allow_remote = true",
+            "metrics_listen = \"0.0.0.0:9465\"\nmetrics_allow_remote = true",
+        )
+        .unwrap();
+        assert_eq!(
+            c.daemon.metrics_listen,
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        assert_eq!(
+            c.server.metrics_listen,
+            Some("0.0.0.0:9465".parse().unwrap())
+        );
     }
 
     #[test]

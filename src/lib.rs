@@ -10,6 +10,7 @@
 //! - [`pipeline`]: one partner run, stage by stage (pickup → decode → parse →
 //!   validate → credit → report → tidy), one file per stage.
 //! - [`members`]: the member store (import, lookup, balances).
+//! - [`metrics`]: `GET /metrics` (Prometheus text) for the daemon and `serve`.
 //! - [`db`]: SQLite: pragmas and the migration list.
 //! - [`schedule`]: partner schedules in the daemon's time zone.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod members;
+pub mod metrics;
 pub mod money;
 pub mod pipeline;
 pub mod query;

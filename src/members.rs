@@ -92,6 +92,27 @@ pub fn lookup_key(value: &str, buf: &mut String) -> KeyKind {
     }
 }
 
+/// One look-up of `value` (as a partner wrote it) through `conn`'s
+/// statement cache: for callers that look up one member per transaction
+/// (the API writer), where preparing a [`Lookup`] each time would cost
+/// more than the probe.
+pub fn find_one(conn: &Connection, value: &str) -> Result<Option<Found>, DbError> {
+    let mut key = String::new();
+    let sql = match lookup_key(value, &mut key) {
+        KeyKind::Email => "SELECT id, status FROM members WHERE email = ?1",
+        KeyKind::MemberId => "SELECT id, status FROM members WHERE member_id = ?1",
+    };
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row([&key], |r| {
+            Ok(Found {
+                id: r.get(0)?,
+                status: Status::from_db(r.get(1)?),
+            })
+        })
+        .optional()?)
+}
+
 /// Prepared lookups, held for the life of one transaction.
 pub struct Lookup<'c> {
     by_id: Statement<'c>,
@@ -632,6 +653,22 @@ mod tests {
         assert_eq!(l.find("NM2").unwrap().unwrap().status, Status::Suspended);
         assert_eq!(l.find("nm1").unwrap(), None);
         assert_eq!(l.find("nobody@example.jp").unwrap(), None);
+        drop(l);
+        // The one-off look-up of the API writer answers the same.
+        for v in [
+            "NM1",
+            "  taro@example.jp ",
+            "TARO@EXAMPLE.JP",
+            "NM2",
+            "nm1",
+            "nobody@example.jp",
+        ] {
+            assert_eq!(
+                find_one(&c, v).unwrap(),
+                Lookup::new(&c).unwrap().find(v).unwrap(),
+                "{v}"
+            );
+        }
     }
 
     #[test]

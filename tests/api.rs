@@ -681,7 +681,9 @@ fn the_openapi_document_matches_the_routes() {
         }
     }
     let post = &paths["/api/v1/exchanges"]["post"];
-    for status in ["201", "400", "401", "409", "415", "422", "429"] {
+    for status in [
+        "201", "400", "401", "408", "409", "415", "422", "429", "500",
+    ] {
         assert!(post["responses"].get(status).is_some(), "{status}");
     }
 }
@@ -714,6 +716,20 @@ fn hostile_input_is_refused_and_the_server_lives_on() {
     let c = s.client();
     let key = new_key(&ws, "shop");
     let addr = s.base.trim_start_matches("http://").to_owned();
+
+    // A body that never completes: 408 after the body read timeout (10 s),
+    // the connection closed, nothing credited. Runs beside the rest.
+    let slow_body = {
+        let (addr, key) = (addr.clone(), key.clone());
+        std::thread::spawn(move || {
+            let req = format!(
+                "POST /api/v1/exchanges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Type: application/json\r\nIdempotency-Key: slow\r\nContent-Length: 100\r\n\r\n\
+                 {{\"member\":\"NM0000000001\","
+            );
+            raw(&addr, req.as_bytes(), Duration::from_secs(30))
+        })
+    };
 
     // Deeply nested JSON within the size limit: 400, no stack overflow.
     let nested = "[".repeat(15_000);
@@ -772,9 +788,73 @@ fn hostile_input_is_refused_and_the_server_lives_on() {
     );
     assert!(!answer.contains("200 OK"), "{answer}");
     assert!(took < Duration::from_secs(15), "held for {took:?}");
+    let (answer, took) = slow_body.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        answer.contains("\"type\":\"/problems/request-timeout\""),
+        "{answer}"
+    );
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(20)).contains(&took),
+        "answered and closed after {took:?}"
+    );
     // Still serving, nothing credited.
     assert_eq!(c.get(s.url("/healthz")).send().unwrap().status(), 200);
     assert_eq!(ws.ledger_rows(), 0);
+    assert_eq!(ws.int("SELECT count(*) FROM api_exchanges"), 0);
+}
+
+/// A database failure inside an exchange's transaction (a trigger that
+/// RAISEs on the balance update, after the exchange and ledger rows went
+/// in): 500 problem+json that does not leak the cause, nothing of it
+/// kept, the key not claimed; once the fault is gone the same key credits
+/// once.
+#[test]
+fn a_failed_commit_is_a_500_and_the_same_key_credits_once_after() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    ws.db()
+        .execute_batch(
+            "CREATE TRIGGER fault_ins BEFORE INSERT ON balances
+               BEGIN SELECT RAISE(ABORT, 'injected fault'); END;
+             CREATE TRIGGER fault_upd BEFORE UPDATE ON balances
+               BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+    let v = problem(
+        credit(&c, &s, &key, "f-1", "NM0000000001", "FAULT-1", 40),
+        500,
+    );
+    assert_eq!(v["type"], "/problems/internal", "{v}");
+    assert!(
+        !v.to_string().contains("injected"),
+        "the cause stays in the log: {v}"
+    );
+    assert!(s.log_text().contains("injected fault"), "{}", s.log_text());
+    assert_eq!(ws.ledger_rows(), 0);
+    assert_eq!(ws.int("SELECT count(*) FROM api_exchanges"), 0);
+    assert_eq!(ws.int("SELECT count(*) FROM api_daily"), 0);
+    // Retried while the fault lasts: the same 500, still nothing.
+    problem(
+        credit(&c, &s, &key, "f-1", "NM0000000001", "FAULT-1", 40),
+        500,
+    );
+    assert_eq!(ws.ledger_rows(), 0);
+
+    ws.db()
+        .execute_batch("DROP TRIGGER fault_ins; DROP TRIGGER fault_upd;")
+        .unwrap();
+    let r = credit(&c, &s, &key, "f-1", "NM0000000001", "FAULT-1", 40);
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    let r = credit(&c, &s, &key, "f-1", "NM0000000001", "FAULT-1", 40);
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(ws.ledger_rows(), 1);
+    assert_eq!(ws.balance("NM0000000001"), 40);
+    ws.assert_balances_match_ledger();
 }
 
 #[test]
@@ -840,5 +920,369 @@ fn api_credits_verify_and_reverse_by_exchange_id() {
     // Twice is once.
     ws.ok(&["reverse", "--exchange", &id, "--reason", "again"]);
     assert_eq!(ws.balance("NM0000000001"), before + 5);
+    ws.assert_balances_match_ledger();
+}
+
+/// `[server] metrics_listen`: serve's `/metrics` counts API requests by
+/// matched route template (never the raw path) and status, with a latency
+/// histogram, and exports the same credit figures as the daemon.
+#[test]
+fn serve_metrics_count_requests_by_route_and_status() {
+    use common::serve::{metrics_url, sample, scrape};
+    let ca = TestCa::new();
+    let ws = Workspace::new();
+    ws.write_config(
+        "",
+        &format!(
+            "{}metrics_listen = \"127.0.0.1:0\"\n\n{}{API}\n",
+            tls_server_section(&ca),
+            ws.scheduled_partner("shop", "daily 03:00"),
+        ),
+    );
+    ws.demo_members();
+    let s = Serve::start(&ws, Some(ca));
+    common::workspace::wait_for(
+        "serve to log its metrics URL",
+        Duration::from_secs(30),
+        || metrics_url(&s.log_text()).is_some(),
+    );
+    let url = metrics_url(&s.log_text()).unwrap();
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    for i in 0..2 {
+        let r = credit(
+            &c,
+            &s,
+            &key,
+            &format!("m-{i}"),
+            "NM0000000001",
+            &format!("O-{i}"),
+            5,
+        );
+        assert_eq!(r.status(), 201);
+    }
+    let id = json(credit(&c, &s, &key, "m-0", "NM0000000001", "O-0", 5))["id"]
+        .as_i64()
+        .unwrap();
+    problem(credit(&c, &s, &key, "m-x", "NM9999999999", "O-x", 5), 422);
+    problem(
+        credit(&c, &s, "mbk_wrong", "m-y", "NM0000000001", "O-y", 5),
+        401,
+    );
+    let r = c
+        .get(s.url(&format!("/api/v1/exchanges/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    problem(c.get(s.url("/no/such/path")).send().unwrap(), 404);
+
+    let text = scrape(&url);
+    let req = |route: &str, status: u16| {
+        sample(
+            &text,
+            &format!("milebatch_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"),
+        )
+    };
+    // Two credits and one replay of the first: 201 all three.
+    assert_eq!(req("/api/v1/exchanges", 201), Some(3.0), "{text}");
+    assert_eq!(req("/api/v1/exchanges", 422), Some(1.0), "{text}");
+    assert_eq!(req("/api/v1/exchanges", 401), Some(1.0), "{text}");
+    assert_eq!(req("/api/v1/exchanges/{id}", 200), Some(1.0), "{text}");
+    assert_eq!(req("unmatched", 404), Some(1.0), "{text}");
+    assert!(req("/healthz", 200).unwrap() >= 1.0, "{text}");
+    assert!(!text.contains("/no/such/path"), "{text}");
+    assert!(
+        !text.contains(&format!("/api/v1/exchanges/{id}\"")),
+        "{text}"
+    );
+    let count = |route: &str| {
+        sample(
+            &text,
+            &format!("milebatch_http_request_duration_seconds_count{{route=\"{route}\"}}"),
+        )
+    };
+    assert_eq!(count("/api/v1/exchanges"), Some(5.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_http_request_duration_seconds_bucket{route=\"/api/v1/exchanges\",le=\"+Inf\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_credits_total{partner=\"shop\",channel=\"api\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_miles_total{partner=\"shop\",channel=\"api\"}"
+        ),
+        Some(10.0),
+        "{text}"
+    );
+    // Read incrementally: one more credit shows at the next scrape.
+    assert_eq!(
+        credit(&c, &s, &key, "m-3", "NM0000000002", "O-3", 7).status(),
+        201
+    );
+    let text = scrape(&url);
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_credits_total{partner=\"shop\",channel=\"api\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_miles_total{partner=\"shop\",channel=\"api\"}"
+        ),
+        Some(17.0),
+        "{text}"
+    );
+}
+
+/// Crash safety: `serve` killed with SIGKILL under load (16 clients, a
+/// unique Idempotency-Key per request). Every 201 a client got is in the
+/// ledger exactly once; the only other API rows are requests that were in
+/// flight at the kill (no answer); retried with their keys after a restart,
+/// those credit at most once; the answered ones replay the same answer; and
+/// the balances equal the ledger.
+#[test]
+fn sigkill_under_load_loses_no_answered_credit_and_credits_nothing_twice() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const FAST: &str =
+        "[partner.api]\nenabled = true\nrate = \"100000/s\"\ndaily_miles_limit = 100000000\n";
+    let (ws, mut s) = setup(FAST);
+    let key = new_key(&ws, "shop");
+    let stop = AtomicBool::new(false);
+    let body = |k: &str| {
+        let member = if k.ends_with(['0', '2', '4', '6', '8']) {
+            "NM0000000001"
+        } else {
+            "NM0000000002"
+        };
+        serde_json::json!({"member": member, "partner_key": format!("PK-{k}"), "miles": 3})
+            .to_string()
+    };
+    // Per key: Some(the 201 body) or None (no answer: in flight at the kill).
+    let sent: BTreeMap<String, Option<String>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|t| {
+                let (s, key, stop, body) = (&s, &key, &stop, &body);
+                sc.spawn(move || {
+                    let c = s.client();
+                    let mut mine = BTreeMap::new();
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let k = format!("crash-{t}-{i}");
+                        let answer = match post(&c, s, key, &k, &body(&k)).send() {
+                            Ok(r) if r.status() == 201 => Some(r.text().unwrap()),
+                            Ok(r) => panic!("{k}: {} {}", r.status(), r.text().unwrap()),
+                            // The server died under this request: it may or may not
+                            // have committed. The client stops, as it would.
+                            Err(_) => {
+                                mine.insert(k, None);
+                                break;
+                            }
+                        };
+                        mine.insert(k, answer);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        unsafe { libc::kill(s.pid() as i32, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let answered: Vec<(&String, i64)> = sent
+        .iter()
+        .filter_map(|(k, b)| {
+            let v: serde_json::Value = serde_json::from_str(b.as_ref()?).unwrap();
+            Some((k, v["id"].as_i64().unwrap()))
+        })
+        .collect();
+    let in_flight = sent.len() - answered.len();
+    assert!(
+        answered.len() >= 50,
+        "too little load to mean anything: {}",
+        answered.len()
+    );
+    assert!(in_flight >= 1, "the kill hit no request");
+
+    // Before any retry: every answered credit is there exactly once.
+    let db = ws.db();
+    for (k, id) in &answered {
+        let n: i64 = db
+            .query_row(
+                "SELECT count(*) FROM ledger l JOIN api_exchanges e ON e.id = l.dup
+                 WHERE l.file_id = 0 AND l.dup = ?1 AND e.idem_key = ?2 AND l.partner_key = ?3",
+                rusqlite::params![id, k, format!("PK-{k}")],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            n, 1,
+            "{k} (id {id}) answered 201 but is in the ledger {n} times"
+        );
+    }
+    let api_rows: i64 = ws.int("SELECT count(*) FROM ledger WHERE file_id = 0");
+    assert!(
+        api_rows >= answered.len() as i64 && api_rows <= sent.len() as i64,
+        "{api_rows} API ledger rows for {} answered of {} sent",
+        answered.len(),
+        sent.len()
+    );
+    // Nothing but what was sent: every API row's key is one a client used.
+    let mut keys = db.prepare("SELECT idem_key FROM api_exchanges").unwrap();
+    for k in keys.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+        let k = k.unwrap();
+        assert!(sent.contains_key(&k), "an exchange nobody sent: {k}");
+    }
+    ws.assert_balances_match_ledger();
+    eprintln!(
+        "sent {}, answered 201 {}, no answer {in_flight}, API ledger rows at the kill {api_rows}",
+        sent.len(),
+        answered.len()
+    );
+    drop(keys);
+    drop(db);
+
+    // Restart; clients retry what got no answer, and replay one answered key.
+    let ca = s.ca.take();
+    drop(s);
+    let s = Serve::start(&ws, ca);
+    let c = s.client();
+    for (k, b) in &sent {
+        let r = post(&c, &s, &key, k, &body(k)).send().unwrap();
+        assert_eq!(r.status(), 201, "{k}");
+        let replayed = r.headers().get("idempotent-replayed").is_some();
+        let text = r.text().unwrap();
+        if let Some(first) = b {
+            assert!(replayed, "{k}");
+            assert_eq!(&text, first, "{k}: the replay is the first answer");
+        }
+    }
+    assert_eq!(
+        ws.int("SELECT count(*) FROM ledger WHERE file_id = 0"),
+        sent.len() as i64,
+        "one credit per key sent, none twice"
+    );
+    assert_eq!(
+        ws.int("SELECT count(DISTINCT partner_key) FROM ledger WHERE file_id = 0"),
+        sent.len() as i64
+    );
+    assert_eq!(
+        ws.balance("NM0000000001") + ws.balance("NM0000000002"),
+        3 * sent.len() as i64
+    );
+    ws.assert_balances_match_ledger();
+}
+
+/// A reversed credit reads back as reversed, Stripe-style: the credit keeps
+/// its miles and gains `reversed: true` and `reversal` (id, when, why),
+/// from `GET /exchanges/{id}` and in the list, where the compensating rows
+/// are not entries of their own; a credit not reversed has `reversal: null`.
+#[test]
+fn a_reversed_credit_reads_back_as_reversed() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    std::fs::write(ws.inbox("shop").join("r.csv"), "NM0000000002,K-R,30\n").unwrap();
+    ws.ok(&["once", "--partner", "shop"]);
+    let file_id = ws.int("SELECT id FROM files WHERE partner = 'shop'");
+    let a = json(credit(&c, &s, &key, "ra", "NM0000000001", "K-R", 70))["id"]
+        .as_i64()
+        .unwrap();
+    let b = json(credit(&c, &s, &key, "rb", "NM0000000001", "K-R", 5))["id"]
+        .as_i64()
+        .unwrap();
+    ws.ok(&[
+        "reverse",
+        "--exchange",
+        &a.to_string(),
+        "--reason",
+        "partner asked",
+    ]);
+    ws.ok(&[
+        "reverse",
+        "--file",
+        &file_id.to_string(),
+        "--reason",
+        "wrong file",
+    ]);
+    let rev_a = ws.int(&format!("SELECT id FROM reversals WHERE exchange = {a}"));
+    let rev_f = ws.int(&format!(
+        "SELECT id FROM reversals WHERE file_id = {file_id}"
+    ));
+
+    let get = |id: i64| {
+        let r = c
+            .get(s.url(&format!("/api/v1/exchanges/{id}")))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        json(r)
+    };
+    let v = get(a);
+    assert_eq!(v["miles"], 70, "{v}");
+    assert_eq!(v["reversed"], true, "{v}");
+    assert_eq!(v["reversal"]["id"], rev_a, "{v}");
+    assert_eq!(v["reversal"]["reason"], "partner asked", "{v}");
+    let at = v["reversal"]["reversed_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(at).is_ok() && at.ends_with('Z'),
+        "{v}"
+    );
+    assert!(v["reversal"].get("actor").is_none(), "{v}");
+    let v = get(b);
+    assert_eq!(v["reversed"], false, "{v}");
+    assert_eq!(v["reversal"], serde_json::Value::Null, "{v}");
+
+    let v = json(
+        c.get(s.url("/api/v1/exchanges?partner_key=K-R"))
+            .bearer_auth(&key)
+            .send()
+            .unwrap(),
+    );
+    let credits = v["credits"].as_array().unwrap();
+    assert_eq!(credits.len(), 3, "credits only, no compensating rows: {v}");
+    assert!(
+        credits.iter().all(|c| c["miles"].as_i64().unwrap() > 0),
+        "{v}"
+    );
+    let by = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        credits
+            .iter()
+            .find(|c| f(c))
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    let fa = by(&|c| c["id"] == a);
+    assert_eq!(
+        (fa["reversed"].clone(), fa["reversal"]["id"].clone()),
+        (true.into(), rev_a.into())
+    );
+    let fb = by(&|c| c["id"] == b);
+    assert_eq!(fb["reversed"], false);
+    let ff = by(&|c| c["file_id"] == file_id);
+    assert_eq!(ff["reversed"], true, "{v}");
+    assert_eq!(ff["reversal"]["id"], rev_f, "{v}");
+    assert_eq!(ff["reversal"]["reason"], "wrong file", "{v}");
     ws.assert_balances_match_ledger();
 }

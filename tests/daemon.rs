@@ -500,3 +500,175 @@ fn daemon_runs_verify_and_backups_on_schedule_with_retention() {
     );
     assert!(out.contains("backup    (off) last "), "{out}");
 }
+
+/// `[daemon] metrics_listen`: after a scheduled run refuses a file, the
+/// daemon's `/metrics` names that file and counts the refused run; a
+/// missed delivery, credits by channel and last success are there too; and
+/// every series `systemd/alerts.yml` names exists in this real output.
+#[test]
+fn daemon_metrics_name_a_refused_file_and_cover_the_alert_rules() {
+    use common::serve::{metrics_url, sample, scrape};
+    let ws = Workspace::new();
+    let punctual = ws
+        .scheduled_partner("punctual", "daily 03:00")
+        .replace("[partner.source]", "expect_file = true\n[partner.source]");
+    ws.write_config(
+        "metrics_listen = \"127.0.0.1:0\"\n",
+        &format!(
+            "{}{}{punctual}",
+            ws.scheduled_partner("shop", "daily 03:00"),
+            ws.scheduled_partner("good", "daily 03:00"),
+        ),
+    );
+    ws.demo_members();
+    // A header and no rows: refused whole (F003).
+    ws.write("inbox/shop/bad \"q\".csv", "member,partner_key,miles\n");
+    ws.write(
+        "inbox/good/ok.csv",
+        "NM0000000001,K1,10\nNM0000000002,K2,20\n",
+    );
+    let mut d = ws.spawn_daemon(Some("2026-11-24T17:59:59Z"));
+    d.wait_log("serving metrics on", LONG);
+    let url = metrics_url(&d.log_text()).expect("metrics URL in the log");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    // Before any run: every configured partner already has its series.
+    let before = scrape(&url);
+    assert_eq!(
+        sample(
+            &before,
+            "milebatch_last_success_timestamp_seconds{partner=\"shop\"}"
+        ),
+        Some(0.0),
+        "{before}"
+    );
+    assert_eq!(
+        sample(
+            &before,
+            "milebatch_missed_deliveries_total{partner=\"punctual\"}"
+        ),
+        Some(0.0),
+        "{before}"
+    );
+    wait_for("the three scheduled runs to finish", LONG, || {
+        ws.try_int("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL") == Ok(3)
+    });
+    let text = scrape(&url);
+    let file_id = ws.int("SELECT id FROM files WHERE partner = 'shop'");
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_last_refused_file_info{partner=\"shop\",file=\"bad \\\"q\\\".csv\",code=\"F003\"}"
+        ),
+        Some(file_id as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_refused_files_total{partner=\"shop\",code=\"F003\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_runs_total{partner=\"shop\",outcome=\"refused\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "milebatch_consecutive_failed_runs{partner=\"shop\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_missed_deliveries_total{partner=\"punctual\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_credits_total{partner=\"good\",channel=\"pull\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_miles_total{partner=\"good\",channel=\"pull\"}"
+        ),
+        Some(30.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_credits_total{partner=\"good\",channel=\"api\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    let good_success = sample(
+        &text,
+        "milebatch_last_success_timestamp_seconds{partner=\"good\"}",
+    )
+    .unwrap();
+    // 2026-11-24T18:00Z, give or take the fake clock's real seconds.
+    assert!(
+        (1_795_543_200.0..1_795_543_500.0).contains(&good_success),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "milebatch_last_success_timestamp_seconds{partner=\"shop\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+
+    // The alert rules: well formed, and naming only series that exist.
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/alerts.yml"))
+        .unwrap();
+    assert!(rules.contains("\ngroups:\n"), "{rules}");
+    let alerts = rules.matches("- alert: ").count();
+    assert_eq!(alerts, 6, "{rules}");
+    assert_eq!(rules.matches("\n        expr: ").count(), alerts, "{rules}");
+    assert_eq!(rules.matches("\n          summary: ").count(), alerts);
+    for want in [
+        "MilebatchRunFailed",
+        "MilebatchFileRefused",
+        "MilebatchMissedDelivery",
+        "MilebatchNoSuccess26h",
+        "MilebatchVerifyFailed",
+    ] {
+        assert!(rules.contains(&format!("- alert: {want}\n")), "{want}");
+    }
+    let mut named = 0;
+    for expr in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+    {
+        for (i, _) in expr.match_indices("milebatch_") {
+            let name: String = expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            named += 1;
+            assert!(
+                text.contains(&format!("\n# TYPE {name} ")),
+                "alerts.yml names {name}, which /metrics does not export:\n{text}"
+            );
+        }
+    }
+    assert!(named >= 4, "{rules}");
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+}

@@ -63,6 +63,8 @@ pub enum WebError {
     },
     #[error(transparent)]
     Writer(#[from] writer::WriterError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("serving on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -84,6 +86,8 @@ pub struct AppState {
     pub verify_quota: Arc<api::limits::DailyQuota>,
     /// The management site's one writable connection (sessions, audit).
     pub site_writer: Arc<site::conn::SiteWriter>,
+    /// Request counters and latencies for `/metrics`.
+    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
 }
 
 impl AppState {
@@ -96,6 +100,7 @@ impl AppState {
             site_writer: Arc::new(site::conn::SiteWriter::new(db)),
             limiter: Arc::default(),
             verify_quota: Arc::default(),
+            http_metrics: Arc::default(),
             config,
         })
     }
@@ -103,13 +108,15 @@ impl AppState {
 
 /// The whole application: every route, with the layers every response gets.
 pub fn router(state: AppState) -> Router {
+    let metrics = state.http_metrics.clone();
     let app = Router::new()
         .merge(health::routes())
         .merge(site::routes())
         .merge(api::routes())
         .fallback(site::fallback)
         .with_state(state);
-    with_security_headers(app)
+    // Outermost: the latency counted is the whole answer, headers included.
+    metrics.layer(with_security_headers(app))
 }
 
 /// Security headers on every response (pages, API, errors). A handler that
@@ -131,12 +138,15 @@ fn with_security_headers(app: Router) -> Router {
 }
 
 /// Serve `config`'s application on `listener` until `shutdown` turns true,
-/// then let open requests finish (at most [`GRACE`]).
+/// then let open requests finish (at most [`GRACE`]). With
+/// `metrics_listener`, `GET /metrics` is served there too (plain HTTP).
 pub async fn serve(
     config: Arc<Config>,
     listener: std::net::TcpListener,
+    metrics_listener: Option<std::net::TcpListener>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WebError> {
+    let metrics_stop = shutdown.clone();
     let addr = listener.local_addr().map_err(|source| WebError::Serve {
         addr: config.server.listen,
         source,
@@ -156,8 +166,20 @@ pub async fn serve(
             handle.graceful_shutdown(Some(GRACE));
         });
     }
-    let app =
-        router(AppState::new(config.clone())?).into_make_service_with_connect_info::<SocketAddr>();
+    let state = AppState::new(config.clone())?;
+    if let Some(l) = metrics_listener {
+        let m = Arc::new(crate::metrics::Metrics::new(
+            config.daemon.database.clone(),
+            config.partners.iter().map(|p| p.id.clone()).collect(),
+            Some(state.http_metrics.clone()),
+        ));
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(m, l, metrics_stop).await {
+                tracing::error!(error = %e, "metrics listener stopped");
+            }
+        });
+    }
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     match &config.server.tls {
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)

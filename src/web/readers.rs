@@ -37,7 +37,11 @@ impl Readers {
             let idle = me.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let conn = match idle {
                 Some(c) => c,
-                None => db::open_query(&me.path)?,
+                None => {
+                    let c = db::open_query(&me.path)?;
+                    c.set_prepared_statement_cache_capacity(64);
+                    c
+                }
             };
             let out = f(&conn);
             let mut idle = me.idle.lock().unwrap_or_else(|p| p.into_inner());

@@ -137,3 +137,40 @@ impl Drop for Serve {
         }
     }
 }
+
+/// The `/metrics` URL a process logged (`serving metrics on http://…/metrics`),
+/// once it has.
+pub fn metrics_url(log: &str) -> Option<String> {
+    let start = log.find("serving metrics on http://")? + "serving metrics on ".len();
+    let rest = &log[start..];
+    let end = rest.find("/metrics")? + "/metrics".len();
+    Some(rest[..end].to_owned())
+}
+
+/// `GET` the metrics at `url` (plain HTTP on loopback): the text.
+pub fn scrape(url: &str) -> String {
+    let r = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(r.status(), 200, "{url}");
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        r.headers()
+    );
+    r.text().unwrap()
+}
+
+/// The value of the series written exactly `series` (name and labels as
+/// rendered) in a Prometheus text exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

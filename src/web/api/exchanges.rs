@@ -63,7 +63,9 @@ pub fn valid_idempotency_key(k: &[u8]) -> bool {
         (status = 409, description = "The same Idempotency-Key is still being processed (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Rejected with a row code E002–E007, or the Idempotency-Key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive whole within 10 s", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's rate or the partner's daily miles limit (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The database failed; nothing was done", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -196,7 +198,42 @@ pub struct Credit {
     pub file_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<i64>,
+    /// Whether this credit was taken back (`milebatch reverse`). Its miles
+    /// stay as credited; the reversal is described in `reversal`.
+    pub reversed: bool,
+    /// The reversal that took this credit back; `null` when not reversed.
+    pub reversal: Option<Reversal>,
 }
+
+/// How a credit was taken back. Who did it stays in our audit trail.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Reversal {
+    /// The reversal's id (the same for every credit of a reversed file).
+    pub id: i64,
+    /// When (RFC 3339 UTC).
+    pub reversed_at: String,
+    /// Why, as written by the operator who reversed it.
+    pub reason: String,
+}
+
+/// The reversal named by columns `at` (id), `at + 1` (when) and `at + 2`
+/// (why) of `r`: NULL columns when the credit was not reversed.
+fn reversal_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option<Reversal>> {
+    Ok(match r.get::<_, Option<i64>>(at)? {
+        None => None,
+        Some(id) => Some(Reversal {
+            id,
+            reversed_at: r.get::<_, Option<String>>(at + 1)?.unwrap_or_default(),
+            reason: r.get::<_, Option<String>>(at + 2)?.unwrap_or_default(),
+        }),
+    })
+}
+
+/// A credit row `l`'s compensating row (same key, miles negated: one
+/// primary-key probe) and its `reversals` row, as `rl` and `v`.
+const REVERSAL_JOIN: &str = "LEFT JOIN ledger rl ON rl.partner = l.partner AND rl.partner_key = l.partner_key
+       AND rl.file_id = l.file_id AND rl.member = l.member AND rl.miles = -l.miles AND rl.dup = l.dup
+     LEFT JOIN reversals v ON v.id = rl.reversal";
 
 /// A page of [`search`].
 pub const PAGE: i64 = 100;
@@ -239,12 +276,17 @@ pub(crate) async fn one(
         .with(move |c| -> Result<Option<Credit>, crate::db::DbError> {
             use rusqlite::OptionalExtension as _;
             Ok(c.query_row(
-                "SELECT l.partner_key, l.miles, l.credited_at FROM api_exchanges x
-                 JOIN ledger l ON l.partner = x.partner AND l.partner_key = x.partner_key
-                   AND l.file_id = 0 AND l.member = x.member AND l.miles = x.miles AND l.dup = x.id
-                 WHERE x.id = ?1 AND x.partner = ?2 AND x.status = 201",
+                &format!(
+                    "SELECT l.partner_key, l.miles, l.credited_at, v.id, v.at, v.reason
+                     FROM api_exchanges x
+                     JOIN ledger l ON l.partner = x.partner AND l.partner_key = x.partner_key
+                       AND l.file_id = 0 AND l.member = x.member AND l.miles = x.miles AND l.dup = x.id
+                     {REVERSAL_JOIN}
+                     WHERE x.id = ?1 AND x.partner = ?2 AND x.status = 201"
+                ),
                 rusqlite::params![id, partner],
                 |r| {
+                    let reversal = reversal_at(r, 3)?;
                     Ok(Credit {
                         channel: "api".into(),
                         id: Some(id),
@@ -253,6 +295,8 @@ pub(crate) async fn one(
                         credited_at: unix_text(r.get(2)?),
                         file_id: None,
                         line: None,
+                        reversed: reversal.is_some(),
+                        reversal,
                     })
                 },
             )
@@ -352,15 +396,20 @@ pub(crate) async fn search(
         .readers
         .with(
             move |c| -> Result<(Vec<Credit>, Option<Cursor>), crate::db::DbError> {
-                let mut st = c.prepare_cached(
-                    "SELECT l.file_id, l.member, l.miles, l.dup, l.line, l.credited_at, f.channel
+                // Credits only: a compensating row shows as its credit's
+                // `reversal`, not as an entry of its own.
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT l.file_id, l.member, l.miles, l.dup, l.line, l.credited_at, f.channel,
+                        v.id, v.at, v.reason
                  FROM ledger l LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0
+                 {REVERSAL_JOIN}
                  WHERE l.partner = ?1 AND l.partner_key = ?2
                    AND (l.file_id, l.member, l.miles, l.dup) > (?3, ?4, ?5, ?6)
+                   AND l.reversal IS NULL
                    AND (?7 IS NULL OR l.credited_at >= ?7) AND (?8 IS NULL OR l.credited_at < ?8)
                  ORDER BY l.file_id, l.member, l.miles, l.dup
-                 LIMIT ?9",
-                )?;
+                 LIMIT ?9"
+                ))?;
                 let mut out = Vec::new();
                 let mut last = None;
                 let mut rows = st.query(rusqlite::params![
@@ -382,6 +431,7 @@ pub(crate) async fn search(
                     let dup: i64 = r.get(3)?;
                     last = Some(Cursor(file_id, r.get(1)?, r.get(2)?, dup));
                     let api = file_id == 0;
+                    let reversal = reversal_at(r, 7)?;
                     out.push(Credit {
                         channel: if api {
                             "api".into()
@@ -395,6 +445,8 @@ pub(crate) async fn search(
                         credited_at: unix_text(r.get(5)?),
                         file_id: (!api).then_some(file_id),
                         line: (!api).then_some(r.get(4)?),
+                        reversed: reversal.is_some(),
+                        reversal,
                     });
                 }
                 Ok((out, None))

@@ -73,7 +73,9 @@ pub fn matches(conn: &Connection, member_id: &str, email: &str) -> rusqlite::Res
         (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive whole within 10 s", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The database failed; nothing was done", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -95,7 +95,8 @@ pub(crate) fn admit<'a>(
 }
 
 /// A JSON body of type `T`: 415 unless `Content-Type: application/json`,
-/// 400 for more than [`MAX_BODY`] bytes or anything `T` does not accept.
+/// 400 for more than [`MAX_BODY`] bytes or anything `T` does not accept,
+/// 408 when it has not arrived whole within [`BODY_READ_TIMEOUT`].
 pub(crate) async fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
@@ -115,10 +116,36 @@ pub(crate) async fn json_body<T: DeserializeOwned>(
         .detail("send `Content-Type: application/json`")
         .into_response());
     }
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return Err(
-            bad_request(format!("the body is larger than {MAX_BODY} bytes")).into_response(),
-        );
+    // A body that never completes (slow or stalled client) must not hold
+    // the request, and its memory, open without bound.
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY))
+        .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(
+                bad_request(format!("the body is larger than {MAX_BODY} bytes")).into_response(),
+            )
+        }
+        Err(_) => {
+            let mut r = Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request Timeout",
+            )
+            .detail(format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ))
+            .into_response();
+            // The rest of the body is never read: the connection cannot
+            // carry another request.
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return Err(r);
+        }
     };
     serde_json::from_slice(&bytes).map_err(|e| {
         bad_request(format!("the body must be a JSON object {shape}: {e}")).into_response()

@@ -195,20 +195,20 @@ pub fn authenticate(conn: &Connection, key: &str) -> Result<Option<Caller>, KeyE
     if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
         return Ok(None);
     }
+    // Cached: every API request authenticates on a pooled reader.
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT id, partner, prefix, last_used_at FROM api_keys \
              WHERE sha256 = ?1 AND revoked_at IS NULL",
-            [hash(key)],
-            |r| {
-                Ok(Caller {
-                    key_id: r.get(0)?,
-                    partner: r.get(1)?,
-                    prefix: r.get(2)?,
-                    last_used_at: r.get(3)?,
-                })
-            },
-        )
+        )?
+        .query_row([hash(key)], |r| {
+            Ok(Caller {
+                key_id: r.get(0)?,
+                partner: r.get(1)?,
+                prefix: r.get(2)?,
+                last_used_at: r.get(3)?,
+            })
+        })
         .optional()?)
 }
 
