@@ -171,18 +171,28 @@ impl Browser {
         input.send_keys(value).await.unwrap();
     }
 
-    /// Click the button (or submit input) showing `text`.
+    /// Click the button (or submit input) showing `text`, then wait (up to
+    /// 10 s) until the page's body has been replaced: by the answer to a
+    /// posted form, or by the upload script's result. Reading right after
+    /// the click could otherwise see the old page, or fail with a stale
+    /// element when the answer arrives mid-read. A click that changes no
+    /// page (a script refusing in place) costs the wait and nothing else:
+    /// the caller then checks what it expects to see.
     pub async fn click_button(&self, text: &str) {
         let xpath = format!(
             "//button[normalize-space(.)='{text}'] | //input[@type='submit' and @value='{text}']"
         );
-        self.client
+        let button = self
+            .client
             .find(Locator::XPath(&xpath))
             .await
-            .unwrap_or_else(|e| panic!("no button {text:?}: {e}"))
-            .click()
-            .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("no button {text:?}: {e}"));
+        let old = self.client.find(Locator::Css("body")).await.expect("body");
+        button.click().await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while old.tag_name().await.is_ok() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn close(mut self) {
