@@ -612,7 +612,7 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .filter(|p| common::browser::finished_download(p, "csv"))
             .collect();
         if let Some(p) = done.first() {
             break p.clone();
@@ -743,7 +743,7 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .filter(|p| common::browser::finished_download(p, "csv"))
             .collect();
         if let Some(p) = done.first() {
             break std::fs::read_to_string(p).unwrap();
@@ -1110,7 +1110,7 @@ async fn downloaded_csv(b: &Browser) -> Vec<u8> {
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .filter(|p| common::browser::finished_download(p, "csv"))
             .collect();
         if let Some(p) = done.first() {
             return std::fs::read(p).unwrap();

@@ -405,7 +405,7 @@ async fn download(b: &Browser, link: &str) -> Vec<u8> {
             .unwrap()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .filter(|p| common::browser::finished_download(p, "csv"))
             .collect();
         if let Some(p) = done.first() {
             return std::fs::read(p).unwrap();

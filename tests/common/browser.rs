@@ -214,3 +214,20 @@ impl Drop for Browser {
 pub fn serve_pin(ca: &super::servers::TestCa) -> String {
     spki_pin(&ca.dir.join("milebatch-serve.key.pem"))
 }
+
+/// Whether `p` is a download Chromium has finished: the wanted extension,
+/// not empty, and no `.crdownload` beside it. Chromium creates the final
+/// name empty when a download starts and fills it at the end, so a file
+/// that merely exists may still be that placeholder.
+pub fn finished_download(p: &std::path::Path, ext: &str) -> bool {
+    let in_progress = p
+        .parent()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .is_some_and(|rd| {
+            rd.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "crdownload"))
+        });
+    p.extension().is_some_and(|x| x == ext)
+        && !in_progress
+        && std::fs::metadata(p).is_ok_and(|m| m.len() > 0)
+}
