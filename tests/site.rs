@@ -606,20 +606,7 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
         .click()
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let downloaded = loop {
-        let done: Vec<_> = std::fs::read_dir(&b.downloads)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| common::browser::finished_download(p, "csv"))
-            .collect();
-        if let Some(p) = done.first() {
-            break p.clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "no download");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let downloaded = b.downloaded("csv").await;
     assert_eq!(
         downloaded.file_name().unwrap().to_str().unwrap(),
         std::path::Path::new(&report)
@@ -737,20 +724,7 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
         .click()
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let csv = loop {
-        let done: Vec<_> = std::fs::read_dir(&b.downloads)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| common::browser::finished_download(p, "csv"))
-            .collect();
-        if let Some(p) = done.first() {
-            break std::fs::read_to_string(p).unwrap();
-        }
-        assert!(std::time::Instant::now() < deadline, "no download");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let csv = std::fs::read_to_string(b.downloaded("csv").await).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
@@ -1104,20 +1078,7 @@ async fn run_now_is_queued_by_the_site_and_run_by_the_real_daemon() {
 
 /// The first `.csv` the browser downloads (at most 20 s).
 async fn downloaded_csv(b: &Browser) -> Vec<u8> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let done: Vec<_> = std::fs::read_dir(&b.downloads)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| common::browser::finished_download(p, "csv"))
-            .collect();
-        if let Some(p) = done.first() {
-            return std::fs::read(p).unwrap();
-        }
-        assert!(std::time::Instant::now() < deadline, "no download");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    std::fs::read(b.downloaded("csv").await).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -399,20 +399,7 @@ async fn download(b: &Browser, link: &str) -> Vec<u8> {
         .click()
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let done: Vec<_> = std::fs::read_dir(&b.downloads)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| common::browser::finished_download(p, "csv"))
-            .collect();
-        if let Some(p) = done.first() {
-            return std::fs::read(p).unwrap();
-        }
-        assert!(std::time::Instant::now() < deadline, "no download");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    std::fs::read(b.downloaded("csv").await).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

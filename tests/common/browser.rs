@@ -195,6 +195,24 @@ impl Browser {
         }
     }
 
+    /// The first download with extension `ext` that Chromium has finished
+    /// (waits at most 20 s, then fails the test).
+    pub async fn downloaded(&self, ext: &str) -> PathBuf {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let done = std::fs::read_dir(&self.downloads)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| finished_download(p, ext));
+            if let Some(p) = done {
+                return p;
+            }
+            assert!(std::time::Instant::now() < deadline, "no download");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill();
@@ -219,7 +237,7 @@ pub fn serve_pin(ca: &super::servers::TestCa) -> String {
 /// not empty, and no `.crdownload` beside it. Chromium creates the final
 /// name empty when a download starts and fills it at the end, so a file
 /// that merely exists may still be that placeholder.
-pub fn finished_download(p: &std::path::Path, ext: &str) -> bool {
+fn finished_download(p: &std::path::Path, ext: &str) -> bool {
     let in_progress = p
         .parent()
         .and_then(|d| std::fs::read_dir(d).ok())
