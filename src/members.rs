@@ -113,6 +113,28 @@ pub fn find_one(conn: &Connection, value: &str) -> Result<Option<Found>, DbError
         .optional()?)
 }
 
+/// Whether `member_id` and `email` name the same active member: the
+/// answer of the API's `members/verify`. Both look-ups always run, so a
+/// "no" costs the same whichever part is wrong.
+pub fn same_active_member(
+    conn: &Connection,
+    member_id: &str,
+    email: &str,
+) -> Result<bool, DbError> {
+    let by_id: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT id, status FROM members WHERE member_id = ?1")?
+        .query_row([member_id.trim()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let by_email: Option<i64> = conn
+        .prepare_cached("SELECT id FROM members WHERE email = ?1")?
+        .query_row([normalize_email(email)], |r| r.get(0))
+        .optional()?;
+    Ok(match (by_id, by_email) {
+        (Some((a, status)), Some(b)) => a == b && Status::from_db(status) == Status::Active,
+        _ => false,
+    })
+}
+
 /// Prepared lookups, held for the life of one transaction.
 pub struct Lookup<'c> {
     by_id: Statement<'c>,
@@ -636,6 +658,28 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = crate::db::open(&d.path().join("m.db")).unwrap();
         (d, c)
+    }
+
+    #[test]
+    fn only_the_same_active_member_matches() {
+        let (_d, mut c) = db();
+        import_from(
+            &mut c,
+            "A1,a@x.jp,active\nB1,b@x.jp,active\nS1,s@x.jp,suspended\n".as_bytes(),
+            "m",
+        )
+        .unwrap();
+        assert!(same_active_member(&c, "A1", "A@X.JP ").unwrap());
+        assert!(!same_active_member(&c, "A1", "b@x.jp").unwrap(), "mismatch");
+        assert!(!same_active_member(&c, "S1", "s@x.jp").unwrap(), "inactive");
+        assert!(
+            !same_active_member(&c, "Z9", "a@x.jp").unwrap(),
+            "no such id"
+        );
+        assert!(
+            !same_active_member(&c, "A1", "z@x.jp").unwrap(),
+            "no such e-mail"
+        );
     }
 
     #[test]

@@ -310,6 +310,54 @@ fn malformed_requests_and_keys() {
     );
 }
 
+/// A key that was just used (so `serve` has it cached) and is then revoked
+/// from the CLI, another process: its next credit, replay and verify are
+/// the one 401 at once, with nothing credited and nothing audited.
+#[test]
+fn a_key_revoked_while_in_use_is_refused_at_once() {
+    let (ws, s) = setup(API);
+    let c = s.client();
+    let key = new_key(&ws, "shop");
+    let verify = || {
+        c.post(s.url("/api/v1/members/verify"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(r#"{"member_id":"NM0000000001","email":"taro.yamada@example.jp"}"#)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        credit(&c, &s, &key, "r1", "NM0000000001", "k1", 5).status(),
+        201
+    );
+    assert_eq!(verify().text().unwrap(), r#"{"match":true}"#);
+    let rows = ws.ledger_rows();
+    let audited = ws.int("SELECT count(*) FROM audit WHERE action = 'member-verify'");
+    ws.ok(&["api-key", "revoke", &key[..12]]);
+
+    let unknown = problem(
+        credit(&c, &s, "mbk_unknown", "r2", "NM0000000001", "k2", 5),
+        401,
+    );
+    // A new exchange, the replay of the first, and a verify call.
+    assert_eq!(
+        problem(credit(&c, &s, &key, "r2", "NM0000000001", "k2", 5), 401),
+        unknown
+    );
+    assert_eq!(
+        problem(credit(&c, &s, &key, "r1", "NM0000000001", "k1", 5), 401),
+        unknown
+    );
+    assert_eq!(problem(verify(), 401), unknown);
+    // And again, now that `serve` has forgotten the key.
+    assert_eq!(problem(verify(), 401), unknown);
+    assert_eq!(ws.ledger_rows(), rows);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'member-verify'"),
+        audited
+    );
+}
+
 #[test]
 fn concurrent_requests_with_one_key_credit_once() {
     let (ws, s) = setup(API);

@@ -28,7 +28,6 @@ use std::time::Duration;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::Router;
 use tokio::sync::watch;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::Config;
 
@@ -72,14 +71,21 @@ pub enum WebError {
     },
 }
 
-/// What every handler may use. Cheap to clone.
+/// What every handler may use. Cheap to clone: one reference count (axum
+/// clones the state for every request, and a clone per field showed in
+/// the API's profile).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub config: Arc<Config>,
     /// Read-only connections for handlers.
     pub readers: Arc<readers::Readers>,
     /// The one writing connection (group commit), for API credits.
     pub writer: Arc<writer::Writer>,
+    /// API keys found live lately (write calls confirm them in their job).
+    pub keys: Arc<auth::key_cache::KeyCache>,
     /// Per-key request rates of the partner API.
     pub limiter: Arc<api::limits::Limiter>,
     /// `members/verify` calls per partner today.
@@ -94,15 +100,24 @@ impl AppState {
     /// The state for `config`: opens (and migrates) the database.
     pub fn new(config: Arc<Config>) -> Result<AppState, writer::WriterError> {
         let db = config.daemon.database.clone();
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             writer: writer::Writer::start(&db, config.daemon.timezone)?,
             readers: Arc::new(readers::Readers::new(db.clone())),
             site_writer: Arc::new(site::conn::SiteWriter::new(db)),
+            keys: Arc::default(),
             limiter: Arc::default(),
             verify_quota: Arc::default(),
             http_metrics: Arc::default(),
             config,
-        })
+        })))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 
@@ -121,20 +136,31 @@ pub fn router(state: AppState) -> Router {
 
 /// Security headers on every response (pages, API, errors). A handler that
 /// needs another value sets its own; these fill in what is missing.
+const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
+    // No inline script or style anywhere, no framing, no plugins.
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "same-origin"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+];
+
+/// [`SECURITY_HEADERS`] on every response of `app`, in one layer (a layer
+/// per header cost the API a future and a header-map probe each).
 fn with_security_headers(app: Router) -> Router {
-    let set = |name: HeaderName, value: &'static str| {
-        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
-    };
-    app
-        // No inline script or style anywhere, no framing, no plugins.
-        .layer(set(
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-        ))
-        .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .layer(set(header::REFERRER_POLICY, "same-origin"))
-        .layer(set(header::X_FRAME_OPTIONS, "DENY"))
+    app.layer(axum::middleware::map_response(
+        |mut r: axum::response::Response| async move {
+            let h = r.headers_mut();
+            for (name, value) in SECURITY_HEADERS {
+                h.entry(name)
+                    .or_insert_with(|| HeaderValue::from_static(value));
+            }
+            r
+        },
+    ))
 }
 
 /// Serve `config`'s application on `listener` until `shutdown` turns true,

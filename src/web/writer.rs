@@ -53,6 +53,8 @@ impl From<rusqlite::Error> for WriterError {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     pub partner: String,
+    /// The calling key: confirmed live in the transaction.
+    pub key_id: i64,
     pub key_prefix: String,
     pub idem_key: String,
     /// SHA-256 of the canonical request: "same body" means same hash.
@@ -86,6 +88,8 @@ pub enum Outcome {
     /// Crediting this would pass the partner's daily cap; nothing stored,
     /// so a retry tomorrow may succeed.
     DailyCap { retry_after: u64 },
+    /// The calling key was revoked (or deleted); nothing stored.
+    KeyRevoked,
 }
 
 /// An audit row to write (owned: it crosses to the writer thread).
@@ -98,10 +102,32 @@ pub struct AuditRow {
     pub client: Option<String>,
 }
 
+/// One `POST /api/v1/members/verify`: look up and audit, in one
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct VerifyCall {
+    pub member_id: String,
+    pub email: String,
+    pub partner: String,
+    /// The calling key: confirmed live in the transaction.
+    pub key_id: i64,
+    /// The audit actor (the calling key) and the key's prefix.
+    pub actor: String,
+    pub key_prefix: String,
+    pub client: Option<String>,
+}
+
 enum Job {
     Exchange(Box<Exchange>, oneshot::Sender<Result<Outcome, WriterError>>),
     Audit(Box<AuditRow>, oneshot::Sender<Result<(), WriterError>>),
-    Touch { key_id: i64, now: String },
+    Verify(
+        Box<VerifyCall>,
+        oneshot::Sender<Result<Option<bool>, WriterError>>,
+    ),
+    Touch {
+        key_id: i64,
+        now: String,
+    },
 }
 
 /// The handle request handlers use. Cheap to share.
@@ -179,21 +205,46 @@ impl Writer {
         answer.await.unwrap_or(Err(WriterError::Stopped))
     }
 
-    /// Refresh a key's `last_used_at` if it is older than a minute. Never
-    /// waits: under a full queue the refresh is dropped.
-    pub fn touch_key(&self, caller: &super::auth::api_keys::Caller) {
+    /// Whether the call's member ID and e-mail name the same active member
+    /// ([`crate::members::same_active_member`]); returns once the call's
+    /// audit row (key prefix and result, never the e-mail) is committed.
+    /// `None` when the calling key was revoked: no look-up, no audit row.
+    /// The writer's connection does the look-up: its page cache is warm,
+    /// where a reader's is emptied by every commit of the writer.
+    pub async fn verify(&self, call: VerifyCall) -> Result<Option<bool>, WriterError> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .tx
+            .send(Job::Verify(Box::new(call), reply))
+            .await
+            .is_err()
+        {
+            return Err(WriterError::Stopped);
+        }
+        answer.await.unwrap_or(Err(WriterError::Stopped))
+    }
+
+    /// Refresh a key's `last_used_at` if it is older than a minute, and
+    /// return the time sent. Never waits: under a full queue the refresh
+    /// is dropped.
+    pub fn touch_key(&self, caller: &super::auth::api_keys::Caller) -> Option<String> {
         let now = chrono::Utc::now();
         let stale = caller
             .last_used_at
             .as_deref()
             .and_then(crate::timefmt::parse_stored)
             .is_none_or(|t| (now - t).num_seconds() >= TOUCH_EVERY_SECS);
-        if stale {
-            let _ = self.tx.try_send(Job::Touch {
-                key_id: caller.key_id,
-                now: db::now_text(now),
-            });
+        if !stale {
+            return None;
         }
+        let now = db::now_text(now);
+        self.tx
+            .try_send(Job::Touch {
+                key_id: caller.key_id,
+                now: now.clone(),
+            })
+            .ok()
+            .map(|()| now)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
@@ -232,6 +283,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     let n = batch.len();
     let mut answers = Vec::with_capacity(n);
     let mut audited = Vec::new();
+    let mut verified = Vec::new();
     let result = (|| -> Result<(), WriterError> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         for job in batch {
@@ -258,6 +310,10 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
                     .map_err(WriterError::from);
                     audited.push((reply, out));
                 }
+                Job::Verify(v, reply) => {
+                    let out = verify(conn, &v);
+                    verified.push((reply, out));
+                }
                 Job::Exchange(x, reply) => {
                     conn.prepare_cached("SAVEPOINT x")?.execute([])?;
                     let out = exchange(conn, &x);
@@ -281,6 +337,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             for (reply, out) in audited {
                 let _ = reply.send(out);
             }
+            for (reply, out) in verified {
+                let _ = reply.send(out);
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, requests = n, "API batch rolled back");
@@ -293,12 +352,20 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             for (reply, _) in audited {
                 let _ = reply.send(Err(WriterError::Commit(e.to_string())));
             }
+            for (reply, _) in verified {
+                let _ = reply.send(Err(WriterError::Commit(e.to_string())));
+            }
         }
     }
 }
 
 /// One exchange inside the batch's transaction.
 fn exchange(conn: &Connection, x: &Exchange) -> Result<Outcome, WriterError> {
+    // Before anything, a stored answer's replay included: a revoked key
+    // gets nothing.
+    if !super::auth::api_keys::is_live(conn, x.key_id)? {
+        return Ok(Outcome::KeyRevoked);
+    }
     let earlier: Option<(String, u16, String)> = conn
         .prepare_cached(
             "SELECT request_sha256, status, body FROM api_exchanges WHERE partner = ?1 AND idem_key = ?2",
@@ -400,6 +467,30 @@ fn exchange(conn: &Connection, x: &Exchange) -> Result<Outcome, WriterError> {
         body,
         replayed: false,
     })
+}
+
+/// One verify call inside the batch's transaction: the answer, and its
+/// audit row; `None` for a revoked key.
+fn verify(conn: &Connection, v: &VerifyCall) -> Result<Option<bool>, WriterError> {
+    if !super::auth::api_keys::is_live(conn, v.key_id)? {
+        return Ok(None);
+    }
+    let matched = crate::members::same_active_member(conn, &v.member_id, &v.email)?;
+    crate::audit::record(
+        conn,
+        &crate::audit::Entry {
+            actor: &v.actor,
+            action: "member-verify",
+            partner: Some(&v.partner),
+            detail: &format!(
+                "key {} result {}",
+                v.key_prefix,
+                if matched { "match" } else { "no-match" }
+            ),
+            client: v.client.as_deref(),
+        },
+    )?;
+    Ok(Some(matched))
 }
 
 /// Whether `partner` has a ledger row with `key`: one probe of the

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::web::auth::api_keys::ApiKey;
+use crate::web::auth::api_keys::{unauthorized, ApiKey, CachedApiKey};
 use crate::web::problem::{internal, Problem};
 use crate::web::writer::{Exchange, Outcome};
 use crate::web::AppState;
@@ -71,7 +71,7 @@ pub fn valid_idempotency_key(k: &[u8]) -> bool {
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    ApiKey(caller): ApiKey,
+    CachedApiKey(caller): CachedApiKey,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -121,6 +121,7 @@ pub(crate) async fn create(
         .unwrap_or(now);
     let x = Exchange {
         partner: partner.id.clone(),
+        key_id: caller.key_id,
         key_prefix: caller.prefix.clone(),
         idem_key,
         request_sha256,
@@ -157,6 +158,10 @@ pub(crate) async fn create(
         ))
         .retry_after(retry_after)
         .into_response(),
+        Ok(Ok(Outcome::KeyRevoked)) => {
+            state.keys.forget(caller.key_id);
+            unauthorized()
+        }
         Ok(Ok(Outcome::Stored {
             status,
             body,

@@ -17,13 +17,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
 
-use crate::members::{normalize_email, Status};
-use crate::web::auth::api_keys::ApiKey;
+use crate::web::auth::api_keys::{unauthorized, CachedApiKey};
 use crate::web::problem::internal;
-use crate::web::writer::AuditRow;
+use crate::web::writer::VerifyCall;
 use crate::web::AppState;
 
 /// The least time a verify call takes before its answer, whatever it is.
@@ -51,23 +49,6 @@ pub struct VerifyAnswer {
     matched: bool,
 }
 
-/// Whether `member_id` and `email` name the same active member. Both
-/// look-ups always run.
-pub fn matches(conn: &Connection, member_id: &str, email: &str) -> rusqlite::Result<bool> {
-    let by_id: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT id, status FROM members WHERE member_id = ?1")?
-        .query_row([member_id.trim()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let by_email: Option<i64> = conn
-        .prepare_cached("SELECT id FROM members WHERE email = ?1")?
-        .query_row([normalize_email(email)], |r| r.get(0))
-        .optional()?;
-    Ok(match (by_id, by_email) {
-        (Some((a, status)), Some(b)) => a == b && Status::from_db(status) == Status::Active,
-        _ => false,
-    })
-}
-
 #[utoipa::path(
     post,
     path = "/api/v1/members/verify",
@@ -86,7 +67,7 @@ pub fn matches(conn: &Connection, member_id: &str, email: &str) -> rusqlite::Res
 )]
 pub(crate) async fn verify(
     State(state): State<AppState>,
-    ApiKey(caller): ApiKey,
+    CachedApiKey(caller): CachedApiKey,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
@@ -119,31 +100,27 @@ pub(crate) async fn verify(
             Ok(r) => r,
             Err(r) => return r,
         };
-    let looked = state
-        .readers
-        .with(move |c| matches(c, &req.member_id, &req.email).map_err(crate::db::DbError::from))
-        .await;
-    let matched = match looked {
-        Ok(m) => m,
-        Err(e) => return internal(&e).into_response(),
-    };
-    let audit = state
+    // One writer job: the look-up and its audit row in one transaction.
+    let matched = match state
         .writer
-        .audit(AuditRow {
-            actor: caller.actor(),
-            action: "member-verify",
+        .verify(VerifyCall {
+            member_id: req.member_id,
+            email: req.email,
             partner: partner.id.clone(),
-            detail: format!(
-                "key {} result {}",
-                caller.prefix,
-                if matched { "match" } else { "no-match" }
-            ),
+            key_id: caller.key_id,
+            actor: caller.actor(),
+            key_prefix: caller.prefix.clone(),
             client: Some(peer.ip().to_string()),
         })
-        .await;
-    if let Err(e) = audit {
-        return internal(&e).into_response();
-    }
+        .await
+    {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            state.keys.forget(caller.key_id);
+            return unauthorized();
+        }
+        Err(e) => return internal(&e).into_response(),
+    };
     tokio::time::sleep_until((start + FLOOR).into()).await;
     let mut r = Json(serde_json::json!({ "match": matched })).into_response();
     r.headers_mut().insert(
@@ -151,26 +128,4 @@ pub(crate) async fn verify(
         axum::http::HeaderValue::from_static("no-store"),
     );
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_same_active_member_matches() {
-        let d = tempfile::tempdir().unwrap();
-        let mut c = crate::db::open(&d.path().join("m.db")).unwrap();
-        crate::members::import_from(
-            &mut c,
-            "A1,a@x.jp,active\nB1,b@x.jp,active\nS1,s@x.jp,suspended\n".as_bytes(),
-            "m",
-        )
-        .unwrap();
-        assert!(matches(&c, "A1", "A@X.JP ").unwrap());
-        assert!(!matches(&c, "A1", "b@x.jp").unwrap(), "mismatch");
-        assert!(!matches(&c, "S1", "s@x.jp").unwrap(), "inactive");
-        assert!(!matches(&c, "Z9", "a@x.jp").unwrap(), "no such id");
-        assert!(!matches(&c, "A1", "z@x.jp").unwrap(), "no such e-mail");
-    }
 }

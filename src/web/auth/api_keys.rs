@@ -1,6 +1,8 @@
 //! Partner API keys: created, listed and revoked by the CLI (and the site's
 //! key page) through the plain functions here, and checked on every API
-//! request by the [`ApiKey`] extractor.
+//! request by the [`ApiKey`] extractor (a database read each time) or the
+//! [`CachedApiKey`] one (for write calls, whose writer job checks the key
+//! again with [`is_live`]).
 //!
 //! What must stay true:
 //! - a key is 160 random bits from the OS, shown once at creation; only its
@@ -212,6 +214,15 @@ pub fn authenticate(conn: &Connection, key: &str) -> Result<Option<Caller>, KeyE
         .optional()?)
 }
 
+/// Whether key `key_id` still exists unrevoked: what a writer job checks,
+/// in its own transaction, for a [`CachedApiKey`].
+pub fn is_live(conn: &Connection, key_id: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM api_keys WHERE id = ?1 AND revoked_at IS NULL)",
+    )?
+    .query_row([key_id], |r| r.get(0))
+}
+
 /// Record that key `key_id` was used at `now` (RFC 3339 UTC).
 pub fn touch(conn: &Connection, key_id: i64, now: &str) -> rusqlite::Result<()> {
     conn.execute(
@@ -250,8 +261,16 @@ pub fn unauthorized() -> Response {
 }
 
 /// The calling key, from `Authorization: Bearer KEY`, for a partner that
-/// still exists in the configuration.
+/// still exists in the configuration: read from the database on every
+/// request.
 pub struct ApiKey(pub Caller);
+
+/// The calling key as this process found it live at most
+/// [`key_cache::TTL`](super::key_cache::TTL) ago. Only for handlers whose
+/// writer job confirms the key with [`is_live`] in its own transaction
+/// (and answers [`unauthorized`] when it is not): the cache saves the
+/// read, the job decides.
+pub struct CachedApiKey(pub Caller);
 
 impl FromRequestParts<AppState> for ApiKey {
     type Rejection = Response;
@@ -260,31 +279,64 @@ impl FromRequestParts<AppState> for ApiKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(key) = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, key) = v.split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| key.trim().to_owned())
-            })
-        else {
-            return Err(unauthorized());
-        };
-        let found = state
-            .readers
-            .with(move |c| authenticate(c, &key))
-            .await
-            .map_err(|e| crate::web::problem::internal(&e).into_response())?;
-        match found {
-            Some(caller) if state.config.partner(&caller.partner).is_some() => {
-                state.writer.touch_key(&caller);
-                Ok(ApiKey(caller))
-            }
-            _ => Err(unauthorized()),
+        let key = bearer(parts).ok_or_else(unauthorized)?;
+        let found = look_up(state, key).await?;
+        admitted(state, found).map(ApiKey)
+    }
+}
+
+impl FromRequestParts<AppState> for CachedApiKey {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts).ok_or_else(unauthorized)?;
+        let sha = hash(&key);
+        let now = std::time::Instant::now();
+        if let Some(caller) = state.keys.get(&sha, now) {
+            return admitted(state, Some(caller)).map(CachedApiKey);
         }
+        let found = look_up(state, key).await?;
+        if let Some(c) = &found {
+            state.keys.put(sha, c.clone(), now);
+        }
+        admitted(state, found).map(CachedApiKey)
+    }
+}
+
+/// The key of `Authorization: Bearer KEY`, if that is the header.
+fn bearer(parts: &Parts) -> Option<String> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| key.trim().to_owned())
+}
+
+/// The key's caller, read now from the database.
+async fn look_up(state: &AppState, key: String) -> Result<Option<Caller>, Response> {
+    state
+        .readers
+        .with(move |c| authenticate(c, &key))
+        .await
+        .map_err(|e| crate::web::problem::internal(&e).into_response())
+}
+
+/// A live key of a configured partner is let in (and its use recorded);
+/// anything else is the one 401.
+// The rejection is the answer itself, as axum's own extractors give it.
+#[allow(clippy::result_large_err)]
+fn admitted(state: &AppState, found: Option<Caller>) -> Result<Caller, Response> {
+    match found {
+        Some(caller) if state.config.partner(&caller.partner).is_some() => {
+            if let Some(at) = state.writer.touch_key(&caller) {
+                state.keys.used(caller.key_id, &at);
+            }
+            Ok(caller)
+        }
+        _ => Err(unauthorized()),
     }
 }
 
