@@ -96,12 +96,47 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
+/// One TLS connection, HTTP/1.1 keep-alive: a request is sent only when
+/// the answer to the previous one has been read.
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<axum::body::Bytes>>;
+
+async fn connect(a: &Args, tls: &tokio_rustls::TlsConnector) -> Result<Sender, String> {
+    let hostport = a
+        .url
+        .strip_prefix("https://")
+        .ok_or("--url must be https://HOST:PORT")?
+        .trim_end_matches('/');
+    let host = hostport
+        .rsplit_once(':')
+        .map_or(hostport, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect(hostport)
+        .await
+        .map_err(|e| format!("connect {hostport}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 async fn worker(
     a: Arc<Args>,
-    client: reqwest::Client,
+    tls: tokio_rustls::TlsConnector,
     n: usize,
     running: Arc<std::sync::atomic::AtomicBool>,
 ) -> Tally {
+    use http_body_util::BodyExt as _;
     use std::sync::atomic::Ordering;
     let mut t = Tally::default();
     let mut rnd = 0x9e37_79b9_7f4a_7c15_u64 ^ (n as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
@@ -109,10 +144,25 @@ async fn worker(
         Mode::Credits => ("/api/v1/exchanges", 201),
         Mode::Verify => ("/api/v1/members/verify", 200),
     };
-    let url = format!("{}{path}", a.url);
+    let host = a.url.trim_start_matches("https://").trim_end_matches('/');
     let auth = format!("Bearer {}", a.key);
+    let mut sender: Option<Sender> = None;
     let mut i = 0u64;
     while running.load(Ordering::Relaxed) {
+        let s = match sender.as_mut() {
+            Some(s) => s,
+            None => match connect(&a, &tls).await {
+                Ok(s) => sender.insert(s),
+                Err(e) => {
+                    if t.errors < 3 {
+                        eprintln!("loadgen: {e}");
+                    }
+                    t.errors += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
         let mut m = next(&mut rnd) % a.members;
         if m.is_multiple_of(97) {
             m = (m + 1) % a.members;
@@ -127,33 +177,44 @@ async fn worker(
                 format!(r#"{{"member_id":"NM{m:010}","email":"user{m}@example.jp"}}"#)
             }
         };
-        let start = Instant::now();
-        let sent = client
-            .post(&url)
+        let req = hyper::Request::post(path)
+            .header("host", host)
             .header("authorization", &auth)
             .header("content-type", "application/json")
             .header("idempotency-key", &idem)
-            .body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let text = r.bytes().await;
+            .body(http_body_util::Full::new(axum::body::Bytes::from(body)))
+            .expect("a valid request");
+        let start = Instant::now();
+        let answer = async {
+            s.ready().await?;
+            let r = s.send_request(req).await?;
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        match tokio::time::timeout(Duration::from_secs(120), answer).await {
+            Ok(Ok((status, text))) => {
                 t.micros
                     .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 let ok = status == expect
-                    && (a.mode == Mode::Credits
-                        || text.as_deref().is_ok_and(|b| b == br#"{"match":true}"#));
+                    && (a.mode == Mode::Credits || &text[..] == br#"{"match":true}"#);
                 // A verify "no" for a member that should match is a failure.
                 let key = if ok || status != expect { status } else { 0 };
                 *t.by_status.entry(key).or_insert(0) += 1;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 if t.errors < 3 {
                     eprintln!("loadgen: request failed: {e}");
                 }
                 t.errors += 1;
+                sender = None;
+            }
+            Err(_) => {
+                if t.errors < 3 {
+                    eprintln!("loadgen: no answer within 120 s");
+                }
+                t.errors += 1;
+                sender = None;
             }
         }
     }
@@ -182,17 +243,22 @@ fn main() {
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
-        let ca = std::fs::read(&a.ca).expect("read --ca");
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("a PEM CA")])
-            .pool_max_idle_per_host(a.conns)
-            .timeout(Duration::from_secs(120))
-            .build()
-            .expect("client");
+        use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&a.ca).expect("read --ca") {
+            roots
+                .add(cert.expect("a PEM CA"))
+                .expect("a CA certificate");
+        }
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        ));
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let start = Instant::now();
         let tasks: Vec<_> = (0..a.conns)
-            .map(|n| tokio::spawn(worker(a.clone(), client.clone(), n, running.clone())))
+            .map(|n| tokio::spawn(worker(a.clone(), tls.clone(), n, running.clone())))
             .collect();
         match (a.seconds, a.until_pid) {
             (Some(s), _) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
