@@ -872,6 +872,8 @@ fn once(cli: &Cli, only: Option<&str>, dry_run: bool, json: bool) -> anyhow::Res
                     trigger: Trigger::Manual,
                     now: clock.now(),
                     shutdown: &shutdown,
+                    // At the terminal, "busy" at once says more than a wait.
+                    lock_wait: std::time::Duration::ZERO,
                 },
             )
         })

@@ -26,7 +26,11 @@
 //!   that never succeeded is not caught up: it waits for its first occurrence.
 //! - **No overlap**: a firing that finds the partner's previous run (or
 //!   catch-up) still going is logged at WARN and skipped. Across processes
-//!   the pipeline's per-partner lock file keeps a manual `once` out too.
+//!   the pipeline's per-partner lock file keeps a manual `once` out too;
+//!   a run that finds the lock held (a site upload, a manual `once`) waits
+//!   up to [`LOCK_WAIT`] for it rather than skip its pull, and only then
+//!   ends "not started" (logged at WARN and in systemd's `STATUS=`; the
+//!   partner's last success stays where it was, for its alert).
 //! - **Bounded concurrency**: different partners run in parallel, at most
 //!   `[daemon] max_concurrent` at once (a semaphore; a firing waits for a
 //!   permit). Concurrent credit steps queue on SQLite's write lock:
@@ -68,6 +72,11 @@ use crate::db::{self, DbError};
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
 use crate::run_requests;
 use crate::schedule::{sleep_until, Clock};
+
+/// How long a run waits for its partner's lock held by another process.
+/// An upload of a million rows holds it for seconds; a run skipped instead
+/// would leave the partner's file for the next occurrence, a day later.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -657,6 +666,7 @@ fn spawn_job(
                     trigger,
                     now,
                     shutdown: &stop,
+                    lock_wait: LOCK_WAIT,
                 },
             )
         })
@@ -1007,6 +1017,7 @@ mod tests {
                 trigger: Trigger::Schedule,
                 now: tokyo_3am(21),
                 shutdown: &stop,
+                lock_wait: Duration::ZERO,
             },
         );
         assert_eq!(seed.outcome, "no-file", "{seed:?}");

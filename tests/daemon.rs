@@ -104,6 +104,49 @@ fn run_catches_up_at_startup_and_status_shows_last_and_next_run() {
     assert!(out.contains("[catch-up] ok"), "{out}");
 }
 
+/// A catch-up run that finds the partner's lock held by another process
+/// (here the test, as a site upload or a manual `once` would hold it)
+/// waits for it instead of skipping the pull, then credits the file.
+#[test]
+fn a_run_waits_for_the_partner_lock_held_by_another_process() {
+    let ws = Workspace::new();
+    ws.write_config("", &ws.scheduled_partner("demo-shop", "daily 03:00"));
+    ws.members(100);
+    let mut once = ws.cmd(&["once", "--partner", "demo-shop"]);
+    once.env(FAKE_NOW, "2026-11-20T18:00:00Z");
+    ws.ok_cmd(once);
+    let (text, valid) = exchange("demo-shop", 100, 100, 0);
+    ws.write("inbox/demo-shop/demo.csv", text);
+
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ws.path("var/locks/demo-shop.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let mut d = ws.spawn_daemon(Some("2026-11-24T12:00:00Z"));
+    d.wait_log("waiting for it", LONG);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        ws.int("SELECT count(*) FROM runs WHERE trigger = 'catch-up'"),
+        0,
+        "the run must not start while the lock is held"
+    );
+    assert!(
+        !d.log_text().contains("run did not start"),
+        "{}",
+        d.log_text()
+    );
+    drop(lock);
+    wait_for("the catch-up run to finish", LONG, || {
+        ws.try_int(
+            "SELECT count(*) FROM runs WHERE trigger = 'catch-up' AND finished_at IS NOT NULL",
+        ) == Ok(1)
+    });
+    assert_eq!(ws.int("SELECT count(*) FROM ledger"), valid as i64);
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+}
+
 /// SIGTERM while a 300k-row file is being credited: the file finishes its
 /// transaction (every valid row credited exactly once), the next file is not
 /// started, and the process exits 0.

@@ -213,6 +213,10 @@ pub struct RunOptions<'a> {
     /// Checked between files: a file in progress always finishes its
     /// transaction.
     pub shutdown: &'a AtomicBool,
+    /// How long to wait for the partner's lock while another process holds
+    /// it (an upload on the site, a manual `once`) before the run gives up
+    /// without starting. Zero: give up at once.
+    pub lock_wait: std::time::Duration,
 }
 
 /// The outcome of one file, for the summary and `--json`. Field names are
@@ -415,7 +419,7 @@ fn run_inner(
     report: &mut RunReport,
 ) -> Result<(), PipelineError> {
     let data_dir = &config.daemon.data_dir;
-    let _lock = lock_partner(data_dir, &partner.id)?;
+    let _lock = lock_partner_wait(data_dir, &partner.id, opts.lock_wait, Some(opts.shutdown))?;
     let mut conn = db::open(&config.daemon.database)?;
     if !opts.dry_run {
         conn.execute(
@@ -935,17 +939,31 @@ fn lock_partner(data_dir: &std::path::Path, partner: &str) -> Result<File, Pipel
     }
 }
 
-/// [`lock_partner`], waiting up to `wait` while a run holds it (an upload
-/// waits for the run in progress rather than failing at once).
+/// [`lock_partner`], waiting up to `wait` while another run or upload
+/// holds it, rather than failing at once (an upload waits for the run in
+/// progress; a scheduled run for an upload). Gives up early once `stop`
+/// is set.
 fn lock_partner_wait(
     data_dir: &std::path::Path,
     partner: &str,
     wait: std::time::Duration,
+    stop: Option<&AtomicBool>,
 ) -> Result<File, PipelineError> {
     let end = std::time::Instant::now() + wait;
+    let mut said = false;
     loop {
         match lock_partner(data_dir, partner) {
-            Err(PipelineError::Busy { .. }) if std::time::Instant::now() < end => {
+            Err(PipelineError::Busy { .. })
+                if std::time::Instant::now() < end
+                    && !stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) =>
+            {
+                if !said {
+                    tracing::info!(
+                        wait_s = wait.as_secs(),
+                        "the partner's lock is held (an upload or another milebatch run): waiting for it"
+                    );
+                    said = true;
+                }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             other => return other,

@@ -268,7 +268,7 @@ fn credit_inner(
 ) -> Result<FileReport, UploadError> {
     let name = upload_name(up.name)?;
     let data_dir = &config.daemon.data_dir;
-    let _lock = super::lock_partner_wait(data_dir, &partner.id, up.lock_wait)?;
+    let _lock = super::lock_partner_wait(data_dir, &partner.id, up.lock_wait, None)?;
     let fetched = pickup::archive(
         up.received.path(),
         &pickup::archive_dir(data_dir, &partner.id),
@@ -363,6 +363,7 @@ mod tests {
                     trigger: Trigger::Manual,
                     now: Utc::now(),
                     shutdown: &stop,
+                    lock_wait: std::time::Duration::ZERO,
                 },
             )
         }
