@@ -24,6 +24,8 @@
 #   3. credits while `milebatch once` credits a ROWS-row file (bench/gen.py):
 #      no request may fail; p50/p99 reported; the file must be credited.
 #   Server RSS is sampled every 0.2 s throughout (and VmHWM read at the end).
+#   The CPU steal of each phase (/proc/stat) is printed under the table: on
+#   a shared host it is CPU the server and client did not get.
 #
 # Targets: credits >= 5000/s with p99 <= 50 ms; verify >= 15000/s with
 # p99 <= 10 ms; 0 failed requests in phase 3; server peak RSS <= 150 MiB.
@@ -150,8 +152,17 @@ lg() { "$loadgen" "$1" --url "$base" --key "$key" --ca "$work/ca.pem" --conns "$
         --members "$members" --prefix "$2" "${@:3}"; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])$2)" "$1"; }
 
+# CPU time the hypervisor gave to other guests ("steal"), as a share of
+# the phase: on a shared host it comes and goes, and with it the figures.
+cpu_snap() { awk '/^cpu / {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9}' /proc/stat; }
+steal_pct() { # before-snapshot, after-snapshot
+    python3 -c "import sys; t0, s0 = map(int, sys.argv[1].split()); t1, s1 = map(int, sys.argv[2].split()); print(round(100 * (s1 - s0) / max(t1 - t0, 1), 1))" "$1" "$2"
+}
+
 echo "phase 1: credits for ${seconds}s" >&2
+snap=$(cpu_snap)
 c1=$(lg credits p1 --seconds "$seconds")
+steal1=$(steal_pct "$snap" "$(cpu_snap)")
 echo "  $c1" >&2
 api_rows() { sqlite3 "$work/var/milebatch.db" "SELECT count(*) FROM ledger WHERE file_id = 0"; }
 rows1=$(api_rows)
@@ -166,7 +177,9 @@ if mb verify > "$work/verify1.txt" 2>&1; then v=0; else v=1; fi
 check "balances = ledger (milebatch verify)" $v "$(tail -3 "$work/verify1.txt")"
 
 echo "phase 2: members/verify for ${seconds}s" >&2
+snap=$(cpu_snap)
 v2=$(lg verify p2 --seconds "$seconds")
+steal2=$(steal_pct "$snap" "$(cpu_snap)")
 echo "  $v2" >&2
 check "every verify answered {\"match\":true}" "$([ "$(field "$v2" "['failed']")" = 0 ] && echo 0 || echo 1)" "$(field "$v2" "['by_status']")"
 
@@ -175,7 +188,9 @@ cp "$work/data/exchange.csv" "$work/inbox/exchange.csv"
 start3=$(date +%s.%N)
 "$bin" --config "$work/partners.toml" once --partner bench --json > "$work/once.json" 2> "$work/once.log" &
 once_pid=$!
+snap=$(cpu_snap)
 c3=$(lg credits p3 --until-pid "$once_pid")
+steal3=$(steal_pct "$snap" "$(cpu_snap)")
 if wait "$once_pid"; then once_rc=0; else once_rc=$?; fi
 once_s=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start3" "$(date +%s.%N)")
 echo "  $c3" >&2
@@ -212,6 +227,7 @@ row "verify p99 ms (p50 $(field "$v2" "['p50_ms']"))" "$(field "$v2" "['p99_ms']
 row "credits failed while once runs (${once_s}s)" "$(field "$c3" "['failed']") of $(field "$c3" "['sent']")" "0" "$([ "$(field "$c3" "['failed']")" = 0 ] && echo 0 || echo 1)"
 row "  their p50 / p99 / max ms" "$(field "$c3" "['p50_ms']") / $(field "$c3" "['p99_ms']") / $(field "$c3" "['max_ms']")" "reported" 0
 row "server peak RSS MiB (VmHWM; sampled max)" "$((hwm / 1024)) ($((sampled / 1024)))" "<= 150" "$([ $((hwm / 1024)) -le 150 ] && echo 0 || echo 1)"
+echo "CPU steal (time the host gave to other guests) during phases 1 / 2 / 3: $steal1% / $steal2% / $steal3%"
 echo
 if [ $checks_failed = 1 ]; then
     echo "bench/api.sh: a correctness check FAILED (see above)" >&2
