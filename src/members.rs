@@ -114,23 +114,25 @@ pub fn find_one(conn: &Connection, value: &str) -> Result<Option<Found>, DbError
 }
 
 /// Whether `member_id` and `email` name the same active member: the
-/// answer of the API's `members/verify`. Both look-ups always run, so a
-/// "no" costs the same whichever part is wrong.
+/// answer of the API's `members/verify`. E-mails are unique and stored
+/// normalized, so "the member with this e-mail is the member with this ID"
+/// is "the member with this ID has this e-mail": one look-up, by ID (a
+/// second one by e-mail was a third of a verify call's database work).
+/// A miss reads one B-tree less than a hit; the caller's timing floor
+/// hides that (microseconds).
 pub fn same_active_member(
     conn: &Connection,
     member_id: &str,
     email: &str,
 ) -> Result<bool, DbError> {
-    let by_id: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT id, status FROM members WHERE member_id = ?1")?
+    let found: Option<(i64, Option<String>)> = conn
+        .prepare_cached("SELECT status, email FROM members WHERE member_id = ?1")?
         .query_row([member_id.trim()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let by_email: Option<i64> = conn
-        .prepare_cached("SELECT id FROM members WHERE email = ?1")?
-        .query_row([normalize_email(email)], |r| r.get(0))
-        .optional()?;
-    Ok(match (by_id, by_email) {
-        (Some((a, status)), Some(b)) => a == b && Status::from_db(status) == Status::Active,
+    Ok(match found {
+        Some((status, Some(stored))) => {
+            Status::from_db(status) == Status::Active && stored == normalize_email(email)
+        }
         _ => false,
     })
 }

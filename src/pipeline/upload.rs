@@ -137,7 +137,7 @@ impl Receiving {
         file.sync_all()?;
         Ok(Received {
             size,
-            sha256: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            sha256: format!("{:x}", hash.finalize()),
             guard,
         })
     }

@@ -108,10 +108,7 @@ pub(crate) async fn create(
     };
     let canonical =
         serde_json::json!([req.member, req.partner_key, req.miles.to_string()]).to_string();
-    let request_sha256 = Sha256::digest(canonical.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let request_sha256 = format!("{:x}", Sha256::digest(canonical.as_bytes()));
     let now = chrono::Utc::now();
     let tz = state.writer.tz();
     let today = now.with_timezone(&tz).date_naive();

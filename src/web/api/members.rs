@@ -4,8 +4,8 @@
 //!
 //! What must stay true: every "no" (no such member ID, no such e-mail, a
 //! mismatch, an inactive member) is the same answer: the same status, the
-//! same body, and the same time (both look-ups always run, and the answer
-//! waits until [`FLOOR`] has passed). No member attribute is ever returned.
+//! same body, and the same time (the answer waits until [`FLOOR`] has
+//! passed). No member attribute is ever returned.
 //! Every call is audited, with the key's prefix and the result, never the
 //! e-mail; the answer leaves only once its audit row is committed.
 
@@ -25,8 +25,8 @@ use crate::web::writer::VerifyCall;
 use crate::web::AppState;
 
 /// The least time a verify call takes before its answer, whatever it is.
-/// What it hides is the difference between a hit and a miss of two index
-/// probes (microseconds), so 1 ms is ample. Every millisecond of it is
+/// What it hides is the difference between a hit and a miss of one
+/// member look-up (a B-tree more or less: microseconds), so 1 ms is ample. Every millisecond of it is
 /// latency for the caller and, for a client with a fixed number of
 /// connections, throughput (bench/api.sh: 3 ms held 64 connections to
 /// about 12,500 calls/s).
