@@ -667,7 +667,7 @@ mod tests {
         let (_d, mut c) = db();
         import_from(
             &mut c,
-            "A1,a@x.jp,active\nB1,b@x.jp,active\nS1,s@x.jp,suspended\n".as_bytes(),
+            "A1,a@x.jp,active\nB1,b@x.jp,active\nS1,s@x.jp,suspended\nN1,,active\n".as_bytes(),
             "m",
         )
         .unwrap();
@@ -681,6 +681,14 @@ mod tests {
         assert!(
             !same_active_member(&c, "A1", "z@x.jp").unwrap(),
             "no such e-mail"
+        );
+        assert!(
+            !same_active_member(&c, "N1", "").unwrap(),
+            "no e-mail on file"
+        );
+        assert!(
+            !same_active_member(&c, "N1", " ").unwrap(),
+            "no e-mail on file"
         );
     }
 
