@@ -9,7 +9,9 @@ use clap::Parser;
 // on many threads (a request's buffers are freed on another worker than
 // the one that made them), and glibc's arenas spent about a fifth of the
 // request threads' CPU on it (bench/api.sh, verify: 86 -> 70 us of server
-// CPU a call, peak RSS unchanged; mimalloc was as fast with 20% more RSS).
+// CPU a call, serve's peak RSS unchanged; mimalloc was as fast with 20%
+// more). `once` keeps more memory (peak RSS 125 -> 159 MiB for 1M rows,
+// target 200): jemalloc holds freed pages a while for reuse.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
