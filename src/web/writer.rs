@@ -1,8 +1,9 @@
 //! The group-commit writer: one thread owns the web process's writing
-//! SQLite connection. Requests come in over a channel; each batch of
-//! waiting requests is one `BEGIN IMMEDIATE` transaction, and each request
-//! in it is all-or-nothing under its own `SAVEPOINT`. So concurrent API
-//! credits share one commit (one fsync) instead of paying one each.
+//! SQLite connection. Requests (credits, verify calls) come in over a
+//! channel; each batch of waiting requests is one `BEGIN IMMEDIATE`
+//! transaction, and each credit in it is all-or-nothing under its own
+//! `SAVEPOINT` (a verify call writes one audit row). So concurrent API
+//! calls share one commit (one fsync) instead of paying one each.
 //!
 //! What must stay true:
 //! - no answer leaves before the transaction holding it has committed
@@ -10,6 +11,8 @@
 //! - an `Idempotency-Key` is claimed by a UNIQUE row in the same
 //!   transaction as its ledger row and balance: a key credits at most once,
 //!   even across processes and restarts, and its stored answer is replayed;
+//! - nothing is written for a key that is not live in the same
+//!   transaction (`api_keys::is_live`), whatever the key cache held;
 //! - while the batch daemon holds the write lock, the writer waits
 //!   (`busy_timeout`); requests queue, they never fail with SQLITE_BUSY.
 
@@ -92,16 +95,6 @@ pub enum Outcome {
     KeyRevoked,
 }
 
-/// An audit row to write (owned: it crosses to the writer thread).
-#[derive(Debug, Clone)]
-pub struct AuditRow {
-    pub actor: String,
-    pub action: &'static str,
-    pub partner: String,
-    pub detail: String,
-    pub client: Option<String>,
-}
-
 /// One `POST /api/v1/members/verify`: look up and audit, in one
 /// transaction.
 #[derive(Debug, Clone)]
@@ -119,7 +112,6 @@ pub struct VerifyCall {
 
 enum Job {
     Exchange(Box<Exchange>, oneshot::Sender<Result<Outcome, WriterError>>),
-    Audit(Box<AuditRow>, oneshot::Sender<Result<(), WriterError>>),
     Verify(
         Box<VerifyCall>,
         oneshot::Sender<Result<Option<bool>, WriterError>>,
@@ -189,20 +181,6 @@ impl Writer {
             return Ok(Err(WriterError::Stopped));
         }
         Ok(answer.await.unwrap_or(Err(WriterError::Stopped)))
-    }
-
-    /// Append an audit row; returns once it is committed.
-    pub async fn audit(&self, row: AuditRow) -> Result<(), WriterError> {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .tx
-            .send(Job::Audit(Box::new(row), reply))
-            .await
-            .is_err()
-        {
-            return Err(WriterError::Stopped);
-        }
-        answer.await.unwrap_or(Err(WriterError::Stopped))
     }
 
     /// Whether the call's member ID and e-mail name the same active member
@@ -282,7 +260,6 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     let n = batch.len();
     let mut answers = Vec::with_capacity(n);
-    let mut audited = Vec::new();
     let mut verified = Vec::new();
     let result = (|| -> Result<(), WriterError> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -294,21 +271,6 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
                     if let Err(e) = super::auth::api_keys::touch(conn, key_id, &now) {
                         tracing::warn!(error = %e, key_id, "could not record an API key's last use");
                     }
-                }
-                Job::Audit(a, reply) => {
-                    let out = crate::audit::record(
-                        conn,
-                        &crate::audit::Entry {
-                            actor: &a.actor,
-                            action: a.action,
-                            partner: Some(&a.partner),
-                            detail: &a.detail,
-                            client: a.client.as_deref(),
-                        },
-                    )
-                    .map(|_| ())
-                    .map_err(WriterError::from);
-                    audited.push((reply, out));
                 }
                 Job::Verify(v, reply) => {
                     let out = verify(conn, &v);
@@ -334,9 +296,6 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             for (reply, out) in answers {
                 let _ = reply.send(out);
             }
-            for (reply, out) in audited {
-                let _ = reply.send(out);
-            }
             for (reply, out) in verified {
                 let _ = reply.send(out);
             }
@@ -347,9 +306,6 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
                 let _ = conn.execute_batch("ROLLBACK");
             }
             for (reply, _) in answers {
-                let _ = reply.send(Err(WriterError::Commit(e.to_string())));
-            }
-            for (reply, _) in audited {
                 let _ = reply.send(Err(WriterError::Commit(e.to_string())));
             }
             for (reply, _) in verified {
