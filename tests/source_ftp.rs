@@ -141,8 +141,9 @@ fn ftp_server_gone_is_transient_and_reconnects() {
     let e = s.list().expect_err("server is gone");
     assert!(e.retryable(), "{e:?}");
     ftpd.restart();
-    assert_eq!(
-        s.list().expect("reconnects after a transient error").len(),
-        1
-    );
+    // As a run does: transient faults are retried (a just-restarted vsftpd
+    // under load once answered the first session "500 OOPS", itself
+    // transient); anything else fails at once.
+    let listed = milebatch::source::retry::with_retries(2, "listing", || s.list());
+    assert_eq!(listed.expect("reconnects after a transient error").len(), 1);
 }

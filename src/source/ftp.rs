@@ -424,6 +424,11 @@ fn map_err(e: FtpError, what: &str) -> SourceError {
             let msg = format!("{what}: server replied {text}");
             match code {
                 530 => SourceError::Auth(msg),
+                // vsftpd's "500 OOPS: …" is its own fault (a helper process
+                // died; it ends the session after it), not a refusal of the
+                // command: a new session may well work. Seen on a restarted
+                // vsftpd in tests/source_ftp.rs.
+                _ if text.contains("OOPS: ") => SourceError::Transient(msg),
                 400..=499 => SourceError::Transient(msg),
                 _ => SourceError::Permanent(msg),
             }
@@ -548,6 +553,20 @@ impl Source for FtpSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vsftpd_oops_is_transient_a_bad_command_is_not() {
+        let reply = |text: &str| {
+            FtpError::UnexpectedResponse(suppaftp::types::Response::new(
+                suppaftp::Status::BadCommand,
+                text.as_bytes().to_vec(),
+            ))
+        };
+        let oops = map_err(reply("500 OOPS: priv_sock_send_cmd\r\n"), "listing");
+        assert!(matches!(oops, SourceError::Transient(_)), "{oops:?}");
+        let bad = map_err(reply("500 Unknown command.\r\n"), "listing");
+        assert!(matches!(bad, SourceError::Permanent(_)), "{bad:?}");
+    }
 
     /// 2026-11-29T20:00:00Z
     const NOW: i64 = 1_796_068_800;
