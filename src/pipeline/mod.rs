@@ -386,20 +386,23 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
     report
 }
 
-/// Tidy up `items` (earlier runs' owed tidy-ups, or the file just done),
-/// recording each failure on its file and in the run report. A file whose
-/// tidy-up already failed in this run is not tried again in it.
-#[allow(clippy::too_many_arguments)]
-fn tidy_items(
+/// Tidy up every file of `partner` that still owes one (earlier runs'
+/// owed tidy-ups, or the file just done), recording each failure on its
+/// file and in the run report. A file whose tidy-up already failed in this
+/// run is not tried again in it. A dry run tidies nothing.
+fn tidy_owed(
     source: &mut dyn crate::source::Source,
     pickup_cfg: &crate::source::Pickup,
     summary: Option<&summary::SummaryOpts<'_>>,
     conn: &Connection,
-    items: Vec<tidy::TidyItem>,
+    partner: &str,
     opts: &RunOptions<'_>,
     report: &mut RunReport,
 ) -> Result<(), PipelineError> {
-    for item in items {
+    if opts.dry_run {
+        return Ok(());
+    }
+    for item in tidy::pending(conn, partner).map_err(DbError::from)? {
         if report.tidy_failed.iter().any(|f| f.file_id == item.file_id) {
             continue;
         }
@@ -449,18 +452,15 @@ fn run_inner(
         encoding: partner.encoding,
     });
     // Tidy-ups owed by earlier runs come first: they never touch money.
-    if !opts.dry_run {
-        let owed = tidy::pending(&conn, &partner.id).map_err(DbError::from)?;
-        tidy_items(
-            source.as_mut(),
-            pickup_cfg,
-            summary_opts.as_ref(),
-            &conn,
-            owed,
-            opts,
-            report,
-        )?;
-    }
+    tidy_owed(
+        source.as_mut(),
+        pickup_cfg,
+        summary_opts.as_ref(),
+        &conn,
+        &partner.id,
+        opts,
+        report,
+    )?;
 
     let mut listing = pickup::survey(source.as_mut(), pickup_cfg, &conn, &partner.id, opts.now)?;
     report.skipped.append(&mut listing.skipped);
@@ -531,18 +531,15 @@ fn run_inner(
             );
             report.counts.add(&file_report.counts);
             report.files.push(file_report);
-            if !opts.dry_run {
-                let owed = tidy::pending(&conn, &partner.id).map_err(DbError::from)?;
-                tidy_items(
-                    source.as_mut(),
-                    pickup_cfg,
-                    summary_opts.as_ref(),
-                    &conn,
-                    owed,
-                    opts,
-                    report,
-                )?;
-            }
+            tidy_owed(
+                source.as_mut(),
+                pickup_cfg,
+                summary_opts.as_ref(),
+                &conn,
+                &partner.id,
+                opts,
+                report,
+            )?;
         }
         if watch.is_empty() {
             return Ok(());
