@@ -656,11 +656,7 @@ pub fn balance(conn: &Connection, value: &str) -> Result<Option<(String, Status,
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, Connection) {
-        let d = tempfile::tempdir().unwrap();
-        let c = crate::db::open(&d.path().join("m.db")).unwrap();
-        (d, c)
-    }
+    use crate::db::temp_db as db;
 
     #[test]
     fn only_the_same_active_member_matches() {

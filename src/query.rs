@@ -521,8 +521,7 @@ mod tests {
     /// Ledger rows of partner `shop` (and one of `other`), inserted directly:
     /// (key, file_id, member, miles, line, unix time).
     fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
+        let (dir, conn) = crate::db::temp_db();
         conn.execute_batch(
             "INSERT INTO members(id, member_id, email, status) VALUES (1, 'M1', NULL, 0), (2, 'M2', NULL, 0);
              INSERT INTO runs(id, partner, trigger, started_at) VALUES (1, 'shop', 'manual', 't');

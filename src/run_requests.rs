@@ -224,11 +224,7 @@ pub fn interrupt_running(conn: &Connection, now: DateTime<Utc>) -> Result<usize,
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
-        (dir, conn)
-    }
+    use crate::db::temp_db as db;
 
     #[test]
     fn a_request_goes_queued_running_done_once_and_is_audited() {

@@ -167,6 +167,15 @@ pub fn open_reader(conn: &Connection) -> Result<Connection, DbError> {
     Ok(reader)
 }
 
+/// A new migrated database in a temp folder (kept while the folder is),
+/// for unit tests.
+#[cfg(test)]
+pub fn temp_db() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = open(&dir.path().join("t.db")).unwrap();
+    (dir, conn)
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version as usize > MIGRATIONS.len() {

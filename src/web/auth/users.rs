@@ -311,11 +311,7 @@ pub fn login(
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
-        (dir, conn)
-    }
+    use crate::db::temp_db as db;
 
     #[test]
     fn login_works_with_the_printed_password_only() {
