@@ -427,6 +427,17 @@ fn empty_and_duplicate_files_get_a_one_line_report() {
             .contains(&format!("file {}", find("a.csv")["id"])),
         "{dup:#}"
     );
+    // When it was credited, for people: in the daemon's zone, named.
+    let at = dup["reason"]
+        .as_str()
+        .unwrap()
+        .rsplit(" at ")
+        .next()
+        .unwrap();
+    assert!(
+        at.len() == "2026-11-30 11:48:47 JST".len() && at.ends_with(" JST"),
+        "{dup:#}"
+    );
     assert_eq!(
         read(&w.report_of(&dup)),
         ",,,F001\r\n",

@@ -516,7 +516,7 @@ fn run_inner(
                 channel: Channel::Pull,
             };
             let outcome = credit::credit_file(&mut conn, &job)?;
-            let file_report = record(&mut conn, &job, outcome)?;
+            let file_report = record(&mut conn, &job, outcome, config.daemon.timezone)?;
             tracing::info!(
                 outcome = %file_report.outcome,
                 file_id = file_report.id,
@@ -644,7 +644,7 @@ fn credit_single(
     };
     let result = credit::credit_file(&mut conn, &job)
         .map_err(PipelineError::from)
-        .and_then(|outcome| record(&mut conn, &job, outcome));
+        .and_then(|outcome| record(&mut conn, &job, outcome, config.daemon.timezone));
     // A retry's or an upload's summary, like its error report, stays local. The credit
     // has committed: a summary that cannot be written is logged, not an Err.
     if let (true, Ok(FileReport { id: Some(id), .. })) = (partner.summary, &result) {
@@ -698,11 +698,13 @@ fn credit_single(
 }
 
 /// Record a refused or duplicate file (credited files recorded themselves in
-/// their transaction) with its report, and describe the outcome.
+/// their transaction) with its report, and describe the outcome. Times in
+/// a reason are for people, in `tz` (the site and the summary show it).
 fn record(
     conn: &mut Connection,
     job: &CreditJob<'_>,
     outcome: Credited,
+    tz: chrono_tz::Tz,
 ) -> Result<FileReport, PipelineError> {
     let f = job.file;
     let mut fr = FileReport {
@@ -755,7 +757,8 @@ fn record(
             reversed_file,
         } => {
             let mut reason = format!(
-                "duplicate delivery: the same content was credited as file {first_id} ({first_name:?}) at {first_at}"
+                "duplicate delivery: the same content was credited as file {first_id} ({first_name:?}) at {}",
+                crate::timefmt::stored_for_people(&first_at, tz)
             );
             if let Some(id) = reversed_file {
                 reason.push_str(&format!(
