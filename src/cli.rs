@@ -591,7 +591,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut conn = db::open(&config.daemon.database)?;
             let actor = crate::audit::cli_actor();
-            let outcome = reverse::reverse(&mut conn, target, reason, &actor, clock()?.now())?;
+            let outcome =
+                reverse::reverse(&mut conn, target, reason, &actor, None, clock()?.now())?;
             if *json {
                 print_json(&outcome)?;
             }

@@ -27,6 +27,7 @@ pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod csvcell;
 pub mod daemon;
 pub mod db;
 pub mod members;

@@ -779,6 +779,30 @@ fn hostile_input_is_refused_and_the_server_lives_on() {
         })
     };
 
+    // The same for every form of the site (the upload has its own idle
+    // deadline): 408 after 10 s, the connection closed.
+    let slow_forms: Vec<_> = [
+        "/login",
+        "/logout",
+        "/keys",
+        "/keys/mb_live_x/revoke",
+        "/ops/partners/shop/run",
+        "/ops/files/1/reverse",
+    ]
+    .into_iter()
+    .map(|path| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n\
+                 csrf=abc&reason="
+            );
+            (path, raw(&addr, req.as_bytes(), Duration::from_secs(30)))
+        })
+    })
+    .collect();
+
     // Deeply nested JSON within the size limit: 400, no stack overflow.
     let nested = "[".repeat(15_000);
     problem(post(&c, &s, &key, "n", &nested).send().unwrap(), 400);
@@ -847,6 +871,19 @@ fn hostile_input_is_refused_and_the_server_lives_on() {
         (Duration::from_secs(9)..Duration::from_secs(20)).contains(&took),
         "answered and closed after {took:?}"
     );
+    for t in slow_forms {
+        let (path, (answer, took)) = t.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains("connection: close"), "{path}: {answer}");
+        assert!(
+            answer.contains("10 秒以内に届きませんでした"),
+            "{path}: {answer}"
+        );
+        assert!(
+            (Duration::from_secs(9)..Duration::from_secs(20)).contains(&took),
+            "{path}: answered and closed after {took:?}"
+        );
+    }
     // Still serving, nothing credited.
     assert_eq!(c.get(s.url("/healthz")).send().unwrap().status(), 200);
     assert_eq!(ws.ledger_rows(), 0);

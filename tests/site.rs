@@ -648,6 +648,22 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
     b.close().await;
 }
 
+/// Click the history page's CSV link and read the download (then removed,
+/// so the next export is the next download).
+async fn export_csv(b: &Browser) -> String {
+    b.client
+        .find(fantoccini::Locator::LinkText("CSV でダウンロード"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let path = b.downloaded("csv").await;
+    let csv = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    csv
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
     let (ws, s, pin) = tokio::task::spawn_blocking(|| {
@@ -667,6 +683,14 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
                     .execute(
                         "INSERT INTO ledger(partner, partner_key, file_id, member, miles, dup, line, credited_at) \
                          SELECT 'shop', 'K1API', 0, id, 77, 5, 5, unixepoch() FROM members WHERE member_id = 'M000003'",
+                        [],
+                    )
+                    .unwrap();
+                // A partner key a spreadsheet would take for a formula.
+                ws.db()
+                    .execute(
+                        "INSERT INTO ledger(partner, partner_key, file_id, member, miles, dup, line, credited_at) \
+                         SELECT 'shop', '=1+1', 0, id, 8, 6, 6, unixepoch() FROM members WHERE member_id = 'M000004'",
                         [],
                     )
                     .unwrap();
@@ -717,14 +741,7 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
     assert!(t.contains("K1API") && t.contains("api"), "{t}");
 
     // The CSV export of the whole search.
-    b.client
-        .find(fantoccini::Locator::LinkText("CSV でダウンロード"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let csv = std::fs::read_to_string(b.downloaded("csv").await).unwrap();
+    let csv = export_csv(&b).await;
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
@@ -741,6 +758,15 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
         lines.iter().any(|l| l.contains("K1API,M000003,77,api,,5")),
         "{csv}"
     );
+    // A key that starts like a formula is exported as text (a leading `'`),
+    // so a spreadsheet shows it and does not run it.
+    b.visit(&s.url("/history?key=%3D1%2B1"), "formula-key")
+        .await;
+    assert!(b.text().await.contains("=1+1"));
+    let csv = export_csv(&b).await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[1].ends_with(",'=1+1,M000004,8,api,,6"), "{csv}");
 
     // Exact key; and a date range that excludes today.
     b.visit(&s.url("/history?key=K10005"), "exact").await;
@@ -1221,7 +1247,7 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
     );
     assert_eq!(
         ws.int(
-            "SELECT count(*) FROM audit WHERE action = 'reverse' AND actor = 'user:ops@example.jp'"
+            "SELECT count(*) FROM audit WHERE action = 'reverse' AND actor = 'user:ops@example.jp' AND client = '127.0.0.1'"
         ),
         1
     );

@@ -237,6 +237,11 @@ fn upload_form_without_javascript_csrf_limits_and_duplicates() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/csv; charset=Shift_JIS");
     assert_eq!(r.bytes().unwrap().as_ref(), &errors[..]);
+    // The download is in the audit trail, with who and from where.
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'download' AND detail LIKE 'dry-run report %' AND client = '127.0.0.1' AND actor LIKE 'user:%'"),
+        1
+    );
     // A path instead of a name is not served.
     let r =
         c.c.get(format!("{}/upload/dry-run/..%2F..%2Fmilebatch.db", c.base))

@@ -87,12 +87,15 @@ pub enum Outcome {
     Shortfall { members: Vec<Shortfall> },
 }
 
-/// Reverse `target` for `actor` (as in the audit trail) because of `reason`.
+/// Reverse `target` for `actor` (as in the audit trail) because of `reason`;
+/// `client` is the web client's address for the audit row (`None` from the
+/// CLI).
 pub fn reverse(
     conn: &mut Connection,
     target: Target,
     reason: &str,
     actor: &str,
+    client: Option<&str>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Outcome, ReverseError> {
     let reason = reason.trim();
@@ -291,7 +294,7 @@ pub fn reverse(
                 "{target}: reversal {reversal_id}, {rows} rows, {miles} miles, {} members; reason: {reason}",
                 per_member.len()
             ),
-            client: None,
+            client,
         },
     )?;
     let done = find(&tx, target)?.expect("inserted above");

@@ -266,11 +266,13 @@ fn build(
 /// breakdown line, then `issued`, `reversed` and `net`.
 pub fn to_csv(s: &Statement) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
+    // File names and reversal reasons are people's text: a spreadsheet
+    // must not run them (`csvcell`).
     let mut line = |section: &str, item: &str, detail: &str, t: &Total| {
         w.write_record([
             section,
             item,
-            detail,
+            &crate::csvcell::text(detail),
             &t.rows.to_string(),
             &t.miles.to_string(),
         ])
@@ -330,5 +332,51 @@ mod tests {
         ] {
             assert!(month_bounds(bad, tz).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn csv_shows_a_formula_like_file_name_as_text_and_keeps_negative_miles_numbers() {
+        let t = |rows, miles| Total { rows, miles };
+        let s = Statement {
+            partner: "shop".into(),
+            month: "2026-11".into(),
+            timezone: "Asia/Tokyo".into(),
+            from: String::new(),
+            until: String::new(),
+            by_channel: vec![ChannelLine {
+                channel: "upload".into(),
+                total: t(2, 30),
+            }],
+            by_file: vec![FileLine {
+                file_id: 4,
+                name: "=HYPERLINK(\"https://x.example\").csv".into(),
+                channel: "upload".into(),
+                total: t(2, 30),
+            }],
+            by_day: vec![],
+            issued: t(2, 30),
+            reversals: vec![ReversalLine {
+                id: 1,
+                what: "file 4".into(),
+                actor: "user:ops@example.jp".into(),
+                reason: "=1+1".into(),
+                at: "2026-11-30T01:00:00Z".into(),
+                total: t(2, -30),
+            }],
+            reversed: t(2, -30),
+            net: t(4, 0),
+        };
+        let csv = to_csv(&s);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "section,item,detail,rows,miles");
+        assert_eq!(
+            lines[2],
+            "file,4,\"'=HYPERLINK(\"\"https://x.example\"\").csv (upload)\",2,30"
+        );
+        assert_eq!(
+            lines[4],
+            "reversal,1,file 4 by user:ops@example.jp at 2026-11-30T01:00:00Z: =1+1,2,-30"
+        );
+        assert_eq!(lines[5], "reversed,,,2,-30");
     }
 }

@@ -11,9 +11,10 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use serde::Deserialize;
 
+use super::form::Form;
 use super::{client, forbidden, render, same_origin, with_db, Page};
 use crate::web::auth::{sessions, users};
 use crate::web::AppState;

@@ -316,14 +316,17 @@ async fn csv(
         "file",
         "line",
     ]);
+    // Partner keys and file names are the partner's text: a spreadsheet
+    // must not run them (`csvcell`).
+    use crate::csvcell::text;
     for r in &rows {
         let _ = out.write_record([
             r.at.as_str(),
-            &r.partner_key,
-            &r.member_id,
+            &text(&r.partner_key),
+            &text(&r.member_id),
             &r.miles.to_string(),
             &r.channel,
-            &r.file,
+            &text(&r.file),
             &r.line.to_string(),
         ]);
     }

@@ -14,9 +14,10 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Form, Router};
+use axum::Router;
 use serde::{Deserialize, Serialize};
 
+use super::form::Form;
 use super::{client, forbidden, render, with_db_mut, with_read, Page};
 use crate::timefmt;
 use crate::web::auth::api_keys;

@@ -5,6 +5,8 @@
 //! - every page but `/login` and `/static/…` needs a live session
 //!   ([`Page::require`]); a partner user only ever sees their own partner's
 //!   data, and another partner's id answers 404 exactly like a missing one;
+//! - every form is read through [`form::Form`] (a body not whole within
+//!   10 s is answered 408), never `axum::Form`;
 //! - every POST passes [`Page::post_allowed`] (or, before login,
 //!   [`same_origin`]): the session's CSRF token in the form AND a
 //!   same-origin `Sec-Fetch-Site`/`Origin`, else 403;
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod conn;
 pub mod files;
+pub mod form;
 pub mod history;
 pub mod home;
 pub mod keys;

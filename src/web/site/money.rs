@@ -14,10 +14,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Form, Router};
+use axum::Router;
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
+use super::form::Form;
 use super::{forbidden, render, with_db, with_db_mut, with_read, Page};
 use crate::money::reverse::{self, Outcome, Target};
 use crate::money::statement;
@@ -107,6 +108,7 @@ struct ReverseForm {
 
 async fn do_reverse(
     State(state): State<AppState>,
+    addr: axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
     Path(id): Path<i64>,
@@ -134,9 +136,17 @@ async fn do_reverse(
         return render(StatusCode::UNPROCESSABLE_ENTITY, "reverse.html", ctx);
     }
     let actor = format!("user:{}", page.session.email);
+    let client = super::client(&addr);
     let done = with_db_mut(&state, move |c| {
-        reverse::reverse(c, Target::File(id), &reason, &actor, chrono::Utc::now())
-            .map_err(|e| e.to_string())
+        reverse::reverse(
+            c,
+            Target::File(id),
+            &reason,
+            &actor,
+            Some(&client),
+            chrono::Utc::now(),
+        )
+        .map_err(|e| e.to_string())
     })
     .await;
     let outcome = match done {

@@ -13,9 +13,10 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::post;
-use axum::{Form, Router};
+use axum::Router;
 use serde::{Deserialize, Serialize};
 
+use super::form::Form;
 use super::{client, forbidden, with_db_mut, Page};
 use crate::run_requests::{self, Request, State as ReqState};
 use crate::timefmt;

@@ -511,6 +511,7 @@ struct DryRunQuery {
 /// row: it is named by content under `reports/<partner>/dry-run/`).
 async fn dry_run_report(
     State(state): State<AppState>,
+    addr: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<DryRunQuery>,
@@ -544,6 +545,7 @@ async fn dry_run_report(
         .join("dry-run")
         .join(&name);
     let actor = format!("user:{}", page.session.email);
+    let client = super::client(&addr);
     let who = partner.clone();
     let shown = name.clone();
     let read = super::with_db(&state, move |c| {
@@ -559,7 +561,7 @@ async fn dry_run_report(
                 action: "download",
                 partner: Some(&who),
                 detail: &format!("dry-run report {shown}"),
-                client: None,
+                client: Some(&client),
             },
         )
         .map_err(|e| e.to_string())?;
