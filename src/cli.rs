@@ -1326,7 +1326,7 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("now {} ({tz})", daemon::zoned(now, tz));
+    println!("now {} ({tz})", timefmt::for_people(now, tz));
     print_maintenance(&maintenance, tz);
     for v in &out {
         print_status(v, tz);
@@ -1342,7 +1342,7 @@ fn print_maintenance(m: &serde_json::Value, tz: chrono_tz::Tz) {
             .unwrap_or_else(|| "-".into())
     };
     let sched = |v: &serde_json::Value| match v["schedule"].as_str() {
-        Some(s) => format!("{s}, next {}", v["next"].as_str().unwrap_or("-")),
+        Some(s) => format!("{s}, next {}", t(&v["next"])),
         None => "off".into(),
     };
     let v = &m["verify"];
@@ -1429,7 +1429,7 @@ fn print_status(v: &serde_json::Value, tz: chrono_tz::Tz) {
         }
         None => println!("  last run  never"),
     }
-    println!("  next run  {}", s(&v["next_run"]));
+    println!("  next run  {}", t(&v["next_run"]));
     if v["failing"].as_bool() == Some(true) {
         println!(
             "  FAILING   since {} — {} failed run(s) in a row",
@@ -1591,7 +1591,7 @@ fn check(cli: &Cli, json: bool, connect: bool) -> anyhow::Result<ExitCode> {
                 .schedule
                 .upcoming(now, tz, 3)
                 .into_iter()
-                .map(|t| daemon::zoned(t, tz))
+                .map(|t| timefmt::for_people(t, tz))
                 .collect();
             println!("    next runs: {}", next.join(", "));
             for n in &pc.notes {

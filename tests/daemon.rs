@@ -100,7 +100,7 @@ fn run_catches_up_at_startup_and_status_shows_last_and_next_run() {
     let mut c = ws.cmd(&["status"]);
     c.env(FAKE_NOW, "2026-11-24T12:05:00Z");
     let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
-    assert!(out.contains("next run  2026-11-25T03:00:00+09:00"), "{out}");
+    assert!(out.contains("next run  2026-11-25 03:00:00 JST"), "{out}");
     assert!(out.contains("[catch-up] ok"), "{out}");
 }
 
@@ -238,13 +238,13 @@ fn check_prints_the_next_three_runs_in_the_configured_zone() {
     let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
     assert!(
         out.contains(
-            "next runs: 2026-11-25T03:00:00+09:00, 2026-11-26T03:00:00+09:00, 2026-11-27T03:00:00+09:00"
+            "next runs: 2026-11-25 03:00:00 JST, 2026-11-26 03:00:00 JST, 2026-11-27 03:00:00 JST"
         ),
         "{out}"
     );
     assert!(
         out.contains(
-            "next runs: 2026-11-30T10:00:00+09:00, 2026-12-31T10:00:00+09:00, 2027-01-31T10:00:00+09:00"
+            "next runs: 2026-11-30 10:00:00 JST, 2026-12-31 10:00:00 JST, 2027-01-31 10:00:00 JST"
         ),
         "{out}"
     );
@@ -495,6 +495,14 @@ fn daemon_runs_verify_and_backups_on_schedule_with_retention() {
     let st = status_json(&ws, "2026-11-29T00:00:00Z");
     assert_eq!(st["verify"]["last"]["ok"], true, "{st:#}");
     assert_eq!(st["verify"]["next"], "2026-12-06T05:00:00+09:00", "{st:#}");
+    let mut c = ws.cmd(&["status"]);
+    c.env(FAKE_NOW, "2026-11-29T00:00:00Z");
+    let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
+    assert!(
+        out.starts_with("now 2026-11-29 09:00:00 JST (Asia/Tokyo)\n"),
+        "{out}"
+    );
+    assert!(out.contains(", next 2026-12-06 05:00:00 JST)"), "{out}");
     assert_eq!(st["backup"]["last"]["ok"], true, "{st:#}");
     assert_eq!(st["backup"]["keep"], 2);
 
