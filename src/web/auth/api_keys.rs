@@ -195,16 +195,27 @@ pub fn revoke(
 /// The partner a presented key acts for. `None` for an unknown or revoked
 /// key alike.
 pub fn authenticate(conn: &Connection, key: &str) -> Result<Option<Caller>, KeyError> {
-    if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
+    if !well_formed(key) {
         return Ok(None);
     }
+    caller_by_hash(conn, &hash(key))
+}
+
+/// Whether `key` could be one of ours at all: anything else is never
+/// hashed or looked up.
+fn well_formed(key: &str) -> bool {
+    key.starts_with(KEY_PREFIX) && key.len() <= 128
+}
+
+/// The live key whose SHA-256 is `sha`, as [`authenticate`] finds it.
+fn caller_by_hash(conn: &Connection, sha: &str) -> Result<Option<Caller>, KeyError> {
     // Cached: every API request authenticates on a pooled reader.
     Ok(conn
         .prepare_cached(
             "SELECT id, partner, prefix, last_used_at FROM api_keys \
              WHERE sha256 = ?1 AND revoked_at IS NULL",
         )?
-        .query_row([hash(key)], |r| {
+        .query_row([sha], |r| {
             Ok(Caller {
                 key_id: r.get(0)?,
                 partner: r.get(1)?,
@@ -280,8 +291,8 @@ impl FromRequestParts<AppState> for ApiKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = bearer(parts).ok_or_else(unauthorized)?;
-        let found = look_up(state, key).await?;
+        let sha = presented(parts).ok_or_else(unauthorized)?;
+        let found = look_up(state, sha).await?;
         admitted(state, found).map(ApiKey)
     }
 }
@@ -293,13 +304,12 @@ impl FromRequestParts<AppState> for CachedApiKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = bearer(parts).ok_or_else(unauthorized)?;
-        let sha = hash(&key);
+        let sha = presented(parts).ok_or_else(unauthorized)?;
         let now = std::time::Instant::now();
         if let Some(caller) = state.keys.get(&sha, now) {
             return admitted(state, Some(caller)).map(CachedApiKey);
         }
-        let found = look_up(state, key).await?;
+        let found = look_up(state, sha.clone()).await?;
         if let Some(c) = &found {
             state.keys.put(sha, c.clone(), now);
         }
@@ -307,20 +317,20 @@ impl FromRequestParts<AppState> for CachedApiKey {
     }
 }
 
-/// The key of `Authorization: Bearer KEY`, if that is the header.
-fn bearer(parts: &Parts) -> Option<String> {
+/// The SHA-256 of the key in `Authorization: Bearer KEY`, hashed once per
+/// request, when that is the header and the key is well formed.
+fn presented(parts: &Parts) -> Option<String> {
     let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| key.trim().to_owned())
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && well_formed(key)).then(|| hash(key))
 }
 
-/// The key's caller, read now from the database.
-async fn look_up(state: &AppState, key: String) -> Result<Option<Caller>, Response> {
+/// The caller of the key hashed `sha`, read now from the database.
+async fn look_up(state: &AppState, sha: String) -> Result<Option<Caller>, Response> {
     state
         .readers
-        .with(move |c| authenticate(c, &key))
+        .with(move |c| caller_by_hash(c, &sha))
         .await
         .map_err(|e| crate::web::problem::internal(&e).into_response())
 }
