@@ -35,18 +35,39 @@ fn status_json(ws: &Workspace, fake_now: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
 
+/// `milebatch status` as text, at `fake_now`.
+fn status_text(ws: &Workspace, fake_now: &str) -> String {
+    let mut c = ws.cmd(&["status"]);
+    c.env(FAKE_NOW, fake_now);
+    String::from_utf8(ws.ok_cmd(c).stdout).unwrap()
+}
+
+/// `demo-shop` daily at 03:00 with 100 members, and a successful (empty)
+/// run at 03:00 JST on Nov 21, which sets its last success.
+fn daily_shop_last_succeeded_nov_21() -> Workspace {
+    let ws = Workspace::new();
+    ws.write_config("", &ws.scheduled_partner("demo-shop", "daily 03:00"));
+    ws.members(100);
+    let mut once = ws.cmd(&["once", "--partner", "demo-shop"]);
+    once.env(FAKE_NOW, "2026-11-20T18:00:00Z");
+    ws.ok_cmd(once);
+    ws
+}
+
+/// Wait until the daemon's one catch-up run has finished.
+fn wait_for_the_catch_up(ws: &Workspace) {
+    wait_for("the catch-up run to finish", LONG, || {
+        ws.try_int(
+            "SELECT count(*) FROM runs WHERE trigger = 'catch-up' AND finished_at IS NOT NULL",
+        ) == Ok(1)
+    });
+}
+
 /// Catch-up at start-up credits the file; `status --json` shows the run
 /// while the daemon is up and after it stopped; SIGTERM when idle exits 0.
 #[test]
 fn run_catches_up_at_startup_and_status_shows_last_and_next_run() {
-    let ws = Workspace::new();
-    ws.write_config("", &ws.scheduled_partner("demo-shop", "daily 03:00"));
-    ws.members(100);
-
-    // A successful (empty) run at 03:00 JST on Nov 21 sets last_success.
-    let mut once = ws.cmd(&["once", "--partner", "demo-shop"]);
-    once.env(FAKE_NOW, "2026-11-20T18:00:00Z");
-    ws.ok_cmd(once);
+    let ws = daily_shop_last_succeeded_nov_21();
     assert_eq!(
         ws.int(
             "SELECT count(*) FROM partner_state WHERE last_success = '2026-11-20T18:00:00.000Z'"
@@ -59,11 +80,7 @@ fn run_catches_up_at_startup_and_status_shows_last_and_next_run() {
 
     // Down over three occurrences (Nov 22-24 03:00 JST); back at 21:00 JST.
     let mut d = ws.spawn_daemon(Some("2026-11-24T12:00:00Z"));
-    wait_for("the catch-up run to finish", LONG, || {
-        ws.try_int(
-            "SELECT count(*) FROM runs WHERE trigger = 'catch-up' AND finished_at IS NOT NULL",
-        ) == Ok(1)
-    });
+    wait_for_the_catch_up(&ws);
     d.wait_log("catching up once now", LONG);
 
     let st = status_json(&ws, "2026-11-24T12:01:00Z");
@@ -97,9 +114,7 @@ fn run_catches_up_at_startup_and_status_shows_last_and_next_run() {
     // After the daemon stopped, status still reads it, in text form too.
     let st = status_json(&ws, "2026-11-24T12:05:00Z");
     assert_eq!(st["partners"][0]["last_run"]["trigger"], "catch-up");
-    let mut c = ws.cmd(&["status"]);
-    c.env(FAKE_NOW, "2026-11-24T12:05:00Z");
-    let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
+    let out = status_text(&ws, "2026-11-24T12:05:00Z");
     assert!(out.contains("next run  2026-11-25 03:00:00 JST"), "{out}");
     assert!(out.contains("[catch-up] ok"), "{out}");
 }
@@ -109,12 +124,7 @@ fn run_catches_up_at_startup_and_status_shows_last_and_next_run() {
 /// waits for it instead of skipping the pull, then credits the file.
 #[test]
 fn a_run_waits_for_the_partner_lock_held_by_another_process() {
-    let ws = Workspace::new();
-    ws.write_config("", &ws.scheduled_partner("demo-shop", "daily 03:00"));
-    ws.members(100);
-    let mut once = ws.cmd(&["once", "--partner", "demo-shop"]);
-    once.env(FAKE_NOW, "2026-11-20T18:00:00Z");
-    ws.ok_cmd(once);
+    let ws = daily_shop_last_succeeded_nov_21();
     let (text, valid) = exchange("demo-shop", 100, 100, 0);
     ws.write("inbox/demo-shop/demo.csv", text);
 
@@ -137,11 +147,7 @@ fn a_run_waits_for_the_partner_lock_held_by_another_process() {
         d.log_text()
     );
     drop(lock);
-    wait_for("the catch-up run to finish", LONG, || {
-        ws.try_int(
-            "SELECT count(*) FROM runs WHERE trigger = 'catch-up' AND finished_at IS NOT NULL",
-        ) == Ok(1)
-    });
+    wait_for_the_catch_up(&ws);
     assert_eq!(ws.int("SELECT count(*) FROM ledger"), valid as i64);
     d.signal("TERM");
     assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
@@ -495,9 +501,7 @@ fn daemon_runs_verify_and_backups_on_schedule_with_retention() {
     let st = status_json(&ws, "2026-11-29T00:00:00Z");
     assert_eq!(st["verify"]["last"]["ok"], true, "{st:#}");
     assert_eq!(st["verify"]["next"], "2026-12-06T05:00:00+09:00", "{st:#}");
-    let mut c = ws.cmd(&["status"]);
-    c.env(FAKE_NOW, "2026-11-29T00:00:00Z");
-    let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
+    let out = status_text(&ws, "2026-11-29T00:00:00Z");
     assert!(
         out.starts_with("now 2026-11-29 09:00:00 JST (Asia/Tokyo)\n"),
         "{out}"
@@ -542,9 +546,7 @@ fn daemon_runs_verify_and_backups_on_schedule_with_retention() {
     assert!(!ok);
     assert_eq!(problems, 1);
     assert!(first.starts_with("balance: member M000003"), "{first}");
-    let mut c = ws.cmd(&["status"]);
-    c.env(FAKE_NOW, "2026-12-05T21:00:00Z");
-    let out = String::from_utf8(ws.ok_cmd(c).stdout).unwrap();
+    let out = status_text(&ws, "2026-12-05T21:00:00Z");
     assert!(
         out.contains("FAILED: 1 problem(s): balance: member M000003"),
         "{out}"
