@@ -1,0 +1,135 @@
+//! `milebatch check [--connect]`.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::output::print_json;
+use super::{clock, load, Cli};
+use crate::{check, daemon, timefmt};
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also connect to each partner's server (host key, login), list the
+    /// inbox and count the files matching the pattern. Changes nothing.
+    #[arg(long)]
+    pub connect: bool,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `milebatch check [--connect]`: the partners, their next runs, and every
+/// problem a run would meet (see `check.rs`). Exit 1 when there is one.
+pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let (json, connect) = (args.json, args.connect);
+    let config = load(cli)?;
+    let tz = config.daemon.timezone;
+    let now = clock()?.now();
+    let today = now.with_timezone(&tz).date_naive();
+    let mut report = check::check(&config, today);
+    if connect {
+        for (p, pc) in config.partners.iter().zip(report.partners.iter_mut()) {
+            // A partner whose settings are already wrong would only fail
+            // again, less clearly (and a bad password may count against
+            // the account).
+            if !pc.problems.is_empty() {
+                continue;
+            }
+            let c = check::connect(p, today);
+            if let Some(e) = &c.error {
+                pc.problems
+                    .push(format!("connecting to {}: {e}", c.location));
+            }
+            pc.connect = Some(c);
+        }
+    }
+    let problems = report.problems();
+    if json {
+        let partners: Vec<_> = config
+            .partners
+            .iter()
+            .zip(&report.partners)
+            .map(|(p, pc)| {
+                serde_json::json!({
+                    "id": p.id,
+                    "name": p.name,
+                    "schedule": p.schedule.to_string(),
+                    "encoding": p.encoding.to_string(),
+                    "source": p.source.to_string(),
+                    "kind": p.source.kind(),
+                    "next_runs": p.schedule.upcoming(now, tz, 3).into_iter().map(|t| daemon::zoned(t, tz)).collect::<Vec<_>>(),
+                    "problems": pc.problems,
+                    "notes": pc.notes,
+                    "connect": pc.connect,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "config": config.path,
+            "ok": problems.is_empty(),
+            "problems": problems,
+            "partners": partners,
+        }))?;
+    } else {
+        println!(
+            "{}: {}, {} partner(s), time zone {}, database {}",
+            config.path.display(),
+            if problems.is_empty() {
+                "OK".to_owned()
+            } else {
+                format!("{} problem(s)", problems.len())
+            },
+            config.partners.len(),
+            tz,
+            config.daemon.database.display()
+        );
+        for (p, pc) in config.partners.iter().zip(&report.partners) {
+            println!(
+                "  {} ({}): {} — {} [{}]",
+                p.id, p.name, p.schedule, p.source, p.encoding
+            );
+            let next: Vec<String> = p
+                .schedule
+                .upcoming(now, tz, 3)
+                .into_iter()
+                .map(|t| timefmt::for_people(t, tz))
+                .collect();
+            println!("    next runs: {}", next.join(", "));
+            for n in &pc.notes {
+                println!("    ok: {n}");
+            }
+            if let Some(c) = &pc.connect {
+                match c.matching_files {
+                    Some(0) if p.source.kind() == "http" => {
+                        println!("    connect: ok, no file today at {}", c.location)
+                    }
+                    Some(n) => println!(
+                        "    connect: ok, {n} file(s) matching {:?} at {}",
+                        c.pattern, c.location
+                    ),
+                    None => println!("    connect: FAILED (see below)"),
+                }
+            } else if connect {
+                println!("    connect: not tried (fix the problems below first)");
+            }
+        }
+        for pr in &problems {
+            match &pr.partner {
+                Some(id) => println!("problem: {id}: {}", pr.problem),
+                None => println!("problem: [daemon]: {}", pr.problem),
+            }
+        }
+        if !problems.is_empty() {
+            println!(
+                "{} problem(s): fix each one above, then run `milebatch check` again",
+                problems.len()
+            );
+        }
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,67 @@
+//! `milebatch members …`: the member store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Subcommand, ValueEnum};
+
+use super::output::print_json;
+use super::{load, Cli};
+use crate::{db, members};
+
+#[derive(Subcommand, Debug)]
+pub enum MembersCommand {
+    /// Upsert members from a `member_id,email,status` CSV. All or nothing.
+    Import {
+        /// The CSV file: `member_id,email,status` (optional header line).
+        file: PathBuf,
+        /// The file's text encoding.
+        #[arg(long, value_enum, default_value_t = FileEncoding::Utf8)]
+        encoding: FileEncoding,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Text encodings `members import` reads.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileEncoding {
+    #[value(name = "utf-8")]
+    Utf8,
+    /// Shift_JIS as Windows writes it (CP932).
+    #[value(name = "shift_jis")]
+    ShiftJis,
+}
+
+impl From<FileEncoding> for crate::config::Encoding {
+    fn from(e: FileEncoding) -> Self {
+        match e {
+            FileEncoding::Utf8 => crate::config::Encoding::Utf8,
+            FileEncoding::ShiftJis => crate::config::Encoding::ShiftJis,
+        }
+    }
+}
+
+pub(super) fn run(cli: &Cli, command: &MembersCommand) -> anyhow::Result<ExitCode> {
+    let MembersCommand::Import {
+        file,
+        encoding,
+        json,
+    } = command;
+    let config = load(cli)?;
+    let mut conn = db::open(&config.daemon.database)?;
+    let started = std::time::Instant::now();
+    let s = members::import(&mut conn, file, (*encoding).into())?;
+    if *json {
+        print_json(&s)?;
+    } else {
+        println!(
+            "imported {} members from {} in {:.1}s",
+            s.rows,
+            file.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

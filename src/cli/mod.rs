@@ -1,0 +1,221 @@
+//! The command line. Each subcommand is a small function over the library;
+//! `anyhow` is used here only (`main.rs` prints what `run` returns).
+//!
+//! What must stay true:
+//! - every argument has help text (a unit test walks the clap `Command`);
+//! - exit 1 means "the answer is no" (a refused file, a `check` problem, an
+//!   unknown `--partner` or member) and 2 "could not start";
+//! - times for people go through `timefmt`, in the configured zone.
+
+mod api_keys;
+mod check;
+mod daemon;
+mod history;
+mod members;
+mod money;
+mod once;
+mod output;
+mod serve;
+mod status;
+mod users;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::schedule::Clock;
+
+pub use output::init_tracing;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "milebatch",
+    version,
+    about = "Partner point-exchange batch: pull, validate, credit miles exactly once"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "partners.toml"
+    )]
+    pub config: PathBuf,
+    /// Log line format on stderr (filter with RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every partner (or one) now, once.
+    Once(once::OnceArgs),
+    /// The daemon: run every partner on its schedule until SIGTERM/SIGINT
+    /// (what the systemd unit runs). Catches up a run missed while down.
+    Run,
+    /// The web process: the partner API and the management site over HTTPS
+    /// (`[server]` in the config), until SIGTERM/SIGINT. Prints the address
+    /// it listens on as its first line on stdout.
+    Serve,
+    /// Per partner: last run, next run, consecutive failures, last error,
+    /// last missed delivery. Reads the database; safe while the daemon runs.
+    Status(status::StatusArgs),
+    /// Check that every partner can run: secrets, key files, known_hosts,
+    /// CA files, inboxes, the database and data_dir. Exits 1 naming each
+    /// problem. Also lists the partners and their next three runs.
+    Check(check::CheckArgs),
+    /// Management-site accounts (`milebatch serve`): partner staff and ops.
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
+    /// Exchanges sent through the partner API, newest first: credited
+    /// (201) and rejected (422, with the code).
+    Exchanges(history::ExchangesArgs),
+    /// Partner API keys: create, list, revoke.
+    ApiKey {
+        #[command(subcommand)]
+        command: api_keys::ApiKeyCommand,
+    },
+    /// The member store.
+    Members {
+        #[command(subcommand)]
+        command: members::MembersCommand,
+    },
+    /// A member's balance, by member ID or e-mail. Exits 1 if there is no
+    /// such member.
+    Balance(history::BalanceArgs),
+    /// Every credit of one partner key.
+    History(history::HistoryArgs),
+    /// Check that the money adds up: every balance equals its member's
+    /// ledger rows, every credited file's ledger rows match its counts,
+    /// miles and the digest stored at commit. Exits 1 naming each mismatch.
+    /// Reads only; safe while the daemon runs.
+    Verify(money::VerifyArgs),
+    /// Take a wrong credit back: compensating negative ledger rows for every
+    /// credited row of a file (or one API exchange), balances reduced in the
+    /// same transaction. Refused whole, naming each member and shortfall, if
+    /// a balance would go below zero. Reversing twice changes nothing.
+    Reverse(money::ReverseArgs),
+    /// A partner's monthly statement (the basis of its invoice): miles
+    /// issued by channel (pull, upload, API), by file and by day, then the
+    /// reversals, then the net total, with row counts. The month runs from
+    /// local midnight on its first day in `[daemon] timezone`.
+    Statement(money::StatementArgs),
+    /// Copy the database to DEST while everything runs (one consistent
+    /// snapshot, file mode 0600), then check the copy with `verify`.
+    /// Never overwrites a file. Exits 1 if the copy does not verify.
+    Backup(money::BackupArgs),
+    /// Put a backup in place of the database. Refused while any process
+    /// (the daemon, `serve`, a `once`) has the database open, and if the
+    /// backup does not verify. The replaced database is kept beside it as
+    /// `<name>.before-restore-<time>`.
+    Restore(money::RestoreArgs),
+    /// Process a refused (or reversed) file again from its archived bytes,
+    /// through the same credit stage, as a new file row linked to the old
+    /// one. Refused for a file that is credited and not reversed.
+    Retry(money::RetryArgs),
+    /// Delivered files, newest first: outcome, counts, error report, reason.
+    Files(history::FilesArgs),
+}
+
+/// Run the parsed command. `Ok(code)`: the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cli = &cli;
+    match &cli.command {
+        Command::Once(a) => once::run(cli, a),
+        Command::Check(a) => check::run(cli, a),
+        Command::Run => daemon::run(cli),
+        Command::Serve => serve::run(cli),
+        Command::Status(a) => status::run(cli, a),
+        Command::User { command } => users::run(cli, command),
+        Command::ApiKey { command } => api_keys::run(cli, command),
+        Command::Exchanges(a) => history::exchanges(cli, a),
+        Command::Members { command } => members::run(cli, command),
+        Command::Balance(a) => history::balance(cli, a),
+        Command::History(a) => history::history(cli, a),
+        Command::Verify(a) => money::verify(cli, a),
+        Command::Reverse(a) => money::reverse(cli, a),
+        Command::Statement(a) => money::statement(cli, a),
+        Command::Backup(a) => money::backup(cli, a),
+        Command::Restore(a) => money::restore(cli, a),
+        Command::Retry(a) => money::retry(cli, a),
+        Command::Files(a) => history::files(cli, a),
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(&cli.config)?)
+}
+
+/// `Err(exit code 1)` unless `id` is a partner of `config`; the message
+/// names the partners there are.
+fn known_partner(config: &Config, id: &str) -> Result<(), ExitCode> {
+    if config.partner(id).is_some() {
+        return Ok(());
+    }
+    let known: Vec<&str> = config.partners.iter().map(|p| p.id.as_str()).collect();
+    Err(output::fail(format_args!(
+        "no partner {id:?} in {}; the partners are: {}",
+        config.path.display(),
+        if known.is_empty() {
+            "(none)".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
+/// The system clock, or the test-only fake one (see [`crate::daemon::FAKE_NOW_ENV`]).
+fn clock() -> anyhow::Result<Arc<dyn Clock>> {
+    crate::daemon::clock_from_env().map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand says what it does and every flag and argument has
+    /// help text: `--help` is the manual on a server without the README.
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{p} (the subcommand)"));
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cmd = Cli::command();
+        walk(&cmd, "milebatch", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        // The walk does see every argument (a check that cannot fail is no check).
+        let files = cmd.find_subcommand("files").unwrap();
+        assert!(files.get_arguments().any(|a| a.get_id() == "since"));
+    }
+}
