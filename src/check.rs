@@ -673,6 +673,17 @@ pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate) -> Connected {
     out
 }
 
+/// For `check --json`: beside each next run, `null` or where it was moved
+/// from and why (`{"from": "2027-01-01", "why": "元日"}`).
+pub fn moves_json(runs: &[crate::schedule::Occurrence]) -> Vec<serde_json::Value> {
+    runs.iter()
+        .map(|o| match &o.moved {
+            None => serde_json::Value::Null,
+            Some(m) => serde_json::json!({"from": m.from.to_string(), "why": m.why.to_string()}),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1282,7 +1282,10 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
             Some(c) => query::partner_status(c, &p.id)?,
             None => query::PartnerStatus::default(),
         };
-        let next = p.schedule.next_after(now, tz).map(|t| daemon::zoned(t, tz));
+        let next = p
+            .plan(&config.daemon)
+            .next_after(now)
+            .map(|o| daemon::zoned(o.at, tz));
         let mut v = serde_json::to_value(&st)?;
         v["id"] = p.id.clone().into();
         v["schedule"] = p.schedule.to_string().into();
@@ -1299,8 +1302,8 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
     let d = &config.daemon;
     let next = |s: &Option<crate::schedule::Schedule>| {
         s.as_ref()
-            .and_then(|s| s.next_after(now, tz))
-            .map(|t| daemon::zoned(t, tz))
+            .and_then(|s| d.plan(s).next_after(now))
+            .map(|o| daemon::zoned(o.at, tz))
     };
     let maintenance = serde_json::json!({
         "verify": {
@@ -1556,7 +1559,9 @@ fn check(cli: &Cli, json: bool, connect: bool) -> anyhow::Result<ExitCode> {
                     "encoding": p.encoding.to_string(),
                     "source": p.source.to_string(),
                     "kind": p.source.kind(),
-                    "next_runs": p.schedule.upcoming(now, tz, 3).into_iter().map(|t| daemon::zoned(t, tz)).collect::<Vec<_>>(),
+                    "on_holiday": p.on_holiday.to_string(),
+                    "next_runs": p.plan(&config.daemon).upcoming(now, 3).iter().map(|o| daemon::zoned(o.at, tz)).collect::<Vec<_>>(),
+                    "next_runs_moved": check::moves_json(&p.plan(&config.daemon).upcoming(now, 3)),
                     "problems": pc.problems,
                     "notes": pc.notes,
                     "connect": pc.connect,
@@ -1588,10 +1593,10 @@ fn check(cli: &Cli, json: bool, connect: bool) -> anyhow::Result<ExitCode> {
                 p.id, p.name, p.schedule, p.source, p.encoding
             );
             let next: Vec<String> = p
-                .schedule
-                .upcoming(now, tz, 3)
-                .into_iter()
-                .map(|t| timefmt::for_people(t, tz))
+                .plan(&config.daemon)
+                .upcoming(now, 3)
+                .iter()
+                .map(|o| o.for_people(tz))
                 .collect();
             println!("    next runs: {}", next.join(", "));
             for n in &pc.notes {
