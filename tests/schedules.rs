@@ -160,7 +160,7 @@ fn check_names_the_holiday_a_run_moved_off_and_reads_japanese_schedules() {
 }
 
 #[test]
-fn an_unreadable_schedule_leads_with_the_forms_and_the_closest_one() {
+fn an_unreadable_or_idle_schedule_is_a_clear_error() {
     let ws = Workspace::new();
     ws.write_config("", &ws.scheduled_partner("acme", "毎日3時"));
     let out = ws.run(&["check"]);
@@ -201,6 +201,21 @@ fn an_unreadable_schedule_leads_with_the_forms_and_the_closest_one() {
     assert!(
         err.contains("`on_holiday`: \"monday\" is not a choice: \"run\""),
         "{err}"
+    );
+
+    // Every run on a Saturday, every Saturday skipped: check says so.
+    ws.write_config(
+        "",
+        &with_keys(&ws, "acme", "毎週土曜 10:00", "on_holiday = \"skip\"\n"),
+    );
+    let out = ws.run(&["check"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "problem: acme: schedule \"weekly sat 10:00\" with on_holiday = \"skip\" never runs"
+        ),
+        "{text}"
     );
 }
 
