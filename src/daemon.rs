@@ -14,13 +14,14 @@
 //! cron reads day-of-month AND day-of-week (cron's rule is OR), and a job
 //! that panics is dead for good. Instead each partner gets its own small
 //! tokio loop over [`crate::schedule`] (croner underneath, DST and month-end
-//! rules documented there): `next = next_after(now)`, [`sleep_until`] (chunks
+//! rules documented there): `next = plan.next_after(now)` (the partner's
+//! [`crate::schedule::Plan`]: business days and `on_holiday`), [`sleep_until`] (chunks
 //! of at most a minute that re-read the wall clock), fire, repeat.
 //!
 //! # Rules
 //!
 //! - **Catch-up**: at start-up a partner whose
-//!   [`Schedule::due_at_startup`](crate::schedule::Schedule::due_at_startup)
+//!   [`Plan::due_at_startup`](crate::schedule::Plan::due_at_startup)
 //!   holds for its `partner_state.last_success` runs once with
 //!   [`Trigger::CatchUp`], however many occurrences were missed. A partner
 //!   that never succeeded is not caught up: it waits for its first occurrence.
