@@ -117,9 +117,39 @@ pub fn check(config: &Config, today: chrono::NaiveDate) -> Report {
     let partners = config
         .partners
         .iter()
-        .map(|p| check_partner(p, today))
+        .map(|p| {
+            let mut pc = check_partner(p, today);
+            if let Some(problem) = never_runs(p, d, today) {
+                pc.problems.push(problem);
+            }
+            pc
+        })
         .collect();
     Report { daemon, partners }
+}
+
+/// A schedule that, with its `on_holiday` on the daemon's calendar, has no
+/// run ahead (`weekly sat 10:00` with `skip`): the partner would sit idle.
+fn never_runs(
+    p: &PartnerConfig,
+    d: &crate::config::DaemonConfig,
+    today: chrono::NaiveDate,
+) -> Option<String> {
+    use chrono::TimeZone;
+    let midnight = d
+        .timezone
+        .from_local_datetime(&today.and_hms_opt(0, 0, 0)?)
+        .earliest()?
+        .with_timezone(&chrono::Utc);
+    p.plan(d).next_after(midnight).is_none().then(|| {
+        format!(
+            "schedule {:?} with on_holiday = {:?} never runs: every run falls on a closed day \
+             (a weekend, a holiday or `[daemon] closed`) and is skipped; use on_holiday = \"next\" \
+             or \"previous\", or a schedule on business days",
+            p.schedule.to_string(),
+            p.on_holiday.to_string()
+        )
+    })
 }
 
 fn check_partner(p: &PartnerConfig, today: chrono::NaiveDate) -> PartnerCheck {
@@ -671,6 +701,17 @@ pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate) -> Connected {
         Err(e) => out.error = Some(e.to_string()),
     }
     out
+}
+
+/// For `check --json`: beside each next run, `null` or where it was moved
+/// from and why (`{"from": "2027-01-01", "why": "元日"}`).
+pub fn moves_json(runs: &[crate::schedule::Occurrence]) -> Vec<serde_json::Value> {
+    runs.iter()
+        .map(|o| match &o.moved {
+            None => serde_json::Value::Null,
+            Some(m) => serde_json::json!({"from": m.from.to_string(), "why": m.why.to_string()}),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::schedule::Schedule;
+use crate::calendar::{Calendar, ClosedDay};
+use crate::schedule::{OnHoliday, Schedule};
 use crate::source::SourceConfig;
 
 /// A configuration problem, already formatted for the operator.
@@ -82,6 +83,21 @@ pub struct DaemonConfig {
     /// `metrics_listen`: where the daemon serves `GET /metrics` (plain
     /// HTTP); `None`: no metrics listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Business days: weekends, national holidays and `closed`.
+    pub calendar: Calendar,
+}
+
+impl DaemonConfig {
+    /// A maintenance job's schedule (`verify`, `backup`) on the daemon's
+    /// calendar: business-day forms work, runs are never moved.
+    pub fn plan<'a>(&'a self, schedule: &'a Schedule) -> crate::schedule::Plan<'a> {
+        crate::schedule::Plan {
+            schedule,
+            on_holiday: OnHoliday::Run,
+            calendar: &self.calendar,
+            tz: self.timezone,
+        }
+    }
 }
 
 /// `[daemon] verify` when not given.
@@ -158,7 +174,9 @@ pub struct PartnerConfig {
     pub max_miles_per_row: u64,
     pub max_error_ratio: f64,
     pub allow_duplicate_rows: bool,
-    pub expect_file: bool,
+    pub expect_file: ExpectFile,
+    /// A run that falls on a closed day: run, move or skip it.
+    pub on_holiday: OnHoliday,
     pub resend_check: ResendCheck,
     /// How far back a repeat counts.
     pub resend_window: Duration,
@@ -171,6 +189,29 @@ pub struct PartnerConfig {
     pub api: ApiConfig,
     /// Write (and upload beside the error report) a per-file summary.
     pub summary: bool,
+}
+
+/// `expect_file`: when a scheduled run that finds no new file is a
+/// missed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectFile {
+    /// Never (`false`, the default).
+    No,
+    /// On business days only (`true` / `"business-days"`): partners do not
+    /// deliver on weekends, holidays or the operator's closed days.
+    BusinessDays,
+    /// At every scheduled run, closed days too (`"every-run"`).
+    EveryRun,
+}
+
+impl fmt::Display for ExpectFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExpectFile::No => "false",
+            ExpectFile::BusinessDays => "business-days",
+            ExpectFile::EveryRun => "every-run",
+        })
+    }
 }
 
 /// `[partner.api]`: whether the partner may credit through the API, and
@@ -235,6 +276,49 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     })
 }
 
+/// `on_holiday = "run" | "next" | "previous" | "skip"`.
+fn parse_on_holiday(text: &str) -> Result<OnHoliday, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "run" => Ok(OnHoliday::Run),
+        "next" => Ok(OnHoliday::Next),
+        "previous" => Ok(OnHoliday::Previous),
+        "skip" => Ok(OnHoliday::Skip),
+        _ => Err(format!(
+            "{text:?} is not a choice: \"run\" (run on the closed day anyway, the default), \
+             \"next\" or \"previous\" (move to the next or previous business day, same time) \
+             or \"skip\" (do not run)"
+        )),
+    }
+}
+
+/// `expect_file = true | false | "business-days" | "every-run"`.
+fn parse_expect_file(v: &toml::Value) -> Result<ExpectFile, String> {
+    match v {
+        toml::Value::Boolean(false) => Ok(ExpectFile::No),
+        toml::Value::Boolean(true) => Ok(ExpectFile::BusinessDays),
+        toml::Value::String(s) if s == "business-days" => Ok(ExpectFile::BusinessDays),
+        toml::Value::String(s) if s == "every-run" => Ok(ExpectFile::EveryRun),
+        other => Err(format!(
+            "{other} is not a choice: true or \"business-days\" (a file is due at every \
+             scheduled run on a business day), \"every-run\" (closed days too) or false"
+        )),
+    }
+}
+
+/// `[daemon] closed`: the operator's closed days, each `"MM-DD"` or
+/// `"YYYY-MM-DD"`.
+fn closed_days(raw: Option<&Vec<Spanned<String>>>, loc: &Locator<'_>) -> Result<Calendar, String> {
+    let mut days = Vec::new();
+    for entry in raw.into_iter().flatten() {
+        let day =
+            ClosedDay::parse(entry.get_ref()).map_err(|e| loc.at(entry, "`daemon.closed`", e))?;
+        if !days.contains(&day) {
+            days.push(day);
+        }
+    }
+    Ok(Calendar::new(days))
+}
+
 /// `[daemon] verify` / `backup`: a schedule (the partners' grammar), or
 /// `"off"`; `default` when the key is absent.
 fn maintenance_schedule(
@@ -259,6 +343,17 @@ fn maintenance_schedule(
 }
 
 impl PartnerConfig {
+    /// This partner's schedule with its `on_holiday`, on the daemon's
+    /// calendar and in its zone: what the daemon runs and `check` prints.
+    pub fn plan<'a>(&'a self, daemon: &'a DaemonConfig) -> crate::schedule::Plan<'a> {
+        crate::schedule::Plan {
+            schedule: &self.schedule,
+            on_holiday: self.on_holiday,
+            calendar: &daemon.calendar,
+            tz: daemon.timezone,
+        }
+    }
+
     /// The validation rules of this partner, as the pipeline needs them.
     pub fn rules(&self) -> crate::pipeline::validate::Rules {
         crate::pipeline::validate::Rules {
@@ -294,6 +389,7 @@ struct RawDaemon {
     metrics_listen: Option<Spanned<String>>,
     #[serde(default)]
     metrics_allow_remote: bool,
+    closed: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -323,8 +419,8 @@ struct RawPartner {
     max_error_ratio: Spanned<f64>,
     #[serde(default)]
     allow_duplicate_rows: bool,
-    #[serde(default)]
-    expect_file: bool,
+    expect_file: Option<Spanned<toml::Value>>,
+    on_holiday: Option<Spanned<String>>,
     #[serde(default = "default_resend_check")]
     resend_check: ResendCheck,
     resend_window: Option<Spanned<String>>,
@@ -465,6 +561,7 @@ impl Config {
             backup: maintenance_schedule(d.backup.as_ref(), None, "`daemon.backup`", &loc)
                 .map_err(invalid)?,
             backup_dir: d.backup_dir.as_ref().map(|p| resolve(p.get_ref())),
+            calendar: closed_days(d.closed.as_ref(), &loc).map_err(invalid)?,
             keep: match &d.keep {
                 None => DEFAULT_BACKUP_KEEP,
                 Some(k) if *k.get_ref() == 0 => {
@@ -517,6 +614,16 @@ impl Config {
             let ctx = |key: &str| format!("partner {id:?} `{key}`");
             let schedule = Schedule::parse(p.schedule.get_ref())
                 .map_err(|e| invalid(loc.at(&p.schedule, &ctx("schedule"), e)))?;
+            let on_holiday = match &p.on_holiday {
+                None => OnHoliday::default(),
+                Some(v) => parse_on_holiday(v.get_ref())
+                    .map_err(|e| invalid(loc.at(v, &ctx("on_holiday"), e)))?,
+            };
+            let expect_file = match &p.expect_file {
+                None => ExpectFile::No,
+                Some(v) => parse_expect_file(v.get_ref())
+                    .map_err(|e| invalid(loc.at(v, &ctx("expect_file"), e)))?,
+            };
             let max_miles = *p.max_miles_per_row.get_ref();
             if max_miles == 0 || max_miles > MILES_PER_ROW_CEILING {
                 return Err(invalid(loc.at(
@@ -614,12 +721,13 @@ impl Config {
                 name: p.name.unwrap_or_else(|| id.clone()),
                 id,
                 schedule,
+                on_holiday,
                 encoding: p.encoding,
                 header,
                 max_miles_per_row: max_miles,
                 max_error_ratio: ratio,
                 allow_duplicate_rows: p.allow_duplicate_rows,
-                expect_file: p.expect_file,
+                expect_file,
                 resend_check: p.resend_check,
                 resend_window,
                 resend_ratio,
@@ -1072,6 +1180,71 @@ dir = "inbox/demo"
             .to_string();
         assert!(
             e.contains("`summary`") && e.contains("ending in \"/\"") && e.contains("line "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn closed_days_on_holiday_and_expect_file() {
+        let c = parse(GOOD).unwrap();
+        assert!(c.daemon.calendar.closed().is_empty());
+        assert_eq!(c.partners[0].on_holiday, OnHoliday::Run);
+        assert_eq!(c.partners[0].expect_file, ExpectFile::No);
+        let daemon = |extra: &str| {
+            GOOD.replace(
+                "timezone = \"Asia/Tokyo\"\n",
+                &format!("timezone = \"Asia/Tokyo\"\n{extra}"),
+            )
+        };
+        let c = parse(&daemon("closed = [\"12-31\", \"2027-05-06\", \"12-31\"]\n")).unwrap();
+        assert_eq!(
+            c.daemon
+                .calendar
+                .closed()
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>(),
+            ["12-31", "2027-05-06"]
+        );
+        let e = parse(&daemon("closed = [\"12-31\", \"12/30\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 6: `daemon.closed`") && e.contains("\"12/30\"") && e.contains("MM-DD"),
+            "{e}"
+        );
+        let e = parse(&daemon("closed = [\"02-30\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        let partner = |extra: &str| {
+            GOOD.replacen(
+                "schedule = \"daily 03:00\"\n",
+                &format!("schedule = \"daily 03:00\"\n{extra}"),
+                1,
+            )
+        };
+        let c = parse(&partner("on_holiday = \"next\"\nexpect_file = true\n")).unwrap();
+        assert_eq!(c.partners[0].on_holiday, OnHoliday::Next);
+        assert_eq!(c.partners[0].expect_file, ExpectFile::BusinessDays);
+        let c = parse(&partner(
+            "on_holiday = \"skip\"\nexpect_file = \"every-run\"\n",
+        ))
+        .unwrap();
+        assert_eq!(c.partners[0].on_holiday, OnHoliday::Skip);
+        assert_eq!(c.partners[0].expect_file, ExpectFile::EveryRun);
+        let e = parse(&partner("on_holiday = \"later\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`on_holiday`") && e.contains("\"later\"") && e.contains("\"previous\""),
+            "{e}"
+        );
+        let e = parse(&partner("expect_file = \"weekdays\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`expect_file`") && e.contains("every-run"),
             "{e}"
         );
     }

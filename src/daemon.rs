@@ -14,13 +14,14 @@
 //! cron reads day-of-month AND day-of-week (cron's rule is OR), and a job
 //! that panics is dead for good. Instead each partner gets its own small
 //! tokio loop over [`crate::schedule`] (croner underneath, DST and month-end
-//! rules documented there): `next = next_after(now)`, [`sleep_until`] (chunks
+//! rules documented there): `next = plan.next_after(now)` (the partner's
+//! [`crate::schedule::Plan`]: business days and `on_holiday`), [`sleep_until`] (chunks
 //! of at most a minute that re-read the wall clock), fire, repeat.
 //!
 //! # Rules
 //!
 //! - **Catch-up**: at start-up a partner whose
-//!   [`Schedule::due_at_startup`](crate::schedule::Schedule::due_at_startup)
+//!   [`Plan::due_at_startup`](crate::schedule::Plan::due_at_startup)
 //!   holds for its `partner_state.last_success` runs once with
 //!   [`Trigger::CatchUp`], however many occurrences were missed. A partner
 //!   that never succeeded is not caught up: it waits for its first occurrence.
@@ -295,13 +296,17 @@ pub(crate) async fn run_observed(
     // The first firing of every partner, so READY=1 already carries it.
     if let Ok(mut boards) = shared.boards.lock() {
         for (b, p) in boards.iter_mut().zip(&shared.config.partners) {
-            b.next = p.schedule.next_after(now, tz);
+            b.next = p.plan(&shared.config.daemon).next_after(now).map(|o| o.at);
         }
     }
     let mut loops = JoinSet::new();
     for (idx, p) in shared.config.partners.iter().enumerate() {
         let last_success = last.get(&p.id).copied();
-        let catch_up = p.schedule.due_at_startup(last_success, now, tz);
+        // Same plan as the regular runs: a run skipped or moved by
+        // `on_holiday` is caught up only if it would have run by now.
+        let catch_up = p
+            .plan(&shared.config.daemon)
+            .due_at_startup(last_success, now);
         if catch_up {
             tracing::info!(
                 partner = %p.id,
@@ -410,11 +415,15 @@ async fn partner_loop(sh: Arc<Shared>, idx: usize, catch_up: bool) {
     }
     loop {
         let now = sh.clock.now();
-        let Some(next) = partner.schedule.next_after(now, tz) else {
+        let Some(occurrence) = partner.plan(&sh.config.daemon).next_after(now) else {
             tracing::warn!(partner = %partner.id, schedule = %partner.schedule, "the schedule has no further occurrence: partner idle");
             sh.set_next(idx, None);
             break;
         };
+        let next = occurrence.at;
+        if let Some(m) = &occurrence.moved {
+            tracing::info!(partner = %partner.id, next = %zoned(next, tz), moved_from = %m.from, why = %m.why, on_holiday = %partner.on_holiday, "the next run falls on a closed day and is moved");
+        }
         sh.set_next(idx, Some(next));
         sh.emit(Event::Scheduled {
             partner: partner.id.clone(),
@@ -464,7 +473,7 @@ async fn maintenance_loop(sh: Arc<Shared>, what: Maintenance) {
     let tz = sh.tz();
     let mut shutdown = sh.shutdown.clone();
     loop {
-        let Some(next) = schedule.next_after(sh.clock.now(), tz) else {
+        let Some(next) = d.plan(&schedule).next_after(sh.clock.now()).map(|o| o.at) else {
             tracing::warn!(job = name, %schedule, "the schedule has no further occurrence");
             break;
         };

@@ -13,6 +13,8 @@
 //! - [`metrics`]: `GET /metrics` (Prometheus text) for the daemon and `serve`.
 //! - [`db`]: SQLite: pragmas and the migration list.
 //! - [`schedule`]: partner schedules in the daemon's time zone.
+//! - [`calendar`]: business days (営業日): weekends, national holidays,
+//!   the operator's closed days.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
 //! - [`money`]: after the credit: ledger verification (and its digest).
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
@@ -24,6 +26,7 @@
 //! - [`cli`]: the command line; `main.rs` only calls it.
 
 pub mod audit;
+pub mod calendar;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -12,7 +12,28 @@
 //! | `daily HH:MM`          | every day at HH:MM wall-clock time                          |
 //! | `weekly DOW HH:MM`     | DOW = `mon`..`sun` or `monday`..`sunday`, any case          |
 //! | `monthly D HH:MM`      | D = `1`..`31` or `last`; see month-end rule below           |
+//! | `monthly business-day N HH:MM` | the Nth business day (営業日) of the month, N = 1..23 |
+//! | `monthly last business-day HH:MM` | the last business day of the month              |
+//! | `daily business-days HH:MM` | every business day                                    |
 //! | cron expression        | 5 fields `min hour dom month dow`, or 6 with seconds first |
+//!
+//! The same forms in Japanese (see [`japanese`]): `毎日 03:00`,
+//! `毎週月曜 04:00`, `毎月1日 03:00`, `毎月末日 03:00`, `毎月第3営業日 09:00`,
+//! `毎月最終営業日 23:00`, `毎営業日 03:00`.
+//!
+//! Business days come from a [`Calendar`] (weekends, national holidays, the
+//! operator's closed days). A month with fewer than N business days fires
+//! on its last business day (as `monthly 31` fires on the last day).
+//!
+//! # Closed days: `on_holiday`
+//!
+//! [`Plan`] applies a partner's [`OnHoliday`] to any form: an occurrence on
+//! a closed day runs as is (`run`, the default), moves to the next or the
+//! previous business day at the same wall time (`next`, `previous`), or is
+//! dropped (`skip`). Occurrences that land on the same instant after a move
+//! fire **once** (daily + `next`: Saturday's, Sunday's and Monday's runs are
+//! one Monday run), reported as moved only when no unmoved occurrence is
+//! there, and then from the earliest original day.
 //!
 //! Keywords are case-insensitive; HH is `0`..`23` (one or two digits), MM is
 //! exactly two digits `00`..`59`. Cron expressions are parsed by `croner` 3
@@ -63,11 +84,18 @@ use croner::Cron;
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::calendar::{Calendar, DayOff, MAX_SEARCH_DAYS};
+
+pub mod japanese;
+
 /// Human-readable list of accepted forms, quoted in parse errors.
 const ACCEPTED: &str = "accepted forms: \"daily HH:MM\", \"weekly DOW HH:MM\" \
 (DOW = mon..sun or monday..sunday), \"monthly D HH:MM\" (D = 1-31 or last), \
-or a cron expression with 5 fields \"min hour dom month dow\" or 6 fields \
-\"sec min hour dom month dow\"";
+\"monthly business-day N HH:MM\" (N = 1-23), \"monthly last business-day HH:MM\", \
+\"daily business-days HH:MM\", the Japanese forms \"毎日 HH:MM\", \"毎週月曜 HH:MM\", \
+\"毎月1日 HH:MM\", \"毎月末日 HH:MM\", \"毎月第3営業日 HH:MM\", \"毎月最終営業日 HH:MM\", \
+\"毎営業日 HH:MM\", or a cron expression with 5 fields \"min hour dom month dow\" \
+or 6 fields \"sec min hour dom month dow\"";
 
 /// Why a schedule text was rejected. Every message quotes the offending text
 /// and says what is accepted.
@@ -99,6 +127,19 @@ pub enum ScheduleError {
          or 6 fields \"sec min hour dom month dow\" (or daily/weekly/monthly forms)"
     )]
     BadCron { text: String, reason: String },
+    /// Nth business day outside 1-23.
+    #[error(
+        "invalid business day {nth:?} in schedule {text:?}: expected 1-23 (a month has at \
+         most 23 business days) or \"monthly last business-day HH:MM\""
+    )]
+    BadBusinessDay { text: String, nth: String },
+    /// None of the forms: not a keyword form and not shaped like cron.
+    #[error("cannot read schedule {text:?}; {accepted}. Closest to what was written: {closest:?}")]
+    Unreadable {
+        text: String,
+        accepted: &'static str,
+        closest: String,
+    },
     /// A syntactically valid cron expression that matches no date at all.
     #[error("cron expression {text:?} never fires (no date matches it, e.g. 30 February)")]
     NeverFires { text: String },
@@ -110,6 +151,15 @@ pub enum MonthDay {
     /// Day 1..=31; in months without that day, the last day of the month.
     Day(u8),
     /// The last day of every month.
+    Last,
+}
+
+/// Day selector of a `monthly ... business-day` schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BusinessDay {
+    /// The Nth business day (1..=23); in a month with fewer, the last one.
+    Nth(u8),
+    /// The last business day of the month.
     Last,
 }
 
@@ -141,6 +191,10 @@ pub enum Schedule {
     Weekly { weekday: Weekday, at: NaiveTime },
     /// `monthly D HH:MM` / `monthly last HH:MM`
     Monthly { day: MonthDay, at: NaiveTime },
+    /// `daily business-days HH:MM`
+    DailyBusinessDays { at: NaiveTime },
+    /// `monthly business-day N HH:MM` / `monthly last business-day HH:MM`
+    MonthlyBusinessDay { day: BusinessDay, at: NaiveTime },
     /// Raw 5- or 6-field cron expression.
     Cron(CronExpr),
 }
@@ -159,7 +213,32 @@ impl Schedule {
             return Err(ScheduleError::Empty);
         };
         let malformed = || ScheduleError::Malformed { text: text.clone() };
-        match first.to_ascii_lowercase().as_str() {
+        if !first.is_ascii() {
+            return japanese::parse(&text);
+        }
+        let lower: Vec<String> = tokens.iter().map(|t| t.to_ascii_lowercase()).collect();
+        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+        match lower[..] {
+            ["daily", "business-days", _] => {
+                return Ok(Schedule::DailyBusinessDays {
+                    at: parse_hhmm(&text, tokens[2])?,
+                })
+            }
+            ["monthly", "last", "business-day", _] => {
+                return Ok(Schedule::MonthlyBusinessDay {
+                    day: BusinessDay::Last,
+                    at: parse_hhmm(&text, tokens[3])?,
+                })
+            }
+            ["monthly", "business-day", nth, _] => {
+                return Ok(Schedule::MonthlyBusinessDay {
+                    day: parse_business_day(&text, nth)?,
+                    at: parse_hhmm(&text, tokens[3])?,
+                })
+            }
+            _ => {}
+        }
+        match lower[0] {
             "daily" => match tokens[1..] {
                 [time] => Ok(Schedule::Daily {
                     at: parse_hhmm(&text, time)?,
@@ -180,20 +259,34 @@ impl Schedule {
                 }),
                 _ => Err(malformed()),
             },
+            _ if !looks_like_cron(&text) => Err(japanese::unreadable(&text)),
             _ => parse_cron(&text, tokens.len()).map(Schedule::Cron),
         }
     }
 
-    /// The first occurrence **strictly after** `after`, computed in the wall
-    /// clock of `tz` (month-end and DST rules in the module docs). `None` only
-    /// if there is no further occurrence representable by chrono/croner.
+    /// [`Self::next_after_in`] on the national calendar alone (weekends and
+    /// national holidays, no operator closed days). The daemon and `check`
+    /// go through [`Plan`], which has the configured calendar.
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        self.next_after_in(after, tz, &Calendar::default())
+    }
+
+    /// The first occurrence **strictly after** `after`, computed in the wall
+    /// clock of `tz` (month-end and DST rules in the module docs); the
+    /// business-day forms follow `cal`. `None` only if there is no further
+    /// occurrence representable by chrono/croner.
+    pub fn next_after_in(
+        &self,
+        after: DateTime<Utc>,
+        tz: Tz,
+        cal: &Calendar,
+    ) -> Option<DateTime<Utc>> {
         // Occurrences are whole seconds, so searching from the floor of the
         // local reading loses nothing; candidates that resolve to <= `after`
         // (only possible inside a repeated fall-back hour) are skipped.
         let mut cursor = after.with_timezone(&tz).naive_local().with_nanosecond(0)?;
         for _ in 0..MAX_CANDIDATES {
-            let candidate = self.next_local_after(cursor)?;
+            let candidate = self.next_local_after(cursor, cal)?;
             let instant = resolve_local(tz, candidate)?;
             if instant > after {
                 return Some(instant);
@@ -248,8 +341,31 @@ impl Schedule {
 
     /// First occurrence in local wall-clock terms strictly after `t`
     /// (ignores DST; resolution to an instant is done by [`resolve_local`]).
-    fn next_local_after(&self, t: NaiveDateTime) -> Option<NaiveDateTime> {
+    fn next_local_after(&self, t: NaiveDateTime, cal: &Calendar) -> Option<NaiveDateTime> {
         match self {
+            Schedule::DailyBusinessDays { at } => t
+                .date()
+                .iter_days()
+                .take(MAX_SEARCH_DAYS as usize + 1)
+                .filter(|d| cal.is_business_day(*d))
+                .map(|d| d.and_time(*at))
+                .find(|c| *c > t),
+            Schedule::MonthlyBusinessDay { day, at } => {
+                let first_of_month = NaiveDate::from_ymd_opt(t.year(), t.month(), 1)?;
+                // A month may have no business day at all (closed by the
+                // operator): look up to a year ahead.
+                (0..=13)
+                    .filter_map(|k| first_of_month.checked_add_months(chrono::Months::new(k)))
+                    .filter_map(|m| {
+                        let days = cal.business_days_of_month(m.year(), m.month());
+                        let d = match day {
+                            BusinessDay::Last => days.last(),
+                            BusinessDay::Nth(n) => days.get(usize::from(*n) - 1).or(days.last()),
+                        };
+                        d.map(|d| d.and_time(*at))
+                    })
+                    .find(|c| *c > t)
+            }
             Schedule::Daily { at } => {
                 let today = t.date().and_time(*at);
                 if today > t {
@@ -285,6 +401,182 @@ impl Schedule {
     }
 }
 
+/// How far [`Plan::next_after`] looks: a schedule whose every run is
+/// skipped (`weekly sat` with `skip`) has no next run rather than a long
+/// search; eight years still find a `29 February` cron.
+const PLAN_HORIZON_DAYS: i64 = 8 * 366 + MAX_SEARCH_DAYS;
+
+/// What a partner's run does when it falls on a closed day
+/// (`on_holiday` in `partners.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnHoliday {
+    /// Run anyway (the behaviour before business days existed).
+    #[default]
+    Run,
+    /// Move to the next business day, same wall time.
+    Next,
+    /// Move to the previous business day, same wall time.
+    Previous,
+    /// Do not run that time.
+    Skip,
+}
+
+impl fmt::Display for OnHoliday {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnHoliday::Run => "run",
+            OnHoliday::Next => "next",
+            OnHoliday::Previous => "previous",
+            OnHoliday::Skip => "skip",
+        })
+    }
+}
+
+/// Where a moved occurrence was scheduled, and why it moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub from: NaiveDate,
+    pub why: DayOff,
+}
+
+/// One run of a [`Plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occurrence {
+    pub at: DateTime<Utc>,
+    /// `Some` when `on_holiday` moved it off a closed day.
+    pub moved: Option<Moved>,
+}
+
+impl Occurrence {
+    /// `2027-01-04 09:00:00 JST (moved from 2027-01-01: 元日)`, for people.
+    pub fn for_people(&self, tz: Tz) -> String {
+        let at = crate::timefmt::for_people(self.at, tz);
+        match &self.moved {
+            None => at,
+            Some(m) => format!("{at} (moved from {}: {})", m.from, m.why),
+        }
+    }
+}
+
+/// A schedule with its closed-day policy, on a calendar and in a zone:
+/// what the daemon runs, `check` prints and the catch-up follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan<'a> {
+    pub schedule: &'a Schedule,
+    pub on_holiday: OnHoliday,
+    pub calendar: &'a Calendar,
+    pub tz: Tz,
+}
+
+impl Plan<'_> {
+    /// The first run strictly after `after` (see the module docs on
+    /// `on_holiday`: moves, collisions, skips).
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<Occurrence> {
+        let (tz, cal) = (self.tz, self.calendar);
+        let after_local = after.with_timezone(&tz).naive_local().with_nanosecond(0)?;
+        // `next` can move an occurrence from before `after` to after it, but
+        // never across a business day: start at the last business day
+        // before `after`'s day.
+        let mut cursor = match self.on_holiday {
+            OnHoliday::Next => {
+                let day_before = after_local.date().pred_opt()?;
+                let start = cal
+                    .business_day_on_or_before(day_before)
+                    .unwrap_or(day_before - Duration::days(MAX_SEARCH_DAYS));
+                start.and_hms_opt(0, 0, 0)? - Duration::seconds(1)
+            }
+            _ => after_local,
+        };
+        let mut best: Option<Occurrence> = None;
+        let horizon = after_local.date() + Duration::days(PLAN_HORIZON_DAYS);
+        for _ in 0..MAX_CANDIDATES {
+            let Some(original) = self.schedule.next_local_after(cursor, cal) else {
+                break;
+            };
+            if original.date() > horizon {
+                break;
+            }
+            cursor = original;
+            let day = original.date();
+            let off = cal.day_off(day);
+            let target = match (&off, self.on_holiday) {
+                (None, _) | (Some(_), OnHoliday::Run) => Some(day),
+                (Some(_), OnHoliday::Skip) => None,
+                (Some(_), OnHoliday::Next) => cal.business_day_on_or_after(day),
+                (Some(_), OnHoliday::Previous) => cal.business_day_on_or_before(day),
+            };
+            // Stop once no later original can beat `best`: with `next` a
+            // move only goes later; with `previous` never before the
+            // original's own business day.
+            if let Some(b) = &best {
+                let b_local = b.at.with_timezone(&tz).naive_local();
+                let done = match self.on_holiday {
+                    OnHoliday::Previous => off.is_none() && day > b_local.date(),
+                    _ => resolve_local(tz, original).is_none_or(|o| o > b.at),
+                };
+                if done {
+                    break;
+                }
+            }
+            let Some(target) = target else { continue };
+            let Some(at) = resolve_local(tz, target.and_time(original.time())) else {
+                continue;
+            };
+            if at <= after {
+                continue;
+            }
+            let moved = (target != day).then(|| Moved {
+                from: day,
+                why: off.clone().expect("moved only off a closed day"),
+            });
+            let better = match &best {
+                None => true,
+                Some(b) => at < b.at || (at == b.at && b.moved.is_some() && moved.is_none()),
+            };
+            if better {
+                best = Some(Occurrence { at, moved });
+            }
+            if matches!(self.on_holiday, OnHoliday::Run | OnHoliday::Skip) {
+                break;
+            }
+        }
+        best
+    }
+
+    /// The next `n` runs strictly after `after`, strictly increasing.
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<Occurrence> {
+        let mut out: Vec<Occurrence> = Vec::with_capacity(n);
+        let mut cursor = after;
+        while out.len() < n {
+            match self.next_after(cursor) {
+                Some(o) => {
+                    cursor = o.at;
+                    out.push(o);
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// [`Schedule::due_at_startup`] under this plan: a run moved or
+    /// skipped by `on_holiday` is caught up (or not) as it would have run.
+    pub fn due_at_startup(&self, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        match last_run {
+            None => false,
+            Some(last) => self.next_after(last).is_some_and(|o| o.at <= now),
+        }
+    }
+
+    /// Whether a run at `at` falls on a business day: an `expect_file`
+    /// partner is expected to deliver only then.
+    pub fn is_business_day(&self, at: DateTime<Utc>) -> bool {
+        self.calendar
+            .is_business_day(at.with_timezone(&self.tz).date_naive())
+    }
+}
+
 impl FromStr for Schedule {
     type Err = ScheduleError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -304,6 +596,11 @@ impl fmt::Display for Schedule {
             Schedule::Monthly { day, at } => match day {
                 MonthDay::Day(d) => write!(f, "monthly {d} {}", hhmm(at)),
                 MonthDay::Last => write!(f, "monthly last {}", hhmm(at)),
+            },
+            Schedule::DailyBusinessDays { at } => write!(f, "daily business-days {}", hhmm(at)),
+            Schedule::MonthlyBusinessDay { day, at } => match day {
+                BusinessDay::Nth(n) => write!(f, "monthly business-day {n} {}", hhmm(at)),
+                BusinessDay::Last => write!(f, "monthly last business-day {}", hhmm(at)),
             },
             Schedule::Cron(expr) => f.write_str(&expr.text),
         }
@@ -374,6 +671,32 @@ fn parse_month_day(text: &str, day: &str) -> Result<MonthDay, ScheduleError> {
         Ok(d @ 1..=31) => Ok(MonthDay::Day(d)),
         _ => Err(bad()),
     }
+}
+
+fn parse_business_day(text: &str, nth: &str) -> Result<BusinessDay, ScheduleError> {
+    let bad = || ScheduleError::BadBusinessDay {
+        text: text.to_string(),
+        nth: nth.to_string(),
+    };
+    if nth.is_empty() || nth.len() > 2 || !nth.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match nth.parse::<u8>() {
+        Ok(n @ 1..=23) => Ok(BusinessDay::Nth(n)),
+        _ => Err(bad()),
+    }
+}
+
+/// Whether a text is worth handing to the cron parser (its errors then say
+/// which field is wrong); anything else gets the list of forms instead.
+fn looks_like_cron(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b" */,-?#".contains(&b))
+        && text.split(' ').next().is_some_and(|f| {
+            f.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_digit() || b"*?".contains(&b))
+        })
 }
 
 fn parse_cron(text: &str, fields: usize) -> Result<CronExpr, ScheduleError> {
@@ -894,14 +1217,16 @@ mod tests {
             ("monthly 31 25:00", |e| {
                 matches!(e, ScheduleError::BadTime { .. })
             }),
-            ("every day", |e| matches!(e, ScheduleError::BadCron { .. })),
+            ("every day", |e| {
+                matches!(e, ScheduleError::Unreadable { .. })
+            }),
             ("* * *", |e| matches!(e, ScheduleError::BadCron { .. })),
             ("0 0 0 1 1 * 2030", |e| {
                 matches!(e, ScheduleError::BadCron { .. })
             }),
             ("61 * * * *", |e| matches!(e, ScheduleError::BadCron { .. })),
             ("0 24 * * *", |e| matches!(e, ScheduleError::BadCron { .. })),
-            ("@daily", |e| matches!(e, ScheduleError::BadCron { .. })),
+            ("@daily", |e| matches!(e, ScheduleError::Unreadable { .. })),
             ("0 0 30 2 *", |e| {
                 matches!(e, ScheduleError::NeverFires { .. })
             }),
@@ -1012,6 +1337,239 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("1-31"), "{err}");
+    }
+
+    // --- business days and on_holiday -----------------------------------
+
+    fn nenmatsu() -> Calendar {
+        Calendar::new(
+            ["12-29", "12-30", "12-31", "01-02", "01-03"]
+                .iter()
+                .map(|t| crate::calendar::ClosedDay::parse(t).unwrap())
+                .collect(),
+        )
+    }
+
+    fn plan<'a>(sch: &'a Schedule, on: OnHoliday, cal: &'a Calendar) -> Plan<'a> {
+        Plan {
+            schedule: sch,
+            on_holiday: on,
+            calendar: cal,
+            tz: Tokyo,
+        }
+    }
+
+    fn runs(p: &Plan<'_>, from: DateTime<Utc>, n: usize) -> Vec<String> {
+        p.upcoming(from, n)
+            .iter()
+            .map(|o| o.for_people(Tokyo))
+            .collect()
+    }
+
+    #[test]
+    fn business_day_forms_across_new_year_and_golden_week() {
+        let cal = nenmatsu();
+        // The 3rd 営業日 of January 2027 comes after 元日, the operator's
+        // 01-02/01-03 and the weekend: 4, 5, 6.
+        let third = s("monthly business-day 3 09:00");
+        let p = plan(&third, OnHoliday::Run, &cal);
+        assert_eq!(
+            runs(&p, tokyo(2026, 12, 15, 0, 0), 2),
+            ["2027-01-06 09:00:00 JST", "2027-02-03 09:00:00 JST"]
+        );
+        // May 2027: 5/3-5/5 holidays, 5/1-2 weekend; with 2027-05-06 closed
+        // the business days are 7, 10, 11.
+        let mut closed = cal.closed().to_vec();
+        closed.push(crate::calendar::ClosedDay::parse("2027-05-06").unwrap());
+        let gw = Calendar::new(closed);
+        let p = plan(&third, OnHoliday::Run, &gw);
+        assert_eq!(
+            p.next_after(tokyo(2027, 4, 30, 0, 0)).unwrap().at,
+            tokyo(2027, 5, 11, 9, 0)
+        );
+        // Last business day of December 2026 with 12-29..31 closed: Mon 28.
+        let last = s("monthly last business-day 23:00");
+        assert_eq!(
+            plan(&last, OnHoliday::Run, &cal)
+                .next_after(tokyo(2026, 12, 1, 0, 0))
+                .unwrap()
+                .at,
+            tokyo(2026, 12, 28, 23, 0)
+        );
+        // Every business day: from the 28th straight to January 4th.
+        let daily = s("daily business-days 03:00");
+        assert_eq!(
+            runs(
+                &plan(&daily, OnHoliday::Run, &cal),
+                tokyo(2026, 12, 28, 4, 0),
+                2
+            ),
+            ["2027-01-04 03:00:00 JST", "2027-01-05 03:00:00 JST"]
+        );
+        // A month with fewer business days than N fires on its last one.
+        let many = s("monthly business-day 23 09:00");
+        assert_eq!(
+            plan(&many, OnHoliday::Run, &cal)
+                .next_after(tokyo(2027, 1, 1, 0, 0))
+                .unwrap()
+                .at,
+            tokyo(2027, 1, 29, 9, 0)
+        );
+        // Business-day runs are never "moved".
+        assert!(plan(&third, OnHoliday::Next, &cal)
+            .upcoming(tokyo(2026, 12, 1, 0, 0), 12)
+            .iter()
+            .all(|o| o.moved.is_none()));
+    }
+
+    #[test]
+    fn on_holiday_moves_names_the_holiday_and_never_runs_twice() {
+        let cal = nenmatsu();
+        // 元日 → the next business day, named.
+        let first = s("monthly 1 09:00");
+        assert_eq!(
+            runs(
+                &plan(&first, OnHoliday::Next, &cal),
+                tokyo(2026, 12, 15, 0, 0),
+                2
+            ),
+            [
+                "2027-01-04 09:00:00 JST (moved from 2027-01-01: 元日)",
+                "2027-02-01 09:00:00 JST"
+            ]
+        );
+        // ...or the previous one, before the closed 12-29..31.
+        assert_eq!(
+            runs(
+                &plan(&first, OnHoliday::Previous, &cal),
+                tokyo(2026, 12, 15, 0, 0),
+                1
+            ),
+            ["2026-12-28 09:00:00 JST (moved from 2027-01-01: 元日)"]
+        );
+        // ...or skipped.
+        assert_eq!(
+            runs(
+                &plan(&first, OnHoliday::Skip, &cal),
+                tokyo(2026, 12, 15, 0, 0),
+                1
+            ),
+            ["2027-02-01 09:00:00 JST"]
+        );
+        // 振替休日: 春分の日 2027-03-21 is a Sunday, Monday 22nd is off.
+        let monday = s("weekly mon 04:00");
+        assert_eq!(
+            runs(
+                &plan(&monday, OnHoliday::Next, &cal),
+                tokyo(2027, 3, 16, 0, 0),
+                2
+            ),
+            [
+                "2027-03-23 04:00:00 JST (moved from 2027-03-22: 春分の日 振替休日)",
+                "2027-03-29 04:00:00 JST"
+            ]
+        );
+        // Golden Week, daily + next: 4/29 lands on 4/30's own run, 5/1-5/5
+        // on 5/6's: one run each, the unmoved one.
+        let daily = s("daily 03:00");
+        let p = plan(&daily, OnHoliday::Next, &cal);
+        assert_eq!(
+            runs(&p, tokyo(2027, 4, 28, 12, 0), 4),
+            [
+                "2027-04-30 03:00:00 JST",
+                "2027-05-06 03:00:00 JST",
+                "2027-05-07 03:00:00 JST",
+                "2027-05-10 03:00:00 JST"
+            ]
+        );
+        // Asked from inside the holidays, the earliest original is named.
+        assert_eq!(
+            runs(&p, tokyo(2027, 5, 2, 12, 0), 1),
+            ["2027-05-06 03:00:00 JST"]
+        );
+        assert_eq!(
+            runs(&p, tokyo(2027, 1, 1, 12, 0), 1),
+            ["2027-01-04 03:00:00 JST"]
+        );
+        let weekly_sat = s("weekly sat 10:00");
+        assert_eq!(
+            runs(
+                &plan(&weekly_sat, OnHoliday::Next, &cal),
+                tokyo(2027, 1, 1, 0, 0),
+                1
+            ),
+            ["2027-01-04 10:00:00 JST (moved from 2027-01-02: closed day 01-02)"]
+        );
+        // Golden Week + previous: 5/1..5/5 fold into 4/30, already past.
+        let p = plan(&daily, OnHoliday::Previous, &cal);
+        assert_eq!(
+            runs(&p, tokyo(2027, 4, 30, 4, 0), 1),
+            ["2027-05-06 03:00:00 JST"]
+        );
+        // Every day runs at most once, under every policy.
+        for on in [
+            OnHoliday::Run,
+            OnHoliday::Next,
+            OnHoliday::Previous,
+            OnHoliday::Skip,
+        ] {
+            let got = plan(&daily, on, &cal).upcoming(tokyo(2026, 12, 1, 0, 0), 60);
+            assert!(got.windows(2).all(|w| w[0].at < w[1].at), "{on}");
+        }
+        // A schedule all of whose runs are skipped has no next run.
+        assert_eq!(
+            plan(&weekly_sat, OnHoliday::Skip, &cal).next_after(tokyo(2027, 1, 1, 0, 0)),
+            None
+        );
+    }
+
+    #[test]
+    fn on_holiday_at_month_ends() {
+        let cal = Calendar::default();
+        let m31 = s("monthly 31 10:00");
+        // Jan 31 2027 and Feb 28 2027 are Sundays.
+        assert_eq!(
+            runs(
+                &plan(&m31, OnHoliday::Next, &cal),
+                tokyo(2027, 1, 15, 0, 0),
+                3
+            ),
+            [
+                "2027-02-01 10:00:00 JST (moved from 2027-01-31: 日曜日)",
+                "2027-03-01 10:00:00 JST (moved from 2027-02-28: 日曜日)",
+                "2027-03-31 10:00:00 JST"
+            ]
+        );
+        assert_eq!(
+            runs(
+                &plan(&m31, OnHoliday::Previous, &cal),
+                tokyo(2027, 1, 15, 0, 0),
+                3
+            ),
+            [
+                "2027-01-29 10:00:00 JST (moved from 2027-01-31: 日曜日)",
+                "2027-02-26 10:00:00 JST (moved from 2027-02-28: 日曜日)",
+                "2027-03-31 10:00:00 JST"
+            ]
+        );
+    }
+
+    #[test]
+    fn catch_up_follows_the_calendar() {
+        let cal = nenmatsu();
+        let daily = s("daily 03:00");
+        // Last run 12-28 03:00, down until 01-02 noon: every missed run
+        // fell on a closed day.
+        let last = Some(tokyo(2026, 12, 28, 3, 0));
+        let now = tokyo(2027, 1, 2, 12, 0);
+        assert!(plan(&daily, OnHoliday::Run, &cal).due_at_startup(last, now));
+        assert!(!plan(&daily, OnHoliday::Skip, &cal).due_at_startup(last, now));
+        assert!(!plan(&daily, OnHoliday::Next, &cal).due_at_startup(last, now));
+        // Moved back into the downtime: due.
+        assert!(plan(&daily, OnHoliday::Next, &cal).due_at_startup(last, tokyo(2027, 1, 4, 3, 0)));
+        let p = plan(&daily, OnHoliday::Previous, &cal);
+        assert!(!p.due_at_startup(Some(tokyo(2026, 12, 28, 3, 0)), now));
+        assert!(!p.due_at_startup(None, now));
     }
 
     #[tokio::test]

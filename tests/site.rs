@@ -1326,3 +1326,32 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
     );
     b.close().await;
 }
+
+/// The ops dashboard's next run is the daemon's: a Saturday run with
+/// `on_holiday = "next"` shows on the next business day, saying why.
+#[test]
+fn ops_dashboard_next_run_follows_business_days() {
+    let (ws, s, _pin) = site_with(
+        |ws| {
+            ws.scheduled_partner("shop", "weekly sat 03:00").replace(
+                "[partner.source]",
+                "on_holiday = \"next\"\n[partner.source]",
+            )
+        },
+        |_| {},
+    );
+    let pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let sid = http_login(&s, "ops@example.jp", &pw);
+    let r = s
+        .client()
+        .get(s.url("/ops"))
+        .header("cookie", sid)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().unwrap();
+    assert!(
+        body.contains("(moved from ") && body.contains(": 土曜日)"),
+        "{body}"
+    );
+}

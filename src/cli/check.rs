@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::output::print_json;
 use super::{clock, load, Cli};
-use crate::{check, daemon, timefmt};
+use crate::{check, daemon};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -58,7 +58,9 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
                     "encoding": p.encoding.to_string(),
                     "source": p.source.to_string(),
                     "kind": p.source.kind(),
-                    "next_runs": p.schedule.upcoming(now, tz, 3).into_iter().map(|t| daemon::zoned(t, tz)).collect::<Vec<_>>(),
+                    "on_holiday": p.on_holiday.to_string(),
+                    "next_runs": p.plan(&config.daemon).upcoming(now, 3).iter().map(|o| daemon::zoned(o.at, tz)).collect::<Vec<_>>(),
+                    "next_runs_moved": check::moves_json(&p.plan(&config.daemon).upcoming(now, 3)),
                     "problems": pc.problems,
                     "notes": pc.notes,
                     "connect": pc.connect,
@@ -90,10 +92,10 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 p.id, p.name, p.schedule, p.source, p.encoding
             );
             let next: Vec<String> = p
-                .schedule
-                .upcoming(now, tz, 3)
-                .into_iter()
-                .map(|t| timefmt::for_people(t, tz))
+                .plan(&config.daemon)
+                .upcoming(now, 3)
+                .iter()
+                .map(|o| o.for_people(tz))
                 .collect();
             println!("    next runs: {}", next.join(", "));
             for n in &pc.notes {

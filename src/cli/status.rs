@@ -32,7 +32,10 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
             Some(c) => query::partner_status(c, &p.id)?,
             None => query::PartnerStatus::default(),
         };
-        let next = p.schedule.next_after(now, tz).map(|t| daemon::zoned(t, tz));
+        let next = p
+            .plan(&config.daemon)
+            .next_after(now)
+            .map(|o| daemon::zoned(o.at, tz));
         let mut v = serde_json::to_value(&st)?;
         v["id"] = p.id.clone().into();
         v["schedule"] = p.schedule.to_string().into();
@@ -49,8 +52,8 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let d = &config.daemon;
     let next = |s: &Option<crate::schedule::Schedule>| {
         s.as_ref()
-            .and_then(|s| s.next_after(now, tz))
-            .map(|t| daemon::zoned(t, tz))
+            .and_then(|s| d.plan(s).next_after(now))
+            .map(|o| daemon::zoned(o.at, tz))
     };
     let maintenance = serde_json::json!({
         "verify": {

@@ -329,6 +329,24 @@ impl RunReport {
     }
 }
 
+/// Whether `expect_file` makes a run at `now` that finds nothing a missed
+/// delivery: `true` means on business days only (the daemon's calendar).
+fn file_expected(config: &Config, partner: &PartnerConfig, now: DateTime<Utc>) -> bool {
+    use crate::config::ExpectFile;
+    match partner.expect_file {
+        ExpectFile::No => false,
+        ExpectFile::EveryRun => true,
+        ExpectFile::BusinessDays => {
+            let day = now.with_timezone(&config.daemon.timezone).date_naive();
+            let off = config.daemon.calendar.day_off(day);
+            if let Some(off) = &off {
+                tracing::debug!(%day, why = %off, "a closed day: no file is expected");
+            }
+            off.is_none()
+        }
+    }
+}
+
 /// Run one partner now: every new file in its inbox, one after the other.
 pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'_>) -> RunReport {
     let started = std::time::Instant::now();
@@ -350,7 +368,7 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
         report.error = Some(e.to_string());
     }
     report.outcome = report
-        .outcome_name(partner.expect_file, opts.trigger)
+        .outcome_name(file_expected(config, partner, opts.now), opts.trigger)
         .into();
     if report.outcome == "missed" {
         tracing::warn!("no new file: missed delivery (expect_file = true)");

@@ -102,10 +102,11 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
                     .as_ref()
                     .map(|r| r.outcome.clone().unwrap_or_else(|| "running".into()))
                     .unwrap_or_else(|| "—".into()),
+                // The daemon's plan: business days, on_holiday, moves named.
                 next_run: p
-                    .schedule
-                    .next_after(now, tz)
-                    .map(|t| timefmt::for_people(t, tz))
+                    .plan(&config.daemon)
+                    .next_after(now)
+                    .map(|o| o.for_people(tz))
                     .unwrap_or_else(|| "—".into()),
                 consecutive_failures: st.consecutive_failures,
                 last_error: if st.failing {
