@@ -171,6 +171,8 @@ pub struct PartnerConfig {
     pub api: ApiConfig,
     /// Write (and upload beside the error report) a per-file summary.
     pub summary: bool,
+    /// `[partner.pgp]`: encrypted deliveries (`pipeline::pgp`).
+    pub pgp: Option<crate::pipeline::pgp::PgpConfig>,
 }
 
 /// `[partner.api]`: whether the partner may credit through the API, and
@@ -333,6 +335,7 @@ struct RawPartner {
     source: Spanned<crate::source::RawSource>,
     api: Option<Spanned<RawApi>>,
     summary: Option<Spanned<bool>>,
+    pgp: Option<Spanned<crate::pipeline::pgp::RawPgp>>,
 }
 
 #[derive(Deserialize)]
@@ -610,6 +613,13 @@ impl Config {
                     )));
                 }
             }
+            let pgp = match &p.pgp {
+                None => None,
+                Some(g) => Some(
+                    crate::pipeline::pgp::PgpConfig::from_raw(g.get_ref(), &resolve)
+                        .map_err(|m| invalid(loc.at(g, &ctx("pgp"), m)))?,
+                ),
+            };
             partners.push(PartnerConfig {
                 name: p.name.unwrap_or_else(|| id.clone()),
                 id,
@@ -627,6 +637,7 @@ impl Config {
                 source,
                 api,
                 summary,
+                pgp,
             });
         }
         Ok(Config {
