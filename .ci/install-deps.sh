@@ -63,6 +63,9 @@ need /usr/bin/chromium chromium
 need /usr/bin/chromedriver chromium-driver
 # Japanese glyphs for the site's screenshots (the UI is in Japanese).
 need /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf fonts-ipafont-gothic
+# OpenPGP deliveries: tests/pgp.rs and bench/run.sh --pgp make keys and
+# encrypted files with GnuPG, as partners do.
+need gpg gnupg
 
 if ((${#missing[@]} == 0)); then
     log "all packages present, nothing to install"

@@ -4,7 +4,7 @@
 #
 # usage (from the repo root):
 #   bench/run.sh [--members N] [--rows N] [--repeat N] [--flat] [--big ROWS]
-#                [--smoke] [--bin PATH] [--keep]
+#                [--smoke] [--bin PATH] [--keep] [--pgp]
 #
 #   --members N   members in the store (default 1000000)
 #   --rows N      rows in the exchange file (default 1000000)
@@ -17,6 +17,11 @@
 #                 (the performance targets are printed but do not fail)
 #   --bin PATH    the milebatch binary to use (skips `cargo build --release`)
 #   --keep        keep the work folder (printed at the end)
+#   --pgp         also credit the same file encrypted and signed with GnuPG
+#                 (Curve25519 keys made in the work folder) through
+#                 [partner.pgp], every round; target: within 1.5x of the
+#                 plain run's wall time, peak RSS within 20% or 16 MiB of
+#                 the plain run's (decryption streams)
 #
 # The workload generator and both baselines live beside this script
 # (gen.py, mkmembers.sh, sqlite_floor.sh, python_baseline.py: the operator's
@@ -40,6 +45,7 @@ big=0
 smoke=0
 keep=0
 bin=""
+pgp=0
 while [ $# -gt 0 ]; do
     case $1 in
         --members) members=$2; shift 2 ;;
@@ -50,7 +56,8 @@ while [ $# -gt 0 ]; do
         --smoke) smoke=1; members=10000; rows=10000; shift ;;
         --bin) bin=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --pgp) pgp=1; shift ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "bench/run.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
     esac
 done
@@ -62,6 +69,7 @@ done
 command -v sqlite3 >/dev/null || die "sqlite3 not found (apt-get install sqlite3)"
 command -v python3 >/dev/null || die "python3 not found"
 [ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install time)"
+[ "$pgp" = 0 ] || command -v gpg >/dev/null || die "gpg not found (apt-get install gnupg)"
 
 if [ -z "$bin" ]; then
     echo "== cargo build --release" >&2
@@ -128,14 +136,38 @@ ready = "immediate"
 TOML
 
 # Fresh state for one credit run: the imported members, an empty ledger.
+# prepare_once CSV [DIR [NAME]]: DIR the installation (default $mb).
 prepare_once() {
-    local csv=$1
-    rm -rf "$mb/var" "$mb/inbox"
-    mkdir -p "$mb/var" "$mb/inbox"
-    cp "$work/members.db" "$mb/var/milebatch.db"
-    cp "$csv" "$mb/inbox/exchange.csv"
+    local csv=$1 dir=${2:-$mb} name=${3:-exchange.csv}
+    rm -rf "$dir/var" "$dir/inbox"
+    mkdir -p "$dir/var" "$dir/inbox"
+    cp "$work/members.db" "$dir/var/milebatch.db"
+    cp "$csv" "$dir/inbox/$name"
     sync
 }
+
+# --pgp: the same partner with [partner.pgp]; keys and the encrypted,
+# signed file made by GnuPG as a partner would (default compression).
+mbpgp=$work/mbpgp
+if [ "$pgp" = 1 ]; then
+    echo "== --pgp: GnuPG keys and the encrypted file" >&2
+    gh=$work/gnupg
+    mkdir -p "$gh" "$mbpgp/keys"
+    chmod 700 "$gh"
+    g() { gpg --homedir "$gh" --batch --yes --pinentry-mode loopback --passphrase '' \
+        --trust-model always --quiet "$@"; }
+    g --quick-gen-key "bench ours <ours@bench.example>" future-default default never
+    g --quick-gen-key "bench partner <partner@bench.example>" future-default default never
+    g --armor --export-secret-keys ours@bench.example >"$mbpgp/keys/ours.asc"
+    chmod 600 "$mbpgp/keys/ours.asc"
+    g --armor --export partner@bench.example >"$mbpgp/keys/partner.asc"
+    g --recipient ours@bench.example --local-user partner@bench.example --sign \
+        --output "$work/exchange.csv.pgp" --encrypt "$data/exchange.csv"
+    gpgconf --homedir "$gh" --kill gpg-agent 2>/dev/null || true
+    { cat "$mb/partners.toml"; printf '%s\n' '[partner.pgp]' \
+        'decrypt_key_file = "keys/ours.asc"' 'verify_key = "keys/partner.asc"'; } \
+        >"$mbpgp/partners.toml"
+fi
 
 # The floor, unchanged except that it keeps its database for the checks
 # (the `rm` of its temp database is the last line; removing it afterwards is
@@ -170,6 +202,11 @@ for i in $(seq 1 "$repeat"); do
     # verify over the ledger the run just wrote (its rows, digests, balances)
     (cd "$mb" && measure verify "$rows" "$bin" --config partners.toml verify --json)
     cp "$work/verify.out" "$work/verify.json"
+    if [ "$pgp" = 1 ]; then
+        prepare_once "$work/exchange.csv.pgp" "$mbpgp" exchange.csv.pgp
+        (cd "$mbpgp" && measure once_pgp "$rows" "$bin" --config partners.toml once --json)
+        cp "$work/once_pgp.out" "$work/once_pgp.json"
+    fi
 done
 
 flat_rows=0
@@ -193,10 +230,10 @@ if [ "$big" != 0 ]; then
 fi
 
 status=0
-python3 - "$work" "$rows" "$members" "$imported" "$smoke" "$flat" "$big" <<'PY' || status=$?
+python3 - "$work" "$rows" "$members" "$imported" "$smoke" "$flat" "$big" "$pgp" <<'PY' || status=$?
 import json, statistics, sys
-work, rows, members, imported, smoke, flat, big = sys.argv[1:]
-rows, members, imported, smoke, flat, big = int(rows), int(members), int(imported), smoke == "1", flat == "1", int(big)
+work, rows, members, imported, smoke, flat, big, pgp = sys.argv[1:]
+rows, members, imported, smoke, flat, big, pgp = int(rows), int(members), int(imported), smoke == "1", flat == "1", int(big), pgp == "1"
 runs = {}
 for line in open(f"{work}/results.tsv"):
     name, wall, rss, n = line.split("\t")
@@ -221,6 +258,7 @@ labels = [("mkmembers", "mkmembers.sh (sqlite3 .import)"),
           ("floor", "sqlite_floor.sh"),
           ("python", "python_baseline.py"),
           ("once", "milebatch once"),
+          ("once_pgp", "milebatch once, encrypted (--pgp)"),
           ("verify", "milebatch verify (the ledger)"),
           ("flat", f"milebatch once, 5x rows"),
           ("big", f"milebatch once, {big:,} rows")]
@@ -249,6 +287,12 @@ ver = json.load(open(f"{work}/verify.json"))
 check(f"verify ok over {ver.get('ledger_rows')} ledger rows = credited ({f.get('credited')}), "
       f"{len(ver.get('mismatches', []))} mismatch(es)",
       ver.get("ok") is True and ver.get("ledger_rows") == f.get("credited") and ver.get("credited_files") == 1)
+if pgp:
+    e = json.load(open(f"{work}/once_pgp.json"))[0]
+    ef = e["files"][0] if e["files"] else {}
+    check(f"--pgp: the encrypted file credited as the plain one (outcome {ef.get('outcome')}, "
+          f"credited {ef.get('credited')}, failed {ef.get('failed')}, miles {ef.get('miles')})",
+          ef.get("outcome") == "credited" and all(ef.get(k) == f.get(k) for k in ("rows", "credited", "failed", "miles")))
 for extra in (["flat"] if flat else []) + (["big"] if big else []):
     e = json.load(open(f"{work}/{extra}.json"))[0]["files"][0]
     n = runs[extra][0][2]
@@ -272,6 +316,12 @@ ver_w = stat("verify")[0]
 ver_limit = 3.0 * ver.get("ledger_rows", rows) / 1_000_000
 target(f"verify {ver_w:.2f}s for {ver.get('ledger_rows', 0):,} ledger rows <= {ver_limit:.2f}s (3 s per 1M)",
        ver_w <= ver_limit)
+if pgp:
+    pw, prss, _ = stat("once_pgp")
+    target(f"--pgp once {pw:.2f}s <= 1.5 x plain {once_w:.2f}s ({pw / once_w:.2f}x)", pw <= 1.5 * once_w)
+    # 20%, or 16 MiB for small runs: the decryptor's buffers are a constant.
+    target(f"--pgp peak RSS {prss:.1f} MiB within 20% (or 16 MiB) of plain {once_rss:.1f} MiB ({prss / once_rss - 1:+.1%})",
+           prss <= max(once_rss * 1.2, once_rss + 16))
 if flat:
     fr = stat("flat")[1]
     target(f"5x rows peak RSS {fr:.1f} MiB within 20% of {once_rss:.1f} MiB ({fr / once_rss - 1:+.1%})",

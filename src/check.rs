@@ -160,6 +160,15 @@ fn check_partner(p: &PartnerConfig, today: chrono::NaiveDate) -> PartnerCheck {
     for (what, s) in secrets(&p.source) {
         check_secret(what, s, &mut pc);
     }
+    if let Some(g) = &p.pgp {
+        // The keys as a run reads them: parsed, the passphrase tried.
+        if let Err(e) = crate::pipeline::pgp::Keys::load(g) {
+            pc.problems.push(e.to_string());
+        }
+        if let Err(e) = crate::pipeline::pgp::Sealer::load(g) {
+            pc.problems.push(e.to_string());
+        }
+    }
     match &p.source {
         SourceConfig::Local(l) => {
             let pickup = &l.pickup;

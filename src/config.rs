@@ -189,6 +189,8 @@ pub struct PartnerConfig {
     pub api: ApiConfig,
     /// Write (and upload beside the error report) a per-file summary.
     pub summary: bool,
+    /// `[partner.pgp]`: encrypted deliveries (`pipeline::pgp`).
+    pub pgp: Option<crate::pipeline::pgp::PgpConfig>,
 }
 
 /// `expect_file`: when a scheduled run that finds no new file is a
@@ -429,6 +431,7 @@ struct RawPartner {
     source: Spanned<crate::source::RawSource>,
     api: Option<Spanned<RawApi>>,
     summary: Option<Spanned<bool>>,
+    pgp: Option<Spanned<crate::pipeline::pgp::RawPgp>>,
 }
 
 #[derive(Deserialize)]
@@ -717,6 +720,13 @@ impl Config {
                     )));
                 }
             }
+            let pgp = match &p.pgp {
+                None => None,
+                Some(g) => Some(
+                    crate::pipeline::pgp::PgpConfig::from_raw(g.get_ref(), &resolve)
+                        .map_err(|m| invalid(loc.at(g, &ctx("pgp"), m)))?,
+                ),
+            };
             partners.push(PartnerConfig {
                 name: p.name.unwrap_or_else(|| id.clone()),
                 id,
@@ -735,6 +745,7 @@ impl Config {
                 source,
                 api,
                 summary,
+                pgp,
             });
         }
         Ok(Config {

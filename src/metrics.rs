@@ -441,7 +441,7 @@ impl Metrics {
             out,
             "milebatch_refused_files_total",
             "counter",
-            "files refused whole (F002-F007) or as duplicates (F001), by partner and file code",
+            "files refused whole (F002-F008) or as duplicates (F001), by partner and file code",
         );
         for (p, code, n) in &refused {
             let _ = writeln!(

@@ -29,7 +29,7 @@ pub struct FileRow {
     pub date: String,
     /// Rows repeating an earlier file's (NULL: not checked).
     pub repeats: Option<i64>,
-    /// F001–F007 for a refused or duplicate file.
+    /// F001–F008 for a refused or duplicate file.
     pub file_code: Option<String>,
 }
 

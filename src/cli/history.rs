@@ -218,7 +218,7 @@ pub(super) fn files(cli: &Cli, args: &FilesArgs) -> anyhow::Result<ExitCode> {
         "id\treceived\tpartner\tfile\toutcome\trows\tcredited\tfailed\trepeats\tmiles\treport\treason"
     );
     for r in &page.rows {
-        // A refused file's reason starts with its file code (F001–F007);
+        // A refused file's reason starts with its file code (F001–F008);
         // its report is shown too: the partner gets it.
         let reason = match (&r.file_code, &r.reason) {
             (Some(code), Some(why)) => format!("{code} {why}"),

@@ -153,6 +153,22 @@ impl CreditJob<'_> {
         report::write_one_line(path.clone(), FileCode::F001, ending)
             .map_err(|source| CreditError::Io { path, source })
     }
+
+    /// A file refused before any row is read (F008: it could not be
+    /// decrypted or its signature failed): nothing to credit, and a
+    /// one-line report `,,,F008` at [`ReportPlace::staging`], in the
+    /// partner's usual line ending (the bytes say nothing about it).
+    pub fn refused_unread(&self, code: FileCode, reason: String) -> Result<Credited, CreditError> {
+        let path = self.reports.staging();
+        let report = report::write_one_line(path.clone(), code, self.default_ending())
+            .map_err(|source| CreditError::Io { path, source })?;
+        Ok(Credited::Refused {
+            code,
+            counts: Counts::default(),
+            reason,
+            report,
+        })
+    }
 }
 
 pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credited, CreditError> {

@@ -6,7 +6,7 @@
 //! parse   → CSV records from raw bytes, streaming
 //! validate→ E001–E007 against the member store
 //! credit  → ledger + balances + file row in one transaction (E008, E010,
-//!           repeats of earlier files); refusals F002–F007
+//!           repeats of earlier files); refusals F002–F007, F008 (pgp)
 //! report  → the error CSV, failed records byte for byte + ",CODE"; for a
 //!           refused file every row (own E code, else the F code)
 //! tidy    → after the commit: upload the report, move/delete the inbox file
@@ -22,6 +22,7 @@ pub mod batch;
 pub mod credit;
 pub mod decode;
 pub mod parse;
+pub mod pgp;
 pub mod pickup;
 pub mod report;
 pub mod summary;
@@ -138,6 +139,11 @@ pub enum PipelineError {
     },
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("partner {partner}: {source}")]
+    Pgp {
+        partner: String,
+        source: pgp::PgpError,
+    },
 }
 
 impl From<CreditError> for PipelineError {
@@ -231,7 +237,7 @@ pub struct FileReport {
     /// credited | refused | duplicate | dry-run
     pub outcome: String,
     pub reason: Option<String>,
-    /// Why the whole file was refused, for the partner: F001–F007.
+    /// Why the whole file was refused, for the partner: F001–F008.
     pub file_code: Option<FileCode>,
     /// Credited, but worth a look (`resend_check = "warn"`).
     pub warning: Option<String>,
@@ -411,7 +417,7 @@ pub fn run_partner(config: &Config, partner: &PartnerConfig, opts: &RunOptions<'
 fn tidy_owed(
     source: &mut dyn crate::source::Source,
     pickup_cfg: &crate::source::Pickup,
-    summary: Option<&summary::SummaryOpts<'_>>,
+    back: tidy::WriteBack<'_>,
     conn: &Connection,
     partner: &str,
     opts: &RunOptions<'_>,
@@ -424,7 +430,7 @@ fn tidy_owed(
         if report.tidy_failed.iter().any(|f| f.file_id == item.file_id) {
             continue;
         }
-        if let Err(e) = tidy::tidy_file(source, pickup_cfg, conn, &item, summary) {
+        if let Err(e) = tidy::tidy_file(source, pickup_cfg, conn, &item, back) {
             tracing::warn!(file = %item.name, file_id = item.file_id, error = %e, "tidy-up failed; the file is credited and will not be credited again; the run fails until a later tidy-up succeeds");
             let failure = tidy::record_failure(conn, &item, &e, opts.now).map_err(DbError::from)?;
             report.tidy_failed.push(failure);
@@ -469,18 +475,40 @@ fn run_inner(
         tz: config.daemon.timezone,
         encoding: partner.encoding,
     });
+    // A report key that cannot be read fails the run before anything is
+    // credited: no report would reach the partner.
+    let pgp_error = |source| PipelineError::Pgp {
+        partner: partner.id.clone(),
+        source,
+    };
+    let sealer = match &partner.pgp {
+        Some(g) => pgp::Sealer::load(g).map_err(pgp_error)?,
+        None => None,
+    };
+    let back = tidy::WriteBack {
+        summary: summary_opts.as_ref(),
+        sealer: sealer.as_ref(),
+    };
+    let mut keys = None;
     // Tidy-ups owed by earlier runs come first: they never touch money.
     tidy_owed(
         source.as_mut(),
         pickup_cfg,
-        summary_opts.as_ref(),
+        back,
         &conn,
         &partner.id,
         opts,
         report,
     )?;
 
-    let mut listing = pickup::survey(source.as_mut(), pickup_cfg, &conn, &partner.id, opts.now)?;
+    let mut listing = pickup::survey_for(
+        source.as_mut(),
+        pickup_cfg,
+        &conn,
+        &partner.id,
+        opts.now,
+        partner.pgp.is_some(),
+    )?;
     report.skipped.append(&mut listing.skipped);
     let archive_dir = pickup::archive_dir(data_dir, &partner.id);
     // Files ready now go first; `stable:` files too young to judge are
@@ -504,7 +532,16 @@ fn run_inner(
             }
             let fspan = tracing::info_span!("file", file = %f.name, bytes = f.size);
             let _fenter = fspan.enter();
-            let fetched = pickup::fetch(source.as_mut(), pickup_cfg, f, &partner.id, &archive_dir)?;
+            let received =
+                pickup::fetch(source.as_mut(), pickup_cfg, f, &partner.id, &archive_dir)?;
+            let (fetched, undecryptable) = pgp::open_delivery(
+                &partner.id,
+                partner.pgp.as_ref(),
+                &mut keys,
+                received,
+                &archive_dir,
+                pickup_cfg.max_size,
+            )?;
             if let Some(e) =
                 pickup::earlier_content(&conn, &partner.id, &fetched).map_err(DbError::from)?
             {
@@ -533,7 +570,10 @@ fn run_inner(
                 retry_of: None,
                 channel: Channel::Pull,
             };
-            let outcome = credit::credit_file(&mut conn, &job)?;
+            let outcome = match undecryptable {
+                Some(reason) => job.refused_unread(FileCode::F008, reason)?,
+                None => credit::credit_file(&mut conn, &job)?,
+            };
             let file_report = record(&mut conn, &job, outcome, config.daemon.timezone)?;
             tracing::info!(
                 outcome = %file_report.outcome,
@@ -552,7 +592,7 @@ fn run_inner(
             tidy_owed(
                 source.as_mut(),
                 pickup_cfg,
-                summary_opts.as_ref(),
+                back,
                 &conn,
                 &partner.id,
                 opts,
@@ -591,15 +631,37 @@ pub fn retry_archived(
 ) -> Result<FileReport, PipelineError> {
     let _lock = lock_partner(&config.daemon.data_dir, &partner.id)?;
     // A retried upload is still an upload (statements count by channel).
-    let channel: String = db::open(&config.daemon.database)?
-        .query_row("SELECT channel FROM files WHERE id = ?1", [retry_of], |r| {
-            r.get(0)
-        })
+    let (channel, file_code): (String, Option<String>) = db::open(&config.daemon.database)?
+        .query_row(
+            "SELECT channel, file_code FROM files WHERE id = ?1",
+            [retry_of],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .map_err(DbError::from)?;
+    // Only a file refused F008 has its bytes archived as received, still
+    // encrypted; every other archived file is the plaintext already. It is
+    // decrypted again with today's keys (the fix for a wrong key on our side).
+    let (fetched, undecryptable) = if file_code.as_deref() == Some("F008") {
+        let dir = fetched
+            .archive
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        pgp::open_delivery(
+            &partner.id,
+            partner.pgp.as_ref(),
+            &mut None,
+            fetched.clone(),
+            dir,
+            partner.source.pickup().max_size,
+        )?
+    } else {
+        (fetched.clone(), None)
+    };
     credit_single(
         config,
         partner,
-        fetched,
+        &fetched,
+        undecryptable,
         &Single {
             trigger: Trigger::Retry,
             retry_of: Some(retry_of),
@@ -629,6 +691,7 @@ fn credit_single(
     config: &Config,
     partner: &PartnerConfig,
     fetched: &Fetched,
+    undecryptable: Option<String>,
     s: &Single,
 ) -> Result<FileReport, PipelineError> {
     let mut conn = db::open(&config.daemon.database)?;
@@ -660,9 +723,12 @@ fn credit_single(
         retry_of: s.retry_of,
         channel: s.channel,
     };
-    let result = credit::credit_file(&mut conn, &job)
-        .map_err(PipelineError::from)
-        .and_then(|outcome| record(&mut conn, &job, outcome, config.daemon.timezone));
+    let result = match undecryptable {
+        Some(reason) => job.refused_unread(FileCode::F008, reason),
+        None => credit::credit_file(&mut conn, &job),
+    }
+    .map_err(PipelineError::from)
+    .and_then(|outcome| record(&mut conn, &job, outcome, config.daemon.timezone));
     // A retry's or an upload's summary, like its error report, stays local. The credit
     // has committed: a summary that cannot be written is logged, not an Err.
     if let (true, Ok(FileReport { id: Some(id), .. })) = (partner.summary, &result) {

@@ -191,6 +191,20 @@ pub fn survey(
     partner: &str,
     now: DateTime<Utc>,
 ) -> Result<Listing, PipelineError> {
+    survey_for(source, pickup, conn, partner, now, false)
+}
+
+/// [`survey`]; with `encrypted` (the partner has `[partner.pgp]`) a name
+/// also matches `pattern` once its `.pgp`, `.gpg` or `.asc` ending is
+/// removed: `*.csv` takes `orders.csv.pgp`.
+pub fn survey_for(
+    source: &mut dyn Source,
+    pickup: &Pickup,
+    conn: &Connection,
+    partner: &str,
+    now: DateTime<Utc>,
+    encrypted: bool,
+) -> Result<Listing, PipelineError> {
     let listing = list(source, pickup, partner)?;
     let started = Instant::now();
     let mut out = Listing::default();
@@ -212,7 +226,8 @@ pub fn survey(
         if pickup.ready == Ready::DoneFile && f.name.ends_with(".done") {
             continue;
         }
-        if !pickup.matches(&f.name) {
+        let plain_name = super::pgp::strip_suffix(&f.name).filter(|_| encrypted);
+        if !pickup.matches(&f.name) && !plain_name.is_some_and(|n| pickup.matches(n)) {
             out.skipped.push(Skip::new(
                 &f.name,
                 SkipReason::PatternMismatch,

@@ -95,6 +95,8 @@ impl ReportPlace {
 
 /// A delivered file's name without its extension.
 pub fn stem(file_name: &str) -> String {
+    // `orders.csv.pgp` reports as `orders`, like `orders.csv`.
+    let file_name = super::pgp::strip_suffix(file_name).unwrap_or(file_name);
     Path::new(file_name)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -124,7 +124,7 @@ fn field(s: &str) -> String {
 /// failed,1
 /// miles,605
 /// E001,0 … E010,0             (one line per code, in code order)
-/// file_code,                  (F001–F007 for a refused file, else empty)
+/// file_code,                  (F001–F008 for a refused file, else empty)
 /// reason,                     (why it was refused, else empty)
 /// ```
 pub fn render(f: &Facts, tz: Tz, encoding: Encoding, ending: LineEnding) -> Vec<u8> {

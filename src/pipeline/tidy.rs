@@ -44,6 +44,8 @@ pub enum TidyError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Seal(#[from] super::pgp::PgpError),
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
 }
@@ -64,18 +66,38 @@ pub fn tidy(
     conn: &Connection,
     item: &TidyItem,
 ) -> Result<(), TidyError> {
-    tidy_file(source, pickup, conn, item, None)
+    tidy_file(source, pickup, conn, item, WriteBack::default())
 }
 
-/// [`tidy`], and with `summary` (the partner has `summary = true`) the
-/// file's summary written and uploaded after its error report.
+/// What a tidy-up writes back beside the error report, and how.
+#[derive(Clone, Copy, Default)]
+pub struct WriteBack<'a> {
+    /// The partner has `summary = true`.
+    pub summary: Option<&'a super::summary::SummaryOpts<'a>>,
+    /// `encrypt_reports = true`: the partner's key.
+    pub sealer: Option<&'a super::pgp::Sealer>,
+}
+
+/// [`tidy`], and with `back.summary` (the partner has `summary = true`) the
+/// file's summary written and uploaded after its error report. With
+/// `back.sealer` (`encrypt_reports = true`) both are encrypted to the partner's
+/// key and uploaded as `<name>.pgp`; the local copies stay plain.
 pub fn tidy_file(
     source: &mut dyn Source,
     pickup: &Pickup,
     conn: &Connection,
     item: &TidyItem,
-    summary: Option<&super::summary::SummaryOpts<'_>>,
+    back: WriteBack<'_>,
 ) -> Result<(), TidyError> {
+    let seal = |name: String, data: Vec<u8>| -> Result<(String, Vec<u8>), TidyError> {
+        match back.sealer {
+            None => Ok((name, data)),
+            Some(s) => {
+                let sealed = s.seal(&name, &data)?;
+                Ok((format!("{name}.pgp"), sealed))
+            }
+        }
+    };
     // Uploading the report does not depend on `can_tidy`: an HTTP source
     // cannot move files but PUTs reports to its `errors_url`.
     if let (Some(dir), Some(report)) = (&pickup.errors_dir, &item.report_path) {
@@ -85,7 +107,7 @@ pub fn tidy_file(
         })?;
         // The partner's contract: `<stem>.errors.csv`, whatever the local
         // (per delivery) name.
-        let name = super::report::upload_name(&item.name);
+        let (name, data) = seal(super::report::upload_name(&item.name), data)?;
         with_retries(pickup.retries, "uploading the error report", || {
             source.upload(dir, &name, &data)
         })
@@ -94,7 +116,7 @@ pub fn tidy_file(
             source,
         })?;
     }
-    if let Some(opts) = summary {
+    if let Some(opts) = back.summary {
         let facts = super::summary::load(conn, item.file_id)?;
         let (_, data) = super::summary::write(opts.data_dir, opts.tz, opts.encoding, &facts)
             .map_err(|source| TidyError::WriteSummary {
@@ -104,7 +126,7 @@ pub fn tidy_file(
                 source,
             })?;
         if let Some(dir) = &pickup.errors_dir {
-            let name = super::summary::upload_name(&item.name);
+            let (name, data) = seal(super::summary::upload_name(&item.name), data)?;
             with_retries(pickup.retries, "uploading the summary", || {
                 source.upload(dir, &name, &data)
             })

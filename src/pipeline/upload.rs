@@ -269,18 +269,29 @@ fn credit_inner(
     let name = upload_name(up.name)?;
     let data_dir = &config.daemon.data_dir;
     let _lock = super::lock_partner_wait(data_dir, &partner.id, up.lock_wait, None)?;
-    let fetched = pickup::archive(
+    let archive_dir = pickup::archive_dir(data_dir, &partner.id);
+    let received = pickup::archive(
         up.received.path(),
-        &pickup::archive_dir(data_dir, &partner.id),
+        &archive_dir,
         &name,
         up.received.size,
         None,
         up.received.sha256.clone(),
     )?;
+    // An encrypted upload is decrypted as a pulled file is (F008 if not).
+    let (fetched, undecryptable) = super::pgp::open_delivery(
+        &partner.id,
+        partner.pgp.as_ref(),
+        &mut None,
+        received,
+        &archive_dir,
+        partner.source.pickup().max_size,
+    )?;
     Ok(super::credit_single(
         config,
         partner,
         &fetched,
+        undecryptable,
         &Single {
             trigger: Trigger::Upload,
             retry_of: None,

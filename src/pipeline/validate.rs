@@ -95,6 +95,9 @@ pub enum FileCode {
     F006,
     /// `header = true`, but the first line is a data row.
     F007,
+    /// An encrypted file (`[partner.pgp]`) that cannot be decrypted, or
+    /// whose signature is missing or bad while `verify_key` is set.
+    F008,
 }
 
 impl FileCode {
@@ -107,6 +110,7 @@ impl FileCode {
             FileCode::F005 => "F005",
             FileCode::F006 => "F006",
             FileCode::F007 => "F007",
+            FileCode::F008 => "F008",
         }
     }
 }

@@ -308,6 +308,14 @@ fn server_tempdir(prefix: &str) -> TempDir {
     tmp
 }
 
+/// Write `data` at `path` as a file of the login user's (a partner's
+/// delivery on an SFTP or FTP server).
+pub fn put_owned(path: &Path, data: &[u8]) {
+    let (u, g) = ensure_test_user();
+    fs::write(path, data).unwrap();
+    std::os::unix::fs::chown(path, Some(u), Some(g)).unwrap();
+}
+
 /// uid and gid of the test user; creates it (and sets its password) once per
 /// process.
 pub fn ensure_test_user() -> (u32, u32) {
@@ -771,6 +779,31 @@ impl Sshd {
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A folder `name` under the server's root, owned by the login user
+    /// (an inbox the partner writes and milebatch tidies).
+    pub fn owned_dir(&self, name: &str) -> PathBuf {
+        let (u, g) = ensure_test_user();
+        let dir = self.root.join(name);
+        fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(u), Some(g)).unwrap();
+        dir
+    }
+
+    /// `[partner.source]` for the inbox `dir` on this server: key login,
+    /// the host key pinned, files ready at once, one retry.
+    pub fn source_section(&self, dir: &Path) -> String {
+        format!(
+            "[partner.source]\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nport = {}\n\
+             user = \"{}\"\ndir = \"{}\"\nkey_file = \"{}\"\nhost_key = \"{}\"\n\
+             ready = \"immediate\"\ntimeout = \"5s\"\nretries = 1\n",
+            self.port,
+            self.user,
+            dir.display(),
+            self.client_key.display(),
+            self.host_key_fingerprint()
+        )
     }
 
     /// Host key fingerprint exactly as `ssh-keygen -lf` prints it

@@ -331,7 +331,12 @@ impl Workspace {
             .unwrap_or_else(|| panic!("no id: {file:#}"));
         let partner = file["partner"].as_str().unwrap();
         let name = file["name"].as_str().unwrap();
-        let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+        // An encrypted delivery (`a.csv.pgp`) reports as its plain name would.
+        let plain = [".pgp", ".gpg", ".asc"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        let stem = plain.rsplit_once('.').map_or(plain, |(s, _)| s);
         let shown = PathBuf::from(
             file["report_path"]
                 .as_str()

@@ -46,7 +46,7 @@ struct Row {
     outcome: String,
     outcome_text: &'static str,
     reason: String,
-    /// F001–F007 of a refused file, and what it means in words.
+    /// F001–F008 of a refused file, and what it means in words.
     file_code: String,
     code_text: &'static str,
     /// Rows repeating earlier files' rows (`None`: not checked).
@@ -79,6 +79,7 @@ fn code_text(code: &str) -> &'static str {
         "F005" => "積算すると残高が上限を超える会員がいます",
         "F006" => "以前のファイルの再送と判断しました（同じ行が多数）",
         "F007" => "ヘッダー行があるはずの 1 行目がデータ行です",
+        "F008" => "暗号化ファイルを復号できないか、署名がない・署名を検証できません",
         _ => "",
     }
 }
