@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod pg;
 pub mod serve;
 pub mod servers;
 pub mod workspace;
