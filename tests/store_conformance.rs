@@ -3,13 +3,13 @@
 //! database on the test process's throw-away cluster, migrated by
 //! milebatch). What it covers grows as concerns move behind
 //! `milebatch::store`; today: the schema (migrations, version, append-only
-//! rules), "run now" requests and the audit row they write.
+//! rules), "run now" requests, API keys, and the audit rows they write.
 
 mod common;
 
 use chrono::Utc;
 use milebatch::run_requests::{self, State};
-use milebatch::store::{self, Exec, StoreError};
+use milebatch::store::{self, api_keys, Exec, StoreError};
 
 /// One engine under test, with whatever keeps its database alive.
 struct Under {
@@ -266,4 +266,73 @@ fn postgres_refuses_a_newer_schema_and_migrates_once() {
             && e.contains("upgrade milebatch"),
         "{e}"
     );
+}
+
+#[test]
+fn api_keys_are_created_listed_authenticated_and_revoked_alike() {
+    each_engine(|u| {
+        let c = &*u.db;
+        let a = api_keys::create(c, "shop", "web shop", "cli:ops", None).unwrap();
+        let b = api_keys::create(c, "other", "", "cli:ops", None).unwrap();
+        assert!(a.key.starts_with(api_keys::KEY_PREFIX));
+        assert_eq!(a.key.len(), api_keys::KEY_PREFIX.len() + 40);
+        assert_ne!(a.key, b.key);
+        let shown = &a.key[..api_keys::KEY_PREFIX.len() + 8];
+        assert_eq!(a.info.prefix, shown);
+        // Only the hash is stored.
+        let secret = &a.key[shown.len()..];
+        for r in c
+            .query("SELECT sha256, prefix, label FROM api_keys", &[])
+            .unwrap()
+        {
+            for i in 0..3 {
+                assert!(!r.text(i).unwrap().contains(secret), "{}", u.name);
+            }
+        }
+        assert_eq!(api_keys::list(c, None).unwrap().len(), 2, "{}", u.name);
+        assert_eq!(
+            api_keys::list(c, Some("shop")).unwrap(),
+            vec![a.info.clone()]
+        );
+        let who = api_keys::authenticate(c, &a.key).unwrap().unwrap();
+        assert_eq!(who.partner, "shop");
+        assert!(api_keys::authenticate(c, "mbk_0000").unwrap().is_none());
+        assert!(api_keys::authenticate(c, &a.key[..a.key.len() - 1])
+            .unwrap()
+            .is_none());
+        assert!(api_keys::is_live(c, who.key_id).unwrap());
+        api_keys::touch(c, who.key_id, "2026-12-03T00:00:00.000Z").unwrap();
+
+        // Another partner cannot revoke it; its own partner can.
+        assert!(
+            api_keys::revoke(c, &a.info.prefix, Some("other"), "x", None)
+                .unwrap()
+                .is_none()
+        );
+        let r = api_keys::revoke(c, &a.info.prefix, Some("shop"), "cli:ops", None)
+            .unwrap()
+            .unwrap();
+        assert!(r.revoked_at.is_some());
+        assert_eq!(r.last_used_at.as_deref(), Some("2026-12-03T00:00:00.000Z"));
+        assert!(api_keys::authenticate(c, &a.key).unwrap().is_none());
+        assert!(!api_keys::is_live(c, who.key_id).unwrap());
+        assert!(
+            api_keys::revoke(c, &a.info.prefix, None, "x", None)
+                .unwrap()
+                .is_none(),
+            "{}: already revoked",
+            u.name
+        );
+        assert!(api_keys::authenticate(c, &b.key).unwrap().is_some());
+        let audited = c
+            .query(
+                "SELECT detail FROM audit WHERE action IN ('api-key-create', 'api-key-revoke')",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(audited.len(), 3, "{}", u.name);
+        for r in audited {
+            assert!(!r.text(0).unwrap().contains(secret), "{}", u.name);
+        }
+    });
 }

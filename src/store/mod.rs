@@ -21,6 +21,7 @@
 //! - no secret reaches an error message: [`StoreError`] carries the
 //!   engine's error and the database as [`Database`] shows it.
 
+pub mod api_keys;
 pub mod audit;
 mod location;
 mod migrations_pg;
