@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the integration tests need (real sshd, vsftpd,
-# nginx, proftpd with mod_sftp, ssh-keygen, openssl, and the libssh2/openssl
-# build deps). Idempotent: only installs
+# nginx, proftpd with mod_sftp, ssh-keygen, openssl, PostgreSQL, and the
+# libssh2/openssl build deps). Idempotent: only installs
 # what is missing, runs `apt-get update` at most once. Safe with CI=true and
 # no stdin.
 set -euo pipefail
@@ -66,6 +66,13 @@ need /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf fonts-ipafont-gothic
 # OpenPGP deliveries: tests/pgp.rs and bench/run.sh --pgp make keys and
 # encrypted files with GnuPG, as partners do.
 need gpg gnupg
+# PostgreSQL 15 for the store's tests (tests/common/pg.rs): the tests run
+# initdb/postgres/pg_basebackup/pg_ctl from here as the `postgres` user in
+# clusters of their own; the package's own cluster service is not used.
+need /usr/lib/postgresql/15/bin/initdb postgresql
+need /usr/lib/postgresql/15/bin/pg_basebackup postgresql
+need psql postgresql-client
+need runuser util-linux
 
 if ((${#missing[@]} == 0)); then
     log "all packages present, nothing to install"

@@ -5,7 +5,7 @@
 //! and DELETE); `detail` never holds a secret, a password, an API key or a
 //! member's e-mail in clear.
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 /// One audited action.
 #[derive(Debug, Clone, Default)]
@@ -23,21 +23,11 @@ pub struct Entry<'a> {
     pub client: Option<&'a str>,
 }
 
-/// Append `e` with the current time.
+/// Append `e` with the current time (the statement is
+/// `crate::store::audit::append`, shared by both engines).
 pub fn record(conn: &Connection, e: &Entry<'_>) -> rusqlite::Result<i64> {
-    // Cached: the API writes one row per `members/verify` call.
-    conn.prepare_cached(
-        "INSERT INTO audit(at, actor, action, partner, detail, client) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-            crate::db::now_text(chrono::Utc::now()),
-            e.actor,
-            e.action,
-            e.partner,
-        e.detail,
-        e.client
-    ])?;
-    Ok(conn.last_insert_rowid())
+    crate::store::audit::append(conn, e, chrono::Utc::now())
+        .map_err(crate::store::StoreError::into_sqlite)
 }
 
 /// The CLI's actor name: `cli:` and the login name of the process's user.

@@ -85,6 +85,13 @@ impl Report {
 pub fn check(config: &Config, today: chrono::NaiveDate) -> Report {
     let mut daemon = Vec::new();
     let d = &config.daemon;
+    // PostgreSQL: reachable, TLS, writable primary, schema version. (For
+    // it `d.database` is empty and the SQLite checks below find nothing.)
+    if let crate::store::Database::Postgres(t) = &d.store {
+        if let Err(p) = crate::store::check_postgres(t) {
+            daemon.push(p);
+        }
+    }
     if let Some(dir) = d.database.parent().filter(|p| !p.as_os_str().is_empty()) {
         if let Some(p) = writable_dir("the database's folder", dir) {
             daemon.push(p);

@@ -66,7 +66,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
+    /// The SQLite file. Empty when `store` is PostgreSQL: a command that
+    /// does not run on PostgreSQL yet refuses before it opens anything
+    /// (`crate::store::not_on_postgres_yet`).
     pub database: PathBuf,
+    /// Where the data lives: `database` as an SQLite file, or a PostgreSQL
+    /// URL with its password's place (`crate::store::Database`).
+    pub store: crate::store::Database,
     pub data_dir: PathBuf,
     pub timezone: chrono_tz::Tz,
     pub max_concurrent: usize,
@@ -380,6 +386,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     database: Option<String>,
+    database_password_env: Option<String>,
+    database_password_file: Option<String>,
+    database_password_credential: Option<String>,
     data_dir: Option<String>,
     timezone: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<usize>>,
@@ -548,8 +557,22 @@ impl Config {
             Some(s) => parse_duration(s.get_ref())
                 .map_err(|m| invalid(loc.at(s, "`daemon.shutdown_timeout`", m)))?,
         };
+        let store = crate::store::Database::parse(
+            d.database.as_deref().unwrap_or("var/milebatch.db"),
+            &crate::store::PasswordKeys {
+                env: d.database_password_env.clone(),
+                file: d.database_password_file.clone(),
+                credential: d.database_password_credential.clone(),
+            },
+            &resolve,
+        )
+        .map_err(|m| invalid(format!("`daemon.database`: {m}")))?;
         let daemon = DaemonConfig {
-            database: resolve(d.database.as_deref().unwrap_or("var/milebatch.db")),
+            database: match &store {
+                crate::store::Database::Sqlite(p) => p.clone(),
+                crate::store::Database::Postgres(_) => PathBuf::new(),
+            },
+            store,
             data_dir: resolve(d.data_dir.as_deref().unwrap_or("var")),
             timezone,
             max_concurrent,

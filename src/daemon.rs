@@ -969,8 +969,8 @@ mod tests {
         d.expect("ready", |e| matches!(e, Event::Ready)).await;
         ws.deliver("acme", "a.csv", 20);
         let (req, _) = {
-            let mut conn = db::open(ws.db_path()).unwrap();
-            run_requests::request(&mut conn, "acme", "user:ops@x", None, clock.now()).unwrap()
+            let conn = db::open(ws.db_path()).unwrap();
+            run_requests::request(&conn, "acme", "user:ops@x", None, clock.now()).unwrap()
         };
         // And one for a partner no longer in the config.
         {

@@ -53,8 +53,8 @@ pub(super) fn run(cli: &Cli, command: &ApiKeyCommand) -> anyhow::Result<ExitCode
             if let Err(code) = known_partner(&config, partner) {
                 return Ok(code);
             }
-            let mut conn = db::open(&config.daemon.database)?;
-            let c = api_keys::create(&mut conn, partner, label, &actor, None)?;
+            let conn = db::open(&config.daemon.database)?;
+            let c = api_keys::create(&conn, partner, label, &actor, None)?;
             if *json {
                 print_json(
                     &serde_json::json!({"key": c.key, "prefix": c.info.prefix, "partner": partner}),
@@ -106,8 +106,8 @@ pub(super) fn run(cli: &Cli, command: &ApiKeyCommand) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         ApiKeyCommand::Revoke { prefix } => {
-            let mut conn = db::open(&config.daemon.database)?;
-            match api_keys::revoke(&mut conn, prefix, None, &actor, None)? {
+            let conn = db::open(&config.daemon.database)?;
+            match api_keys::revoke(&conn, prefix, None, &actor, None)? {
                 Some(k) => {
                     println!("revoked API key {} of partner {}", k.prefix, k.partner);
                     Ok(ExitCode::SUCCESS)

@@ -84,7 +84,7 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
             },
             config.partners.len(),
             tz,
-            config.daemon.database.display()
+            config.daemon.store
         );
         for (p, pc) in config.partners.iter().zip(&report.partners) {
             println!(

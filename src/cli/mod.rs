@@ -131,8 +131,35 @@ pub enum Command {
     Files(history::FilesArgs),
 }
 
+/// Until every command runs on PostgreSQL, one that does not yet refuses a
+/// `postgres://` database here (exit code 2), before it opens anything. A
+/// config that does not load is left to the command to report.
+fn refuse_postgres_for_now(cli: &Cli) -> anyhow::Result<()> {
+    let Ok(config) = Config::load(&cli.config) else {
+        return Ok(());
+    };
+    // The subcommand as clap names it: `ApiKey { .. }` → `api-key`.
+    let variant = format!("{:?}", cli.command);
+    let mut name = String::new();
+    for (i, c) in variant
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .enumerate()
+    {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('-');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    match crate::store::not_on_postgres_yet(&config.daemon.store, &name) {
+        Some(refusal) => anyhow::bail!(refusal),
+        None => Ok(()),
+    }
+}
+
 /// Run the parsed command. `Ok(code)`: the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    refuse_postgres_for_now(&cli)?;
     let cli = &cli;
     match &cli.command {
         Command::Once(a) => once::run(cli, a),

@@ -44,6 +44,10 @@ pub enum DbError {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// From a concern moved behind `crate::store` (its message already
+    /// says "database").
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// SQLite's page cache per connection (negative: KiB). Small on purpose:

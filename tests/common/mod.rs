@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod gpg;
+pub mod pg;
 pub mod serve;
 pub mod servers;
 pub mod workspace;

@@ -1,0 +1,202 @@
+//! `[daemon] database = "postgres://…"` on the real binary, against a
+//! throw-away PostgreSQL (tests/common/pg.rs): the URL and password rules
+//! at config load, the refusal of every command that does not run on
+//! PostgreSQL yet (exit 2, nothing written), and what `check` says about
+//! the database: reachable, TLS verified, schema version, writable primary.
+
+mod common;
+
+use std::process::Output;
+
+use common::pg::{self, PgCluster, TestDb};
+use common::workspace::{local_partner, Workspace};
+
+const PW_VAR: &str = "MB_TEST_DB_PASSWORD";
+
+/// A workspace whose `partners.toml` points at `url`, with the password
+/// from `$MB_TEST_DB_PASSWORD`.
+fn workspace(url: &str) -> Workspace {
+    let w = Workspace::new();
+    std::fs::create_dir_all(w.path("inbox/shop")).unwrap();
+    w.write(
+        "partners.toml",
+        format!(
+            "[daemon]\ndatabase = \"{url}\"\ndatabase_password_env = \"{PW_VAR}\"\n\
+             data_dir = \"var\"\ntimezone = \"Asia/Tokyo\"\n\n{}",
+            local_partner("shop", "inbox/shop", "")
+        ),
+    );
+    w
+}
+
+fn run(w: &Workspace, args: &[&str], password: &str) -> (i32, String, String) {
+    let out: Output = w.run_env(args, &[(PW_VAR, password)]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tables(db: &TestDb) -> String {
+    pg::shared().psql(
+        &db.name,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    )
+}
+
+#[test]
+fn commands_not_on_postgres_yet_refuse_with_exit_2_and_write_nothing() {
+    let db = pg::shared().fresh_db();
+    let w = workspace(&db.url());
+    w.write("inbox/shop/a.csv", "M000001,k1,100\n");
+    for args in [
+        vec!["once"],
+        vec!["run"],
+        vec!["serve"],
+        vec!["status"],
+        vec!["members", "import", "inbox/shop/a.csv"],
+        vec!["api-key", "list"],
+        vec!["verify"],
+        vec!["backup", "b.db"],
+    ] {
+        let (code, _, err) = run(&w, &args, pg::PASSWORD);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {err}");
+        assert!(
+            lines[0].contains(&format!(
+                "`milebatch {}` is not available on PostgreSQL yet",
+                args[0]
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!w.path("var").exists(), "no data_dir, no SQLite file made");
+    assert!(
+        w.path("inbox/shop/a.csv").exists(),
+        "the inbox is untouched"
+    );
+    assert_eq!(tables(&db), "0", "nothing written to PostgreSQL");
+}
+
+#[test]
+fn a_password_in_the_url_or_plain_text_to_a_remote_host_is_refused_at_load() {
+    for (url, wanted) in [
+        (
+            "postgres://mb:hunter2@127.0.0.1:5432/mb",
+            "must not contain a password",
+        ),
+        (
+            "postgres://mb@db.example:5432/mb",
+            "add `sslmode=verify-full&sslrootcert=",
+        ),
+        (
+            "postgres://mb@db.example:5432/mb?sslmode=require",
+            "does not check the server's name",
+        ),
+    ] {
+        let w = workspace(url);
+        for cmd in ["check", "once"] {
+            let (code, _, err) = run(&w, &[cmd], "x");
+            assert_eq!(code, 2, "{url} {cmd}: {err}");
+            assert!(err.contains(wanted), "{url} {cmd}: {err}");
+            assert!(
+                !err.contains("hunter2"),
+                "the password is not echoed: {err}"
+            );
+        }
+        assert!(!w.path("var").exists());
+    }
+}
+
+#[test]
+fn check_says_the_database_is_fine_or_exactly_what_is_wrong() {
+    let c = pg::shared();
+    let db = c.fresh_db();
+
+    // Reachable, plain to loopback: no problem (an empty database is
+    // created by the first command that writes, as with SQLite).
+    let w = workspace(&db.url());
+    let (code, out, err) = run(&w, &["check"], pg::PASSWORD);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("database {}", db.url())), "{out}");
+    assert_eq!(tables(&db), "0", "check writes nothing");
+
+    // Verified TLS by a name on the certificate.
+    let w = workspace(&db.tls_url("localhost"));
+    let (code, out, err) = run(&w, &["check"], pg::PASSWORD);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Wrong password.
+    let w = workspace(&db.url());
+    let (code, out, _) = run(&w, &["check"], "not-the-password");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("problem: [daemon]: database")
+            && out.contains("refused user")
+            && out.contains("database_password_"),
+        "{out}"
+    );
+    assert!(!out.contains("not-the-password"), "{out}");
+
+    // TLS to a loopback address the certificate does not name.
+    let w = workspace(&db.tls_url("127.0.0.2"));
+    let (code, out, _) = run(&w, &["check"], pg::PASSWORD);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("certificate does not name the host"), "{out}");
+
+    // Nothing listening.
+    let port = common::servers::free_port();
+    let w = workspace(&format!("postgres://mb@127.0.0.1:{port}/mb"));
+    let t0 = std::time::Instant::now();
+    let (code, out, _) = run(&w, &["check"], pg::PASSWORD);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot reach any host"), "{out}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+
+    // A database at a newer schema than this milebatch.
+    let newer = c.fresh_db();
+    c.psql(
+        &newer.name,
+        &format!(
+            "CREATE TABLE schema_version(one BOOLEAN PRIMARY KEY DEFAULT TRUE, version BIGINT NOT NULL);
+             INSERT INTO schema_version VALUES (TRUE, 99);
+             ALTER TABLE schema_version OWNER TO {}",
+            newer.user
+        ),
+    );
+    let w = workspace(&newer.url());
+    let (code, out, _) = run(&w, &["check"], pg::PASSWORD);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("schema version 99, newer than this milebatch")
+            && out.contains("upgrade milebatch"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_refuses_a_read_only_standby_as_the_only_host() {
+    let primary = PgCluster::start();
+    primary.psql(
+        "postgres",
+        &format!("CREATE ROLE mb LOGIN PASSWORD '{}'", pg::PASSWORD),
+    );
+    primary.psql("postgres", "CREATE DATABASE mb OWNER mb");
+    let standby = primary.add_sync_standby();
+    let w = workspace(&format!("postgres://mb@127.0.0.1:{}/mb", standby.port));
+    let (code, out, err) = run(&w, &["check"], pg::PASSWORD);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("no host in `daemon.database` is a writable primary"),
+        "{out}"
+    );
+    // Both hosts listed: the primary is found whichever comes first.
+    let w = workspace(&format!(
+        "postgres://mb@127.0.0.1:{},127.0.0.1:{}/mb?target_session_attrs=read-write",
+        standby.port, primary.port
+    ));
+    let (code, out, err) = run(&w, &["check"], pg::PASSWORD);
+    assert_eq!(code, 0, "{out}{err}");
+}
