@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
 use crate::schedule::Clock;
+use crate::termtext::cell;
 use crate::{check, daemon, db, members, money, query, timefmt};
 
 #[derive(Parser, Debug)]
@@ -450,8 +451,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             (_, Some(c)) => format!("rejected {c}"),
                             (s, None) => s.to_string(),
                         },
-                        r.member_id.as_deref().unwrap_or("-"),
-                        r.partner_key.as_deref().unwrap_or("-"),
+                        cell(r.member_id.as_deref().unwrap_or("-")),
+                        cell(r.partner_key.as_deref().unwrap_or("-")),
                         r.miles.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
                     );
                 }
@@ -520,7 +521,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&rows)?;
             } else if rows.is_empty() {
-                println!("no credits for partner {partner} key {key:?}");
+                println!("no credits for partner {partner} key \"{}\"", cell(key));
             } else {
                 println!("credited at\tmember\tmiles\tfile:line");
                 for r in rows {
@@ -531,9 +532,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "{}\t{}\t{}\t{}:{}{reversal}",
                         timefmt::stored_for_people(&r.credited_at, tz),
-                        r.member_id,
+                        cell(&r.member_id),
                         r.miles,
-                        r.file,
+                        cell(&r.file),
                         r.line
                     );
                 }
@@ -830,15 +831,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.id,
                     timefmt::stored_for_people(&r.started_at, tz),
                     r.partner,
-                    r.name,
+                    cell(&r.name),
                     r.outcome,
                     r.rows,
                     r.credited,
                     r.failed,
                     r.repeats.map_or("-".to_owned(), |n| n.to_string()),
                     r.miles,
-                    r.report_path.as_deref().unwrap_or("-"),
-                    reason,
+                    cell(r.report_path.as_deref().unwrap_or("-")),
+                    cell(&reason),
                 );
             }
             if more > 0 {
@@ -910,10 +911,14 @@ fn print_run(r: &RunReport, dry_run: bool, tz: chrono_tz::Tz) {
     for f in &r.files {
         print!(
             "  {} [{}] rows {} credited {} failed {}",
-            f.name, f.outcome, f.counts.rows, f.counts.credited, f.counts.failed
+            cell(&f.name),
+            f.outcome,
+            f.counts.rows,
+            f.counts.credited,
+            f.counts.failed
         );
         if let Some(why) = &f.reason {
-            print!(" — {why}");
+            print!(" — {}", cell(why));
         }
         if let Some(r) = f.counts.repeats.filter(|r| *r > 0) {
             print!(" repeats {r}");
@@ -929,19 +934,14 @@ fn print_run(r: &RunReport, dry_run: bool, tz: chrono_tz::Tz) {
     for t in &r.tidy_failed {
         println!(
             "  {} [tidy-failed] file {} — {} (failing since {})",
-            t.name,
+            cell(&t.name),
             t.file_id,
             t.error,
             timefmt::stored_for_people(&t.failing_since, tz)
         );
     }
     for s in &r.skipped {
-        // Escaped: an unsafe name may hold control characters.
-        print!(
-            "  {} [skipped: {}]",
-            s.name.escape_debug(),
-            s.reason.as_str()
-        );
+        print!("  {} [skipped: {}]", cell(&s.name), s.reason.as_str());
         if let Some(id) = s.file_id {
             print!(" file {id}");
         }
@@ -977,7 +977,10 @@ fn print_statement(st: &money::statement::Statement, tz: chrono_tz::Tz) {
         };
         println!(
             "  {id} {} ({}){:>10} rows{:>14} miles",
-            f.name, f.channel, f.total.rows, f.total.miles
+            cell(&f.name),
+            f.channel,
+            f.total.rows,
+            f.total.miles
         );
     }
     println!("issued by day");
@@ -995,10 +998,10 @@ fn print_statement(st: &money::statement::Statement, tz: chrono_tz::Tz) {
             r.id,
             r.what,
             t(&r.at),
-            r.actor,
+            cell(&r.actor),
             r.total.rows,
             r.total.miles,
-            r.reason
+            cell(&r.reason)
         );
     }
     println!(
@@ -1114,7 +1117,10 @@ fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
                     };
                     println!(
                         "{:<32} {:<16} {:<9} {}",
-                        r.email, role, state, r.failed_logins
+                        cell(&r.email),
+                        cell(&role),
+                        state,
+                        r.failed_logins
                     );
                 }
             }
@@ -1211,7 +1217,7 @@ fn api_key(cli: &Cli, command: &ApiKeyCommand) -> anyhow::Result<ExitCode> {
                         "{}\t{}\t{}\t{}\t{}\t{}",
                         k.prefix,
                         k.partner,
-                        k.label,
+                        cell(&k.label),
                         timefmt::stored_for_people(&k.created_at, tz),
                         when(&k.last_used_at),
                         when(&k.revoked_at)
@@ -1420,9 +1426,9 @@ fn print_status(v: &serde_json::Value, tz: chrono_tz::Tz) {
                         .unwrap_or_default();
                     println!(
                         "            {}: {}{id} — {}",
-                        s(&k["name"]).escape_debug(),
+                        cell(&s(&k["name"])),
                         s(&k["reason"]),
-                        s(&k["detail"])
+                        cell(&s(&k["detail"]))
                     );
                 }
             }

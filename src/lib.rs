@@ -38,5 +38,6 @@ pub mod query;
 pub mod run_requests;
 pub mod schedule;
 pub mod source;
+pub mod termtext;
 pub mod timefmt;
 pub mod web;
