@@ -74,6 +74,14 @@ need /usr/lib/postgresql/15/bin/pg_basebackup postgresql
 need psql postgresql-client
 need runuser util-linux
 
+# `promtool check metrics` lints /metrics (Debian ships it in prometheus;
+# the server itself is installed but never started by the tests).
+need /usr/bin/promtool prometheus
+# The partner API's document is checked with openapi-spec-validator and
+# schemathesis from PyPI, in a virtualenv (below).
+need python3 python3
+need_pkg python3-venv
+
 if ((${#missing[@]} == 0)); then
     log "all packages present, nothing to install"
 else
@@ -130,4 +138,21 @@ if [[ ! -d /run/sshd ]]; then
     log "created /run/sshd"
 else
     log "/run/sshd exists"
+fi
+
+# openapi-spec-validator and schemathesis (PyPI) for tests/api_answers.rs,
+# in their own virtualenv so that Debian's Python stays as it is.
+# Pinned: schemathesis's command line changes between releases.
+PYVENV=/opt/milebatch-test/pyvenv
+OSV_VERSION=0.9.0
+ST_VERSION=4.32.5
+if [[ -x $PYVENV/bin/openapi-spec-validator && -x $PYVENV/bin/st ]] \
+    && "$PYVENV/bin/pip" show schemathesis 2>/dev/null | grep -qx "Version: $ST_VERSION"; then
+    log "openapi-spec-validator and schemathesis present in $PYVENV"
+else
+    [[ $(id -u) -eq 0 ]] || { log "ERROR: making $PYVENV needs root"; exit 1; }
+    mkdir -p "$(dirname "$PYVENV")"
+    [[ -x $PYVENV/bin/pip ]] || python3 -m venv "$PYVENV"
+    "$PYVENV/bin/pip" install -q "openapi-spec-validator==$OSV_VERSION" "schemathesis==$ST_VERSION" </dev/null
+    log "installed openapi-spec-validator and schemathesis into $PYVENV"
 fi

@@ -3,8 +3,9 @@
 //! Loading `partners.toml` already proved the file is well formed. This
 //! looks at the things a run touches outside it: secrets (environment,
 //! files, systemd credentials), key files, `known_hosts`, CA files, local
-//! inboxes, the database and `data_dir`. With `--connect` it also logs in to
-//! each partner's server and lists the inbox.
+//! inboxes, the database and `data_dir`, and `[server]` (what `serve` needs:
+//! its listen addresses, TLS certificate and key). With `--connect` it also
+//! logs in to each partner's server and lists the inbox.
 //!
 //! What must stay true:
 //! - every problem is found, not just the first: one [`Problem`] each,
@@ -19,14 +20,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Config, PartnerConfig};
+use crate::config::{Config, PartnerConfig, ServerConfig};
 use crate::source::secret::{check_private, read_secret_file};
 use crate::source::{safe_name, After, HostKeyCheck, HttpAuth, SecretRef, SftpAuth, SourceConfig};
 
 /// Something that stops a run, with what to do about it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Problem {
-    /// The partner it belongs to; `None`: the `[daemon]` section.
+    /// `daemon`, `server` or `partner`: the section of partners.toml.
+    pub section: &'static str,
+    /// The partner it belongs to; `None`: the `[daemon]` or `[server]`
+    /// section.
     pub partner: Option<String>,
     pub problem: String,
 }
@@ -60,29 +64,43 @@ pub struct Connected {
 pub struct Report {
     /// Problems of the `[daemon]` section (database, `data_dir`, `backup_dir`).
     pub daemon: Vec<String>,
+    /// `[server]`, for `milebatch serve`.
+    pub server: ServerCheck,
     pub partners: Vec<PartnerCheck>,
 }
 
 impl Report {
-    /// Every problem, the daemon's first, then each partner's in order.
+    /// Every problem, the daemon's first, the server's, then each
+    /// partner's in order.
     pub fn problems(&self) -> Vec<Problem> {
-        let daemon = self.daemon.iter().map(|p| Problem {
-            partner: None,
-            problem: p.clone(),
-        });
+        let section = |section: &'static str| {
+            move |p: &String| Problem {
+                section,
+                partner: None,
+                problem: p.clone(),
+            }
+        };
+        let daemon = self.daemon.iter().map(section("daemon"));
+        let server = self.server.problems.iter().map(section("server"));
         let partners = self.partners.iter().flat_map(|pc| {
             pc.problems.iter().map(|p| Problem {
+                section: "partner",
                 partner: Some(pc.id.clone()),
                 problem: p.clone(),
             })
         });
-        daemon.chain(partners).collect()
+        daemon.chain(server).chain(partners).collect()
     }
 }
 
-/// Check everything a run of every partner needs, without connecting.
-/// `today` (in the configured zone) fills HTTP URL templates.
-pub fn check(config: &Config, today: chrono::NaiveDate) -> Report {
+/// Check everything a run of every partner and `serve` need, without
+/// connecting. `today` (in the configured zone) fills HTTP URL templates;
+/// `now` dates the server certificate.
+pub fn check(
+    config: &Config,
+    today: chrono::NaiveDate,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Report {
     let mut daemon = Vec::new();
     let d = &config.daemon;
     // PostgreSQL: reachable, TLS, writable primary, schema version. (For
@@ -132,7 +150,192 @@ pub fn check(config: &Config, today: chrono::NaiveDate) -> Report {
             pc
         })
         .collect();
-    Report { daemon, partners }
+    Report {
+        daemon,
+        server: check_server(&config.server, now),
+        partners,
+    }
+}
+
+/// What `check` finds about `[server]` (`milebatch serve`): problems stop
+/// `serve` from starting or from being safe; warnings do not, yet.
+#[derive(Debug, Default, Serialize)]
+pub struct ServerCheck {
+    pub problems: Vec<String>,
+    /// Something to act on before it becomes a problem (a certificate
+    /// that expires within [`CERT_WARN_DAYS`]).
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// How long before its expiry a server certificate is warned about.
+pub const CERT_WARN_DAYS: i64 = 30;
+
+/// `[server]`: the listen address can be bound on this host, and with TLS
+/// the certificate and key are readable PEM, the key is private (like every
+/// other secret: no group or other access) and belongs to the certificate,
+/// and the certificate is in its validity period (a warning within
+/// [`CERT_WARN_DAYS`] of its end). `now` is passed in for the expiry.
+pub fn check_server(s: &ServerConfig, now: chrono::DateTime<chrono::Utc>) -> ServerCheck {
+    let mut sc = ServerCheck::default();
+    for (key, addr) in std::iter::once(("listen", Some(s.listen)))
+        .chain(std::iter::once(("metrics_listen", s.metrics_listen)))
+    {
+        let Some(addr) = addr else { continue };
+        // Port 0: proves the address is one of this host's without taking
+        // the port a running `serve` may hold.
+        match std::net::TcpListener::bind(std::net::SocketAddr::new(addr.ip(), 0)) {
+            Ok(_) => sc
+                .notes
+                .push(format!("{key} {addr}: the address is this host's")),
+            Err(e) => sc.problems.push(format!(
+                "{key} {addr}: this host cannot listen on {}: {e}: use one of its addresses \
+                 (or 0.0.0.0 / [::]) in `[server] {key}`",
+                addr.ip()
+            )),
+        }
+    }
+    let Some(tls) = &s.tls else {
+        sc.notes.push("no tls_cert/tls_key: plain HTTP".into());
+        return sc;
+    };
+    let certs = server_certs(&tls.cert, &mut sc);
+    let key = server_key(&tls.key, &mut sc);
+    let (Some(certs), Some(key)) = (certs, key) else {
+        return sc;
+    };
+    match rustls::crypto::aws_lc_rs::sign::any_supported_type(&key) {
+        Err(e) => sc.problems.push(format!(
+            "tls_key {}: not a key rustls can use ({e}): use an RSA, ECDSA or Ed25519 key in PEM",
+            tls.key.display()
+        )),
+        Ok(signer) => {
+            let ck = rustls::sign::CertifiedKey::new(certs.clone(), signer);
+            match ck.keys_match() {
+                Ok(()) => sc.notes.push(format!(
+                    "tls_key {} belongs to tls_cert {}",
+                    tls.key.display(),
+                    tls.cert.display()
+                )),
+                Err(e) => sc.problems.push(format!(
+                    "tls_key {} does not belong to tls_cert {} ({e}): give the key the \
+                     certificate was issued for",
+                    tls.key.display(),
+                    tls.cert.display()
+                )),
+            }
+        }
+    }
+    cert_validity(&tls.cert, &certs[0], now, &mut sc);
+    sc
+}
+
+fn server_certs(
+    path: &Path,
+    sc: &mut ServerCheck,
+) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let shown = path.display();
+    if let Err(e) = std::fs::File::open(path) {
+        sc.problems.push(format!(
+            "tls_cert {shown}: {e}: put the server's certificate chain (PEM) there, readable by \
+             the user `serve` runs as, or correct `[server] tls_cert`"
+        ));
+        return None;
+    }
+    match CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+        Ok(c) if !c.is_empty() => Some(c),
+        Ok(_) => {
+            sc.problems.push(format!(
+                "tls_cert {shown} holds no PEM certificate: it must hold \
+                 \"-----BEGIN CERTIFICATE-----\" blocks, the server's first"
+            ));
+            None
+        }
+        Err(e) => {
+            sc.problems.push(format!(
+                "tls_cert {shown} cannot be read as PEM ({e}): it must hold \
+                 \"-----BEGIN CERTIFICATE-----\" blocks, the server's first"
+            ));
+            None
+        }
+    }
+}
+
+fn server_key(
+    path: &Path,
+    sc: &mut ServerCheck,
+) -> Option<rustls::pki_types::PrivateKeyDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let shown = path.display();
+    if let Err(e) = std::fs::File::open(path) {
+        sc.problems.push(format!(
+            "tls_key {shown}: {e}: put the certificate's private key (PEM) there, readable by \
+             the user `serve` runs as (mode 600), or correct `[server] tls_key`"
+        ));
+        return None;
+    }
+    // Refused like every other secret file (src/source/secret.rs).
+    if let Err(e) = check_private(path) {
+        sc.problems.push(format!("tls_key: {e}"));
+    }
+    match PrivateKeyDer::from_pem_file(path) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            sc.problems.push(format!(
+                "tls_key {shown} holds no PEM private key ({e}): it must hold a \
+                 \"-----BEGIN PRIVATE KEY-----\" (or RSA / EC) block, unencrypted"
+            ));
+            None
+        }
+    }
+}
+
+fn cert_validity(
+    path: &Path,
+    cert: &rustls::pki_types::CertificateDer<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+    sc: &mut ServerCheck,
+) {
+    let shown = path.display();
+    let parsed = match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, c)) => c,
+        Err(e) => {
+            sc.problems.push(format!(
+                "tls_cert {shown}: its first certificate cannot be parsed ({e}): replace it"
+            ));
+            return;
+        }
+    };
+    let v = parsed.validity();
+    let at = |t: &x509_parser::time::ASN1Time| {
+        chrono::DateTime::from_timestamp(t.timestamp(), 0).unwrap_or_default()
+    };
+    let (from, until) = (at(&v.not_before), at(&v.not_after));
+    let day = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    if now < from {
+        sc.problems.push(format!(
+            "tls_cert {shown} is not valid before {}: check the host's clock, or use a \
+             certificate valid now",
+            day(from)
+        ));
+    } else if now >= until {
+        sc.problems.push(format!(
+            "tls_cert {shown} expired at {}: renew it (clients refuse it)",
+            day(until)
+        ));
+    } else if until - now <= chrono::Duration::days(CERT_WARN_DAYS) {
+        sc.warnings.push(format!(
+            "tls_cert {shown} expires at {} (in {} day(s)): renew it before then",
+            day(until),
+            (until - now).num_days()
+        ));
+    } else {
+        sc.notes
+            .push(format!("tls_cert {shown} is valid until {}", day(until)));
+    }
 }
 
 /// A schedule that, with its `on_holiday` on the daemon's calendar, has no

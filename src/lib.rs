@@ -43,6 +43,7 @@ pub mod query;
 pub mod schedule;
 pub mod source;
 pub mod store;
+pub mod termtext;
 pub mod timefmt;
 pub mod web;
 

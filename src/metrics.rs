@@ -33,6 +33,7 @@ use rusqlite::Connection;
 use tokio::sync::watch;
 
 use crate::db;
+use crate::pipeline::validate::FileCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -55,6 +56,22 @@ pub const BUCKETS: [f64; 12] = [
 /// A file name is the partner's text: at most this many characters of it go
 /// into a label.
 const MAX_LABEL_CHARS: usize = 200;
+
+/// Every outcome a finished run can have (`RunReport::outcome_name`, and
+/// `missed`): each has its `milebatch_runs_total` series from the start,
+/// at 0, so that `increase()` and alerts see the first one.
+const RUN_OUTCOMES: [&str; 7] = [
+    "ok",
+    "no-file",
+    "missed",
+    "refused",
+    "failed",
+    "skipped",
+    "tidy-failed",
+];
+
+/// The channels a credit comes by.
+const CHANNELS: [&str; 3] = ["pull", "upload", "api"];
 
 #[derive(Default)]
 struct RouteStats {
@@ -243,7 +260,7 @@ impl Metrics {
         // Credits and miles by (partner, channel): files, then the API.
         let mut credits: BTreeMap<(String, String), (u64, i64)> = BTreeMap::new();
         for p in &self.partners {
-            for ch in ["pull", "upload", "api"] {
+            for ch in CHANNELS {
                 credits.insert((p.clone(), ch.into()), (0, 0));
             }
         }
@@ -339,13 +356,23 @@ impl Metrics {
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        // Every partner and channel from the start, at 0 until a reversal.
+        let mut reversed: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+        for p in &self.partners {
+            for ch in CHANNELS {
+                reversed.insert((p.clone(), ch.into()), (0, 0));
+            }
+        }
+        for (p, ch, n, miles) in rev {
+            reversed.insert((p, ch), (n, miles));
+        }
         header(
             out,
             "milebatch_reversed_credits_total",
             "counter",
             "compensating ledger rows written by reversals, by partner and channel of the reversed credit",
         );
-        for (p, ch, n, _) in &rev {
+        for ((p, ch), (n, _)) in &reversed {
             let _ = writeln!(
                 out,
                 "milebatch_reversed_credits_total{{partner=\"{}\",channel=\"{}\"}} {n}",
@@ -359,7 +386,7 @@ impl Metrics {
             "counter",
             "miles taken back by reversals (positive), by partner and channel",
         );
-        for (p, ch, _, miles) in &rev {
+        for ((p, ch), (_, miles)) in &reversed {
             let _ = writeln!(
                 out,
                 "milebatch_reversed_miles_total{{partner=\"{}\",channel=\"{}\"}} {miles}",
@@ -372,7 +399,7 @@ impl Metrics {
         let mut runs: BTreeMap<(String, String), i64> = BTreeMap::new();
         let mut missed: BTreeMap<String, i64> = BTreeMap::new();
         for p in &self.partners {
-            for o in ["ok", "failed", "refused", "missed"] {
+            for o in RUN_OUTCOMES {
                 runs.insert((p.clone(), o.into()), 0);
             }
             missed.insert(p.clone(), 0);
@@ -437,13 +464,23 @@ impl Metrics {
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        // Every partner and file code from the start, at 0 until a refusal.
+        let mut by_code: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for p in &self.partners {
+            for code in FileCode::ALL {
+                by_code.insert((p.clone(), code.as_str().into()), 0);
+            }
+        }
+        for (p, code, n) in refused {
+            by_code.insert((p, code), n);
+        }
         header(
             out,
             "milebatch_refused_files_total",
             "counter",
             "files refused whole (F002-F008) or as duplicates (F001), by partner and file code",
         );
-        for (p, code, n) in &refused {
+        for ((p, code), n) in &by_code {
             let _ = writeln!(
                 out,
                 "milebatch_refused_files_total{{partner=\"{}\",code=\"{}\"}} {n}",

@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 use super::output::{fail, print_json};
 use super::{known_partner, load, Cli};
+use crate::termtext::cell;
 use crate::{db, timefmt};
 
 #[derive(Subcommand, Debug)]
@@ -96,7 +97,7 @@ pub(super) fn run(cli: &Cli, command: &ApiKeyCommand) -> anyhow::Result<ExitCode
                         "{}\t{}\t{}\t{}\t{}\t{}",
                         k.prefix,
                         k.partner,
-                        k.label,
+                        cell(&k.label),
                         timefmt::stored_for_people(&k.created_at, tz),
                         when(&k.last_used_at),
                         when(&k.revoked_at)

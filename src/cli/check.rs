@@ -27,7 +27,7 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let tz = config.daemon.timezone;
     let now = clock()?.now();
     let today = now.with_timezone(&tz).date_naive();
-    let mut report = check::check(&config, today);
+    let mut report = check::check(&config, today, now);
     if connect {
         for (p, pc) in config.partners.iter().zip(report.partners.iter_mut()) {
             // A partner whose settings are already wrong would only fail
@@ -71,6 +71,8 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
             "config": config.path,
             "ok": problems.is_empty(),
             "problems": problems,
+            "warnings": report.server.warnings,
+            "server_notes": report.server.notes,
             "partners": partners,
         }))?;
     } else {
@@ -116,10 +118,16 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 println!("    connect: not tried (fix the problems below first)");
             }
         }
+        for n in &report.server.notes {
+            println!("  [server] ok: {n}");
+        }
+        for w in &report.server.warnings {
+            println!("warning: [server]: {w}");
+        }
         for pr in &problems {
             match &pr.partner {
                 Some(id) => println!("problem: {id}: {}", pr.problem),
-                None => println!("problem: [daemon]: {}", pr.problem),
+                None => println!("problem: [{}]: {}", pr.section, pr.problem),
             }
         }
         if !problems.is_empty() {

@@ -7,6 +7,7 @@ use clap::Args;
 use super::output::{fail, print_json};
 use super::{known_partner, load, Cli};
 use crate::{db, members, query, timefmt};
+use crate::termtext::cell;
 
 #[derive(Args, Debug)]
 pub struct ExchangesArgs {
@@ -54,8 +55,8 @@ pub(super) fn exchanges(cli: &Cli, args: &ExchangesArgs) -> anyhow::Result<ExitC
                     (_, Some(c)) => format!("rejected {c}"),
                     (s, None) => s.to_string(),
                 },
-                r.member_id.as_deref().unwrap_or("-"),
-                r.partner_key.as_deref().unwrap_or("-"),
+                cell(r.member_id.as_deref().unwrap_or("-")),
+                cell(r.partner_key.as_deref().unwrap_or("-")),
                 r.miles.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
             );
         }
@@ -126,7 +127,7 @@ pub(super) fn history(cli: &Cli, args: &HistoryArgs) -> anyhow::Result<ExitCode>
     if *json {
         print_json(&rows)?;
     } else if rows.is_empty() {
-        println!("no credits for partner {partner} key {key:?}");
+        println!("no credits for partner {partner} key \"{}\"", cell(key));
     } else {
         println!("credited at\tmember\tmiles\tfile:line");
         for r in rows {
@@ -137,9 +138,9 @@ pub(super) fn history(cli: &Cli, args: &HistoryArgs) -> anyhow::Result<ExitCode>
             println!(
                 "{}\t{}\t{}\t{}:{}{reversal}",
                 timefmt::stored_for_people(&r.credited_at, tz),
-                r.member_id,
+                cell(&r.member_id),
                 r.miles,
-                r.file,
+                cell(&r.file),
                 r.line
             );
         }
@@ -231,15 +232,15 @@ pub(super) fn files(cli: &Cli, args: &FilesArgs) -> anyhow::Result<ExitCode> {
             r.id,
             timefmt::stored_for_people(&r.started_at, tz),
             r.partner,
-            r.name,
+            cell(&r.name),
             r.outcome,
             r.rows,
             r.credited,
             r.failed,
             r.repeats.map_or("-".to_owned(), |n| n.to_string()),
             r.miles,
-            r.report_path.as_deref().unwrap_or("-"),
-            reason,
+            cell(r.report_path.as_deref().unwrap_or("-")),
+            cell(&reason),
         );
     }
     if more > 0 {

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::output::{fail, print_json};
 use super::{clock, known_partner, load, Cli};
+use crate::termtext::cell;
 use crate::{db, money, timefmt};
 
 #[derive(Args, Debug)]
@@ -208,7 +209,10 @@ fn print_statement(st: &money::statement::Statement, tz: chrono_tz::Tz) {
         };
         println!(
             "  {id} {} ({}){:>10} rows{:>14} miles",
-            f.name, f.channel, f.total.rows, f.total.miles
+            cell(&f.name),
+            f.channel,
+            f.total.rows,
+            f.total.miles
         );
     }
     println!("issued by day");
@@ -226,10 +230,10 @@ fn print_statement(st: &money::statement::Statement, tz: chrono_tz::Tz) {
             r.id,
             r.what,
             t(&r.at),
-            r.actor,
+            cell(&r.actor),
             r.total.rows,
             r.total.miles,
-            r.reason
+            cell(&r.reason)
         );
     }
     println!(

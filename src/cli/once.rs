@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::output::print_json;
 use super::{clock, known_partner, load, Cli};
+use crate::termtext::cell;
 use crate::db;
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
 use crate::timefmt;
@@ -86,10 +87,14 @@ fn print_run(r: &RunReport, dry_run: bool, tz: chrono_tz::Tz) {
     for f in &r.files {
         print!(
             "  {} [{}] rows {} credited {} failed {}",
-            f.name, f.outcome, f.counts.rows, f.counts.credited, f.counts.failed
+            cell(&f.name),
+            f.outcome,
+            f.counts.rows,
+            f.counts.credited,
+            f.counts.failed
         );
         if let Some(why) = &f.reason {
-            print!(" — {why}");
+            print!(" — {}", cell(why));
         }
         if let Some(r) = f.counts.repeats.filter(|r| *r > 0) {
             print!(" repeats {r}");
@@ -105,19 +110,14 @@ fn print_run(r: &RunReport, dry_run: bool, tz: chrono_tz::Tz) {
     for t in &r.tidy_failed {
         println!(
             "  {} [tidy-failed] file {} — {} (failing since {})",
-            t.name,
+            cell(&t.name),
             t.file_id,
             t.error,
             timefmt::stored_for_people(&t.failing_since, tz)
         );
     }
     for s in &r.skipped {
-        // Escaped: an unsafe name may hold control characters.
-        print!(
-            "  {} [skipped: {}]",
-            s.name.escape_debug(),
-            s.reason.as_str()
-        );
+        print!("  {} [skipped: {}]", cell(&s.name), s.reason.as_str());
         if let Some(id) = s.file_id {
             print!(" file {id}");
         }

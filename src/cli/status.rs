@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::output::print_json;
 use super::{clock, load, Cli};
+use crate::termtext::cell;
 use crate::{daemon, db, query, timefmt};
 
 #[derive(Args, Debug)]
@@ -173,9 +174,9 @@ fn print_status(v: &serde_json::Value, tz: chrono_tz::Tz) {
                         .unwrap_or_default();
                     println!(
                         "            {}: {}{id} — {}",
-                        s(&k["name"]).escape_debug(),
+                        cell(&s(&k["name"])),
                         s(&k["reason"]),
-                        s(&k["detail"])
+                        cell(&s(&k["detail"]))
                     );
                 }
             }

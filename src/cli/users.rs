@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 use super::output::print_json;
 use super::{load, Cli};
+use crate::termtext::cell;
 use crate::db;
 
 #[derive(Subcommand, Debug)]
@@ -97,7 +98,10 @@ pub(super) fn run(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> 
                     };
                     println!(
                         "{:<32} {:<16} {:<9} {}",
-                        r.email, role, state, r.failed_logins
+                        cell(&r.email),
+                        cell(&role),
+                        state,
+                        r.failed_logins
                     );
                 }
             }

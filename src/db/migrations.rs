@@ -362,4 +362,15 @@ CREATE TABLE run_requests(
 );
 CREATE INDEX run_requests_open ON run_requests(partner, id) WHERE finished_at IS NULL;
 "#,
+    // 15: the key that seals the partner API's paging cursors
+    // (src/web/api/cursor.rs), so a cursor cannot be made or altered by
+    // hand and survives a restart. One row, made here: SQLite's
+    // randomblob() is its ChaCha20 generator seeded from the OS.
+    r#"
+CREATE TABLE api_cursor_key(
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    key BLOB NOT NULL CHECK (length(key) = 32)
+);
+INSERT INTO api_cursor_key(id, key) VALUES (1, randomblob(32));
+"#,
 ];

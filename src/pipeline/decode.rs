@@ -1,8 +1,10 @@
 //! Decode: a record's bytes into text, in the partner's declared encoding.
 //!
 //! A record that does not decode cleanly is E009 (no replacement characters:
-//! a guessed character could credit the wrong member). NUL bytes are not text
-//! in any encoding we accept, so they are E009 too.
+//! a guessed character could credit the wrong member). Control characters
+//! (NUL, tab, CR/LF inside quotes, ESC, DEL, C1: `validate::is_control`)
+//! are not text in any encoding we accept, so they are E009 too, as they
+//! are in an API exchange's `member` or `partner_key`.
 
 use std::borrow::Cow;
 
@@ -14,12 +16,15 @@ use super::parse::Record;
 /// `,` `"` and line ends never sit inside a multi-byte character, every field
 /// of a clean record decodes too.
 pub fn record_decodes(raw: &[u8], enc: Encoding) -> bool {
-    if raw.contains(&0) {
+    // The ASCII controls, on the bytes: they are the same bytes in both
+    // encodings and never the trail byte of a Shift_JIS character.
+    if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
         return false;
     }
+    let no_c1 = |s: &str| !s.chars().any(super::validate::is_control);
     match enc {
-        Encoding::Utf8 => std::str::from_utf8(raw).is_ok(),
-        Encoding::ShiftJis => raw.is_ascii() || decode(raw, enc).is_some(),
+        Encoding::Utf8 => std::str::from_utf8(raw).is_ok_and(no_c1),
+        Encoding::ShiftJis => raw.is_ascii() || decode(raw, enc).is_some_and(|s| no_c1(&s)),
     }
 }
 
@@ -73,5 +78,19 @@ mod tests {
         // A lead byte followed by a byte that cannot trail it.
         assert!(!record_decodes(b"\x81\x20,k,1", Encoding::ShiftJis));
         assert!(!record_decodes(b"\xa0x,k,1", Encoding::Utf8));
+        // Control characters are not text in either encoding.
+        for enc in [Encoding::Utf8, Encoding::ShiftJis] {
+            for bad in [
+                &b"a\tb,k,1"[..],
+                b"a,k\x1b[31m,1",
+                b"a,\"k\r\nx\",1",
+                b"a,k\x7f,1",
+            ] {
+                assert!(!record_decodes(bad, enc), "{bad:?} {enc:?}");
+            }
+        }
+        assert!(!record_decodes("a,k\u{85},1".as_bytes(), Encoding::Utf8));
+        // CP932's 0x80 is U+0080, a C1 control.
+        assert!(!record_decodes(b"a,k\x80,1", Encoding::ShiftJis));
     }
 }

@@ -101,6 +101,16 @@ pub enum FileCode {
 }
 
 impl FileCode {
+    pub const ALL: [FileCode; 7] = [
+        FileCode::F001,
+        FileCode::F002,
+        FileCode::F003,
+        FileCode::F004,
+        FileCode::F005,
+        FileCode::F006,
+        FileCode::F007,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FileCode::F001 => "F001",
@@ -155,6 +165,26 @@ pub fn check<'a>(
     }
     let found = lookup.find(&member)?;
     Ok(after_lookup(found, key, &miles, rules))
+}
+
+/// Whether `c` is a control character: C0 (U+0000–U+001F, tab, CR and LF
+/// included), DEL (U+007F) or C1 (U+0080–U+009F). None is ever part of a
+/// member ID, an e-mail or a partner key; each could forge a line of a
+/// report or a table, or drive a terminal.
+pub fn is_control(c: char) -> bool {
+    c.is_control()
+}
+
+/// E009 for text that holds a control character ([`is_control`]): not
+/// text, like a byte the encoding does not have. The one rule for both
+/// paths: a CSV record with one in any field (`decode::record_decodes`)
+/// and an API exchange with one in `member` or `partner_key`.
+pub fn text_clean(fields: &[&str]) -> Result<(), Code> {
+    if fields.iter().any(|f| f.chars().any(is_control)) {
+        Err(Code::E009)
+    } else {
+        Ok(())
+    }
 }
 
 /// E002, the one rule checked before the member lookup.
@@ -246,6 +276,18 @@ mod tests {
         }
         for header in ["miles", "マイル", "", "points "] {
             assert!(!is_number(header), "{header:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_not_text() {
+        for bad in [
+            "a\0b", "a\tb", "a\r\nb", "\x1b[31m", "a\x7f", "a\u{85}", "a\u{9b}",
+        ] {
+            assert_eq!(text_clean(&["ok", bad]), Err(Code::E009), "{bad:?}");
+        }
+        for good in ["NM0000000001", "taro@example.jp", "鍵 1", "a\u{a0}b", "①㈱"] {
+            assert_eq!(text_clean(&[good, good]), Ok(()), "{good:?}");
         }
     }
 

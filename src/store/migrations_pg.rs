@@ -288,6 +288,17 @@ CREATE TABLE run_requests(
 );
 CREATE INDEX run_requests_open ON run_requests(partner, id) WHERE finished_at IS NULL;
 "#,
+    // 15: the key that seals the API's paging cursors. PostgreSQL has no
+    // randomblob() without pgcrypto: two gen_random_uuid() (built in since
+    // 13, from the server's strong RNG) give 32 bytes, 244 of them random.
+    r#"
+CREATE TABLE api_cursor_key(
+    id  BIGINT PRIMARY KEY CHECK (id = 1),
+    key BYTEA NOT NULL CHECK (length(key) = 32)
+);
+INSERT INTO api_cursor_key(id, key)
+VALUES (1, decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
+"#,
 ];
 
 #[cfg(test)]

@@ -63,6 +63,10 @@ pub enum WebError {
     #[error(transparent)]
     Writer(#[from] writer::WriterError),
     #[error(transparent)]
+    Cursor(#[from] api::cursor::CursorError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("serving on {addr}: {source}")]
     Serve {
@@ -94,14 +98,19 @@ pub struct Shared {
     pub site_writer: Arc<site::conn::SiteWriter>,
     /// Request counters and latencies for `/metrics`.
     pub http_metrics: Arc<crate::metrics::HttpMetrics>,
+    /// Seals the paging cursors: read once here, never per request.
+    pub cursor_key: Arc<api::cursor::CursorKey>,
 }
 
 impl AppState {
     /// The state for `config`: opens (and migrates) the database.
-    pub fn new(config: Arc<Config>) -> Result<AppState, writer::WriterError> {
+    pub fn new(config: Arc<Config>) -> Result<AppState, WebError> {
         let db = config.daemon.database.clone();
+        let writer = writer::Writer::start(&db, config.daemon.timezone)?;
+        let cursor_key = api::cursor::CursorKey::load(&crate::db::open(&db)?)?;
         Ok(AppState(Arc::new(Shared {
-            writer: writer::Writer::start(&db, config.daemon.timezone)?,
+            writer,
+            cursor_key: Arc::new(cursor_key),
             readers: Arc::new(readers::Readers::new(db.clone())),
             site_writer: Arc::new(site::conn::SiteWriter::new(db)),
             keys: Arc::default(),

@@ -341,7 +341,10 @@ fn exchange(conn: &Connection, x: &Exchange) -> Result<Outcome, WriterError> {
             Outcome::KeyReused
         });
     }
-    let checked = match validate::member_present(&x.member) {
+    // E009 first, as for a CSV row that cannot be decoded.
+    let checked = match validate::text_clean(&[&x.member, &x.partner_key])
+        .and_then(|()| validate::member_present(&x.member))
+    {
         Err(code) => Err(code),
         Ok(()) => {
             // Cached statements: preparing a `Lookup` (four statements)
@@ -481,7 +484,7 @@ pub fn code_text(code: Code) -> &'static str {
         Code::E006 => "miles is not a positive whole number",
         Code::E007 => "miles is above the partner's per-row maximum",
         Code::E008 => "the same exchange appeared earlier",
-        Code::E009 => "cannot be decoded",
+        Code::E009 => "member or partner_key holds a control character (not text)",
         Code::E010 => "this partner_key was credited before (the partner's keys are unique)",
     }
 }

@@ -39,8 +39,11 @@ pub struct NewExchange {
     /// The partner's own key of the exchange, 1–64 characters.
     pub partner_key: String,
     /// A whole number ≥ 1, at most the partner's `max_miles_per_row`.
+    /// Judged on its JSON text by the CSV rule: digits only (a sign, a
+    /// fraction or an exponent is E006), and a value above the maximum is
+    /// E007 however large, 2^64 and beyond included.
     #[schema(value_type = i64, minimum = 1)]
-    pub miles: serde_json::Number,
+    pub miles: Box<serde_json::value::RawValue>,
 }
 
 use super::bad_request;
@@ -54,15 +57,15 @@ pub fn valid_idempotency_key(k: &[u8]) -> bool {
     post,
     path = "/api/v1/exchanges",
     request_body = NewExchange,
-    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters, unique per exchange; the same key replays the first answer")),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1–255 printable ASCII characters, unique per exchange; the same key replays the first answer. Exactly one: two are a 400")),
     responses(
         (status = 201, description = "Credited, committed before this answer", body = Credited),
-        (status = 400, description = "Bad JSON, fields or types, no Idempotency-Key, body over 16 KiB", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad JSON, fields or types, a number JSON cannot hold, no or two Idempotency-Key headers, body over 16 KiB", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown or revoked key", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The partner's API is not enabled", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The same Idempotency-Key is still being processed (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Rejected with a row code E002–E007, or the Idempotency-Key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Rejected with a row code (`code`: E002–E007, E009, E010), or the Idempotency-Key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive whole within 10 s", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's rate or the partner's daily miles limit (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The database failed; nothing was done", body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -82,6 +85,11 @@ pub(crate) async fn create(
     let api = &partner.api;
     // The key is checked before the body is read: a request without one
     // is refused without reading it.
+    // Two keys are two answers to "which exchange is this?": refused
+    // rather than one of them picked.
+    if headers.get_all("idempotency-key").iter().nth(1).is_some() {
+        return bad_request("send one `Idempotency-Key` header, not several").into_response();
+    }
     let idem_key = match headers.get("idempotency-key") {
         Some(v) if valid_idempotency_key(v.as_bytes()) => {
             v.to_str().unwrap_or_default().to_owned()
@@ -100,14 +108,15 @@ pub(crate) async fn create(
             Ok(r) => r,
             Err(r) => return r,
         };
-    // Miles as a CSV row would carry them: a JSON integer keeps its digits;
-    // a negative number or a fraction fails E006 like "-5" or "5.0" does.
-    let miles = match req.miles.as_u64() {
-        Some(m) => m.to_string(),
-        None => "-".to_owned(),
-    };
-    let canonical =
-        serde_json::json!([req.member, req.partner_key, req.miles.to_string()]).to_string();
+    // Miles as a CSV row would carry them: the number's JSON text, so that
+    // one rule judges both ("-5", "5.0", "1e3" E006; any run of digits
+    // above the maximum E007, however long). JSON's own limits (an f64)
+    // never apply: 1e309 is E006 like "1e309" in a file, not a 400.
+    let miles = req.miles.get().to_owned();
+    if !miles.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        return bad_request("`miles` must be a JSON number, such as 120").into_response();
+    }
+    let canonical = serde_json::json!([req.member, req.partner_key, miles]).to_string();
     let request_sha256 = format!("{:x}", Sha256::digest(canonical.as_bytes()));
     let now = chrono::Utc::now();
     let tz = state.writer.tz();
@@ -258,9 +267,11 @@ fn unix_text(t: i64) -> String {
     path = "/api/v1/exchanges/{id}",
     params(("id" = i64, Path, description = "The id a 201 gave")),
     responses(
-        (status = 200, body = Credit),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The credit", body = Credit),
+        (status = 401, description = "Missing, unknown or revoked key", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The partner's API is not enabled", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such credit of this partner", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The database failed", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -269,6 +280,9 @@ pub(crate) async fn one(
     ApiKey(caller): ApiKey,
     Path(id): Path<String>,
 ) -> Response {
+    if let Err(r) = super::enabled(&state, &caller) {
+        return r;
+    }
     let Ok(id) = id.parse::<i64>() else {
         return not_found();
     };
@@ -316,13 +330,19 @@ pub(crate) async fn one(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// Required: the partner key whose credits are listed.
+    /// The partner key whose credits are listed (required: 400 without it,
+    /// or with nothing but spaces).
+    #[param(required = true, value_type = String, min_length = 1, pattern = "\\S")]
     pub partner_key: Option<String>,
     /// RFC 3339; credits at or after it.
+    #[param(value_type = String, format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339; credits before it.
+    #[param(value_type = String, format = DateTime)]
     pub to: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page, as given, with the same
+    /// `partner_key`: a cursor this server did not give out is a 400.
+    #[param(value_type = String, pattern = "^[A-Za-z0-9_-]{64}$")]
     pub cursor: Option<String>,
 }
 
@@ -335,9 +355,7 @@ pub struct CreditPage {
     next_cursor: Option<String>,
 }
 
-/// Where a page ends: the ledger key after the partner and partner key.
-#[derive(Debug, serde::Serialize, Deserialize)]
-struct Cursor(i64, i64, i64, i64);
+use super::cursor::Position as Cursor;
 
 fn parse_time(name: &str, v: Option<&str>) -> Result<Option<i64>, Problem> {
     let Some(v) = v else { return Ok(None) };
@@ -359,8 +377,10 @@ fn parse_time(name: &str, v: Option<&str>) -> Result<Option<i64>, Problem> {
     params(SearchQuery),
     responses(
         (status = 200, description = "Credits of the partner key, from the API and from files, 100 a page", body = CreditPage),
-        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `partner_key`, an unknown parameter, a time that is not RFC 3339, or a cursor this server did not give out", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or revoked key", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The partner's API is not enabled", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The database failed", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -369,6 +389,9 @@ pub(crate) async fn search(
     ApiKey(caller): ApiKey,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if let Err(r) = super::enabled(&state, &caller) {
+        return r;
+    }
     let q = match q {
         Ok(Query(q)) => q,
         Err(e) => return bad_request(e.body_text()).into_response(),
@@ -388,12 +411,20 @@ pub(crate) async fn search(
         (Ok(f), Ok(t)) => (f, t),
         (Err(p), _) | (_, Err(p)) => return p.into_response(),
     };
-    let after = match q.cursor.as_deref().map(decode_cursor) {
-        None => Cursor(-1, -1, -1, -1),
+    let after = match q
+        .cursor
+        .as_deref()
+        .map(|c| state.cursor_key.open(&caller.partner, &key, c))
+    {
+        None => Cursor::START,
         Some(Some(c)) => c,
-        Some(None) => return bad_request("`cursor` is not one this API gave out").into_response(),
+        Some(None) => return bad_request(
+            "`cursor` is not one this API gave out for this partner_key: pass `next_cursor` of the previous page as it is, with the same partner_key",
+        )
+        .into_response(),
     };
     let partner = caller.partner.clone();
+    let scope_key = key.clone();
     let page = state
         .readers
         .with(
@@ -458,25 +489,11 @@ pub(crate) async fn search(
     match page {
         Ok((credits, next)) => axum::Json(serde_json::json!({
             "credits": credits,
-            "next_cursor": next.map(|c| encode_cursor(&c)),
+            "next_cursor": next.map(|c| state.cursor_key.seal(&caller.partner, &scope_key, c)),
         }))
         .into_response(),
         Err(e) => internal(&e).into_response(),
     }
-}
-
-fn encode_cursor(c: &Cursor) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(c).unwrap_or_default())
-}
-
-fn decode_cursor(s: &str) -> Option<Cursor> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

@@ -55,12 +55,12 @@ pub struct VerifyAnswer {
     request_body = VerifyRequest,
     responses(
         (status = 200, description = "`match` is true only for the same active member; every no is identical", body = VerifyAnswer),
-        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad JSON, fields or types, body over 16 KiB", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or revoked key", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The partner's API is not enabled", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive whole within 10 s", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key's rate or the partner's daily verify limit (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The database failed; nothing was done", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

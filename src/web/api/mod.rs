@@ -2,6 +2,7 @@
 //! authenticates with [`ApiKey`](super::auth::api_keys::ApiKey), answers
 //! errors as problem+json and reads at most [`MAX_BODY`] bytes of body.
 
+pub mod cursor;
 pub mod exchanges;
 pub mod limits;
 pub mod members;
@@ -55,26 +56,39 @@ pub(crate) fn bad_request(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad Request").detail(detail)
 }
 
-/// The caller's partner, if its API is enabled (403 otherwise), after
-/// taking a token from the key's `bucket` (429 when empty).
+/// The caller's partner, if its API is enabled: 403 otherwise. Every API
+/// route calls it (reads included, through [`admit`] or directly), so a
+/// partner whose API is off gets nothing, not even its own credits back.
+/// A look-up in the loaded config: no database round trip.
 // The rejection is the answer itself, as axum's own extractors give it.
 #[allow(clippy::result_large_err)]
-pub(crate) fn admit<'a>(
+pub(crate) fn enabled<'a>(
     state: &'a AppState,
     caller: &Caller,
-    bucket: limits::Bucket,
 ) -> Result<&'a PartnerConfig, Response> {
     let Some(partner) = state.config.partner(&caller.partner) else {
         return Err(super::auth::api_keys::unauthorized());
     };
-    let api = &partner.api;
-    if !api.enabled {
+    if !partner.api.enabled {
         return Err(
             Problem::new(StatusCode::FORBIDDEN, "api-disabled", "Forbidden")
                 .detail("the API is not enabled for this partner (`[partner.api] enabled`)")
                 .into_response(),
         );
     }
+    Ok(partner)
+}
+
+/// The caller's partner, if its API is enabled (403 otherwise), after
+/// taking a token from the key's `bucket` (429 when empty).
+#[allow(clippy::result_large_err)]
+pub(crate) fn admit<'a>(
+    state: &'a AppState,
+    caller: &Caller,
+    bucket: limits::Bucket,
+) -> Result<&'a PartnerConfig, Response> {
+    let partner = enabled(state, caller)?;
+    let api = &partner.api;
     if let Err(secs) = state
         .limiter
         .take((caller.key_id, bucket), api.rate, Instant::now())

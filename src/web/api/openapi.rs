@@ -23,8 +23,33 @@ pub struct Problem {
     title: String,
     status: u16,
     detail: Option<String>,
-    /// The row code (`E002`–`E007`) of a rejected exchange.
-    code: Option<String>,
+    /// The row code of a rejected exchange (422 `/problems/rejected` only).
+    code: Option<RowCode>,
+}
+
+/// The row codes `POST /api/v1/exchanges` can answer: those of a CSV row
+/// that apply to one exchange (E001 and E008 are about a file's columns
+/// and repeats; an exchange has neither). `tests/api_answers.rs` reaches
+/// every one of them on the running server.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+pub enum RowCode {
+    /// `member` is empty.
+    E002,
+    /// `member` not found.
+    E003,
+    /// The member is not active.
+    E004,
+    /// `partner_key` is empty or longer than 64 characters.
+    E005,
+    /// `miles` is not a positive whole number, or is 2^64 or more.
+    E006,
+    /// `miles` is above the partner's per-row maximum.
+    E007,
+    /// `member` or `partner_key` holds a control character (not text).
+    E009,
+    /// `partner_key` was credited before (`unique_partner_key`).
+    E010,
 }
 
 #[derive(OpenApi)]
@@ -35,7 +60,7 @@ pub struct Problem {
                        Every error is application/problem+json. See docs/api.md."
     ),
     modifiers(&BearerKey),
-    components(schemas(Problem))
+    components(schemas(Problem, RowCode))
 )]
 struct ApiDoc;
 
