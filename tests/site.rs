@@ -1326,3 +1326,247 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
     );
     b.close().await;
 }
+
+/// The `name=value` session cookie of a login, and the login's answer.
+fn login_answer(s: &Serve, email: &str, password: &str, next: &str) -> reqwest::blocking::Response {
+    s.client()
+        .post(s.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("email", email),
+            ("password", password),
+            ("next", next),
+        ]))
+        .send()
+        .unwrap()
+}
+
+/// Issue 22: a POST that lacks the `csrf` field (or is no form at all) is
+/// the documented 403 page, not axum's 422 text; and every HTTPS answer
+/// (pages, static files, the API, probes, errors) carries HSTS.
+#[test]
+fn every_csrf_failure_is_the_403_page_and_https_answers_carry_hsts() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let sid = http_login(&s, "staff@shop.example", &pw);
+    let c = s.client();
+    for (path, body, ctype) in [
+        ("/logout", "", "application/x-www-form-urlencoded"),
+        ("/keys", "label=POS", "application/x-www-form-urlencoded"),
+        ("/logout", "csrf=x", "text/plain"),
+    ] {
+        let r = c
+            .post(s.url(path))
+            .header("cookie", &sid)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path} {body:?} {ctype}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let text = r.text().unwrap();
+        assert!(
+            text.contains("このリクエストは受け付けられません") && text.contains("エラー 403"),
+            "{path}: {text}"
+        );
+    }
+    assert_eq!(ws.int("SELECT count(*) FROM api_keys"), 0, "no key made");
+    assert_eq!(
+        ws.int("SELECT count(*) FROM sessions"),
+        1,
+        "still logged in"
+    );
+    for path in [
+        "/login",
+        "/",
+        "/static/site.css",
+        "/healthz",
+        "/api/v1/nothing",
+        "/no-such-page",
+    ] {
+        let r = c.get(s.url(path)).header("cookie", &sid).send().unwrap();
+        assert_eq!(
+            r.headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("max-age=31536000".to_owned()),
+            "{path} ({})",
+            r.status()
+        );
+    }
+}
+
+/// Issue 22: a page asked for before the login is where the login goes
+/// (never to another host); every failed login, a locked account's too,
+/// shows the same neutral hint.
+#[test]
+fn login_returns_to_the_page_first_asked_for_and_every_failure_has_the_same_hint() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let c = s.client();
+    let r = c.get(s.url("/history?key=K1&mode=exact")).send().unwrap();
+    assert_eq!(r.status(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(to, "/login?next=%2Fhistory%3Fkey%3DK1%26mode%3Dexact");
+    let page = c.get(s.url(&to)).send().unwrap().text().unwrap();
+    assert!(
+        page.contains(r#"name="next" value="&#x2f;history?key=K1&amp;mode=exact""#),
+        "{page}"
+    );
+    let r = login_answer(&s, "staff@shop.example", &pw, "/history?key=K1&mode=exact");
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/history?key=K1&mode=exact");
+    for evil in [
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil.example",
+    ] {
+        let r = login_answer(&s, "staff@shop.example", &pw, evil);
+        assert_eq!(r.headers()["location"], "/", "{evil}");
+    }
+    // Locked: the wrong password five times, then the right one.
+    let hint = "何度も失敗した場合は、しばらく時間をおいてからもう一度お試しください。";
+    let failed = |email: &str, password: &str| {
+        let r = login_answer(&s, email, password, "");
+        assert_eq!(r.status(), 401);
+        r.text().unwrap().replace(email, "EMAIL")
+    };
+    let unknown = failed("nobody@shop.example", "whatever-it-is");
+    assert!(
+        unknown.contains(hint) && unknown.contains(GENERIC),
+        "{unknown}"
+    );
+    for _ in 0..5 {
+        failed("staff@shop.example", "wrong-password");
+    }
+    let locked = failed("staff@shop.example", &pw);
+    assert_eq!(locked, unknown, "a locked account reads like any failure");
+}
+
+/// Issue 22: `user enable` undoes `user disable`; `user list` says which.
+#[test]
+fn a_disabled_user_is_enabled_again_and_user_list_shows_the_state() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    ws.ok(&["user", "disable", "staff@shop.example"]);
+    let r = login_answer(&s, "staff@shop.example", &pw, "");
+    assert_eq!(r.status(), 401);
+    let list = ws.ok(&["user", "list"]);
+    assert!(list.contains("disabled"), "{list}");
+    let out = ws.ok(&["user", "enable", "staff@shop.example"]);
+    assert!(out.contains("enabled staff@shop.example"), "{out}");
+    let list = ws.ok(&["user", "list"]);
+    let line = list.lines().find(|l| l.contains("staff@")).unwrap();
+    assert!(line.contains("active"), "{list}");
+    http_login(&s, "staff@shop.example", &pw);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'user-enable'"),
+        1
+    );
+    let out = ws.run(&["user", "enable", "nobody@shop.example"]);
+    assert!(!out.status.success());
+}
+
+/// Issue 22: what a clerk reads: the partner's name with its id, numbers
+/// with 桁区切り, channels and outcomes in Japanese, a reversal that names
+/// no person to the partner; ops reach ファイル一覧 through a picker.
+#[test]
+fn pages_speak_japanese_with_partner_names_and_grouped_digits() {
+    let (ws, s, _pin) = site_with(
+        |ws| {
+            ws.scheduled_partner("shop", "daily 03:00").replacen(
+                "id = \"shop\"\n",
+                "id = \"shop\"\nname = \"ACME ストア\"\n",
+                1,
+            )
+        },
+        |ws| {
+            ws.members(3);
+            ws.write(
+                "inbox/shop/a.csv",
+                "M000001,K1,45000\r\nM000002,K2,5175\r\n",
+            );
+            ws.ok(&["once"]);
+            ws.write("inbox/shop/b.csv", "M000001,K3,1200\r\n");
+            ws.ok(&["once"]);
+        },
+    );
+    let b_id = ws.int("SELECT id FROM files WHERE name = 'b.csv'");
+    ws.ok(&["reverse", "--file", &b_id.to_string(), "--reason", "誤送信"]);
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let ops_pw = add_user(&ws, "ops@op.example", &["--ops"]);
+    let sid = http_login(&s, "staff@shop.example", &pw);
+    let get = |sid: &str, path: &str| {
+        let r = s
+            .client()
+            .get(s.url(path))
+            .header("cookie", sid)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().unwrap()
+    };
+    let home = get(&sid, "/");
+    assert!(home.contains("ACME ストア（shop）"), "{home}");
+    let files = get(&sid, "/files");
+    assert!(
+        files.contains("ファイル一覧 — ACME ストア（shop）"),
+        "{files}"
+    );
+    assert!(files.contains(">50,175<"), "miles grouped: {files}");
+    assert!(files.contains(">1,200<"), "{files}");
+    assert!(files.contains("取得"), "{files}");
+    assert!(files.contains("運用担当"), "{files}");
+    assert!(
+        !files.contains("cli:"),
+        "no person named to the partner: {files}"
+    );
+    let history = get(&sid, "/history?key=K&mode=prefix");
+    assert!(history.contains(">45,000<"), "{history}");
+    assert!(!history.contains(">pull<"), "{history}");
+    let ops = http_login(&s, "ops@op.example", &ops_pw);
+    let picker = get(&ops, "/files");
+    assert!(
+        picker.contains(r#"<option value="shop">ACME ストア（shop）</option>"#),
+        "{picker}"
+    );
+    assert!(
+        picker.contains(r#"<a href="/files">ファイル一覧</a>"#),
+        "in the menu"
+    );
+    let ops_files = get(&ops, "/files?partner=shop");
+    assert!(
+        ops_files.contains("cli:"),
+        "ops see who reversed: {ops_files}"
+    );
+    let r = s
+        .client()
+        .get(s.url("/files?partner=nope"))
+        .header("cookie", &ops)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let dash = get(&ops, "/ops");
+    assert!(dash.contains("ACME ストア（shop）"), "{dash}");
+    assert!(
+        dash.contains("成功") && !dash.contains("<td class=\"nowrap\">ok</td>"),
+        "{dash}"
+    );
+    let member = get(&ops, "/ops/members?q=M000001");
+    assert!(
+        member.contains("有効") && member.contains("取得"),
+        "{member}"
+    );
+    assert!(!member.contains(">active<"), "{member}");
+    let audit = get(&ops, "/ops/audit");
+    assert!(
+        audit.contains("会員検索") && audit.contains("ログイン"),
+        "{audit}"
+    );
+}

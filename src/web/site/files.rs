@@ -3,7 +3,9 @@
 //! the error CSV, byte for byte as the pipeline wrote it.
 //!
 //! What must stay true: a partner user is only ever shown, or sent, files
-//! of its own partner; another partner's file id answers the same 404 as a
+//! of its own partner; ops asking for `/files` without `?partner=` get the
+//! partner picker (an unknown partner id is the 404); a reversal shown to
+//! a partner names no person (運用担当), as the API does — ops see who; another partner's file id answers the same 404 as a
 //! missing one. A download is audited. The report's bytes are never
 //! re-encoded: the partner gets exactly what the pipeline wrote, labelled
 //! with the partner's encoding.
@@ -96,8 +98,15 @@ async fn list(
     let partner = match (&page.session.partner, q.partner) {
         (Some(own), _) => own.clone(),
         (None, Some(p)) if state.config.partners.iter().any(|c| c.id == p) => p,
-        (None, _) => return page.not_found(),
+        (None, Some(_)) => return page.not_found(),
+        (None, None) => {
+            let ctx = minijinja::context! {
+                picker => true, partners => super::partner_choices(&state), ..page.ctx()
+            };
+            return render(StatusCode::OK, "files.html", ctx);
+        }
     };
+    let shown_label = super::partner_label(&state, &partner);
     let tz = state.config.daemon.timezone;
     let who = partner.clone();
     let ops = page.session.is_ops();
@@ -124,11 +133,17 @@ async fn list(
                     crate::money::reverse::find(c, crate::money::reverse::Target::File(f.id))
                         .map_err(|e| e.to_string())?
                         .map(|r| {
+                            // A partner is told the operator did it, not who.
+                            let who = if ops {
+                                r.actor.as_str()
+                            } else {
+                                "運用担当"
+                            };
                             format!(
                                 "取り消し番号 {}（{}、{}）: {}",
                                 r.id,
                                 timefmt::stored_for_people(&r.at, tz),
-                                r.actor,
+                                who,
                                 r.reason
                             )
                         })
@@ -188,7 +203,7 @@ async fn list(
                 .format("%Y-%m")
                 .to_string();
             let ctx = minijinja::context! {
-                shown => partner, rows => rows, more => more, requests => requests,
+                shown => partner, shown_label => shown_label, rows => rows, more => more, requests => requests,
                 refresh => refresh, this_month => this_month, timezone => tz.to_string(),
                 ..page.ctx()
             };

@@ -27,6 +27,7 @@ pub mod money;
 pub mod ops;
 pub mod run_now;
 pub mod upload;
+pub mod words;
 
 use std::net::SocketAddr;
 
@@ -53,6 +54,7 @@ pub fn routes() -> Router<AppState> {
         .merge(keys::routes())
         .merge(run_now::routes())
         .merge(money::routes())
+        .layer(axum::middleware::from_fn(auth::remember_target))
 }
 
 async fn css() -> impl IntoResponse {
@@ -123,6 +125,7 @@ fn env() -> &'static Environment<'static> {
         ] {
             e.add_template(name, src).expect("template parses");
         }
+        words::register(&mut e);
         e
     })
 }
@@ -330,6 +333,8 @@ fn equal_ct(a: &str, b: &str) -> bool {
 pub struct Page {
     pub session: Session,
     pub id: String,
+    /// The configured `name` of the user's partner (`None`: ops).
+    pub partner_name: Option<String>,
 }
 
 impl Page {
@@ -357,7 +362,12 @@ impl Page {
             })
             .await?;
         }
-        Ok(Page { session, id })
+        let partner_name = session.partner.as_deref().map(|p| partner_label(state, p));
+        Ok(Page {
+            session,
+            id,
+            partner_name,
+        })
     }
 
     /// Whether a POST may go on: same-origin and carrying this session's
@@ -393,10 +403,30 @@ impl Page {
         minijinja::context! {
             user => self.session.email,
             partner => self.session.partner,
+            partner_name => self.partner_name,
             ops => self.session.is_ops(),
             csrf => self.session.csrf,
         }
     }
+}
+
+/// A partner as people know it: its configured `name` with its id
+/// (`ACME ストア（acme）`); the id alone when the name is the id.
+pub fn partner_label(state: &AppState, id: &str) -> String {
+    match state.config.partners.iter().find(|p| p.id == id) {
+        Some(p) if p.name != p.id => format!("{}（{}）", p.name, p.id),
+        _ => id.to_owned(),
+    }
+}
+
+/// Every configured partner as `{id, label}`, for pickers and menus.
+pub fn partner_choices(state: &AppState) -> Vec<minijinja::Value> {
+    state
+        .config
+        .partners
+        .iter()
+        .map(|p| minijinja::context! { id => p.id, label => partner_label(state, &p.id) })
+        .collect()
 }
 
 pub fn forbidden() -> Response {

@@ -44,6 +44,8 @@ pub fn not_found() -> Response {
 #[derive(Debug, Serialize)]
 struct Row {
     id: String,
+    /// The configured name with the id.
+    label: String,
     /// red: failing now; amber: needs a look (a missed delivery, a refused
     /// file or a tidy-up owed today); green: fine.
     light: &'static str,
@@ -63,13 +65,18 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
         Err(r) => return r,
     };
     let config = state.config.clone();
+    let labels: Vec<String> = config
+        .partners
+        .iter()
+        .map(|p| super::partner_label(&state, &p.id))
+        .collect();
     let rows = with_read(&state, move |c| {
         let tz = config.daemon.timezone;
         let now = chrono::Utc::now();
         let today = timefmt::start_of_day(now.with_timezone(&tz).date_naive(), tz);
         let today = crate::db::now_text(today);
         let mut rows = Vec::new();
-        for p in &config.partners {
+        for (p, label) in config.partners.iter().zip(labels) {
             let st = crate::query::partner_status(c, &p.id).map_err(|e| e.to_string())?;
             let refused_today: i64 = c
                 .query_row(
@@ -94,6 +101,7 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
             };
             rows.push(Row {
                 id: p.id.clone(),
+                label,
                 light,
                 light_text,
                 last_run: people(&st.last_run.as_ref().map(|r| r.started_at.clone())),
