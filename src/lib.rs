@@ -14,11 +14,14 @@
 //! - [`db`]: SQLite: pragmas and the migration list.
 //! - [`schedule`]: partner schedules in the daemon's time zone.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
+//! - [`heartbeat`]: the daemon's last poll, for the dashboard and monitors.
 //! - [`money`]: after the credit: ledger verification (and its digest).
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
 //! - [`audit`]: the append-only audit trail of sensitive actions.
 //! - [`check`]: `milebatch check`: what a run needs, found before a run.
 //! - [`timefmt`]: times for people, in the configured zone.
+//! - [`words`]: numbers with 桁区切り and Japanese words for stored values.
+//! - [`excel`]: the bytes of CSV files people open in Excel (BOM / CP932).
 //! - [`web`]: `milebatch serve`: the partner API and the management site
 //!   over one HTTPS server; it calls the modules above, never the reverse.
 //! - [`cli`]: the command line; `main.rs` only calls it.
@@ -30,6 +33,8 @@ pub mod config;
 pub mod csvcell;
 pub mod daemon;
 pub mod db;
+pub mod excel;
+pub mod heartbeat;
 pub mod members;
 pub mod metrics;
 pub mod money;
@@ -40,3 +45,4 @@ pub mod schedule;
 pub mod source;
 pub mod timefmt;
 pub mod web;
+pub mod words;

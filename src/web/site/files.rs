@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/files", get(list))
         .route("/files/{id}/errors", get(errors))
+        .route("/files/{id}/failed-rows", get(failed_rows))
 }
 
 /// Files shown on one page, newest first.
@@ -295,6 +296,69 @@ async fn errors(
                 HeaderValue::from_str(&format!("text/csv; charset={charset}")).unwrap(),
             ),
             (header::CONTENT_DISPOSITION, content_disposition(&name)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// `GET /files/{id}/failed-rows`: the failed rows of a credited file
+/// alone, as the partner sent them (no codes), to fix and upload again
+/// (`pipeline::failed_rows`). Same access rule as the error report.
+async fn failed_rows(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let page = match Page::require(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let own = page.session.partner.clone();
+    let config = state.config.clone();
+    let found = with_read(&state, move |c| {
+        let Some(f) = crate::query::file_paths(c, id).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        // Another partner's file is exactly as absent as a missing one;
+        // a refused file's report holds every row, not failed ones.
+        if own.as_ref().is_some_and(|o| *o != f.partner) || f.outcome != "credited" {
+            return Ok(None);
+        }
+        let (Some(report), Some(archive), Some(p)) =
+            (f.report_path, f.archive_path, config.partner(&f.partner))
+        else {
+            return Ok(None);
+        };
+        let bytes = crate::pipeline::failed_rows::for_resend(
+            std::path::Path::new(&report),
+            std::path::Path::new(&archive),
+            p.header,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Some((p.encoding, bytes)))
+    })
+    .await;
+    let (encoding, bytes) = match found {
+        Ok(Some(x)) => x,
+        Ok(None) => return page.not_found(),
+        Err(r) => return r,
+    };
+    let charset = match encoding {
+        Encoding::ShiftJis => "Shift_JIS",
+        Encoding::Utf8 => "UTF-8",
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&format!("text/csv; charset={charset}")).unwrap(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                content_disposition(&format!("{id}.failed-rows.csv")),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         bytes,

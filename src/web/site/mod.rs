@@ -27,7 +27,6 @@ pub mod money;
 pub mod ops;
 pub mod run_now;
 pub mod upload;
-pub mod words;
 
 use std::net::SocketAddr;
 
@@ -125,7 +124,7 @@ fn env() -> &'static Environment<'static> {
         ] {
             e.add_template(name, src).expect("template parses");
         }
-        words::register(&mut e);
+        crate::words::register(&mut e);
         e
     })
 }
@@ -512,7 +511,8 @@ mod tests {
             q => "q", found => true, shown => "shop", more => 1, next => 5,
                 searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
                 partners => vec!["shop"], q_partner => "shop", q_mode => "prefix",
-                k => row.clone(), f => row.clone(), r => row.clone(), key => "mbk_x", prefix => "mbk_1", enabled => false, notice => "n" };
+                k => row.clone(), f => row.clone(), r => row.clone(), key => "mbk_x",
+                daemon => minijinja::context! { running => false, seconds_since_poll => 61 }, prefix => "mbk_1", enabled => false, notice => "n" };
             env()
                 .get_template(name)
                 .and_then(|t| t.render(ctx))

@@ -128,9 +128,17 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
         Ok(rows)
     })
     .await;
+    let tz = state.config.daemon.timezone;
+    let daemon = crate::heartbeat::status(&state.config.daemon.database, chrono::Utc::now());
+    let daemon_at = daemon
+        .last_poll
+        .as_deref()
+        .map(|t| timefmt::stored_for_people(t, tz));
     match rows {
         Ok(rows) => {
-            let ctx = minijinja::context! { rows => rows, ..page.ctx() };
+            let ctx = minijinja::context! {
+                rows => rows, daemon => daemon, daemon_at => daemon_at, ..page.ctx()
+            };
             render(StatusCode::OK, "ops_dashboard.html", ctx)
         }
         Err(r) => r,

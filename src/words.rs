@@ -1,4 +1,4 @@
-//! What people read on the site: numbers with 桁区切り and the Japanese
+//! What people read on the site and in the files they open in Excel: numbers with 桁区切り and the Japanese
 //! words for the stored English values (channels, outcomes, member states,
 //! audit actions). Registered as template filters (`n`, `channel`,
 //! `outcome`, `member_status`, `action`).
@@ -15,7 +15,7 @@ pub fn digits(n: i64) -> String {
         out.push('-');
     }
     for (i, c) in plain.chars().enumerate() {
-        if i > 0 && (plain.len() - i) % 3 == 0 {
+        if i > 0 && (plain.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
