@@ -1781,3 +1781,67 @@ fn dashboard_and_daemon_json_show_whether_the_daemon_polls() {
     assert!(page.contains("動いています（最終確認:"), "{page}");
     assert!(!page.contains("デーモンが動いていません"), "{page}");
 }
+
+/// Issue 22: the audit log is filtered by action, user, partner and date,
+/// and exported as CSV for Excel (BOM, Japanese headers and actions).
+#[test]
+fn audit_log_filters_and_exports_csv() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let ops_pw = add_user(&ws, "ops@op.example", &["--ops"]);
+    http_login(&s, "staff@shop.example", &pw);
+    let ops = http_login(&s, "ops@op.example", &ops_pw);
+    let get = |path: &str| {
+        let r = s
+            .client()
+            .get(s.url(path))
+            .header("cookie", &ops)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    };
+    let text = |path: &str| {
+        let (code, b) = get(path);
+        assert_eq!(code, 200, "{path}");
+        String::from_utf8(b).unwrap()
+    };
+    get("/ops/members?q=nobody");
+    let all = text("/ops/audit");
+    assert!(
+        all.contains("staff@shop.example") && all.contains("ユーザー追加"),
+        "{all}"
+    );
+    let logins = text("/ops/audit?action=login&user=staff%40shop");
+    assert!(logins.contains("user:staff@shop.example"), "{logins}");
+    assert!(!logins.contains("user:ops@op.example"), "{logins}");
+    assert!(
+        !logins.contains(r#"<td class="nowrap">ユーザー追加</td>"#),
+        "{logins}"
+    );
+    let none = text("/ops/audit?action=login&from=2000-01-01&to=2000-01-02");
+    assert!(none.contains("該当する記録はありません"), "{none}");
+    let (code, bad) = get("/ops/audit?from=2026-02-30");
+    assert_eq!(code, 400);
+    assert!(String::from_utf8(bad)
+        .unwrap()
+        .contains("日付「2026-02-30」"));
+    let (code, csv) = get("/ops/audit.csv?action=login");
+    assert_eq!(code, 200);
+    let csv = as_excel_reads(&csv);
+    let lines: Vec<&str> = csv.split("\r\n").collect();
+    assert_eq!(lines[0], "日時,実行者,操作,パートナー,詳細,接続元");
+    assert_eq!(lines.len(), 4, "two logins and the end: {csv}");
+    assert!(
+        lines[1].contains(",ログイン,") && lines[1].contains(" +09:00,"),
+        "{csv}"
+    );
+    // A partner user has no audit log.
+    let sid = http_login(&s, "staff@shop.example", &pw);
+    let r = s
+        .client()
+        .get(s.url("/ops/audit.csv"))
+        .header("cookie", &sid)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
