@@ -30,6 +30,68 @@ pub fn record(conn: &Connection, e: &Entry<'_>) -> rusqlite::Result<i64> {
         .map_err(crate::store::StoreError::into_sqlite)
 }
 
+/// What the audit log page and its CSV ask for; `None`: any.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub action: Option<String>,
+    /// Part of the actor (`user:…@…`, `cli:…`, `key:…`).
+    pub actor: Option<String>,
+    pub partner: Option<String>,
+    /// Stored-time bounds (RFC 3339 UTC text): `from <= at < until`.
+    pub from: Option<String>,
+    pub until: Option<String>,
+    /// Rows older than this id (the next page).
+    pub before: Option<i64>,
+}
+
+/// One audit row as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub partner: String,
+    pub detail: String,
+    pub client: String,
+}
+
+/// The newest `limit` rows matching `f`, newest first.
+pub fn search(conn: &Connection, f: &Filter, limit: i64) -> rusqlite::Result<Vec<Row>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, at, actor, action, COALESCE(partner, ''), detail, COALESCE(client, '') \
+         FROM audit WHERE id < ?1 AND (?2 IS NULL OR action = ?2) \
+         AND (?3 IS NULL OR instr(actor, ?3) > 0) AND (?4 IS NULL OR partner = ?4) \
+         AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6) \
+         ORDER BY id DESC LIMIT ?7",
+    )?;
+    let rows = st
+        .query_map(
+            rusqlite::params![
+                f.before.unwrap_or(i64::MAX),
+                f.action,
+                f.actor,
+                f.partner,
+                f.from,
+                f.until,
+                limit
+            ],
+            |r| {
+                Ok(Row {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    partner: r.get(4)?,
+                    detail: r.get(5)?,
+                    client: r.get(6)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// The CLI's actor name: `cli:` and the login name of the process's user.
 pub fn cli_actor() -> String {
     let user = std::env::var("SUDO_USER")

@@ -18,11 +18,14 @@
 //! - [`calendar`]: business days (営業日): weekends, national holidays,
 //!   the operator's closed days.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
+//! - [`heartbeat`]: the daemon's last poll, for the dashboard and monitors.
 //! - [`money`]: after the credit: ledger verification (and its digest).
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
 //! - [`audit`]: the append-only audit trail of sensitive actions.
 //! - [`check`]: `milebatch check`: what a run needs, found before a run.
 //! - [`timefmt`]: times for people, in the configured zone.
+//! - [`words`]: numbers with 桁区切り and Japanese words for stored values.
+//! - [`excel`]: the bytes of CSV files people open in Excel (BOM / CP932).
 //! - [`web`]: `milebatch serve`: the partner API and the management site
 //!   over one HTTPS server; it calls the modules above, never the reverse.
 //! - [`cli`]: the command line; `main.rs` only calls it.
@@ -35,6 +38,8 @@ pub mod config;
 pub mod csvcell;
 pub mod daemon;
 pub mod db;
+pub mod excel;
+pub mod heartbeat;
 pub mod members;
 pub mod metrics;
 pub mod money;
@@ -49,3 +54,4 @@ pub mod web;
 
 // "Run now" requests moved behind the store; the old path stays for callers.
 pub use store::run_requests;
+pub mod words;

@@ -514,6 +514,53 @@ pub fn api_exchanges(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Where a file's bytes are: its partner, error report and archive (for
+/// the site's downloads of the failed rows).
+#[derive(Debug, Clone)]
+pub struct FilePaths {
+    pub partner: String,
+    pub report_path: Option<String>,
+    pub archive_path: Option<String>,
+    pub outcome: String,
+}
+
+pub fn file_paths(conn: &Connection, id: i64) -> Result<Option<FilePaths>, DbError> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT partner, report_path, archive_path, outcome FROM files WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(FilePaths {
+                    partner: r.get(0)?,
+                    report_path: r.get(1)?,
+                    archive_path: r.get(2)?,
+                    outcome: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Earlier files of `partner` by id: (id, name, started_at), for the words
+/// of a re-send refusal (F006). Ids of other partners are not returned.
+pub fn file_names(
+    conn: &Connection,
+    partner: &str,
+    ids: &[i64],
+) -> Result<Vec<(i64, String, String)>, DbError> {
+    let mut st = conn
+        .prepare_cached("SELECT id, name, started_at FROM files WHERE id = ?1 AND partner = ?2")?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut rows = st.query(params![id, partner])?;
+        if let Some(r) = rows.next()? {
+            out.push((r.get(0)?, r.get(1)?, r.get(2)?));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -513,7 +513,7 @@ async fn ops_dashboard_shows_a_failed_partner_in_red_and_member_lookup() {
     b.visit(&s.url("/ops/audit"), "audit").await;
     let t = b.text().await;
     assert!(
-        t.contains("login") && t.contains("member-lookup") && t.contains("member M000001"),
+        t.contains("ログイン") && t.contains("会員検索") && t.contains("member M000001"),
         "{t}"
     );
     assert!(
@@ -652,14 +652,16 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
 /// so the next export is the next download).
 async fn export_csv(b: &Browser) -> String {
     b.client
-        .find(fantoccini::Locator::LinkText("CSV でダウンロード"))
+        .find(fantoccini::Locator::LinkText(
+            "CSV でダウンロード（Excel 用）",
+        ))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
     let path = b.downloaded("csv").await;
-    let csv = std::fs::read_to_string(&path).unwrap();
+    let csv = as_excel_reads(&std::fs::read(&path).unwrap());
     std::fs::remove_file(path).unwrap();
     csv
 }
@@ -738,24 +740,21 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
     assert_eq!(rows.len(), 51);
     // The API credit is found with the file credits, as channel `api`.
     let t = b.text().await;
-    assert!(t.contains("K1API") && t.contains("api"), "{t}");
+    assert!(t.contains("K1API") && t.contains("API"), "{t}");
 
     // The CSV export of the whole search.
     let csv = export_csv(&b).await;
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(
-        lines[0],
-        "credited_at,partner_key,member_id,miles,channel,file,line"
-    );
+    assert_eq!(lines[0], "積算日時,指定キー,会員ID,マイル,経路,ファイル,行");
     assert_eq!(lines.len(), 152, "header + 151 rows");
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("K10005,M000005,6,pull,h.csv,6")),
+            .any(|l| l.contains("K10005,M000005,6,取得,h.csv,6")),
         "{csv}"
     );
     assert!(
-        lines.iter().any(|l| l.contains("K1API,M000003,77,api,,5")),
+        lines.iter().any(|l| l.contains("K1API,M000003,77,API,,5")),
         "{csv}"
     );
     // A key that starts like a formula is exported as text (a leading `'`),
@@ -766,7 +765,7 @@ async fn history_search_by_key_prefix_and_dates_pages_and_exports_csv() {
     let csv = export_csv(&b).await;
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
-    assert!(lines[1].ends_with(",'=1+1,M000004,8,api,,6"), "{csv}");
+    assert!(lines[1].ends_with(",'=1+1,M000004,8,API,,6"), "{csv}");
 
     // Exact key; and a date range that excludes today.
     b.visit(&s.url("/history?key=K10005"), "exact").await;
@@ -1272,14 +1271,19 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
     );
 
     // Ops: another partner's statement, equal to the CLI's.
-    let cli_other = ws.ok(&[
-        "statement",
-        "--partner",
-        "other",
-        "--month",
-        &month,
-        "--csv",
-    ]);
+    // The site's file for Excel is the CLI's `--header ja`.
+    let cli_other = ws
+        .run(&[
+            "statement",
+            "--partner",
+            "other",
+            "--month",
+            &month,
+            "--csv",
+            "--header",
+            "ja",
+        ])
+        .stdout;
     let web_other = tokio::task::block_in_place(|| {
         let sid = http_login(&s, "ops@example.jp", &ops_pw);
         let r = s
@@ -1289,7 +1293,7 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
             .send()
             .unwrap();
         assert_eq!(r.status(), 200);
-        r.text().unwrap()
+        r.bytes().unwrap().to_vec()
     });
     assert_eq!(web_other, cli_other);
     b.click_button("ログアウト").await;
@@ -1307,9 +1311,25 @@ async fn ops_reverse_a_file_after_confirmation_and_statements_download() {
     b.visit(&s.url("/files"), "partner-files").await;
     b.click_button("明細を CSV でダウンロード").await;
     let csv = downloaded_csv(&b).await;
-    let cli = ws.ok(&["statement", "--partner", "shop", "--month", &month, "--csv"]);
+    let cli = ws.run(&[
+        "statement",
+        "--partner",
+        "shop",
+        "--month",
+        &month,
+        "--csv",
+        "--header",
+        "ja",
+    ]);
+    // The partner's copy names no person for the reversal.
+    let cli = String::from_utf8(cli.stdout)
+        .unwrap()
+        .replace("user:ops@example.jp", "運用担当");
     assert_eq!(String::from_utf8(csv).unwrap(), cli);
-    assert!(cli.contains("net"), "{cli}");
+    assert!(
+        cli.contains("差引合計") && cli.contains("運用担当"),
+        "{cli}"
+    );
     // Another partner's statement: 404.
     b.visit(
         &s.url(&format!("/statement.csv?partner=other&month={month}")),
@@ -1354,4 +1374,502 @@ fn ops_dashboard_next_run_follows_business_days() {
         body.contains("(moved from ") && body.contains(": 土曜日)"),
         "{body}"
     );
+}
+/// The `name=value` session cookie of a login, and the login's answer.
+fn login_answer(s: &Serve, email: &str, password: &str, next: &str) -> reqwest::blocking::Response {
+    s.client()
+        .post(s.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("email", email),
+            ("password", password),
+            ("next", next),
+        ]))
+        .send()
+        .unwrap()
+}
+
+/// Issue 22: a POST that lacks the `csrf` field (or is no form at all) is
+/// the documented 403 page, not axum's 422 text; and every HTTPS answer
+/// (pages, static files, the API, probes, errors) carries HSTS.
+#[test]
+fn every_csrf_failure_is_the_403_page_and_https_answers_carry_hsts() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let sid = http_login(&s, "staff@shop.example", &pw);
+    let c = s.client();
+    for (path, body, ctype) in [
+        ("/logout", "", "application/x-www-form-urlencoded"),
+        ("/keys", "label=POS", "application/x-www-form-urlencoded"),
+        ("/logout", "csrf=x", "text/plain"),
+    ] {
+        let r = c
+            .post(s.url(path))
+            .header("cookie", &sid)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path} {body:?} {ctype}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let text = r.text().unwrap();
+        assert!(
+            text.contains("このリクエストは受け付けられません") && text.contains("エラー 403"),
+            "{path}: {text}"
+        );
+    }
+    assert_eq!(ws.int("SELECT count(*) FROM api_keys"), 0, "no key made");
+    assert_eq!(
+        ws.int("SELECT count(*) FROM sessions"),
+        1,
+        "still logged in"
+    );
+    for path in [
+        "/login",
+        "/",
+        "/static/site.css",
+        "/healthz",
+        "/api/v1/nothing",
+        "/no-such-page",
+    ] {
+        let r = c.get(s.url(path)).header("cookie", &sid).send().unwrap();
+        assert_eq!(
+            r.headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("max-age=31536000".to_owned()),
+            "{path} ({})",
+            r.status()
+        );
+    }
+}
+
+/// Issue 22: a page asked for before the login is where the login goes
+/// (never to another host); every failed login, a locked account's too,
+/// shows the same neutral hint.
+#[test]
+fn login_returns_to_the_page_first_asked_for_and_every_failure_has_the_same_hint() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let c = s.client();
+    let r = c.get(s.url("/history?key=K1&mode=exact")).send().unwrap();
+    assert_eq!(r.status(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(to, "/login?next=%2Fhistory%3Fkey%3DK1%26mode%3Dexact");
+    let page = c.get(s.url(&to)).send().unwrap().text().unwrap();
+    assert!(
+        page.contains(r#"name="next" value="&#x2f;history?key=K1&amp;mode=exact""#),
+        "{page}"
+    );
+    let r = login_answer(&s, "staff@shop.example", &pw, "/history?key=K1&mode=exact");
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/history?key=K1&mode=exact");
+    for evil in [
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil.example",
+    ] {
+        let r = login_answer(&s, "staff@shop.example", &pw, evil);
+        assert_eq!(r.headers()["location"], "/", "{evil}");
+    }
+    // Locked: the wrong password five times, then the right one.
+    let hint = "何度も失敗した場合は、しばらく時間をおいてからもう一度お試しください。";
+    let failed = |email: &str, password: &str| {
+        let r = login_answer(&s, email, password, "");
+        assert_eq!(r.status(), 401);
+        r.text().unwrap().replace(email, "EMAIL")
+    };
+    let unknown = failed("nobody@shop.example", "whatever-it-is");
+    assert!(
+        unknown.contains(hint) && unknown.contains(GENERIC),
+        "{unknown}"
+    );
+    for _ in 0..5 {
+        failed("staff@shop.example", "wrong-password");
+    }
+    let locked = failed("staff@shop.example", &pw);
+    assert_eq!(locked, unknown, "a locked account reads like any failure");
+}
+
+/// Issue 22: `user enable` undoes `user disable`; `user list` says which.
+#[test]
+fn a_disabled_user_is_enabled_again_and_user_list_shows_the_state() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    ws.ok(&["user", "disable", "staff@shop.example"]);
+    let r = login_answer(&s, "staff@shop.example", &pw, "");
+    assert_eq!(r.status(), 401);
+    let list = ws.ok(&["user", "list"]);
+    assert!(list.contains("disabled"), "{list}");
+    let out = ws.ok(&["user", "enable", "staff@shop.example"]);
+    assert!(out.contains("enabled staff@shop.example"), "{out}");
+    let list = ws.ok(&["user", "list"]);
+    let line = list.lines().find(|l| l.contains("staff@")).unwrap();
+    assert!(line.contains("active"), "{list}");
+    http_login(&s, "staff@shop.example", &pw);
+    assert_eq!(
+        ws.int("SELECT count(*) FROM audit WHERE action = 'user-enable'"),
+        1
+    );
+    let out = ws.run(&["user", "enable", "nobody@shop.example"]);
+    assert!(!out.status.success());
+}
+
+/// Issue 22: what a clerk reads: the partner's name with its id, numbers
+/// with 桁区切り, channels and outcomes in Japanese, a reversal that names
+/// no person to the partner; ops reach ファイル一覧 through a picker.
+#[test]
+fn pages_speak_japanese_with_partner_names_and_grouped_digits() {
+    let (ws, s, _pin) = site_with(
+        |ws| {
+            ws.scheduled_partner("shop", "daily 03:00").replacen(
+                "id = \"shop\"\n",
+                "id = \"shop\"\nname = \"ACME ストア\"\n",
+                1,
+            )
+        },
+        |ws| {
+            ws.members(3);
+            ws.write(
+                "inbox/shop/a.csv",
+                "M000001,K1,45000\r\nM000002,K2,5175\r\n",
+            );
+            ws.ok(&["once"]);
+            ws.write("inbox/shop/b.csv", "M000001,K3,1200\r\n");
+            ws.ok(&["once"]);
+        },
+    );
+    let b_id = ws.int("SELECT id FROM files WHERE name = 'b.csv'");
+    ws.ok(&["reverse", "--file", &b_id.to_string(), "--reason", "誤送信"]);
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let ops_pw = add_user(&ws, "ops@op.example", &["--ops"]);
+    let sid = http_login(&s, "staff@shop.example", &pw);
+    let get = |sid: &str, path: &str| {
+        let r = s
+            .client()
+            .get(s.url(path))
+            .header("cookie", sid)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().unwrap()
+    };
+    let home = get(&sid, "/");
+    assert!(home.contains("ACME ストア（shop）"), "{home}");
+    let files = get(&sid, "/files");
+    assert!(
+        files.contains("ファイル一覧 — ACME ストア（shop）"),
+        "{files}"
+    );
+    assert!(files.contains(">50,175<"), "miles grouped: {files}");
+    assert!(files.contains(">1,200<"), "{files}");
+    assert!(files.contains("取得"), "{files}");
+    assert!(files.contains("運用担当"), "{files}");
+    assert!(
+        !files.contains("cli:"),
+        "no person named to the partner: {files}"
+    );
+    let history = get(&sid, "/history?key=K&mode=prefix");
+    assert!(history.contains(">45,000<"), "{history}");
+    assert!(!history.contains(">pull<"), "{history}");
+    let ops = http_login(&s, "ops@op.example", &ops_pw);
+    let picker = get(&ops, "/files");
+    assert!(
+        picker.contains(r#"<option value="shop">ACME ストア（shop）</option>"#),
+        "{picker}"
+    );
+    assert!(
+        picker.contains(r#"<a href="/files">ファイル一覧</a>"#),
+        "in the menu"
+    );
+    let ops_files = get(&ops, "/files?partner=shop");
+    assert!(
+        ops_files.contains("cli:"),
+        "ops see who reversed: {ops_files}"
+    );
+    let r = s
+        .client()
+        .get(s.url("/files?partner=nope"))
+        .header("cookie", &ops)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let dash = get(&ops, "/ops");
+    assert!(dash.contains("ACME ストア（shop）"), "{dash}");
+    assert!(
+        dash.contains("成功") && !dash.contains("<td class=\"nowrap\">ok</td>"),
+        "{dash}"
+    );
+    let member = get(&ops, "/ops/members?q=M000001");
+    assert!(
+        member.contains("有効") && member.contains("取得"),
+        "{member}"
+    );
+    assert!(!member.contains(">active<"), "{member}");
+    let audit = get(&ops, "/ops/audit");
+    assert!(
+        audit.contains("会員検索") && audit.contains("ログイン"),
+        "{audit}"
+    );
+}
+
+/// A CSV as Japanese Excel opens it by double-click: UTF-8 when it starts
+/// with the BOM, else CP932.
+fn as_excel_reads(bytes: &[u8]) -> String {
+    match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => String::from_utf8(rest.to_vec()).expect("UTF-8 after the BOM"),
+        None => {
+            let (text, _, bad) = encoding_rs::SHIFT_JIS.decode(bytes);
+            assert!(!bad, "not CP932: {bytes:?}");
+            text.into_owned()
+        }
+    }
+}
+
+/// Issue 22: the history lists a date range without a key (paged, and
+/// exported); an empty search or a bad date keeps the form; the exports
+/// open in Japanese Excel (CP932 for a Shift_JIS shop, UTF-8 with a BOM
+/// for a UTF-8 one) with Japanese headers and times with the offset;
+/// `lang=en` keeps the form for scripts.
+#[test]
+fn history_by_dates_and_exports_that_open_in_japanese_excel() {
+    let (ws, s, _pin) = site_with(
+        |ws| {
+            format!(
+                "{}{}",
+                ws.scheduled_partner("sjis", "daily 03:00").replacen(
+                    "id = \"sjis\"\n",
+                    "id = \"sjis\"\nname = \"サンプル商店\"\nencoding = \"shift_jis\"\n",
+                    1
+                ),
+                ws.scheduled_partner("shop", "daily 03:00")
+            )
+        },
+        |ws| {
+            ws.members(3);
+            ws.write("inbox/sjis/a.csv", "M000001,K1,100\r\nM000002,K2,200\r\n");
+            ws.write("inbox/shop/b.csv", "M000001,S1,300\r\n");
+            ws.ok(&["once"]);
+        },
+    );
+    let shop_file = ws.int("SELECT id FROM files WHERE partner = 'shop'");
+    ws.ok(&[
+        "reverse",
+        "--file",
+        &shop_file.to_string(),
+        "--reason",
+        "誤り",
+    ]);
+    let sjis_pw = add_user(&ws, "staff@sjis.example", &["--partner", "sjis"]);
+    let shop_pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let sjis = http_login(&s, "staff@sjis.example", &sjis_pw);
+    let shop = http_login(&s, "staff@shop.example", &shop_pw);
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m-%d")
+        .to_string();
+    let get = |sid: &str, path: &str| {
+        s.client()
+            .get(s.url(path))
+            .header("cookie", sid)
+            .send()
+            .unwrap()
+    };
+    let page = get(&sjis, &format!("/history?key=&from={today}&to={today}"));
+    assert_eq!(page.status(), 200);
+    let page = page.text().unwrap();
+    assert!(
+        page.contains("2 件") && page.contains("K1") && page.contains("K2"),
+        "{page}"
+    );
+    let empty = get(&sjis, "/history?key=&from=&to=");
+    assert_eq!(empty.status(), 400);
+    let empty = empty.text().unwrap();
+    assert!(
+        empty.contains("指定キー、または期間（開始日・終了日）を入力してください。"),
+        "{empty}"
+    );
+    assert!(!empty.contains("パートナーと"), "{empty}");
+    let bad = get(&sjis, "/history?key=K1&from=2026-13-01");
+    assert_eq!(bad.status(), 400);
+    let bad = bad.text().unwrap();
+    assert!(
+        bad.contains("日付「2026-13-01」") && bad.contains(r#"value="K1""#),
+        "the form keeps its text: {bad}"
+    );
+    // The export for Excel: CP932 for the Shift_JIS shop, CRLF.
+    let r = get(&sjis, &format!("/history.csv?key=&from={today}&to={today}"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=Shift_JIS");
+    let bytes = r.bytes().unwrap().to_vec();
+    assert!(!bytes.starts_with(b"\xEF\xBB\xBF"));
+    let text = as_excel_reads(&bytes);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines[0], "積算日時,指定キー,会員ID,マイル,経路,ファイル,行");
+    assert!(lines[1].ends_with(",K1,M000001,100,取得,a.csv,1"), "{text}");
+    assert!(
+        lines[1].starts_with(&today) && lines[1].contains(" +09:00,"),
+        "{text}"
+    );
+    // For scripts: English, plain UTF-8, RFC 3339 with the offset.
+    let en = get(&sjis, "/history.csv?key=K&mode=prefix&lang=en");
+    let en = en.text().unwrap();
+    assert!(
+        en.starts_with("credited_at,partner_key,member_id,miles,channel,file,line\n"),
+        "{en}"
+    );
+    assert!(en.contains("+09:00,K1,M000001,100,pull,a.csv,1\n"), "{en}");
+    // The UTF-8 shop's statement: a BOM, Japanese, the reversal in JST
+    // with its offset and by 運用担当.
+    let month = &today[..7];
+    let r = get(&shop, &format!("/statement.csv?month={month}"));
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().unwrap().to_vec();
+    assert!(bytes.starts_with(b"\xEF\xBB\xBF"), "BOM");
+    let text = as_excel_reads(&bytes);
+    assert!(text.starts_with("区分,項目,詳細,行数,マイル\r\n"), "{text}");
+    assert!(text.contains("経路別,取得,,1,300\r\n"), "{text}");
+    let reversal = text
+        .lines()
+        .find(|l| l.starts_with("取り消し,"))
+        .expect(&text);
+    assert!(
+        reversal.contains("運用担当") && reversal.contains(" +09:00: 誤り"),
+        "{reversal}"
+    );
+    assert!(
+        !reversal.contains("cli:") && !reversal.contains('Z'),
+        "{reversal}"
+    );
+    // The CLI keeps today's form unless asked.
+    let cli = ws.ok(&["statement", "--partner", "shop", "--month", month, "--csv"]);
+    assert!(cli.starts_with("section,item,detail,rows,miles\n"), "{cli}");
+    let out = ws.run(&[
+        "statement",
+        "--partner",
+        "sjis",
+        "--month",
+        month,
+        "--csv",
+        "--header",
+        "ja",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = as_excel_reads(&out.stdout);
+    assert!(text.starts_with("区分,項目,詳細,行数,マイル\r\n"), "{text}");
+}
+
+/// Issue 22: the dashboard says in red when no daemon polls, and shows the
+/// last poll once `milebatch run` polls; `/ops/daemon.json` tells monitors
+/// the same (503, then 200), without a login.
+#[test]
+fn dashboard_and_daemon_json_show_whether_the_daemon_polls() {
+    let (ws, s, _pin) = site();
+    let ops_pw = add_user(&ws, "ops@op.example", &["--ops"]);
+    let ops = http_login(&s, "ops@op.example", &ops_pw);
+    let c = s.client();
+    let daemon_json = || {
+        let r = c.get(s.url("/ops/daemon.json")).send().unwrap();
+        let code = r.status().as_u16();
+        (code, common::serve::json(r))
+    };
+    let (code, j) = daemon_json();
+    assert_eq!(code, 503, "{j}");
+    assert_eq!(j["running"], false);
+    assert!(j["last_poll"].is_null(), "{j}");
+    let dash = |sid: &str| {
+        c.get(s.url("/ops"))
+            .header("cookie", sid)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let page = dash(&ops);
+    assert!(
+        page.contains("デーモンが動いていません") && page.contains(r#"class="red""#),
+        "{page}"
+    );
+    let _daemon = ws.spawn_daemon(None);
+    common::workspace::wait_for(
+        "the daemon's first poll",
+        std::time::Duration::from_secs(30),
+        || daemon_json().0 == 200,
+    );
+    let (_, j) = daemon_json();
+    assert_eq!(j["running"], true, "{j}");
+    assert!(j["seconds_since_poll"].as_i64().unwrap() <= 60, "{j}");
+    let page = dash(&ops);
+    assert!(page.contains("動いています（最終確認:"), "{page}");
+    assert!(!page.contains("デーモンが動いていません"), "{page}");
+}
+
+/// Issue 22: the audit log is filtered by action, user, partner and date,
+/// and exported as CSV for Excel (BOM, Japanese headers and actions).
+#[test]
+fn audit_log_filters_and_exports_csv() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let ops_pw = add_user(&ws, "ops@op.example", &["--ops"]);
+    http_login(&s, "staff@shop.example", &pw);
+    let ops = http_login(&s, "ops@op.example", &ops_pw);
+    let get = |path: &str| {
+        let r = s
+            .client()
+            .get(s.url(path))
+            .header("cookie", &ops)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    };
+    let text = |path: &str| {
+        let (code, b) = get(path);
+        assert_eq!(code, 200, "{path}");
+        String::from_utf8(b).unwrap()
+    };
+    get("/ops/members?q=nobody");
+    let all = text("/ops/audit");
+    assert!(
+        all.contains("staff@shop.example") && all.contains("ユーザー追加"),
+        "{all}"
+    );
+    let logins = text("/ops/audit?action=login&user=staff%40shop");
+    assert!(logins.contains("user:staff@shop.example"), "{logins}");
+    assert!(!logins.contains("user:ops@op.example"), "{logins}");
+    assert!(
+        !logins.contains(r#"<td class="nowrap">ユーザー追加</td>"#),
+        "{logins}"
+    );
+    let none = text("/ops/audit?action=login&from=2000-01-01&to=2000-01-02");
+    assert!(none.contains("該当する記録はありません"), "{none}");
+    let (code, bad) = get("/ops/audit?from=2026-02-30");
+    assert_eq!(code, 400);
+    assert!(String::from_utf8(bad)
+        .unwrap()
+        .contains("日付「2026-02-30」"));
+    let (code, csv) = get("/ops/audit.csv?action=login");
+    assert_eq!(code, 200);
+    let csv = as_excel_reads(&csv);
+    let lines: Vec<&str> = csv.split("\r\n").collect();
+    assert_eq!(lines[0], "日時,実行者,操作,パートナー,詳細,接続元");
+    assert_eq!(lines.len(), 4, "two logins and the end: {csv}");
+    assert!(
+        lines[1].contains(",ログイン,") && lines[1].contains(" +09:00,"),
+        "{csv}"
+    );
+    // A partner user has no audit log.
+    let sid = http_login(&s, "staff@shop.example", &pw);
+    let r = s
+        .client()
+        .get(s.url("/ops/audit.csv"))
+        .header("cookie", &sid)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }

@@ -526,3 +526,86 @@ async fn browser_upload_validate_only_credit_download_and_duplicate() {
     assert!(t.matches("アップロード").count() >= 3, "{t}");
     b.close().await;
 }
+
+/// Issue 22: the upload page explains the partner's format and offers a
+/// template in its encoding; after a partly failed upload the page says
+/// what to do, lists the failed rows with their line numbers and offers
+/// them alone (no codes, the partner's bytes) to fix and send again,
+/// while the error CSV stays the contract's; a file in the wrong encoding
+/// is recognised; a re-send (F006) names the earlier file in Japanese and
+/// no setting.
+#[test]
+fn upload_explains_the_format_and_what_to_do_after_failed_rows() {
+    let (ws, s, _pin) = site();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let c = log_in(&s, "staff@shop.example", &pw);
+    let get = |path: &str| {
+        c.c.get(format!("{}{path}", c.base))
+            .header("cookie", &c.cookie)
+            .send()
+            .unwrap()
+    };
+    let form = get("/upload").text().unwrap();
+    assert!(form.contains("Shift_JIS（CP932"), "{form}");
+    assert!(
+        form.contains("指定キー") && form.contains("100,000 マイル"),
+        "{form}"
+    );
+    let t = get("/upload/template.csv");
+    assert_eq!(t.headers()["content-type"], "text/csv; charset=Shift_JIS");
+    assert_eq!(
+        t.bytes().unwrap().to_vec(),
+        cp932("会員ID（またはメールアドレス）,指定キー,マイル\r\n")
+    );
+    let (file, errors) = shop_file();
+    let (code, page) = c.post(&[("csrf", &c.csrf)], "a.csv", &file, None);
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("ファイル全体をもう一度送らないでください"),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<tr data-line="2"><td class="num">2</td><td class="reason"><code>未登録会員,注文-2,40</code></td><td>E003</td>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<tr data-line="3">"#) && page.contains("マイルが正の整数ではありません"),
+        "{page}"
+    );
+    let id = ws.int("SELECT id FROM files WHERE name = 'a.csv'");
+    assert!(page.contains(&format!("/files/{id}/failed-rows")), "{page}");
+    let again = get(&format!("/files/{id}/failed-rows"));
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        again.bytes().unwrap().to_vec(),
+        cp932("未登録会員,注文-2,40\r\nM000002,注文-3,１２\r\n"),
+        "the failed rows as sent, without codes"
+    );
+    let report = get(&format!("/files/{id}/errors"))
+        .bytes()
+        .unwrap()
+        .to_vec();
+    assert_eq!(report, errors, "the error CSV is the contract's");
+    // UTF-8 to a Shift_JIS partner: said in plain Japanese.
+    let utf8 = "M000004,K-1,10\r\nM000005,K-2,10\r\nM000006,K-3,10\r\nM000007,注文あ,10\r\n";
+    let (code, page) = c.post(&[("csrf", &c.csrf)], "u.csv", utf8.as_bytes(), None);
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("このファイルは UTF-8 のようです。Shift_JIS で保存してください"),
+        "{page}"
+    );
+    // A re-send of a.csv's credited rows: F006, naming a.csv, no setting.
+    let resend = cp932("M000001,注文-1,500\r\nm3@example.jp,注文-4,70\r\nM000008,注文-5,9\r\n");
+    let (code, page) = c.post(&[("csrf", &c.csrf)], "b.csv", &resend, None);
+    assert_eq!(code, 422, "{page}");
+    assert!(
+        page.contains(&format!(
+            "以前に積算したファイル「a.csv」（ファイル番号 {id}"
+        )),
+        "{page}"
+    );
+    assert!(
+        !page.contains("resend_check") && !page.contains("re-send"),
+        "{page}"
+    );
+}

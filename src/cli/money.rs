@@ -151,6 +151,12 @@ pub struct StatementArgs {
     /// Print as CSV (`section,item,detail,rows,miles`).
     #[arg(long, conflicts_with = "json")]
     pub csv: bool,
+    /// With --csv: `en` (default) prints the form for scripts; `ja` the
+    /// file for Excel (Japanese headers, the partner's encoding or UTF-8
+    /// with a BOM, CRLF), as the site's download.
+    #[arg(long, value_name = "en|ja", requires = "csv", default_value = "en",
+          value_parser = ["en", "ja"])]
+    pub header: String,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
@@ -161,6 +167,7 @@ pub(super) fn statement(cli: &Cli, args: &StatementArgs) -> anyhow::Result<ExitC
         partner,
         month,
         csv,
+        header,
         json,
     } = args;
     let config = load(cli)?;
@@ -176,6 +183,15 @@ pub(super) fn statement(cli: &Cli, args: &StatementArgs) -> anyhow::Result<ExitC
     let st = money::statement::statement(&conn, partner, month, tz)?;
     if *json {
         print_json(&st)?;
+    } else if *csv && header == "ja" {
+        let lang = crate::excel::Lang::Ja;
+        let encoding = config.partner(partner).map(|p| p.encoding);
+        let (bytes, _) = crate::excel::encode(
+            &money::statement::to_csv_for(&st, lang, false),
+            lang,
+            encoding.unwrap_or(crate::config::Encoding::Utf8),
+        );
+        std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
     } else if *csv {
         print!("{}", money::statement::to_csv(&st));
     } else {

@@ -39,6 +39,12 @@ pub enum UserCommand {
         /// The user's e-mail address.
         email: String,
     },
+    /// Enable a disabled user again (also clears a lock); the password is
+    /// unchanged.
+    Enable {
+        /// The user's e-mail address.
+        email: String,
+    },
     /// List the site users: role, partner, disabled, locked, failed logins.
     List {
         /// Print as JSON.
@@ -77,6 +83,10 @@ pub(super) fn run(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> 
         UserCommand::Disable { email } => {
             users::disable(&conn, email, &actor)?;
             println!("disabled {email}; its sessions were ended");
+        }
+        UserCommand::Enable { email } => {
+            users::enable(&conn, email, &actor)?;
+            println!("enabled {email}; it can log in with its password again");
         }
         UserCommand::List { json } => {
             let rows = users::list(&conn, chrono::Utc::now().timestamp())?;

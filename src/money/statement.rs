@@ -15,6 +15,7 @@ use chrono_tz::Tz;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
+use crate::excel::Lang;
 use crate::timefmt;
 
 #[derive(Debug, thiserror::Error)]
@@ -263,9 +264,20 @@ fn build(
 }
 
 /// The statement as CSV: `section,item,detail,rows,miles`, one line per
-/// breakdown line, then `issued`, `reversed` and `net`.
+/// breakdown line, then `issued`, `reversed` and `net` (the form for
+/// scripts: [`to_csv_for`] with `Lang::En`).
 pub fn to_csv(s: &Statement) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
+    to_csv_for(s, Lang::En, false)
+}
+
+/// The statement as CSV in `lang`: `Lang::Ja` has Japanese headers and
+/// words, CRLF (encode it with [`crate::excel::encode`]). With
+/// `for_partner`, a reversal names no person (運用担当), as the API does.
+/// Reversal times are in the statement's zone with the offset.
+pub fn to_csv_for(s: &Statement, lang: Lang, for_partner: bool) -> String {
+    let ja = lang == Lang::Ja;
+    let tz: Tz = s.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let mut w = lang.writer();
     // File names and reversal reasons are people's text: a spreadsheet
     // must not run them (`csvcell`).
     let mut line = |section: &str, item: &str, detail: &str, t: &Total| {
@@ -278,40 +290,84 @@ pub fn to_csv(s: &Statement) -> String {
         ])
         .expect("writing to memory");
     };
-    line("section", "item", "detail", &Total::default());
+    let word = |en: &'static str, jp: &'static str| if ja { jp } else { en };
+    line(
+        word("section", "区分"),
+        word("item", "項目"),
+        word("detail", "詳細"),
+        &Total::default(),
+    );
+    let channel = |c: &str| {
+        if ja {
+            crate::words::channel(c)
+        } else {
+            c.to_owned()
+        }
+    };
     for c in &s.by_channel {
-        line("channel", &c.channel, "", &c.total);
+        line(
+            word("channel", "経路別"),
+            &channel(&c.channel),
+            "",
+            &c.total,
+        );
     }
     for f in &s.by_file {
+        let detail = if ja {
+            format!("{}（{}）", f.name, channel(&f.channel))
+        } else {
+            format!("{} ({})", f.name, f.channel)
+        };
         line(
-            "file",
+            word("file", "ファイル別"),
             &f.file_id.to_string(),
-            &format!("{} ({})", f.name, f.channel),
+            &detail,
             &f.total,
         );
     }
     for d in &s.by_day {
-        line("day", &d.day, "", &d.total);
+        line(word("day", "日別"), &d.day, "", &d.total);
     }
-    line("issued", "", "", &s.issued);
+    line(word("issued", "積算合計"), "", "", &s.issued);
     for r in &s.reversals {
+        let at = timefmt::parse_stored(&r.at)
+            .map(|t| crate::excel::time(t, tz, lang))
+            .unwrap_or_else(|| r.at.clone());
+        let actor = if for_partner {
+            "運用担当"
+        } else {
+            r.actor.as_str()
+        };
+        let detail = if ja {
+            let what =
+                r.what
+                    .replacen("API exchange ", "API 交換 ", 1)
+                    .replacen("file ", "ファイル ", 1);
+            format!("{what}、{actor}、{at}: {}", r.reason)
+        } else {
+            format!("{} by {actor} at {at}: {}", r.what, r.reason)
+        };
         line(
-            "reversal",
+            word("reversal", "取り消し"),
             &r.id.to_string(),
-            &format!("{} by {} at {}: {}", r.what, r.actor, r.at, r.reason),
+            &detail,
             &r.total,
         );
     }
-    line("reversed", "", "", &s.reversed);
-    line("net", "", "", &s.net);
+    line(word("reversed", "取り消し合計"), "", "", &s.reversed);
+    line(word("net", "差引合計"), "", "", &s.net);
     let mut out =
         String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8 in, UTF-8 out");
     // The header's rows,miles columns are names, not zeros.
-    out = out.replacen(
-        "section,item,detail,0,0",
-        "section,item,detail,rows,miles",
-        1,
-    );
+    out = if ja {
+        out.replacen("区分,項目,詳細,0,0", "区分,項目,詳細,行数,マイル", 1)
+    } else {
+        out.replacen(
+            "section,item,detail,0,0",
+            "section,item,detail,rows,miles",
+            1,
+        )
+    };
     out
 }
 
@@ -375,8 +431,17 @@ mod tests {
         );
         assert_eq!(
             lines[4],
-            "reversal,1,file 4 by user:ops@example.jp at 2026-11-30T01:00:00Z: =1+1,2,-30"
+            "reversal,1,file 4 by user:ops@example.jp at 2026-11-30T10:00:00+09:00: =1+1,2,-30"
         );
         assert_eq!(lines[5], "reversed,,,2,-30");
+        let ja = to_csv_for(&s, Lang::Ja, true);
+        let lines: Vec<&str> = ja.split("\r\n").collect();
+        assert_eq!(lines[0], "区分,項目,詳細,行数,マイル");
+        assert_eq!(lines[1], "経路別,アップロード,,2,30");
+        assert_eq!(
+            lines[4],
+            "取り消し,1,ファイル 4、運用担当、2026-11-30 10:00:00 +09:00: =1+1,2,-30"
+        );
+        assert_eq!(lines[6], "差引合計,,,4,0");
     }
 }

@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod credit;
 pub mod decode;
+pub mod failed_rows;
 pub mod parse;
 pub mod pgp;
 pub mod pickup;

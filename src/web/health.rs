@@ -1,5 +1,8 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (the database is
-//! reachable and its schema is the one this binary expects).
+//! `GET /healthz` (the process answers), `GET /readyz` (the database is
+//! reachable and its schema is the one this binary expects) and
+//! `GET /ops/daemon.json` (a daemon polled within a minute: 200, else 503;
+//! `crate::heartbeat`). No login: monitors read them, and they tell no
+//! partner's data.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,10 +17,27 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/ops/daemon.json", get(daemon))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn daemon(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = crate::heartbeat::status(&state.config.daemon.database, chrono::Utc::now());
+    let code = if status.running {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(status),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {

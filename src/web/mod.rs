@@ -133,6 +133,7 @@ impl std::ops::Deref for AppState {
 /// The whole application: every route, with the layers every response gets.
 pub fn router(state: AppState) -> Router {
     let metrics = state.http_metrics.clone();
+    let tls = state.config.server.tls.is_some();
     let app = Router::new()
         .merge(health::routes())
         .merge(site::routes())
@@ -140,8 +141,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(site::fallback)
         .with_state(state);
     // Outermost: the latency counted is the whole answer, headers included.
-    metrics.layer(with_security_headers(app))
+    metrics.layer(with_security_headers(app, tls))
 }
+
+/// Over HTTPS, browsers are told to use nothing else for a year.
+const HSTS: &str = "max-age=31536000";
 
 /// Security headers on every response (pages, API, errors). A handler that
 /// needs another value sets its own; these fill in what is missing.
@@ -159,13 +163,20 @@ const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
 
 /// [`SECURITY_HEADERS`] on every response of `app`, in one layer (a layer
 /// per header cost the API a future and a header-map probe each).
-fn with_security_headers(app: Router) -> Router {
+/// With `tls`, `Strict-Transport-Security` too.
+fn with_security_headers(app: Router, tls: bool) -> Router {
     app.layer(axum::middleware::map_response(
-        |mut r: axum::response::Response| async move {
+        move |mut r: axum::response::Response| async move {
             let h = r.headers_mut();
             for (name, value) in SECURITY_HEADERS {
                 h.entry(name)
                     .or_insert_with(|| HeaderValue::from_static(value));
+            }
+            if tls {
+                h.insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static(HSTS),
+                );
             }
             r
         },

@@ -143,6 +143,27 @@ pub fn disable(conn: &Connection, email: &str, actor: &str) -> Result<(), UserEr
     Ok(())
 }
 
+/// Enable `email` again after [`disable`]: it can log in with its
+/// password; its failed-login count and lock are cleared too.
+pub fn enable(conn: &Connection, email: &str, actor: &str) -> Result<(), UserError> {
+    let id = user_id(conn, email)?;
+    conn.execute(
+        "UPDATE users SET disabled = 0, failed_logins = 0, locked_until = NULL WHERE id = ?1",
+        [id],
+    )?;
+    audit::record(
+        conn,
+        &audit::Entry {
+            actor,
+            action: "user-enable",
+            partner: None,
+            detail: &format!("user {id}"),
+            client: None,
+        },
+    )?;
+    Ok(())
+}
+
 /// One line of `user list`.
 #[derive(Debug, Serialize)]
 pub struct UserRow {
@@ -428,6 +449,23 @@ mod tests {
         assert!(matches!(
             add(&conn, "not-an-email", None, "cli:t"),
             Err(UserError::BadEmail(_))
+        ));
+    }
+
+    #[test]
+    fn an_enabled_user_logs_in_again_with_its_password() {
+        let (_d, conn) = db();
+        let InitialPassword(pw) = add(&conn, "e@shop.example", Some("shop"), "cli:t").unwrap();
+        disable(&conn, "e@shop.example", "cli:t").unwrap();
+        assert!(list(&conn, 1).unwrap()[0].disabled);
+        enable(&conn, "e@shop.example", "cli:t").unwrap();
+        assert!(!list(&conn, 1).unwrap()[0].disabled);
+        assert!(login(&conn, "e@shop.example", &pw, "::1", 1)
+            .unwrap()
+            .is_some());
+        assert!(matches!(
+            enable(&conn, "zz@shop.example", "cli:t"),
+            Err(UserError::NoSuchUser(_))
         ));
     }
 }

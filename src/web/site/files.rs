@@ -3,7 +3,9 @@
 //! the error CSV, byte for byte as the pipeline wrote it.
 //!
 //! What must stay true: a partner user is only ever shown, or sent, files
-//! of its own partner; another partner's file id answers the same 404 as a
+//! of its own partner; ops asking for `/files` without `?partner=` get the
+//! partner picker (an unknown partner id is the 404); a reversal shown to
+//! a partner names no person (運用担当), as the API does — ops see who; another partner's file id answers the same 404 as a
 //! missing one. A download is audited. The report's bytes are never
 //! re-encoded: the partner gets exactly what the pipeline wrote, labelled
 //! with the partner's encoding.
@@ -24,6 +26,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/files", get(list))
         .route("/files/{id}/errors", get(errors))
+        .route("/files/{id}/failed-rows", get(failed_rows))
 }
 
 /// Files shown on one page, newest first.
@@ -97,8 +100,15 @@ async fn list(
     let partner = match (&page.session.partner, q.partner) {
         (Some(own), _) => own.clone(),
         (None, Some(p)) if state.config.partners.iter().any(|c| c.id == p) => p,
-        (None, _) => return page.not_found(),
+        (None, Some(_)) => return page.not_found(),
+        (None, None) => {
+            let ctx = minijinja::context! {
+                picker => true, partners => super::partner_choices(&state), ..page.ctx()
+            };
+            return render(StatusCode::OK, "files.html", ctx);
+        }
     };
+    let shown_label = super::partner_label(&state, &partner);
     let tz = state.config.daemon.timezone;
     let who = partner.clone();
     let ops = page.session.is_ops();
@@ -125,11 +135,17 @@ async fn list(
                     crate::money::reverse::find(c, crate::money::reverse::Target::File(f.id))
                         .map_err(|e| e.to_string())?
                         .map(|r| {
+                            // A partner is told the operator did it, not who.
+                            let who = if ops {
+                                r.actor.as_str()
+                            } else {
+                                "運用担当"
+                            };
                             format!(
                                 "取り消し番号 {}（{}、{}）: {}",
                                 r.id,
                                 timefmt::stored_for_people(&r.at, tz),
-                                r.actor,
+                                who,
                                 r.reason
                             )
                         })
@@ -189,7 +205,7 @@ async fn list(
                 .format("%Y-%m")
                 .to_string();
             let ctx = minijinja::context! {
-                shown => partner, rows => rows, more => more, requests => requests,
+                shown => partner, shown_label => shown_label, rows => rows, more => more, requests => requests,
                 refresh => refresh, this_month => this_month, timezone => tz.to_string(),
                 ..page.ctx()
             };
@@ -281,6 +297,69 @@ async fn errors(
                 HeaderValue::from_str(&format!("text/csv; charset={charset}")).unwrap(),
             ),
             (header::CONTENT_DISPOSITION, content_disposition(&name)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// `GET /files/{id}/failed-rows`: the failed rows of a credited file
+/// alone, as the partner sent them (no codes), to fix and upload again
+/// (`pipeline::failed_rows`). Same access rule as the error report.
+async fn failed_rows(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let page = match Page::require(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let own = page.session.partner.clone();
+    let config = state.config.clone();
+    let found = with_read(&state, move |c| {
+        let Some(f) = crate::query::file_paths(c, id).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        // Another partner's file is exactly as absent as a missing one;
+        // a refused file's report holds every row, not failed ones.
+        if own.as_ref().is_some_and(|o| *o != f.partner) || f.outcome != "credited" {
+            return Ok(None);
+        }
+        let (Some(report), Some(archive), Some(p)) =
+            (f.report_path, f.archive_path, config.partner(&f.partner))
+        else {
+            return Ok(None);
+        };
+        let bytes = crate::pipeline::failed_rows::for_resend(
+            std::path::Path::new(&report),
+            std::path::Path::new(&archive),
+            p.header,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Some((p.encoding, bytes)))
+    })
+    .await;
+    let (encoding, bytes) = match found {
+        Ok(Some(x)) => x,
+        Ok(None) => return page.not_found(),
+        Err(r) => return r,
+    };
+    let charset = match encoding {
+        Encoding::ShiftJis => "Shift_JIS",
+        Encoding::Utf8 => "UTF-8",
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&format!("text/csv; charset={charset}")).unwrap(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                content_disposition(&format!("{id}.failed-rows.csv")),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         bytes,

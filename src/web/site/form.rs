@@ -32,6 +32,17 @@ where
             .await
         {
             Ok(Ok(axum::Form(v))) => Ok(Form(v)),
+            // Every form of ours sends every field (the CSRF token among
+            // them): a body that does not fit is not from our pages, and
+            // gets the documented 403 page, as a wrong token does.
+            Ok(Err(
+                axum::extract::rejection::FormRejection::FailedToDeserializeForm(_)
+                | axum::extract::rejection::FormRejection::FailedToDeserializeFormBody(_)
+                | axum::extract::rejection::FormRejection::InvalidFormContentType(_),
+            )) => {
+                tracing::warn!("site form body missing fields or not a form: 403");
+                Err(super::forbidden())
+            }
             Ok(Err(rejection)) => Err(rejection.into_response()),
             Err(_) => {
                 tracing::info!(

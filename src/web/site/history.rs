@@ -1,4 +1,4 @@
-//! `GET /history`: credits by partner key (exact or prefix) and date range,
+//! `GET /history`: credits by partner key (exact or prefix) and/or date range,
 //! from every channel (pulled and uploaded files, and API exchanges:
 //! `file_id = 0`), a page at a time; `GET /history.csv`: the same search
 //! as a CSV file.
@@ -6,7 +6,9 @@
 //! What must stay true: a partner user searches only its own partner (the
 //! query's `partner` is ignored for them); the search walks the ledger's
 //! clustered key `(partner, partner_key, …)`, so a prefix is a range scan,
-//! never a full scan.
+//! never a full scan. A search by dates alone lists every credit of the
+//! partner in the range (paged). The CSV is for Excel unless `lang=en`
+//! (`crate::excel`).
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -40,11 +42,15 @@ struct Search {
     from: Option<String>,
     to: Option<String>,
     page: Option<i64>,
+    /// CSV only: `en` for English headers and plain UTF-8.
+    lang: Option<String>,
 }
 
 #[derive(Serialize, Clone)]
 struct Row {
     at: String,
+    /// Unix seconds (for the CSV's own time form).
+    unix: i64,
     partner_key: String,
     member_id: String,
     miles: i64,
@@ -69,14 +75,18 @@ enum Refused {
     BadDate(String),
 }
 
+/// Asked of a partner (and ops) when a search names neither key nor dates.
+const NOTHING_GIVEN: &str = "指定キー、または期間（開始日・終了日）を入力してください。";
+
+fn bad_date(s: &str) -> String {
+    format!("日付「{s}」は YYYY-MM-DD の形式（例: 2026-11-30）で入力してください。")
+}
+
 impl Refused {
     fn page(self, p: &Page) -> Response {
         match self {
             Refused::NoSuchPartner => p.not_found(),
-            Refused::BadDate(s) => p.error(
-                StatusCode::BAD_REQUEST,
-                &format!("日付「{s}」は YYYY-MM-DD の形式で入力してください。"),
-            ),
+            Refused::BadDate(s) => p.error(StatusCode::BAD_REQUEST, &bad_date(&s)),
         }
     }
 }
@@ -89,7 +99,8 @@ fn bounds(state: &AppState, page: &Page, q: &Search) -> Result<Option<Bounds>, R
         (None, _) => return Ok(None),
     };
     let key = q.key.clone().unwrap_or_default().trim().to_owned();
-    if key.is_empty() {
+    let given = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.trim().is_empty());
+    if key.is_empty() && !given(&q.from) && !given(&q.to) {
         return Ok(None);
     }
     let tz = state.config.daemon.timezone;
@@ -106,7 +117,8 @@ fn bounds(state: &AppState, page: &Page, q: &Search) -> Result<Option<Bounds>, R
     };
     Ok(Some(Bounds {
         partner,
-        prefix: q.mode.as_deref() == Some("prefix"),
+        // No key: every key (the empty prefix), within the dates.
+        prefix: key.is_empty() || q.mode.as_deref() == Some("prefix"),
         key,
         from: day(&q.from, false)?,
         to: day(&q.to, true)?,
@@ -139,6 +151,7 @@ fn search(
         .into_iter()
         .map(|r| Row {
             at: timefmt::unix_for_people(r.credited_unix, tz),
+            unix: r.credited_unix,
             partner_key: r.partner_key,
             member_id: r.member_id,
             miles: r.miles,
@@ -164,11 +177,8 @@ async fn page(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let partners: Vec<String> = state.config.partners.iter().map(|p| p.id.clone()).collect();
-    let b = match bounds(&state, &page, &q) {
-        Ok(b) => b,
-        Err(r) => return r.page(&page),
-    };
+    let partners = super::partner_choices(&state);
+    let b = bounds(&state, &page, &q);
     let base = minijinja::context! {
         partners => partners,
         q_partner => q.partner.clone().or(page.session.partner.clone()),
@@ -178,8 +188,19 @@ async fn page(
         q_to => q.to.clone(),
         ..page.ctx()
     };
-    let Some(b) = b else {
-        return render(StatusCode::OK, "history.html", base);
+    // A bad date or an empty search keeps what was typed in the form.
+    let b = match b {
+        Ok(Some(b)) => b,
+        Ok(None) if q.key.is_some() || q.from.is_some() || q.to.is_some() => {
+            let ctx = minijinja::context! { error => NOTHING_GIVEN, ..base };
+            return render(StatusCode::BAD_REQUEST, "history.html", ctx);
+        }
+        Ok(None) => return render(StatusCode::OK, "history.html", base),
+        Err(Refused::BadDate(s)) => {
+            let ctx = minijinja::context! { error => bad_date(&s), ..base };
+            return render(StatusCode::BAD_REQUEST, "history.html", ctx);
+        }
+        Err(r) => return r.page(&page),
     };
     let n = q.page.unwrap_or(1).max(1);
     let tz = state.config.daemon.timezone;
@@ -200,7 +221,7 @@ async fn page(
     let ctx = minijinja::context! {
         searched => true, rows => rows, total => total, page => n, pages => pages,
         prev => (n > 1).then(|| link(n - 1)), next => (n < pages).then(|| link(n + 1)),
-        csv => format!("/history.csv?{}", query_string(&Search { page: None, ..q.clone() })),
+        csv => format!("/history.csv?{}", query_string(&Search { page: None, lang: None, ..q.clone() })),
         ..base
     };
     render(StatusCode::OK, "history.html", ctx)
@@ -248,18 +269,18 @@ async fn csv(
     };
     let b = match bounds(&state, &page, &q) {
         Ok(Some(b)) => b,
-        Ok(None) => {
-            return page.error(
-                StatusCode::BAD_REQUEST,
-                "パートナーと指定キーを入力してください。",
-            )
-        }
+        Ok(None) => return page.error(StatusCode::BAD_REQUEST, NOTHING_GIVEN),
         Err(r) => return r.page(&page),
     };
     let tz = state.config.daemon.timezone;
     let actor = format!("user:{}", page.session.email);
     let client = super::client(&addr);
     let partner = b.partner.clone();
+    let lang = crate::excel::Lang::parse(q.lang.as_deref());
+    let encoding = state
+        .config
+        .partner(&partner)
+        .map_or(crate::config::Encoding::Utf8, |p| p.encoding);
     let found = with_read(&state, move |c| {
         let (rows, total) = search(c, &b, 0, EXPORT_MAX + 1, tz).map_err(|e| e.to_string())?;
         if total > EXPORT_MAX {
@@ -306,36 +327,57 @@ async fn csv(
         }
         Err(r) => return r,
     };
-    let mut out = csv::Writer::from_writer(Vec::new());
-    let _ = out.write_record([
-        "credited_at",
-        "partner_key",
-        "member_id",
-        "miles",
-        "channel",
-        "file",
-        "line",
-    ]);
+    use crate::excel::Lang;
+    let mut out = lang.writer();
+    let _ = out.write_record(match lang {
+        Lang::Ja => [
+            "積算日時",
+            "指定キー",
+            "会員ID",
+            "マイル",
+            "経路",
+            "ファイル",
+            "行",
+        ],
+        Lang::En => [
+            "credited_at",
+            "partner_key",
+            "member_id",
+            "miles",
+            "channel",
+            "file",
+            "line",
+        ],
+    });
     // Partner keys and file names are the partner's text: a spreadsheet
     // must not run them (`csvcell`).
     use crate::csvcell::text;
     for r in &rows {
+        let at = chrono::DateTime::from_timestamp(r.unix, 0)
+            .map(|t| crate::excel::time(t, tz, lang))
+            .unwrap_or_else(|| r.at.clone());
+        let channel = match lang {
+            Lang::Ja => crate::words::channel(&r.channel),
+            Lang::En => r.channel.clone(),
+        };
         let _ = out.write_record([
-            r.at.as_str(),
+            at.as_str(),
             &text(&r.partner_key),
             &text(&r.member_id),
             &r.miles.to_string(),
-            &r.channel,
+            &channel,
             &text(&r.file),
             &r.line.to_string(),
         ]);
     }
     let body = out.into_inner().unwrap_or_default();
+    let (body, charset) = crate::excel::encode(&String::from_utf8_lossy(&body), lang, encoding);
     (
         [
             (
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=UTF-8"),
+                HeaderValue::from_str(&format!("text/csv; charset={charset}"))
+                    .expect("ASCII charset"),
             ),
             (
                 header::CONTENT_DISPOSITION,

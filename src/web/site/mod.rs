@@ -53,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         .merge(keys::routes())
         .merge(run_now::routes())
         .merge(money::routes())
+        .layer(axum::middleware::from_fn(auth::remember_target))
 }
 
 async fn css() -> impl IntoResponse {
@@ -123,6 +124,7 @@ fn env() -> &'static Environment<'static> {
         ] {
             e.add_template(name, src).expect("template parses");
         }
+        crate::words::register(&mut e);
         e
     })
 }
@@ -330,6 +332,8 @@ fn equal_ct(a: &str, b: &str) -> bool {
 pub struct Page {
     pub session: Session,
     pub id: String,
+    /// The configured `name` of the user's partner (`None`: ops).
+    pub partner_name: Option<String>,
 }
 
 impl Page {
@@ -357,7 +361,12 @@ impl Page {
             })
             .await?;
         }
-        Ok(Page { session, id })
+        let partner_name = session.partner.as_deref().map(|p| partner_label(state, p));
+        Ok(Page {
+            session,
+            id,
+            partner_name,
+        })
     }
 
     /// Whether a POST may go on: same-origin and carrying this session's
@@ -393,10 +402,30 @@ impl Page {
         minijinja::context! {
             user => self.session.email,
             partner => self.session.partner,
+            partner_name => self.partner_name,
             ops => self.session.is_ops(),
             csrf => self.session.csrf,
         }
     }
+}
+
+/// A partner as people know it: its configured `name` with its id
+/// (`ACME ストア（acme）`); the id alone when the name is the id.
+pub fn partner_label(state: &AppState, id: &str) -> String {
+    match state.config.partners.iter().find(|p| p.id == id) {
+        Some(p) if p.name != p.id => format!("{}（{}）", p.name, p.id),
+        _ => id.to_owned(),
+    }
+}
+
+/// Every configured partner as `{id, label}`, for pickers and menus.
+pub fn partner_choices(state: &AppState) -> Vec<minijinja::Value> {
+    state
+        .config
+        .partners
+        .iter()
+        .map(|p| minijinja::context! { id => p.id, label => partner_label(state, &p.id) })
+        .collect()
 }
 
 pub fn forbidden() -> Response {
@@ -482,7 +511,8 @@ mod tests {
             q => "q", found => true, shown => "shop", more => 1, next => 5,
                 searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
                 partners => vec!["shop"], q_partner => "shop", q_mode => "prefix",
-                k => row.clone(), f => row.clone(), r => row.clone(), key => "mbk_x", prefix => "mbk_1", enabled => false, notice => "n" };
+                k => row.clone(), f => row.clone(), r => row.clone(), key => "mbk_x",
+                daemon => minijinja::context! { running => false, seconds_since_poll => 61 }, prefix => "mbk_1", enabled => false, notice => "n" };
             env()
                 .get_template(name)
                 .and_then(|t| t.render(ctx))

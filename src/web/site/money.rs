@@ -183,6 +183,8 @@ async fn do_reverse(
 struct StatementQuery {
     partner: Option<String>,
     month: Option<String>,
+    /// `en`: English headers, plain UTF-8 (for scripts).
+    lang: Option<String>,
 }
 
 async fn statement_csv(
@@ -220,6 +222,16 @@ async fn statement_csv(
         Ok(s) => s,
         Err(r) => return r,
     };
+    let lang = crate::excel::Lang::parse(q.lang.as_deref());
+    let encoding = state
+        .config
+        .partner(&partner)
+        .map_or(crate::config::Encoding::Utf8, |p| p.encoding);
+    let (bytes, charset) = crate::excel::encode(
+        &statement::to_csv_for(&st, lang, !page.session.is_ops()),
+        lang,
+        encoding,
+    );
     let actor = format!("user:{}", page.session.email);
     let client = super::client(&addr);
     let who = partner.clone();
@@ -248,7 +260,8 @@ async fn statement_csv(
         [
             (
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=UTF-8"),
+                HeaderValue::from_str(&format!("text/csv; charset={charset}"))
+                    .expect("ASCII charset"),
             ),
             (
                 header::CONTENT_DISPOSITION,
@@ -261,7 +274,7 @@ async fn statement_csv(
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        statement::to_csv(&st),
+        bytes,
     )
         .into_response()
 }

@@ -1,5 +1,6 @@
 //! Ops pages: the dashboard of every partner (what `milebatch status`
-//! shows, with red/amber/green), the member lookup and the audit log.
+//! shows, with red/amber/green), the member lookup and the audit log
+//! (filtered by action, user, partner and dates; `/ops/audit.csv`).
 //!
 //! What must stay true: only ops users see these pages; a partner user
 //! gets 404, as for any page that is not theirs. The pages only read.
@@ -20,6 +21,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ops", get(dashboard))
         .route("/ops/members", get(member))
         .route("/ops/audit", get(audit_log))
+        .route("/ops/audit.csv", get(audit_csv))
 }
 
 /// The page for `headers`' session if it is an ops user's; else a redirect
@@ -44,6 +46,8 @@ pub fn not_found() -> Response {
 #[derive(Debug, Serialize)]
 struct Row {
     id: String,
+    /// The configured name with the id.
+    label: String,
     /// red: failing now; amber: needs a look (a missed delivery, a refused
     /// file or a tidy-up owed today); green: fine.
     light: &'static str,
@@ -63,13 +67,18 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
         Err(r) => return r,
     };
     let config = state.config.clone();
+    let labels: Vec<String> = config
+        .partners
+        .iter()
+        .map(|p| super::partner_label(&state, &p.id))
+        .collect();
     let rows = with_read(&state, move |c| {
         let tz = config.daemon.timezone;
         let now = chrono::Utc::now();
         let today = timefmt::start_of_day(now.with_timezone(&tz).date_naive(), tz);
         let today = crate::db::now_text(today);
         let mut rows = Vec::new();
-        for p in &config.partners {
+        for (p, label) in config.partners.iter().zip(labels) {
             let st = crate::query::partner_status(c, &p.id).map_err(|e| e.to_string())?;
             let refused_today: i64 = c
                 .query_row(
@@ -94,6 +103,7 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
             };
             rows.push(Row {
                 id: p.id.clone(),
+                label,
                 light,
                 light_text,
                 last_run: people(&st.last_run.as_ref().map(|r| r.started_at.clone())),
@@ -121,9 +131,17 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
         Ok(rows)
     })
     .await;
+    let tz = state.config.daemon.timezone;
+    let daemon = crate::heartbeat::status(&state.config.daemon.database, chrono::Utc::now());
+    let daemon_at = daemon
+        .last_poll
+        .as_deref()
+        .map(|t| timefmt::stored_for_people(t, tz));
     match rows {
         Ok(rows) => {
-            let ctx = minijinja::context! { rows => rows, ..page.ctx() };
+            let ctx = minijinja::context! {
+                rows => rows, daemon => daemon, daemon_at => daemon_at, ..page.ctx()
+            };
             render(StatusCode::OK, "ops_dashboard.html", ctx)
         }
         Err(r) => r,
@@ -236,24 +254,68 @@ async fn member(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Clone)]
 struct AuditQuery {
     /// Show rows older than this id (the next page).
     before: Option<i64>,
-}
-
-#[derive(Debug, Serialize)]
-struct AuditRow {
-    id: i64,
-    at: String,
-    actor: String,
-    action: String,
-    partner: String,
-    detail: String,
-    client: String,
+    action: Option<String>,
+    user: Option<String>,
+    partner: Option<String>,
+    /// YYYY-MM-DD in the configured zone, inclusive.
+    from: Option<String>,
+    to: Option<String>,
+    /// CSV only: `en` for English headers and plain UTF-8.
+    lang: Option<String>,
 }
 
 const AUDIT_PAGE: i64 = 100;
+/// Rows an audit CSV may hold.
+const AUDIT_EXPORT_MAX: i64 = 100_000;
+
+/// The query as a filter, or the bad date.
+fn audit_filter(q: &AuditQuery, tz: chrono_tz::Tz) -> Result<crate::audit::Filter, String> {
+    let given = |s: &Option<String>| {
+        s.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let day = |s: &Option<String>, end: bool| -> Result<Option<String>, String> {
+        match given(s) {
+            None => Ok(None),
+            Some(s) => {
+                let d = chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| s.clone())?;
+                let d = if end { d.succ_opt().unwrap_or(d) } else { d };
+                Ok(Some(crate::db::now_text(timefmt::start_of_day(d, tz))))
+            }
+        }
+    };
+    Ok(crate::audit::Filter {
+        action: given(&q.action),
+        actor: given(&q.user),
+        partner: given(&q.partner),
+        from: day(&q.from, false)?,
+        until: day(&q.to, true)?,
+        before: q.before,
+    })
+}
+
+/// The filter fields as a query string (for the next page and the CSV).
+fn audit_query_string(q: &AuditQuery) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("action", &q.action),
+        ("user", &q.user),
+        ("partner", &q.partner),
+        ("from", &q.from),
+        ("to", &q.to),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            s.append_pair(k, v);
+        }
+    }
+    s.finish()
+}
 
 async fn audit_log(
     State(state): State<AppState>,
@@ -265,37 +327,121 @@ async fn audit_log(
         Err(r) => return r,
     };
     let tz = state.config.daemon.timezone;
-    let before = q.before.unwrap_or(i64::MAX);
+    let actions: Vec<minijinja::Value> = crate::words::ACTIONS
+        .iter()
+        .map(|(k, w)| minijinja::context! { id => k, label => w })
+        .collect();
+    let base = minijinja::context! {
+        actions => actions, partners => super::partner_choices(&state),
+        q_action => q.action, q_user => q.user, q_partner => q.partner,
+        q_from => q.from, q_to => q.to, filters => audit_query_string(&q),
+        ..page.ctx()
+    };
+    let filter = match audit_filter(&q, tz) {
+        Ok(f) => f,
+        Err(bad) => {
+            let ctx = minijinja::context! {
+                error => format!("日付「{bad}」は YYYY-MM-DD の形式（例: 2026-11-30）で入力してください。"),
+                ..base
+            };
+            return render(StatusCode::BAD_REQUEST, "ops_audit.html", ctx);
+        }
+    };
     let rows = with_read(&state, move |c| {
-        let mut st = c
-            .prepare(
-                "SELECT id, at, actor, action, COALESCE(partner, ''), detail, COALESCE(client, '') \
-                 FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
-            )
-            .map_err(|e| e.to_string())?;
-        let rows = st
-            .query_map(rusqlite::params![before, AUDIT_PAGE], |r| {
-                Ok(AuditRow {
-                    id: r.get(0)?,
-                    at: timefmt::stored_for_people(&r.get::<_, String>(1)?, tz),
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    partner: r.get(4)?,
-                    detail: r.get(5)?,
-                    client: r.get(6)?,
-                })
-            })
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| e.to_string())?;
-        Ok(rows)
+        crate::audit::search(c, &filter, AUDIT_PAGE).map_err(|e| e.to_string())
     })
     .await;
     match rows {
-        Ok(rows) => {
+        Ok(mut rows) => {
+            for r in &mut rows {
+                r.at = timefmt::stored_for_people(&r.at, tz);
+            }
             let next = (rows.len() as i64 == AUDIT_PAGE).then(|| rows.last().map(|r| r.id));
-            let ctx = minijinja::context! { rows => rows, next => next.flatten(), ..page.ctx() };
+            let ctx = minijinja::context! { rows => rows, next => next.flatten(), ..base };
             render(StatusCode::OK, "ops_audit.html", ctx)
         }
         Err(r) => r,
     }
+}
+
+/// `GET /ops/audit.csv`: the filtered audit log for Excel (UTF-8 with a
+/// BOM, Japanese headers and actions; `lang=en` for scripts).
+async fn audit_csv(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    use crate::excel::Lang;
+    use axum::response::IntoResponse;
+    let page = match ops_page(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let tz = state.config.daemon.timezone;
+    let filter = match audit_filter(&q, tz) {
+        Ok(f) => f,
+        Err(bad) => {
+            return page.error(
+                StatusCode::BAD_REQUEST,
+                &format!("日付「{bad}」は YYYY-MM-DD の形式（例: 2026-11-30）で入力してください。"),
+            )
+        }
+    };
+    let rows = match with_read(&state, move |c| {
+        crate::audit::search(c, &filter, AUDIT_EXPORT_MAX).map_err(|e| e.to_string())
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let lang = Lang::parse(q.lang.as_deref());
+    let mut out = lang.writer();
+    let _ = out.write_record(match lang {
+        Lang::Ja => ["日時", "実行者", "操作", "パートナー", "詳細", "接続元"],
+        Lang::En => ["at", "actor", "action", "partner", "detail", "client"],
+    });
+    use crate::csvcell::text;
+    for r in &rows {
+        let at = timefmt::parse_stored(&r.at)
+            .map(|t| crate::excel::time(t, tz, lang))
+            .unwrap_or_else(|| r.at.clone());
+        let action = match lang {
+            Lang::Ja => crate::words::action(&r.action),
+            Lang::En => r.action.clone(),
+        };
+        let _ = out.write_record([
+            at.as_str(),
+            &text(&r.actor),
+            &action,
+            &text(&r.partner),
+            &text(&r.detail),
+            &r.client,
+        ]);
+    }
+    let body = out.into_inner().unwrap_or_default();
+    let (body, charset) = crate::excel::encode(
+        &String::from_utf8_lossy(&body),
+        lang,
+        crate::config::Encoding::Utf8,
+    );
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_str(&format!("text/csv; charset={charset}"))
+                    .expect("ASCII charset"),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                axum::http::HeaderValue::from_static("attachment; filename=\"audit.csv\""),
+            ),
+            (
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -14,7 +14,15 @@
 //! - the file goes through `pipeline::upload::credit_upload` on a blocking
 //!   thread: the same lock, archive, credit stage and reports as a pulled
 //!   file, and one audit row, even if the browser goes away meanwhile;
-//! - a partner user uploads for its own partner only; ops choose one.
+//! - a partner user uploads for its own partner only; ops choose one;
+//! - the form says what the partner's files must look like (encoding,
+//!   header line, columns, miles limit) from its configuration, and
+//!   `GET /upload/template.csv` is a header-line template in its encoding;
+//! - after a partly failed upload the result says what to do next and
+//!   offers the failed rows alone (`/files/{id}/failed-rows`); the error
+//!   report is never changed. Technical (English) reasons are shown to
+//!   ops only, behind 技術的な詳細; a partner is never told to change a
+//!   setting.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,7 +36,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use super::ops::not_found;
-use super::{client, forbidden, internal, render, Page};
+use super::{client, forbidden, internal, render, with_read, Page};
 use crate::config::Encoding;
 use crate::pipeline::upload::{self as up, Received, Receiving, UploadError};
 use crate::pipeline::validate::{Code, FileCode};
@@ -65,6 +73,88 @@ pub fn routes() -> Router<AppState> {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/upload/dry-run/{name}", get(dry_run_report))
+        .route("/upload/template.csv", get(template))
+}
+
+/// Failed rows shown on the result page.
+const FAILED_SHOWN: usize = 100;
+
+/// One partner's file format, in words, for the upload page.
+#[derive(Serialize)]
+struct Format {
+    id: String,
+    label: String,
+    encoding: &'static str,
+    header: &'static str,
+    max_miles: String,
+    unique_key: bool,
+}
+
+fn format_of(state: &AppState, p: &crate::config::PartnerConfig) -> Format {
+    use crate::config::Header;
+    Format {
+        id: p.id.clone(),
+        label: super::partner_label(state, &p.id),
+        encoding: match p.encoding {
+            Encoding::ShiftJis => "Shift_JIS（CP932、Windows の「ANSI」）",
+            Encoding::Utf8 => "UTF-8",
+        },
+        header: match p.header {
+            Header::Yes => "1 行目は見出し行です（必ず付けてください。データは 2 行目から）",
+            Header::No => "見出し行は付けません（1 行目からデータ）",
+            Header::Auto => "見出し行はあってもなくてもかまいません",
+        },
+        max_miles: crate::words::digits(p.max_miles_per_row as i64),
+        unique_key: p.unique_partner_key,
+    }
+}
+
+#[derive(Deserialize)]
+struct TemplateQuery {
+    partner: Option<String>,
+}
+
+/// A template of the partner's exchange file: the column names as the
+/// header line, in the partner's encoding, CRLF.
+async fn template(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<TemplateQuery>,
+) -> Response {
+    let page = match Page::require(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let partner = match (&page.session.partner, q.partner) {
+        (Some(own), _) => own.clone(),
+        (None, Some(p)) if state.config.partner(&p).is_some() => p,
+        (None, _) => return page.not_found(),
+    };
+    let p = state.config.partner(&partner).expect("checked above");
+    let text = "会員ID（またはメールアドレス）,指定キー,マイル\r\n";
+    let (bytes, charset) = match p.encoding {
+        Encoding::ShiftJis => (
+            encoding_rs::SHIFT_JIS.encode(text).0.into_owned(),
+            "Shift_JIS",
+        ),
+        Encoding::Utf8 => (text.as_bytes().to_vec(), "UTF-8"),
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&format!("text/csv; charset={charset}"))
+                    .expect("ASCII charset"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                super::files::content_disposition(&format!("template-{partner}.csv")),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 async fn form(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -82,11 +172,13 @@ fn form_page(
     error: Option<&str>,
     chosen: Option<&str>,
 ) -> Response {
-    let partners: Vec<&str> = state
+    let partners = super::partner_choices(state);
+    let formats: Vec<Format> = state
         .config
         .partners
         .iter()
-        .map(|p| p.id.as_str())
+        .filter(|p| page.session.partner.as_ref().is_none_or(|own| *own == p.id))
+        .map(|p| format_of(state, p))
         .collect();
     render(
         status,
@@ -94,6 +186,7 @@ fn form_page(
         minijinja::context! {
             error => error,
             partners => partners,
+            formats => formats,
             chosen => chosen,
             max_bytes => MAX_UPLOAD,
             max_mib => MAX_UPLOAD / (1024 * 1024),
@@ -205,7 +298,13 @@ async fn upload(
     })
     .await;
     match done {
-        Ok(Ok(fr)) => result_page(&page, &partner, &fr, dry_run),
+        Ok(Ok(fr)) => {
+            let extra = match after(&state, &partner, &fr, dry_run).await {
+                Ok(x) => x,
+                Err(r) => return r,
+            };
+            result_page(&state, &page, &partner, &fr, dry_run, extra)
+        }
         Ok(Err(UploadError::BadName(_))) => form_page(
             &state,
             &page,
@@ -399,7 +498,107 @@ struct CodeCount {
     count: u64,
 }
 
-fn result_page(page: &Page, partner: &str, fr: &FileReport, dry_run: bool) -> Response {
+/// What the result page adds to the pipeline's report.
+#[derive(Default)]
+struct Extra {
+    /// The first failed rows, with line numbers (a credited upload).
+    failed_rows: Vec<crate::pipeline::failed_rows::FailedRow>,
+    /// Rows did not decode, and the file is in this other encoding.
+    other_encoding: Option<Encoding>,
+    /// F006: the earlier files it repeats (id, name, when).
+    resend_of: Vec<(i64, String, String)>,
+}
+
+/// The file ids named in a re-send reason ("… re-send of files 3, 8: …").
+fn resend_ids(reason: &str) -> Vec<i64> {
+    let Some(rest) = reason.split("re-send of file").nth(1) else {
+        return Vec::new();
+    };
+    let rest = rest.trim_start_matches('s');
+    rest.split(':')
+        .next()
+        .unwrap_or_default()
+        .split([',', ' '])
+        .filter_map(|t| t.trim().parse().ok())
+        .collect()
+}
+
+async fn after(
+    state: &AppState,
+    partner: &str,
+    fr: &FileReport,
+    dry_run: bool,
+) -> Result<Extra, Response> {
+    use crate::pipeline::failed_rows;
+    let encoding = state
+        .config
+        .partner(partner)
+        .map_or(Encoding::Utf8, |p| p.encoding);
+    let tz = state.config.daemon.timezone;
+    let who = partner.to_owned();
+    let ids = match fr.file_code {
+        Some(FileCode::F006) => resend_ids(fr.reason.as_deref().unwrap_or_default()),
+        _ => Vec::new(),
+    };
+    let credited_with_failures = !dry_run && fr.file_code.is_none() && fr.counts.failed > 0;
+    let file_id = fr.id.filter(|_| credited_with_failures);
+    let mut archive = fr.archive_path.clone();
+    with_read(state, move |c| {
+        let resend_of = crate::query::file_names(c, &who, &ids)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(id, name, at)| (id, name, crate::timefmt::stored_for_people(&at, tz)))
+            .collect();
+        // Where the report and archive were put, as the files page reads them.
+        let paths = match file_id {
+            Some(id) => crate::query::file_paths(c, id).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        if let Some(a) = paths.as_ref().and_then(|p| p.archive_path.clone()) {
+            archive = a.into();
+        }
+        let report = paths.and_then(|p| p.report_path);
+        let failed_rows = match report {
+            Some(r) => failed_rows::first(r.as_ref(), &archive, encoding, FAILED_SHOWN)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "failed rows not shown");
+                    Vec::new()
+                }),
+            None => Vec::new(),
+        };
+        // Not only with E009: UTF-8 kana can decode as CP932 (as garbage).
+        let other_encoding = failed_rows::other_encoding(&archive, encoding);
+        Ok(Extra {
+            failed_rows,
+            other_encoding,
+            resend_of,
+        })
+    })
+    .await
+}
+
+/// The wrong-encoding sentences for a partner; `credited`: rows of the
+/// file were credited (their Japanese text may have been misread).
+fn encoding_advice(found: Encoding, credited: bool) -> String {
+    let mut s = match found {
+        Encoding::Utf8 => "このファイルは UTF-8 のようです。Shift_JIS で保存してください（Excel では「CSV（コンマ区切り）」で保存します）。",
+        Encoding::ShiftJis => "このファイルは Shift_JIS のようです。UTF-8 で保存してください（Excel では「CSV UTF-8（コンマ区切り）」で保存します）。",
+    }
+    .to_owned();
+    if credited {
+        s.push_str("文字コードが違うため、日本語を含む行が正しく読めていない可能性があります。積算した行を履歴検索で確かめ、おかしな行があれば運用担当にご連絡ください。");
+    }
+    s
+}
+
+fn result_page(
+    state: &AppState,
+    page: &Page,
+    partner: &str,
+    fr: &FileReport,
+    dry_run: bool,
+    extra: Extra,
+) -> Response {
     let c = &fr.counts;
     let by_code: Vec<CodeCount> = Code::ALL
         .iter()
@@ -435,6 +634,35 @@ fn result_page(page: &Page, partner: &str, fr: &FileReport, dry_run: bool) -> Re
     } else {
         StatusCode::OK
     };
+    // F006 in words: which earlier file it repeats, and what to do.
+    let refusal = match (fr.file_code, extra.resend_of.first()) {
+        (Some(FileCode::F006), Some((id, name, at))) => Some(format!(
+            "このファイルは、以前に積算したファイル「{name}」（ファイル番号 {id}、{at} 受付）{}の再送と判断しました。\
+             {} 行のうち {} 行がすでに積算済みです。何も積算していません。\
+             新しい交換の行だけのファイルにしてアップロードしてください。すべて新しい交換で間違いない場合は、運用担当にご連絡ください（運用担当が再処理できます）。",
+            if extra.resend_of.len() > 1 { "など" } else { "" },
+            crate::words::digits(c.rows as i64),
+            crate::words::digits(c.repeats.unwrap_or(0) as i64),
+        )),
+        (code, _) => code.map(|c| file_code_text(c).to_owned()),
+    };
+    let failed_file = (!dry_run && !refused && c.failed > 0 && fr.report_path.is_some())
+        .then(|| fr.id.map(|id| format!("/files/{id}/failed-rows")))
+        .flatten();
+    let by_text: std::collections::HashMap<&str, &str> = Code::ALL
+        .iter()
+        .map(|c| (c.as_str(), code_text(*c)))
+        .collect();
+    let failed_rows: Vec<minijinja::Value> = extra
+        .failed_rows
+        .iter()
+        .map(|r| {
+            minijinja::context! {
+                line => r.line, text => r.text, code => r.code,
+                meaning => by_text.get(r.code.as_str()).copied().unwrap_or_default(),
+            }
+        })
+        .collect();
     render(
         status,
         "upload_result.html",
@@ -446,7 +674,14 @@ fn result_page(page: &Page, partner: &str, fr: &FileReport, dry_run: bool) -> Re
             refused => refused,
             headline => headline,
             file_code => fr.file_code.map(FileCode::as_str),
-            refusal => fr.file_code.map(file_code_text),
+            refusal => refusal,
+            shown_label => super::partner_label(state, partner),
+            failed_file => failed_file,
+            failed_rows => failed_rows,
+            failed_shown => FAILED_SHOWN,
+            encoding_advice => extra
+                .other_encoding
+                .map(|e| encoding_advice(e, !dry_run && !refused && c.credited > 0)),
             reason => fr.reason,
             warning => fr.warning,
             rows => c.rows,
