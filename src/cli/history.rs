@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::output::{fail, print_json};
 use super::{known_partner, load, Cli};
-use crate::{db, members, query, timefmt};
 use crate::termtext::cell;
+use crate::{db, members, query, timefmt};
 
 #[derive(Args, Debug)]
 pub struct ExchangesArgs {

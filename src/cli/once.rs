@@ -7,9 +7,9 @@ use clap::Args;
 
 use super::output::print_json;
 use super::{clock, known_partner, load, Cli};
-use crate::termtext::cell;
 use crate::db;
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
+use crate::termtext::cell;
 use crate::timefmt;
 
 #[derive(Args, Debug)]

@@ -6,8 +6,8 @@ use clap::Subcommand;
 
 use super::output::print_json;
 use super::{load, Cli};
-use crate::termtext::cell;
 use crate::db;
+use crate::termtext::cell;
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
