@@ -751,8 +751,31 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-name = "GET /api/v1/exchanges"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+checks.negative_data_rejection.enabled = false
 "#,
     );
+    // Why that check is off for the search: schemathesis 4.32.5 adds an
+    // unknown query parameter, and when its shrinker later drops it the
+    // valid request that is left (200) is still reported as "negative data
+    // accepted" (upstream schemathesis#3730 and #4332; seen here once in
+    // a CI-like run). What that check looks for is asserted here instead:
+    // any parameter the document does not name is a 400.
+    for q in [
+        "partner_key=K&foo=1",
+        "partner_key=K&foo",
+        "partner_key=K&=1",
+        "partner_key=K&Partner_key=K",
+        "partner_key=K&partner_key=L",
+        "partner_key=K&limit=5",
+    ] {
+        let r = s
+            .client()
+            .get(s.url(&format!("/api/v1/exchanges?{q}")))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+    }
     let out = std::process::Command::new(venv_tool("st"))
         .arg("--config-file")
         .arg(&config)
