@@ -34,6 +34,8 @@ need /usr/sbin/vsftpd vsftpd
 # (FTP, FTPS) and its mod_sftp; openssl hashes nginx's htpasswd.
 need /usr/sbin/nginx nginx
 need openssl openssl
+# Debian 12's own curl (7.88.1): the API answers it over HTTP/2 (tests/curl_http2.rs).
+need /usr/bin/curl curl
 # proftpd-core and vsftpd conflict in Debian (both provide "ftp-server"), so
 # installing one removes the other. proftpd is unpacked instead (below);
 # here come the libraries it and mod_sftp/mod_tls (proftpd-mod-crypto) link.

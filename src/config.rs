@@ -53,6 +53,47 @@ pub struct ServerConfig {
     /// `metrics_listen`: where `GET /metrics` is served (plain HTTP, a
     /// listener of its own); `None`: no metrics listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How many connections `serve` holds and for how long (the `[server]`
+    /// keys of docs/operations-server.md).
+    pub limits: ConnLimits,
+}
+
+/// `[server]` connection limits. Every one is bounded: a client that
+/// sends nothing, or half a request, is closed, never held.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnLimits {
+    /// `max_connections`: open connections overall.
+    pub max_connections: usize,
+    /// `max_connections_per_address`: open connections from one client IP.
+    pub max_connections_per_address: usize,
+    /// `header_timeout`: a request's headers (HTTP/1.1 and each HTTP/2
+    /// stream) and a new connection's first request.
+    pub header_timeout: Duration,
+    /// `idle_timeout`: a connection with no request in progress.
+    pub idle_timeout: Duration,
+    /// `tls_handshake_timeout`.
+    pub tls_handshake_timeout: Duration,
+    /// `http2_keepalive_interval`: PING a quiet HTTP/2 connection this often.
+    pub http2_keepalive_interval: Duration,
+    /// `http2_keepalive_timeout`: close when a PING is not answered in time.
+    pub http2_keepalive_timeout: Duration,
+    /// `http2_max_streams`: concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 8192,
+            max_connections_per_address: 512,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            http2_keepalive_interval: Duration::from_secs(20),
+            http2_keepalive_timeout: Duration::from_secs(20),
+            http2_max_streams: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -414,6 +455,14 @@ struct RawServer {
     metrics_listen: Option<Spanned<String>>,
     #[serde(default)]
     metrics_allow_remote: bool,
+    max_connections: Option<Spanned<u64>>,
+    max_connections_per_address: Option<Spanned<u64>>,
+    header_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    tls_handshake_timeout: Option<Spanned<String>>,
+    http2_keepalive_interval: Option<Spanned<String>>,
+    http2_keepalive_timeout: Option<Spanned<String>>,
+    http2_max_streams: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -846,6 +895,68 @@ fn server_config(
             "server",
             loc,
         )?,
+        limits: conn_limits(&r, loc)?,
+    })
+}
+
+/// `[server]`'s connection limits: every count at least 1, every time at
+/// least 1 s (a zero would close every connection, or none).
+fn conn_limits(r: &RawServer, loc: &Locator<'_>) -> Result<ConnLimits, String> {
+    let d = ConnLimits::default();
+    let count = |v: &Option<Spanned<u64>>, key: &str, default: u64| -> Result<u64, String> {
+        match v {
+            None => Ok(default),
+            Some(n) if *n.get_ref() == 0 => {
+                Err(loc.at(n, &format!("`server.{key}`"), "must be at least 1"))
+            }
+            Some(n) => Ok(*n.get_ref()),
+        }
+    };
+    let time =
+        |v: &Option<Spanned<String>>, key: &str, default: Duration| -> Result<Duration, String> {
+            let Some(s) = v else { return Ok(default) };
+            let key = format!("`server.{key}`");
+            let t = parse_duration(s.get_ref()).map_err(|m| loc.at(s, &key, m))?;
+            if t < Duration::from_secs(1) {
+                return Err(loc.at(s, &key, "must be at least 1s"));
+            }
+            Ok(t)
+        };
+    let streams = count(
+        &r.http2_max_streams,
+        "http2_max_streams",
+        d.http2_max_streams.into(),
+    )?;
+    Ok(ConnLimits {
+        max_connections: count(
+            &r.max_connections,
+            "max_connections",
+            d.max_connections as u64,
+        )? as usize,
+        max_connections_per_address: count(
+            &r.max_connections_per_address,
+            "max_connections_per_address",
+            d.max_connections_per_address as u64,
+        )? as usize,
+        header_timeout: time(&r.header_timeout, "header_timeout", d.header_timeout)?,
+        idle_timeout: time(&r.idle_timeout, "idle_timeout", d.idle_timeout)?,
+        tls_handshake_timeout: time(
+            &r.tls_handshake_timeout,
+            "tls_handshake_timeout",
+            d.tls_handshake_timeout,
+        )?,
+        http2_keepalive_interval: time(
+            &r.http2_keepalive_interval,
+            "http2_keepalive_interval",
+            d.http2_keepalive_interval,
+        )?,
+        http2_keepalive_timeout: time(
+            &r.http2_keepalive_timeout,
+            "http2_keepalive_timeout",
+            d.http2_keepalive_timeout,
+        )?,
+        http2_max_streams: u32::try_from(streams)
+            .map_err(|_| "`server.http2_max_streams`: at most 4294967295".to_owned())?,
     })
 }
 
@@ -997,6 +1108,67 @@ dir = "inbox/demo"
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, Path::new("/etc/mb/partners.toml"))
+    }
+
+    #[test]
+    fn server_connection_limits_parse_with_defaults_and_bounds() {
+        let with = |server: &str| {
+            parse(&GOOD.replace(
+                "timezone = \"Asia/Tokyo\"\n",
+                &format!("timezone = \"Asia/Tokyo\"\n[server]\n{server}\n"),
+            ))
+        };
+        assert_eq!(parse(GOOD).unwrap().server.limits, ConnLimits::default());
+        let c = with(
+            "max_connections = 100\nmax_connections_per_address = 7\nheader_timeout = \"3s\"\n\
+             idle_timeout = \"2m\"\ntls_handshake_timeout = 4\nhttp2_keepalive_interval = \"5s\"\n\
+             http2_keepalive_timeout = \"6s\"\nhttp2_max_streams = 8",
+        )
+        .unwrap();
+        let l = c.server.limits;
+        assert_eq!((l.max_connections, l.max_connections_per_address), (100, 7));
+        assert_eq!(l.header_timeout, Duration::from_secs(3));
+        assert_eq!(l.idle_timeout, Duration::from_secs(120));
+        assert_eq!(l.tls_handshake_timeout, Duration::from_secs(4));
+        assert_eq!(l.http2_keepalive_interval, Duration::from_secs(5));
+        assert_eq!(l.http2_keepalive_timeout, Duration::from_secs(6));
+        assert_eq!(l.http2_max_streams, 8);
+        let e = with("max_connections = 0").unwrap_err().to_string();
+        assert!(
+            e.contains("`server.max_connections`: must be at least 1"),
+            "{e}"
+        );
+        let e = with("idle_timeout = \"500ms\"").unwrap_err().to_string();
+        assert!(
+            e.contains("`server.idle_timeout`: must be at least 1s"),
+            "{e}"
+        );
+        let e = with("header_timeout = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("`server.header_timeout`"), "{e}");
+    }
+
+    /// docs/operations-server.md's table says the defaults the code has.
+    #[test]
+    fn the_documented_server_defaults_are_the_defaults() {
+        let doc = include_str!("../docs/operations-server.md");
+        let d = ConnLimits::default();
+        let secs = |t: Duration| format!("\"{}s\"", t.as_secs());
+        for (key, value) in [
+            ("max_connections", d.max_connections.to_string()),
+            (
+                "max_connections_per_address",
+                d.max_connections_per_address.to_string(),
+            ),
+            ("header_timeout", secs(d.header_timeout)),
+            ("idle_timeout", secs(d.idle_timeout)),
+            ("tls_handshake_timeout", secs(d.tls_handshake_timeout)),
+            ("http2_keepalive_interval", secs(d.http2_keepalive_interval)),
+            ("http2_keepalive_timeout", secs(d.http2_keepalive_timeout)),
+            ("http2_max_streams", d.http2_max_streams.to_string()),
+        ] {
+            let row = format!("| `{key}` | `{value}` |");
+            assert!(doc.contains(&row), "docs/operations-server.md lacks {row}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,99 @@ struct RouteStats {
 #[derive(Default)]
 pub struct HttpMetrics {
     routes: Mutex<BTreeMap<String, RouteStats>>,
+    /// What the connection layer (`web::conn`) did, counted lock-free.
+    pub conns: ConnCounters,
+}
+
+/// Connection counters of `serve` (atomics: the accept loop and every
+/// connection task update them without a lock).
+#[derive(Default)]
+pub struct ConnCounters {
+    pub open: AtomicU64,
+    pub accepted: AtomicU64,
+    /// Refused at accept: `max_connections` reached.
+    pub refused_total_cap: AtomicU64,
+    /// Refused at accept: `max_connections_per_address` reached.
+    pub refused_address_cap: AtomicU64,
+    /// Closed: no whole request header within `header_timeout`.
+    pub closed_header_timeout: AtomicU64,
+    /// Closed: no request in progress for `idle_timeout`.
+    pub closed_idle: AtomicU64,
+    /// Closed: the TLS handshake did not finish within its deadline.
+    pub tls_handshake_timeout: AtomicU64,
+    /// The TLS handshake failed (bad client, scanner, wrong protocol).
+    pub tls_handshake_failed: AtomicU64,
+    /// TLS clients that sent an IP address as SNI (ignored, per RFC 6066).
+    pub tls_sni_ip: AtomicU64,
+}
+
+impl ConnCounters {
+    fn render(&self, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        header(
+            out,
+            "milebatch_http_connections_open",
+            "gauge",
+            "connections serve holds open now",
+        );
+        let _ = writeln!(out, "milebatch_http_connections_open {}", get(&self.open));
+        header(
+            out,
+            "milebatch_http_connections_accepted_total",
+            "counter",
+            "connections serve accepted and served",
+        );
+        let _ = writeln!(
+            out,
+            "milebatch_http_connections_accepted_total {}",
+            get(&self.accepted)
+        );
+        header(
+            out,
+            "milebatch_http_connections_refused_total",
+            "counter",
+            "connections closed at accept because a [server] connection cap was reached",
+        );
+        for (limit, a) in [
+            ("max_connections", &self.refused_total_cap),
+            ("max_connections_per_address", &self.refused_address_cap),
+        ] {
+            let _ = writeln!(
+                out,
+                "milebatch_http_connections_refused_total{{limit=\"{limit}\"}} {}",
+                get(a)
+            );
+        }
+        header(
+            out,
+            "milebatch_http_connections_closed_total",
+            "counter",
+            "connections serve closed on a [server] deadline",
+        );
+        for (reason, a) in [
+            ("header_timeout", &self.closed_header_timeout),
+            ("idle_timeout", &self.closed_idle),
+            ("tls_handshake_timeout", &self.tls_handshake_timeout),
+            ("tls_handshake_failed", &self.tls_handshake_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "milebatch_http_connections_closed_total{{reason=\"{reason}\"}} {}",
+                get(a)
+            );
+        }
+        header(
+            out,
+            "milebatch_tls_sni_ip_address_total",
+            "counter",
+            "TLS clients that sent an IP address as server name (ignored)",
+        );
+        let _ = writeln!(
+            out,
+            "milebatch_tls_sni_ip_address_total {}",
+            get(&self.tls_sni_ip)
+        );
+    }
 }
 
 /// The matched route of a request, handed from the inner layer (which runs
@@ -124,6 +218,7 @@ impl HttpMetrics {
     }
 
     fn render(&self, out: &mut String) {
+        self.conns.render(out);
         let Ok(routes) = self.routes.lock() else {
             return;
         };

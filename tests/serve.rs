@@ -131,3 +131,35 @@ fn insecure_plaintext_warns_on_every_start() {
         assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0));
     }
 }
+
+/// Issue 22: a missing or unusable `tls_cert`/`tls_key` fails the start
+/// before `listening on …` is printed, with the error said once.
+#[test]
+fn a_missing_or_bad_tls_file_fails_the_start_before_listening() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.server_cert("milebatch-serve");
+    let garbage = std::env::temp_dir().join(format!("mb-garbage-{}.pem", std::process::id()));
+    std::fs::write(&garbage, "not a PEM key\n").unwrap();
+    let missing = cert.with_file_name("no-such-cert.pem");
+    for (c, k, says) in [(&missing, &key, "No such file"), (&cert, &garbage, "key")] {
+        let ws = workspace_with_server(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            c.display(),
+            k.display()
+        ));
+        let out = ws.run(&["serve"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+        assert!(!stdout.contains("listening on"), "{stdout}");
+        let line = "cannot load the TLS certificate";
+        assert_eq!(stderr.matches(line).count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        // The cause once, not again as a "caused by".
+        let cause = stderr.lines().find(|l| l.contains(line)).unwrap();
+        let tail = cause.split("`tls_key`): ").nth(1).unwrap_or_default();
+        assert!(!tail.is_empty(), "no cause in {cause}");
+        assert_eq!(stderr.matches(tail).count(), 1, "{stderr}");
+    }
+    let _ = std::fs::remove_file(garbage);
+}

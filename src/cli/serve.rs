@@ -26,13 +26,16 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     } else {
         "http"
     };
+    let rt = runtime()?;
+    // Before the `listening` line: a bad certificate or key fails the start.
+    let tls = rt.block_on(crate::web::load_tls(&config))?;
+    crate::web::nofile::raise_soft_limit(config.server.limits.max_connections);
     // The bound address (port 0 picks one) for scripts and tests.
     println!("listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
-    let rt = runtime()?;
     let result = rt.block_on(async move {
         let rx = shutdown_on_signals()?;
-        crate::web::serve(config, listener, metrics_listener, rx)
+        crate::web::serve(config, tls, listener, metrics_listener, rx)
             .await
             .map_err(anyhow::Error::from)
     });

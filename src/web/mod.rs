@@ -15,8 +15,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
+pub mod drain;
 pub mod health;
+pub mod nofile;
 pub mod problem;
+pub mod ratelog;
 pub mod readers;
 pub mod site;
 pub mod writer;
@@ -34,31 +38,14 @@ use crate::config::Config;
 /// How long open connections get to finish on shutdown.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// How long a client may take to send a request's headers (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The most a client may send before its headers end (a header flood gets
-/// 431 or a closed connection, never unbounded memory).
-const MAX_HEADER_BUF: usize = 64 * 1024;
-
-/// Hyper's limits for every connection. axum-server leaves the header
-/// read timeout off unless set here.
-fn limit_connections(
-    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-) {
-    b.http1()
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BUF);
-    b.http2().max_header_list_size(MAX_HEADER_BUF as u32);
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
-    #[error("TLS certificate {cert} / key {key}: {source}")]
+    // The cause is in the message, not a `source`: `{e:#}` would print it twice.
+    #[error("cannot load the TLS certificate {cert} and key {key} (`[server] tls_cert`, `tls_key`): {error}")]
     Tls {
         cert: std::path::PathBuf,
         key: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Writer(#[from] writer::WriterError),
@@ -139,7 +126,8 @@ pub fn router(state: AppState) -> Router {
         .merge(site::routes())
         .merge(api::routes())
         .fallback(site::fallback)
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn(drain::drain_unread));
     // Outermost: the latency counted is the whole answer, headers included.
     metrics.layer(with_security_headers(app, tls))
 }
@@ -183,14 +171,33 @@ fn with_security_headers(app: Router, tls: bool) -> Router {
     ))
 }
 
-/// Serve `config`'s application on `listener` until `shutdown` turns true,
-/// then let open requests finish (at most [`GRACE`]). With
-/// `metrics_listener`, `GET /metrics` is served there too (plain HTTP).
+/// The TLS configuration of `[server]` (`None`: plain HTTP), loaded
+/// before `serve` says it is listening, so that a missing or unreadable
+/// file fails the start.
+pub async fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, WebError> {
+    let Some(tls) = &config.server.tls else {
+        return Ok(None);
+    };
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .map_err(|error| WebError::Tls {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            error,
+        })?;
+    Ok(Some(rustls.get_inner()))
+}
+
+/// Serve `config`'s application on `listener` (over `tls`, from
+/// [`load_tls`]) until `shutdown` turns true, then let open requests
+/// finish (at most [`GRACE`]). With `metrics_listener`, `GET /metrics` is
+/// served there too (plain HTTP).
 pub async fn serve(
     config: Arc<Config>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     listener: std::net::TcpListener,
     metrics_listener: Option<std::net::TcpListener>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), WebError> {
     let metrics_stop = shutdown.clone();
     let addr = listener.local_addr().map_err(|source| WebError::Serve {
@@ -199,20 +206,9 @@ pub async fn serve(
     })?;
     let serve_err = |source| WebError::Serve { addr, source };
     listener.set_nonblocking(true).map_err(serve_err)?;
-    let handle = axum_server::Handle::new();
-    {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            while !*shutdown.borrow_and_update() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-            tracing::info!("shutting down: no new connections, open requests may finish");
-            handle.graceful_shutdown(Some(GRACE));
-        });
-    }
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(serve_err)?;
     let state = AppState::new(config.clone())?;
+    let http_metrics = state.http_metrics.clone();
     if let Some(l) = metrics_listener {
         let m = Arc::new(crate::metrics::Metrics::new(
             config.daemon.database.clone(),
@@ -225,29 +221,33 @@ pub async fn serve(
             }
         });
     }
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    match &config.server.tls {
-        Some(tls) => {
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                .await
-                .map_err(|source| WebError::Tls {
-                    cert: tls.cert.clone(),
-                    key: tls.key.clone(),
-                    source,
-                })?;
-            tracing::info!(%addr, "serving HTTPS");
-            let mut server = axum_server::from_tcp_rustls(listener, rustls).map_err(serve_err)?;
-            limit_connections(server.http_builder());
-            server.handle(handle).serve(app).await.map_err(serve_err)
+    let limits = config.server.limits.clone();
+    if tls.is_some() {
+        tracing::info!(%addr, ?limits, "serving HTTPS");
+    } else {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "plain HTTP on a non-loopback address (insecure_plaintext = true): API keys, passwords and session cookies cross the network unencrypted");
         }
-        None => {
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "plain HTTP on a non-loopback address (insecure_plaintext = true): API keys, passwords and session cookies cross the network unencrypted");
-            }
-            tracing::info!(%addr, "serving plain HTTP");
-            let mut server = axum_server::from_tcp(listener).map_err(serve_err)?;
-            limit_connections(server.http_builder());
-            server.handle(handle).serve(app).await.map_err(serve_err)
-        }
+        tracing::info!(%addr, ?limits, "serving plain HTTP");
     }
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                return;
+            }
+        }
+        tracing::info!("shutting down: no new connections, open requests may finish");
+    });
+    conn::run(
+        listener,
+        tls,
+        router(state),
+        limits,
+        http_metrics,
+        shutdown,
+        GRACE,
+    )
+    .await;
+    Ok(())
 }

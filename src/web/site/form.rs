@@ -5,7 +5,7 @@
 //! [`FORM_READ_TIMEOUT`] is answered 408 and its connection closed, so a
 //! slow or stalled client cannot hold a request (and its task) open without
 //! bound; the API's JSON bodies have the same rule (`api::json_body`). The
-//! header read has its own deadline in hyper (`web::HEADER_READ_TIMEOUT`).
+//! header read has its own deadline in hyper (`[server] header_timeout`, `web::conn`).
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
