@@ -3,7 +3,9 @@
 # nginx, proftpd with mod_sftp, ssh-keygen, openssl, PostgreSQL, and the
 # libssh2/openssl build deps). Idempotent: only installs
 # what is missing, runs `apt-get update` at most once. Safe with CI=true and
-# no stdin.
+# no stdin. Never removes a package: the install is simulated first
+# (`apt-get -s`) and, if it would remove anything, the script stops naming
+# the packages; the install itself runs with `--no-remove`.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -100,8 +102,24 @@ else
     fi
     log "apt-get update"
     "${SUDO[@]}" apt-get update -q </dev/null
-    log "apt-get install -y --no-install-recommends ${missing[*]}"
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends \
+    # A wanted package that conflicts with an installed one would make apt
+    # remove the installed one (vsftpd and proftpd-core both provide
+    # ftp-server). Ask apt first, and stop rather than remove anything.
+    sim=$("${SUDO[@]}" apt-get install -s -q --no-install-recommends "${missing[@]}" </dev/null 2>&1) || {
+        log "ERROR: apt-get cannot install ${missing[*]}:"
+        printf '%s\n' "$sim" | sed 's/^/install-deps:   /'
+        exit 1
+    }
+    removed=$(printf '%s\n' "$sim" | awk '$1 == "Remv" { print $2 }' | sort -u | tr '\n' ' ')
+    if [[ -n "${removed// /}" ]]; then
+        log "ERROR: installing ${missing[*]} would REMOVE installed package(s): ${removed% }"
+        log "  (a wanted package conflicts with them; nothing was installed or removed)"
+        log "  install the wanted packages yourself once you decide what may go, e.g.:"
+        log "  apt-get install --no-install-recommends ${missing[*]}"
+        exit 1
+    fi
+    log "apt-get install -y --no-remove --no-install-recommends ${missing[*]}"
+    "${SUDO[@]}" apt-get install -y -q --no-remove --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "${missing[@]}" </dev/null
     log "installed: ${missing[*]}"

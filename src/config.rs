@@ -22,10 +22,18 @@ use crate::source::SourceConfig;
 /// A configuration problem, already formatted for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    /// Said once, with the two ways to name the file (the I/O error is
+    /// part of the message, not a source, so `{:#}` does not repeat it).
+    #[error(
+        "no config file {path}: give the path with `--config PATH` or the \
+         MILEBATCH_CONFIG environment variable (default: partners.toml in the \
+         current folder)"
+    )]
+    NotFound { path: PathBuf },
+    #[error("cannot read config {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -547,9 +555,17 @@ impl<'a> Locator<'a> {
 impl Config {
     /// Read, parse and validate `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::NotFound {
+                    path: path.to_owned(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    error,
+                }
+            }
         })?;
         Self::parse(&text, path)
     }

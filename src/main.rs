@@ -16,6 +16,7 @@ use clap::Parser;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    milebatch::cli::quiet_on_closed_pipe();
     let cli = milebatch::cli::Cli::parse();
     milebatch::cli::init_tracing(&cli);
     match milebatch::cli::run(cli) {

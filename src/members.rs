@@ -4,13 +4,18 @@
 //! A member is named by member ID or registered e-mail. A value with an `@`
 //! is an e-mail (trimmed, compared lower-cased); anything else is a member ID
 //! (trimmed). So every lookup is exactly one index probe.
+//!
+//! The members file's first line is a header by the same rule as partner
+//! files (`Header`): with `auto` it is a header when its e-mail field has
+//! no `@` and its status field is not a known status, so a header in any
+//! language (`会員ID,メールアドレス,状態`) is skipped and a member line never is.
 
 use std::io::Read;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, Statement};
 
-use crate::config::Encoding;
+use crate::config::{Encoding, Header};
 use crate::db::DbError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -310,13 +315,15 @@ pub struct ImportSummary {
     pub rows: u64,
 }
 
-/// Upsert members from `member_id,email,status` CSV (a header line starting
-/// with `member_id` is skipped) in `encoding`. All or nothing: one bad line
-/// imports none, and a member ID on two lines is a bad line.
+/// Upsert members from `member_id,email,status` CSV in `encoding`, its
+/// first line a header as `header` says (see the module doc). All or
+/// nothing: one bad line imports none, and a member ID on two lines is a
+/// bad line.
 pub fn import(
     conn: &mut Connection,
     path: &Path,
     encoding: Encoding,
+    header: Header,
 ) -> Result<ImportSummary, ImportError> {
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|source| ImportError::Io {
@@ -325,7 +332,7 @@ pub fn import(
     })?;
     // A members line is about 40 bytes: room for that many IDs up front.
     let expect = f.metadata().map_or(0, |m| m.len() / 40);
-    import_inner(conn, f, &file, encoding, expect as usize)
+    import_inner(conn, f, &file, encoding, header, expect as usize)
 }
 
 /// [`import_encoded`] of UTF-8 input.
@@ -337,14 +344,14 @@ pub fn import_from(
     import_encoded(conn, input, file, Encoding::Utf8)
 }
 
-/// Import CSV `input` in `encoding`; `file` names it in errors.
+/// Import CSV `input` in `encoding` (header `auto`); `file` names it in errors.
 pub fn import_encoded(
     conn: &mut Connection,
     input: impl Read,
     file: &str,
     encoding: Encoding,
 ) -> Result<ImportSummary, ImportError> {
-    import_inner(conn, input, file, encoding, 0)
+    import_inner(conn, input, file, encoding, Header::Auto, 0)
 }
 
 /// The import, with room for `expect` member IDs made up front.
@@ -353,6 +360,7 @@ fn import_inner(
     input: impl Read,
     file: &str,
     encoding: Encoding,
+    header: Header,
     expect: usize,
 ) -> Result<ImportSummary, ImportError> {
     // The exchange files' parser: the same quoting rules, BOM handling,
@@ -412,10 +420,28 @@ fn import_inner(
                 };
                 if first {
                     first = false;
-                    if !rec.is_empty()
-                        && rec.field(0).trim_ascii().eq_ignore_ascii_case(b"member_id")
-                    {
-                        continue;
+                    let looks_like_header = rec.len() == 3 && {
+                        // Undecodable bytes are no header: the line is then
+                        // reported as the data row it is.
+                        let field = |i| crate::pipeline::decode::decode(rec.field(i), encoding);
+                        matches!(
+                            (field(1), field(2)),
+                            (Some(email), Some(status))
+                                if !email.contains('@') && Status::parse(&status).is_none()
+                        )
+                    };
+                    match header {
+                        Header::Auto if looks_like_header => continue,
+                        Header::Yes if looks_like_header => continue,
+                        Header::Yes => {
+                            return Err(bad(
+                                "--header true, but line 1 is a member (its e-mail has an '@' \
+                                 or its status is a status), not a header: use --header auto \
+                                 or --header false to import it"
+                                    .into(),
+                            ))
+                        }
+                        Header::Auto | Header::No => {}
                     }
                 }
                 if rec.len() != 3 {

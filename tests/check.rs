@@ -518,3 +518,65 @@ fn check_connect_logs_in_counts_matching_files_and_changes_nothing() {
     assert_eq!(methods.len(), 2, "{methods:?}");
     assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
 }
+
+/// Host-key pins as people paste them: the whole line `ssh-keygen -lf`
+/// prints for the server's key, and `TYPE SHA256:…` with ssh-keygen's type
+/// word. `check --connect` logs in to real sshd with each; the same line
+/// with another fingerprint is still refused by the server's key.
+#[test]
+fn check_connect_takes_host_key_pins_as_ssh_keygen_prints_them() {
+    let sshd = Sshd::start(SshdOpts::default());
+    std::fs::create_dir_all(sshd.root.join("in")).unwrap();
+    let w = Workspace::new();
+    let out = Command::new("/usr/bin/ssh-keygen")
+        .arg("-lf")
+        .arg(&sshd.host_key_pub)
+        .output()
+        .expect("ssh-keygen -lf");
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // e.g. "256 SHA256:… milebatch-test-host (ED25519)"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let kind_word = words.last().unwrap().trim_matches(|c| c == '(' || c == ')');
+    let fp = sshd.host_key_fingerprint();
+    assert_eq!(words[1], fp, "{line}");
+    let wrong_line = line.replace(&fp, "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let partner = |id: &str, pin: &str| {
+        format!(
+            "[[partner]]\nid = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+             [partner.source]\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+             dir = \"{}/in\"\nkey_file = \"{}\"\nhost_key = \"{pin}\"\ntimeout = \"5s\"\nretries = 0\n\n",
+            sshd.port,
+            sshd.user,
+            sshd.root.display(),
+            sshd.client_key.display()
+        )
+    };
+    w.config(&format!(
+        "{}{}{}",
+        partner("whole-line", &line),
+        partner("type-word", &format!("{kind_word} {fp}")),
+        partner("wrong-key", &wrong_line),
+    ));
+    let o = w.run(&["check", "--connect"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for id in ["whole-line", "type-word"] {
+        let at = out
+            .find(&format!("\n  {id} ("))
+            .unwrap_or_else(|| panic!("{out}"));
+        let section: String = out[at + 1..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .collect();
+        assert!(section.contains("connect: ok"), "{id}: {out}");
+    }
+    let lines = problems(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with("problem: wrong-key: connecting to")
+            && lines[0].contains("host key verification failed"),
+        "{out}"
+    );
+}

@@ -1,11 +1,15 @@
 //! What ops see on the command line, through the real binary: `files`
 //! (filters, order, limit, times in the configured zone), unknown partners
 //! and members (exit 1), `members import` refusing what it cannot import
-//! correctly, and the text log's time zone.
+//! correctly, and the text log's time zone. First-install edges: the
+//! members header rule, `daemon` as `run`, no config found, a closed stdout.
 
 mod common;
 
-use common::workspace::{local_partner, Workspace, FAKE_NOW};
+use std::process::Command;
+use std::time::Duration;
+
+use common::workspace::{local_partner, Workspace, BIN, FAKE_NOW};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -119,8 +123,16 @@ fn files_newest_first_with_dates_filters_and_a_limit() {
 fn history_times_are_in_the_configured_zone() {
     let w = three_files();
     let out = w.ok(&["history", "--partner", "shop", "--key", "C-1"]);
+    assert!(
+        out.starts_with("credited at\tchannel\tmember\tmiles\tfile:line\n"),
+        "{out}"
+    );
     let line = out.lines().nth(1).unwrap_or_default();
-    assert!(line.contains(" JST\tNM0000000001\t30\tc.csv:1"), "{out}");
+    // The channel column, as in the command table: a pulled file's row.
+    assert!(
+        line.contains(" JST\tpull\tNM0000000001\t30\tc.csv:1"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -241,4 +253,169 @@ fn text_logs_carry_the_configured_zone() {
         chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).is_ok(),
         "{line}"
     );
+}
+
+#[test]
+fn members_import_recognises_a_header_in_any_language_and_takes_header_flag() {
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox/shop", ""));
+    let import = |file: &str, extra: &[&str]| {
+        let mut args = vec!["members", "import", file, "--json"];
+        args.extend_from_slice(extra);
+        w.run(&args)
+    };
+    let count = || w.int("SELECT count(*) FROM members");
+
+    // A Japanese header (UTF-8 and Shift_JIS): skipped by `auto`.
+    w.write(
+        "ja.csv",
+        "会員ID,メールアドレス,状態\r\nM1,a@x.jp,active\r\nM2,,suspended\r\n",
+    );
+    let o = import("ja.csv", &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(count(), 2);
+    let (sjis, _, _) =
+        encoding_rs::SHIFT_JIS.encode("会員ID,メールアドレス,状態\r\nM3,c@x.jp,active\r\n");
+    w.write("ja-sjis.csv", &sjis[..]);
+    let o = import("ja-sjis.csv", &["--encoding", "shift_jis"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(count(), 3);
+
+    // A first member line is never taken for a header, even without an
+    // e-mail (its status is a status).
+    w.write("noheader.csv", "M4,,active\nM5,e@x.jp,active\n");
+    let o = import("noheader.csv", &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(count(), 5);
+
+    // --header true on a file without one: refused, saying what to use.
+    w.write("data.csv", "M6,f@x.jp,active\n");
+    let o = import("data.csv", &["--header", "true"]);
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("data.csv:1:") && err.contains("--header auto"),
+        "{err}"
+    );
+    assert_eq!(count(), 5);
+    // --header false: line 1 is data, so a header is a bad member line.
+    let o = import("ja.csv", &["--header", "false"]);
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("ja.csv:1: email \"メールアドレス\" has no '@'"),
+        "{err}"
+    );
+    let o = import("data.csv", &["--header", "false"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(count(), 6);
+    let o = w.run(&["members", "import", "data.csv", "--header", "maybe"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("auto"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn daemon_is_the_run_command() {
+    let w = Workspace::new();
+    w.config(&w.scheduled_partner("shop", "daily 03:00"));
+    w.demo_members();
+    let mut d = w.spawn(w.cmd(&["daemon"]));
+    d.wait_log("daemon ready", Duration::from_secs(30));
+    d.signal("TERM");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        d.log_text()
+    );
+    let help = w.ok(&["--help"]);
+    assert!(help.contains("[alias: daemon]"), "{help}");
+}
+
+#[test]
+fn no_config_is_said_once_with_how_to_point_at_one() {
+    let w = Workspace::new();
+    w.config(&local_partner("shop", "inbox/shop", ""));
+    let empty = tempfile::tempdir().unwrap();
+    let bare = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(empty.path())
+            .env_remove("MILEBATCH_CONFIG")
+            .env_remove(FAKE_NOW)
+            .output()
+            .unwrap()
+    };
+    let o = bare(&["status"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("milebatch: error: no config file partners.toml:")
+            && err.contains("--config PATH")
+            && err.contains("MILEBATCH_CONFIG"),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
+    // MILEBATCH_CONFIG names it; --config wins over it.
+    let o = Command::new(BIN)
+        .args(["status"])
+        .current_dir(empty.path())
+        .env("MILEBATCH_CONFIG", w.config_path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("shop ("), "{}", text(&o.stdout));
+    let o = Command::new(BIN)
+        .args(["--config", "elsewhere.toml", "status"])
+        .current_dir(empty.path())
+        .env("MILEBATCH_CONFIG", w.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("no config file elsewhere.toml"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// `milebatch status --json | head`: the reader is gone before milebatch
+/// writes (the pipe's read end is closed before it starts), for a few
+/// commands: exit 141 as a shell reports SIGPIPE, and nothing on stderr.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let w = three_files();
+    for args in [
+        &["status", "--json"][..],
+        &["files"],
+        &["check"],
+        &["history", "--partner", "shop", "--key", "A-1"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = w.cmd(args).stdout(writer).output().unwrap();
+        let err = text(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {err}");
+    }
+}
+
+/// The browser tests' screenshots go under the target folder this build
+/// uses (the one holding the binary under test, `CARGO_TARGET_DIR` when
+/// set), not a `./target` beside the sources that cargo may not use.
+#[test]
+fn browser_screenshots_go_under_the_target_folder_in_use() {
+    let dir = common::browser::screenshot_dir("some_test");
+    let target = std::path::Path::new(BIN)
+        .ancestors()
+        .nth(2) // <target>/debug/milebatch
+        .unwrap();
+    assert!(
+        dir.starts_with(target),
+        "{} not under {}",
+        dir.display(),
+        target.display()
+    );
+    assert!(dir.ends_with("screenshots/some_test"), "{}", dir.display());
 }

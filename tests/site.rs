@@ -1,6 +1,6 @@
 //! The management site in a real browser (headless Chromium over WebDriver,
 //! tests/common/browser.rs) against the real `milebatch serve` over TLS.
-//! Every page a test sees is saved under `target/screenshots/<test>/`.
+//! Every page a test sees is saved under `<target>/tmp/screenshots/<test>/` (`common::browser::screenshot_dir`).
 
 mod common;
 

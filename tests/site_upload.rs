@@ -2,7 +2,7 @@
 //! multipart posts made by hand (the form without JavaScript, the CSRF
 //! checks, the size limit) and a real Chromium (the page with its script,
 //! the result page, the error-file download). Screenshots go to
-//! `target/screenshots/<test>/`.
+//! `<target>/tmp/screenshots/<test>/` (`common::browser::screenshot_dir`).
 
 mod common;
 

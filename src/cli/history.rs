@@ -129,15 +129,16 @@ pub(super) fn history(cli: &Cli, args: &HistoryArgs) -> anyhow::Result<ExitCode>
     } else if rows.is_empty() {
         println!("no credits for partner {partner} key \"{}\"", cell(key));
     } else {
-        println!("credited at\tmember\tmiles\tfile:line");
+        println!("credited at\tchannel\tmember\tmiles\tfile:line");
         for r in rows {
             let reversal = r
                 .reversal
                 .map(|id| format!("\treversal {id}"))
                 .unwrap_or_default();
             println!(
-                "{}\t{}\t{}\t{}:{}{reversal}",
+                "{}\t{}\t{}\t{}\t{}:{}{reversal}",
                 timefmt::stored_for_people(&r.credited_at, tz),
+                r.channel,
                 cell(&r.member_id),
                 r.miles,
                 cell(&r.file),

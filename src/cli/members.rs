@@ -18,6 +18,10 @@ pub enum MembersCommand {
         /// The file's text encoding.
         #[arg(long, value_enum, default_value_t = FileEncoding::Utf8)]
         encoding: FileEncoding,
+        /// Whether line 1 is a header. `auto`: it is when its e-mail field
+        /// has no '@' and its status field is not a status.
+        #[arg(long, value_enum, default_value_t = HeaderArg::Auto)]
+        header: HeaderArg,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -34,6 +38,29 @@ pub enum FileEncoding {
     ShiftJis,
 }
 
+/// `--header`: the values a partner's `header` key takes.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderArg {
+    /// Line 1 is a header (refused if it is a member).
+    #[value(name = "true")]
+    Yes,
+    /// Every line is a member.
+    #[value(name = "false")]
+    No,
+    /// Line 1 is a header when it does not look like a member.
+    Auto,
+}
+
+impl From<HeaderArg> for crate::config::Header {
+    fn from(h: HeaderArg) -> Self {
+        match h {
+            HeaderArg::Yes => crate::config::Header::Yes,
+            HeaderArg::No => crate::config::Header::No,
+            HeaderArg::Auto => crate::config::Header::Auto,
+        }
+    }
+}
+
 impl From<FileEncoding> for crate::config::Encoding {
     fn from(e: FileEncoding) -> Self {
         match e {
@@ -47,12 +74,13 @@ pub(super) fn run(cli: &Cli, command: &MembersCommand) -> anyhow::Result<ExitCod
     let MembersCommand::Import {
         file,
         encoding,
+        header,
         json,
     } = command;
     let config = load(cli)?;
     let mut conn = db::open(&config.daemon.database)?;
     let started = std::time::Instant::now();
-    let s = members::import(&mut conn, file, (*encoding).into())?;
+    let s = members::import(&mut conn, file, (*encoding).into(), (*header).into())?;
     if *json {
         print_json(&s)?;
     } else {

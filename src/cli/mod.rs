@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::schedule::Clock;
 
-pub use output::init_tracing;
+pub use output::{init_tracing, quiet_on_closed_pipe};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,11 +37,12 @@ pub use output::init_tracing;
     about = "Partner point-exchange batch: pull, validate, credit miles exactly once"
 )]
 pub struct Cli {
-    /// The configuration file.
+    /// The configuration file (or set MILEBATCH_CONFIG).
     #[arg(
         long,
         global = true,
         value_name = "PATH",
+        env = "MILEBATCH_CONFIG",
         default_value = "partners.toml"
     )]
     pub config: PathBuf,
@@ -64,6 +65,8 @@ pub enum Command {
     Once(once::OnceArgs),
     /// The daemon: run every partner on its schedule until SIGTERM/SIGINT
     /// (what the systemd unit runs). Catches up a run missed while down.
+    /// `milebatch daemon` is the same command.
+    #[command(visible_alias = "daemon")]
     Run,
     /// The web process: the partner API and the management site over HTTPS
     /// (`[server]` in the config), until SIGTERM/SIGINT. Prints the address
@@ -244,5 +247,85 @@ mod tests {
         // The walk does see every argument (a check that cannot fail is no check).
         let files = cmd.find_subcommand("files").unwrap();
         assert!(files.get_arguments().any(|a| a.get_id() == "since"));
+    }
+
+    /// Every `milebatch <command> [<subcommand>]` the docs show as a
+    /// command (in a fenced code block, or in a `code span`) is one the
+    /// binary knows, by name or alias: README.md and docs/*.md are where a
+    /// new operator copies commands from.
+    #[test]
+    fn every_command_named_in_the_docs_exists() {
+        use clap::CommandFactory;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("README.md")];
+        for e in std::fs::read_dir(root.join("docs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                files.push(p);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build(); // adds `help`
+        let mut unknown = Vec::new();
+        let mut seen = 0;
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            let mut fenced = false;
+            for line in text.lines() {
+                if line.trim_start().starts_with("```") {
+                    fenced = !fenced;
+                    continue;
+                }
+                let needle = if fenced { "milebatch " } else { "`milebatch " };
+                for (i, _) in line.match_indices(needle) {
+                    let mut rest = &line[i + needle.len()..];
+                    if !fenced {
+                        // A code span ends at its backtick.
+                        rest = rest.split('`').next().unwrap_or("");
+                    }
+                    let words: Vec<&str> = rest
+                        .split(|c: char| c.is_whitespace() || c == '`')
+                        .filter(|w| !w.is_empty())
+                        .take(2)
+                        .collect();
+                    let Some(&name) = words.first() else { continue };
+                    // A flag first (`milebatch --config …`), a user named
+                    // milebatch (`sudo -u milebatch milebatch run`), a
+                    // placeholder: no command name here.
+                    if !name.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                        || name.starts_with('-')
+                        || name == "milebatch"
+                    {
+                        continue;
+                    }
+                    seen += 1;
+                    match cmd.find_subcommand(name) {
+                        None => unknown.push(format!("{}: milebatch {name}", file.display())),
+                        Some(sub) if sub.has_subcommands() => {
+                            let s = words.get(1).copied().unwrap_or("");
+                            if s.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                                && !s.is_empty()
+                                && !s.starts_with('-')
+                                && sub.find_subcommand(s).is_none()
+                            {
+                                unknown.push(format!("{}: milebatch {name} {s}", file.display()));
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        assert!(
+            unknown.is_empty(),
+            "commands the binary does not know: {unknown:?}"
+        );
+        assert!(
+            seen > 10,
+            "only {seen} commands found: is it reading the docs?"
+        );
+        // The check can fail: an unknown name is not found.
+        assert!(cmd.find_subcommand("deamon").is_none());
+        assert!(cmd.find_subcommand("daemon").is_some());
     }
 }

@@ -1,4 +1,9 @@
-//! Printing helpers shared by the commands, and the tracing setup.
+//! Printing helpers shared by the commands, the tracing setup, and what
+//! happens when the reader of stdout goes away.
+//!
+//! What must stay true: a closed stdout (`milebatch status --json | head`)
+//! ends the process quietly with 141 (128 + SIGPIPE, what a shell reports
+//! for a C tool killed by SIGPIPE), never a panic message and exit 101.
 
 use std::process::ExitCode;
 
@@ -40,4 +45,27 @@ pub(super) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 pub(super) fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("milebatch: error: {message}");
     ExitCode::from(1)
+}
+
+/// Exit 141, quietly, when printing to stdout fails because its reader is
+/// gone (EPIPE). Rust ignores SIGPIPE, so `println!` panics instead of the
+/// process dying as a C tool would; the panic is turned into that quiet
+/// exit here, for every command. Other panics keep the default report.
+/// SIGPIPE itself stays ignored: `run` and `serve` must survive a peer
+/// that closes a socket.
+pub fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // std's message: "failed printing to stdout: Broken pipe (os error 32)"
+        if msg.starts_with("failed printing to stdout") && msg.contains("os error 32") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -129,8 +129,10 @@ impl fmt::Display for HostKeyKind {
     }
 }
 
-/// One pinned host key: `SHA256:…` as `ssh-keygen -lf` prints it, with the
-/// key's type when the pin names it (`ssh-rsa SHA256:…`).
+/// One pinned host key: `SHA256:…`, with the key's type when the pin names
+/// it. Taken as people paste it: the whole `ssh-keygen -lf` line
+/// (`256 SHA256:… host (ED25519)`), `ED25519 SHA256:…` (ssh-keygen's type
+/// word) or `ssh-ed25519 SHA256:…` (the protocol name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostKeyPin {
     pub kind: Option<HostKeyKind>,
@@ -139,27 +141,26 @@ pub struct HostKeyPin {
 }
 
 impl HostKeyPin {
-    /// `"SHA256:…"` or `"TYPE SHA256:…"`.
+    /// `"SHA256:…"`, `"TYPE SHA256:…"` or `"BITS SHA256:… COMMENT (TYPE)"`.
     pub fn parse(text: &str) -> Result<HostKeyPin, String> {
         let words: Vec<&str> = text.split_whitespace().collect();
         let (kind, fp) = match words[..] {
             [fp] => (None, fp),
-            [t, fp] => match HostKeyKind::parse(t) {
-                Some(k) => (Some(k), fp),
-                None => {
-                    return Err(format!(
-                        "`host_key` {text:?}: unknown key type {t:?} (one of ssh-ed25519, \
-                         ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, ssh-rsa)"
-                    ))
-                }
-            },
-            // empty, or more words: not a pin (the check below says so)
+            [t, fp] => (Self::kind(text, t, None)?, fp),
+            // `ssh-keygen -lf`: bits, fingerprint, comment (any words), (TYPE)
+            [bits, fp, .., last]
+                if bits.parse::<u32>().is_ok() && last.starts_with('(') && last.ends_with(')') =>
+            {
+                (Self::kind(text, &last[1..last.len() - 1], Some(bits))?, fp)
+            }
+            // empty, or other words: not a pin (the check below says so)
             _ => (None, ""),
         };
         if !fp.starts_with("SHA256:") || fp.len() < 20 {
             return Err(format!(
-                "`host_key` {text:?} is not a SHA256 fingerprint (\"SHA256:…\" or \
-                 \"ssh-rsa SHA256:…\", as `ssh-keygen -lf` prints)"
+                "`host_key` {text:?} is not a SHA256 fingerprint: paste the line \
+                 `ssh-keygen -lf` prints (\"256 SHA256:… host (ED25519)\"), or \
+                 \"SHA256:…\", or \"ED25519 SHA256:…\""
             ));
         }
         // the trailing '=' some tools print is accepted and dropped
@@ -167,6 +168,28 @@ impl HostKeyPin {
             kind,
             fingerprint: fp.trim_end_matches('=').to_owned(),
         })
+    }
+
+    /// A key type as a pin names it: the protocol name (`ssh-ed25519`) or
+    /// the word `ssh-keygen -lf` prints (`ED25519`, `RSA`, `ECDSA` — whose
+    /// size comes from the line's bits; without them any ECDSA key).
+    fn kind(text: &str, t: &str, bits: Option<&str>) -> Result<Option<HostKeyKind>, String> {
+        if let Some(k) = HostKeyKind::parse(t) {
+            return Ok(Some(k));
+        }
+        match (t.to_ascii_uppercase().as_str(), bits) {
+            ("ED25519", _) => Ok(Some(HostKeyKind::Ed25519)),
+            ("RSA", _) => Ok(Some(HostKeyKind::Rsa)),
+            ("ECDSA", Some("256")) => Ok(Some(HostKeyKind::Ecdsa256)),
+            ("ECDSA", Some("384")) => Ok(Some(HostKeyKind::Ecdsa384)),
+            ("ECDSA", Some("521")) => Ok(Some(HostKeyKind::Ecdsa521)),
+            ("ECDSA", None) => Ok(None),
+            _ => Err(format!(
+                "`host_key` {text:?}: unknown key type {t:?} (one of ED25519, ECDSA, RSA \
+                 as `ssh-keygen -lf` prints them, or ssh-ed25519, ecdsa-sha2-nistp256, \
+                 ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, ssh-rsa)"
+            )),
+        }
     }
 
     /// Whether a key the server presented is this pin.
@@ -964,6 +987,45 @@ mod tests {
                 }]
             );
         }
+        // as people paste them: the whole `ssh-keygen -lf` line (any
+        // comment), or ssh-keygen's type word before the fingerprint
+        for (line, k) in [
+            (
+                format!("256 {fp} root@partner (ED25519)"),
+                Some(HostKeyKind::Ed25519),
+            ),
+            (
+                format!("256 {fp} no comment (ED25519)"),
+                Some(HostKeyKind::Ed25519),
+            ),
+            (format!("3072 {fp} a b c (RSA)"), Some(HostKeyKind::Rsa)),
+            (
+                format!("256 {fp} host (ECDSA)"),
+                Some(HostKeyKind::Ecdsa256),
+            ),
+            (
+                format!("384 {fp} host (ECDSA)"),
+                Some(HostKeyKind::Ecdsa384),
+            ),
+            (
+                format!("521 {fp} host (ECDSA)"),
+                Some(HostKeyKind::Ecdsa521),
+            ),
+            (format!("256 {fp} (ED25519)"), Some(HostKeyKind::Ed25519)),
+            (format!("ED25519 {fp}"), Some(HostKeyKind::Ed25519)),
+            (format!("RSA {fp}"), Some(HostKeyKind::Rsa)),
+            (format!("ECDSA {fp}"), None),
+        ] {
+            assert_eq!(
+                pins(&format!("\"{line}\"")),
+                [HostKeyPin {
+                    kind: k,
+                    fingerprint: fp.into()
+                }],
+                "{line}"
+            );
+        }
+
         // a list, for key rotation: order kept, typed and untyped mixed
         let p = pins(&format!(
             "[\"ssh-ed25519 {fp}\", \"SHA256:0123456789abcdefghijklmnop\"]"
@@ -985,8 +1047,12 @@ mod tests {
             "unknown key type \"ssh-dss\"",
         );
         refused(
-            &format!("{base}host_key = \"RSA {fp}\""),
-            "unknown key type",
+            &format!("{base}host_key = \"DSA {fp}\""),
+            "unknown key type \"DSA\"",
+        );
+        refused(
+            &format!("{base}host_key = \"256 {fp} host (DSA)\""),
+            "unknown key type \"DSA\"",
         );
         refused(
             &format!("{base}host_key = \"ssh-rsa {fp} extra\""),

@@ -7,8 +7,9 @@
 //!   (`--ignore-certificate-errors-spki-list`): only the test server's key
 //!   is accepted, every other certificate error still fails the page;
 //! - [`Browser::shot`] saves a PNG after each step to
-//!   `target/screenshots/<test>/NN-step.png`, so a person can look at every
-//!   page a test saw.
+//!   `<target>/tmp/screenshots/<test>/NN-step.png` ([`screenshot_dir`]:
+//!   under the cargo target folder in use, `CARGO_TARGET_DIR` included), so
+//!   a person can look at every page a test saw.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +19,15 @@ use base64::Engine;
 use fantoccini::{Client, ClientBuilder, Locator};
 use rcgen::PublicKeyData;
 use sha2::{Digest, Sha256};
+
+/// Where `test`'s screenshots go: `<target>/tmp/screenshots/<test>`, in the
+/// cargo target folder this test was built in (`CARGO_TARGET_DIR` when set,
+/// else `./target`), never a `target` folder cargo does not use.
+pub fn screenshot_dir(test: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("screenshots")
+        .join(test)
+}
 
 use super::servers::{free_port, require_tool};
 
@@ -46,7 +56,7 @@ pub fn spki_pin(key_pem: &Path) -> String {
 impl Browser {
     /// Start chromedriver and a headless Chromium that accepts the server
     /// key `pin` (see [`spki_pin`]; `None` for plain HTTP). Screenshots go
-    /// to `target/screenshots/<test>/`.
+    /// to [`screenshot_dir`]`(test)`.
     pub async fn start(test: &str, pin: Option<&str>) -> Browser {
         require_tool(CHROMEDRIVER, "chromium-driver");
         require_tool(CHROMIUM, "chromium");
@@ -108,9 +118,7 @@ impl Browser {
                 ),
             }
         };
-        let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/screenshots")
-            .join(test);
+        let shots = screenshot_dir(test);
         let _ = std::fs::remove_dir_all(&shots);
         std::fs::create_dir_all(&shots).unwrap();
         Browser {
