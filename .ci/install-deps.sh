@@ -148,6 +148,23 @@ else
     log "unpacked proftpd into $PROFTPD_ROOT"
 fi
 
+# mdBook builds the guide under docs/ (tests/docs.rs). Built from
+# crates.io with the toolchain in use (a few minutes on 2 cores); when it
+# cannot be installed this stops with the reason: the docs test is never
+# skipped for want of it.
+MDBOOK_VERSION=0.5.4
+if command -v mdbook >/dev/null 2>&1 || [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/mdbook ]]; then
+    log "mdbook present"
+else
+    log "cargo install mdbook --locked --version $MDBOOK_VERSION"
+    if ! cargo install mdbook --locked --version "$MDBOOK_VERSION" </dev/null; then
+        log "ERROR: could not install mdbook $MDBOOK_VERSION, which tests/docs.rs needs to build docs/;"
+        log "  install it by hand (cargo install mdbook --locked) and run this again"
+        exit 1
+    fi
+    log "installed mdbook $MDBOOK_VERSION"
+fi
+
 # sshd refuses to start without its privilege-separation directory.
 if [[ ! -d /run/sshd ]]; then
     if [[ $(id -u) -eq 0 ]]; then
