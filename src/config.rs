@@ -1137,7 +1137,7 @@ dir = "inbox/demo"
         assert_eq!(parse(GOOD).unwrap().server.limits, ConnLimits::default());
         let c = with(
             "max_connections = 100\nmax_connections_per_address = 7\nheader_timeout = \"3s\"\n\
-             idle_timeout = \"2m\"\ntls_handshake_timeout = 4\nhttp2_keepalive_interval = \"5s\"\n\
+             idle_timeout = \"2m\"\ntls_handshake_timeout = \"4s\"\nhttp2_keepalive_interval = \"5s\"\n\
              http2_keepalive_timeout = \"6s\"\nhttp2_max_streams = 8",
         )
         .unwrap();
