@@ -16,6 +16,10 @@
 #   --no-build   use the binaries already in target/ (as last built)
 #   --debug      use the debug build (checks the script quickly; figures
 #                of a debug build mean nothing)
+#   --server BIN serve with (and run the commands of) another milebatch
+#                binary, e.g. an older release; the load generator stays
+#                this tree's (bench/api-compare.sh uses it)
+#   --summary F  also write the figures as JSON to F
 #
 # Phases:
 #   1. credits for S seconds; then every balance equals the ledger
@@ -44,6 +48,8 @@ profile=release
 build=1
 smoke=0
 keep=0
+server_bin=""
+summary=""
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) smoke=1; seconds=5; members=20000; rows=50000; shift ;;
@@ -54,7 +60,9 @@ while [ $# -gt 0 ]; do
         --keep) keep=1; shift ;;
         --debug) profile=debug; shift ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        --server) server_bin=$2; shift 2 ;;
+        --summary) summary=$2; shift 2 ;;
+        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
         *) echo "bench/api.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
     esac
 done
@@ -72,8 +80,9 @@ elif [ $profile = release ]; then
 else
     cargo build --locked --bin milebatch --example loadgen >&2
 fi
-bin=$root/target/$profile/milebatch
+bin=${server_bin:-$root/target/$profile/milebatch}
 loadgen=$root/target/$profile/examples/loadgen
+[ -x "$bin" ] || die "no milebatch binary at $bin"
 
 work=$(mktemp -d /tmp/milebatch-api-bench.XXXXXX)
 serve_pid=""
@@ -229,6 +238,13 @@ row "  their p50 / p99 / max ms" "$(field "$c3" "['p50_ms']") / $(field "$c3" "[
 row "server peak RSS MiB (VmHWM; sampled max)" "$((hwm / 1024)) ($((sampled / 1024)))" "<= 150" "$([ $((hwm / 1024)) -le 150 ] && echo 0 || echo 1)"
 echo "CPU steal (time the host gave to other guests) during phases 1 / 2 / 3: $steal1% / $steal2% / $steal3%"
 echo
+if [ -n "$summary" ]; then
+    python3 -c 'import json, sys
+c1, v2, c3 = (json.loads(a) for a in sys.argv[1:4])
+json.dump({"server": sys.argv[4], "credits": c1, "verify": v2, "credits_during_once": c3,
+           "peak_rss_kib": int(sys.argv[5]), "steal_pct": [float(x) for x in sys.argv[6:9]]},
+          open(sys.argv[9], "w"), indent=1)' "$c1" "$v2" "$c3" "$bin" "$hwm" "$steal1" "$steal2" "$steal3" "$summary"
+fi
 if [ $checks_failed = 1 ]; then
     echo "bench/api.sh: a correctness check FAILED (see above)" >&2
     exit 1

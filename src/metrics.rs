@@ -109,8 +109,6 @@ pub struct ConnCounters {
     pub tls_handshake_timeout: AtomicU64,
     /// The TLS handshake failed (bad client, scanner, wrong protocol).
     pub tls_handshake_failed: AtomicU64,
-    /// TLS clients that sent an IP address as SNI (ignored, per RFC 6066).
-    pub tls_sni_ip: AtomicU64,
 }
 
 impl ConnCounters {
@@ -177,7 +175,7 @@ impl ConnCounters {
         let _ = writeln!(
             out,
             "milebatch_tls_sni_ip_address_total {}",
-            get(&self.tls_sni_ip)
+            get(&crate::web::ratelog::SNI_IP_ADDRESS)
         );
     }
 }

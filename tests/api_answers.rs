@@ -933,3 +933,47 @@ fn metrics_have_their_zero_series_from_the_start_and_pass_promtool() {
         .collect();
     assert!(problems.is_empty(), "promtool check metrics:\n{report}");
 }
+
+/// A TLS client that names an IP address as server (SNI) is counted in
+/// `milebatch_tls_sni_ip_address_total` and warned about once a minute,
+/// not once per handshake (issue 20: 384 WARN lines from one load run).
+#[test]
+fn an_ip_address_as_sni_is_counted_and_warned_about_once_a_minute() {
+    use common::serve::{metrics_url, sample, scrape};
+    let openssl = "/usr/bin/openssl";
+    common::servers::require_tool(openssl, "openssl");
+    let ca = TestCa::new();
+    let ws = Workspace::new();
+    let server = format!(
+        "{}metrics_listen = \"127.0.0.1:0\"\n",
+        tls_server_section(&ca)
+    );
+    config(&ws, &server, API);
+    let s = Serve::start(&ws, Some(ca));
+    common::workspace::wait_for(
+        "serve to log its metrics URL",
+        Duration::from_secs(30),
+        || metrics_url(&s.log_text()).is_some(),
+    );
+    let metrics = metrics_url(&s.log_text()).unwrap();
+    let series = "milebatch_tls_sni_ip_address_total";
+    assert_eq!(sample(&scrape(&metrics), series), Some(0.0));
+    let addr = s.base.trim_start_matches("https://").to_owned();
+    const HELLOS: usize = 30;
+    for _ in 0..HELLOS {
+        let out = std::process::Command::new(openssl)
+            .args(["s_client", "-connect", &addr, "-servername", "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        // The name is ignored, the handshake goes on.
+        let text = all_output(&out);
+        assert!(text.contains("Verify return code"), "{text}");
+    }
+    common::workspace::wait_for("every hello counted", Duration::from_secs(10), || {
+        sample(&scrape(&metrics), series) == Some(HELLOS as f64)
+    });
+    let log = s.log_text();
+    let warnings = log.lines().filter(|l| l.contains("SNI")).count();
+    assert_eq!(warnings, 1, "one warning for {HELLOS} hellos:\n{log}");
+}

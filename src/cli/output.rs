@@ -14,24 +14,42 @@ use crate::config::Config;
 /// here only for that; an unreadable one is reported by the command itself,
 /// and logs fall back to UTC until then.
 pub fn init_tracing(cli: &Cli) {
+    use crate::web::ratelog::{RustlsWarnings, RUSTLS_HELLO_TARGET};
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // rustls's per-handshake warnings are printed by RustlsWarnings, at
+    // most once a minute, not once per client hello.
+    let filter = match format!("{RUSTLS_HELLO_TARGET}=error").parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
+    let rustls_warnings = || Targets::new().with_target(RUSTLS_HELLO_TARGET, LevelFilter::WARN);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_target(false);
+    // RustlsWarnings logs from inside its `on_event`: it must come after
+    // the log output, whose per-layer filter decision for the event at
+    // hand a nested event would otherwise reset.
+    let registry = tracing_subscriber::registry();
     if cli.log_format == LogFormat::Json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        let fmt = fmt.json().flatten_event(true).with_current_span(true);
+        registry
+            .with(fmt.with_filter(filter))
+            .with(RustlsWarnings::default().with_filter(rustls_warnings()))
             .init();
     } else {
         let tz = Config::load(&cli.config)
             .map(|c| c.daemon.timezone)
             .unwrap_or(chrono_tz::UTC);
-        builder.with_timer(crate::timefmt::LogTimer(tz)).init();
+        let fmt = fmt.with_timer(crate::timefmt::LogTimer(tz));
+        registry
+            .with(fmt.with_filter(filter))
+            .with(RustlsWarnings::default().with_filter(rustls_warnings()))
+            .init();
     }
 }
 

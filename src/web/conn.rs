@@ -36,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::header_limit;
 use super::ratelog::WarnEvery;
 use crate::config::ConnLimits;
 
@@ -62,7 +63,10 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(MAX_HEADER_BUF);
+        .max_buf_size(MAX_HEADER_BUF)
+        // Above header_limit's own cap, so that a request with more fields
+        // than it allows reaches it and gets the whole 431.
+        .max_headers(4 * header_limit::MAX_HEADER_FIELDS);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BUF as u32)
@@ -172,11 +176,11 @@ fn refuse(ctx: &Ctx, peer: SocketAddr, limit: Limit) {
 async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, _guard: Guard) {
     let _ = stream.set_nodelay(true);
     let Some(acceptor) = &ctx.tls else {
-        return serve_io(&ctx, stream, peer).await;
+        return serve_io(&ctx, stream, peer, false).await;
     };
     let c = &ctx.counters.conns;
     match tokio::time::timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_io(&ctx, tls, peer).await,
+        Ok(Ok(tls)) => serve_io(&ctx, tls, peer, true).await,
         Ok(Err(e)) => {
             c.tls_handshake_failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -195,7 +199,7 @@ enum Close {
     Idle,
 }
 
-async fn serve_io<I>(ctx: &Ctx, io: I, peer: SocketAddr)
+async fn serve_io<I>(ctx: &Ctx, io: I, peer: SocketAddr, tls: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -204,6 +208,8 @@ where
         inner: io,
         frames: Frames::default(),
         state: state.clone(),
+        tls,
+        replacing: None,
     };
     let svc = PerConn {
         app: ctx.app.clone(),
@@ -437,11 +443,16 @@ impl tower_service::Service<hyper::Request<Incoming>> for PerConn {
 }
 
 /// The connection's bytes, read through an HTTP/2 frame-header parser so
-/// the watchdog knows when a header block is open (hyper does not say).
+/// the watchdog knows when a header block is open (hyper does not say);
+/// written with hyper's bare HTTP/1.1 431 replaced by ours
+/// ([`header_limit`]).
 struct Watched<I> {
     inner: I,
     frames: Frames,
     state: Arc<ConnState>,
+    tls: bool,
+    /// Our 431 being written in place of hyper's, and how much of it is out.
+    replacing: Option<(Vec<u8>, usize)>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -475,7 +486,29 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        // HTTP/1 only (HTTP/2 never got past the preface check to `Off`).
+        if this.replacing.is_none()
+            && matches!(this.frames, Frames::Off)
+            && header_limit::is_bare_431(buf)
+        {
+            this.replacing = Some((header_limit::http1_answer(this.tls), 0));
+        }
+        let Some((ours, sent)) = &mut this.replacing else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        // hyper closes the connection after its 431: what it writes is
+        // taken as written once ours is out.
+        while *sent < ours.len() {
+            match Pin::new(&mut this.inner).poll_write(cx, &ours[*sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => *sent += n,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -491,6 +524,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if let Some(first) = first {
+            if self.replacing.is_some()
+                || (matches!(self.frames, Frames::Off) && header_limit::is_bare_431(first))
+            {
+                return self.poll_write(cx, first);
+            }
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

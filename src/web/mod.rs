@@ -17,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod conn;
 pub mod drain;
+pub mod header_limit;
 pub mod health;
 pub mod nofile;
 pub mod problem;
@@ -127,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .fallback(site::fallback)
         .with_state(state)
+        .layer(axum::middleware::from_fn(header_limit::cap))
         .layer(axum::middleware::from_fn(drain::drain_unread));
     // Outermost: the latency counted is the whole answer, headers included.
     metrics.layer(with_security_headers(app, tls))
@@ -149,9 +151,16 @@ const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
     (header::X_FRAME_OPTIONS, "DENY"),
 ];
 
-/// [`SECURITY_HEADERS`] on every response of `app`, in one layer (a layer
-/// per header cost the API a future and a header-map probe each).
-/// With `tls`, `Strict-Transport-Security` too.
+/// The security headers every answer carries: [`SECURITY_HEADERS`], and
+/// with `tls` `Strict-Transport-Security` too.
+pub fn security_headers(tls: bool) -> impl Iterator<Item = (HeaderName, &'static str)> {
+    let hsts = tls.then_some((header::STRICT_TRANSPORT_SECURITY, HSTS));
+    SECURITY_HEADERS.into_iter().chain(hsts)
+}
+
+/// [`security_headers`] on every response of `app`, in one layer (a layer
+/// per header cost the API a future and a header-map probe each). A
+/// handler's own value of one of them stays, but for HSTS.
 fn with_security_headers(app: Router, tls: bool) -> Router {
     app.layer(axum::middleware::map_response(
         move |mut r: axum::response::Response| async move {

@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::layer::Context;
 
 /// "Log now?" for one kind of warning, lock-free.
 pub struct WarnEvery {
@@ -46,6 +50,74 @@ impl WarnEvery {
                 self.skipped.fetch_add(1, Ordering::Relaxed);
                 None
             }
+        }
+    }
+}
+
+/// TLS clients that named an IP address as server (SNI), since start: the
+/// source of `milebatch_tls_sni_ip_address_total`.
+pub static SNI_IP_ADDRESS: AtomicU64 = AtomicU64::new(0);
+
+/// Where rustls logs, once per ClientHello, what a client did wrong in it
+/// (an IP address as SNI, a duplicate name).
+pub const RUSTLS_HELLO_TARGET: &str = "rustls::msgs::handshake";
+
+/// A tracing layer for rustls's per-handshake warnings, which any client
+/// can trigger at will: counted ([`SNI_IP_ADDRESS`]) and logged again at
+/// most once a minute with the number they stand for. The log output
+/// itself is set not to print them (see `cli::output::init_tracing`).
+pub struct RustlsWarnings {
+    sni_ip: WarnEvery,
+    other: WarnEvery,
+}
+
+impl Default for RustlsWarnings {
+    fn default() -> Self {
+        RustlsWarnings {
+            sni_ip: WarnEvery::new(Duration::from_secs(60)),
+            other: WarnEvery::new(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// The `message` field of an event.
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for RustlsWarnings {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        // rustls logs through the `log` crate: its target is in the
+        // normalized metadata.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if meta.target() != RUSTLS_HELLO_TARGET || *meta.level() > tracing::Level::WARN {
+            return;
+        }
+        let mut message = Message::default();
+        event.record(&mut message);
+        let now = Instant::now();
+        if message.0.contains("IP address") {
+            SNI_IP_ADDRESS.fetch_add(1, Ordering::Relaxed);
+            if let Some(skipped) = self.sni_ip.due(now) {
+                tracing::warn!(
+                    since_last_warning = skipped,
+                    "a TLS client sent an IP address as server name (SNI); the name is ignored and the handshake goes on (counted in milebatch_tls_sni_ip_address_total; logged at most once a minute)"
+                );
+            }
+        } else if let Some(skipped) = self.other.due(now) {
+            tracing::warn!(
+                since_last_warning = skipped,
+                tls = %message.0,
+                "a TLS client's hello was not as the protocol says (logged at most once a minute)"
+            );
         }
     }
 }
