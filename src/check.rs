@@ -57,6 +57,11 @@ pub struct Connected {
     pub matching_files: Option<usize>,
     pub pattern: String,
     pub error: Option<String>,
+    /// The folders a run writes to (empty for HTTP, which has none).
+    pub folders: Vec<FolderCheck>,
+    /// The name of the probe file written and removed in each folder
+    /// (`None` with `--no-write-probe`).
+    pub probe_file: Option<String>,
 }
 
 /// The whole answer of `check`.
@@ -892,21 +897,29 @@ fn access(path: &Path, mode: libc::c_int) -> bool {
 }
 
 /// `check --connect` for one partner: connect as a run would (host key,
-/// login), list the inbox and count the files the pattern matches. Nothing
-/// is changed on the server.
-pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate) -> Connected {
+/// login), list the inbox and count the files the pattern matches, then
+/// look at every server folder a run writes to (see [`check_folders`]).
+/// With `probe`, one uniquely named probe file is written into each of them
+/// and removed again; without it nothing on the server is changed.
+pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate, probe: bool) -> Connected {
     let pickup = p.source.pickup();
     let mut out = Connected {
         location: p.source.to_string(),
         matching_files: None,
         pattern: pickup.pattern.as_str().to_owned(),
         error: None,
+        folders: vec![],
+        probe_file: None,
     };
-    let listed = p.source.build(today, p.encoding).and_then(|mut src| {
-        out.location = src.describe();
-        src.list()
-    });
-    match listed {
+    let mut src = match p.source.build(today, p.encoding) {
+        Ok(src) => src,
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return out;
+        }
+    };
+    out.location = src.describe();
+    match src.list() {
         Ok(files) => {
             out.matching_files = Some(
                 files
@@ -917,9 +930,140 @@ pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate) -> Connected {
                     .count(),
             )
         }
-        Err(e) => out.error = Some(e.to_string()),
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return out;
+        }
+    }
+    if src.can_tidy() {
+        let name = probe.then(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            // A dot name: never a pickup candidate, even if left behind.
+            format!(".milebatch-check-probe-{nanos}-{}", std::process::id())
+        });
+        out.folders = check_folders(src.as_mut(), pickup, name.as_deref());
+        out.probe_file = name;
     }
     out
+}
+
+/// One server folder a run writes to, as `check --connect` found it.
+#[derive(Debug, Serialize)]
+pub struct FolderCheck {
+    /// Relative to the inbox, e.g. `processed`.
+    pub dir: String,
+    /// The settings that send files there: `after`, `move_failed`,
+    /// `errors_dir` (done files travel with their file under `after`).
+    pub used_by: Vec<&'static str>,
+    /// `None` when asking failed (see `error`).
+    pub found: Option<crate::source::Folder>,
+    /// Whether the probe file was written and removed; `None`: not probed.
+    pub writable: Option<bool>,
+    /// What is wrong, said for the person who fixes it.
+    pub error: Option<String>,
+}
+
+/// The folders a run moves files or uploads reports into, each asked
+/// [`Source::folder`](crate::source::Source::folder) and, with a probe name,
+/// written to (`upload`, which creates a missing folder as the run would)
+/// and cleaned (`remove_in`).
+pub fn check_folders(
+    src: &mut dyn crate::source::Source,
+    pickup: &crate::source::Pickup,
+    probe: Option<&str>,
+) -> Vec<FolderCheck> {
+    use crate::source::Folder;
+    let mut wanted: Vec<(String, &'static str)> = vec![];
+    if let After::Move(d) = &pickup.after {
+        wanted.push((d.clone(), "after"));
+    }
+    if let Some(d) = &pickup.move_failed {
+        wanted.push((d.clone(), "move_failed"));
+    }
+    if let Some(d) = &pickup.errors_dir {
+        wanted.push((d.clone(), "errors_dir"));
+    }
+    let mut out: Vec<FolderCheck> = vec![];
+    for (dir, key) in wanted {
+        if let Some(f) = out.iter_mut().find(|f| f.dir == dir) {
+            f.used_by.push(key);
+            continue;
+        }
+        out.push(FolderCheck {
+            dir,
+            used_by: vec![key],
+            found: None,
+            writable: None,
+            error: None,
+        });
+    }
+    for f in &mut out {
+        let keys = f.used_by.join("`, `");
+        match src.folder(&f.dir) {
+            Err(e) => f.error = Some(format!("checking it: {e}")),
+            Ok(Folder::NotAFolder) => {
+                f.found = Some(Folder::NotAFolder);
+                f.error = Some(format!(
+                    "it is a file, not a folder: a run would credit a file and then fail \
+                     to put anything there (tidy-failed). Move that file away, or set `{keys}` \
+                     to another folder"
+                ));
+            }
+            Ok(found) => {
+                f.found = Some(found);
+                let Some(name) = probe else { continue };
+                match src.upload(&f.dir, name, b"written by milebatch check --connect\n") {
+                    Err(e) => {
+                        f.writable = Some(false);
+                        f.error = Some(format!(
+                            "writing a probe file there failed: {e}. A run would credit a file \
+                             and then fail to put anything there (tidy-failed): give the login \
+                             write access, or set `{keys}` to another folder"
+                        ));
+                    }
+                    Ok(()) => match src.remove_in(&f.dir, name) {
+                        Ok(()) => f.writable = Some(true),
+                        Err(e) => {
+                            f.writable = Some(true);
+                            f.error = Some(format!(
+                                "the probe file {}/{name} was written but could not be removed \
+                                 ({e}): delete it by hand, and check that the login may delete \
+                                 and rename there",
+                                f.dir
+                            ));
+                        }
+                    },
+                }
+            }
+        }
+    }
+    out
+}
+
+impl FolderCheck {
+    /// One line for `check --connect`'s text output.
+    pub fn for_people(&self) -> String {
+        use crate::source::Folder;
+        let state = match (self.found, self.writable) {
+            _ if self.error.is_some() => "FAILED (see below)".to_owned(),
+            (Some(Folder::Missing), Some(true)) => {
+                "was missing, created (as the first run would); writable (probe file written and removed)".to_owned()
+            }
+            (Some(Folder::Missing), None) => {
+                "missing; the first run creates it (not written to: --no-write-probe)".to_owned()
+            }
+            (_, Some(true)) => "ok, writable (probe file written and removed)".to_owned(),
+            _ => "ok, a folder (not written to: --no-write-probe)".to_owned(),
+        };
+        format!(
+            "folder {}/ ({}): {state}",
+            self.dir,
+            self.used_by.join(", ")
+        )
+    }
 }
 
 /// For `check --json`: beside each next run, `null` or where it was moved

@@ -185,6 +185,14 @@ impl ConnCounters {
 #[derive(Clone)]
 struct Route(MatchedPath);
 
+/// The route template `resp` came from (`unmatched` for none), as
+/// [`remember_route`] noted it.
+pub fn route_of(resp: &Response) -> &str {
+    resp.extensions()
+        .get::<Route>()
+        .map_or("unmatched", |r| r.0.as_str())
+}
+
 impl HttpMetrics {
     pub fn observe(&self, route: &str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
@@ -205,14 +213,6 @@ impl HttpMetrics {
         r.buckets[i] += 1;
         r.sum += secs;
         r.count += 1;
-    }
-
-    /// Count every request of `app`: the route template it matched
-    /// (`unmatched` for none), its status and its latency. `app` must hold
-    /// every route already (its route layer only reaches those).
-    pub fn layer<S: Clone + Send + Sync + 'static>(self: &Arc<Self>, app: Router<S>) -> Router<S> {
-        app.route_layer(axum::middleware::from_fn(remember_route))
-            .layer(axum::middleware::from_fn_with_state(self.clone(), count))
     }
 
     fn render(&self, out: &mut String) {
@@ -266,20 +266,11 @@ impl HttpMetrics {
     }
 }
 
-async fn remember_route(path: MatchedPath, req: Request, next: Next) -> Response {
+/// The route layer that tells the edge layer (`web::edge`) which route
+/// template answered: `app.route_layer(from_fn(remember_route))`.
+pub async fn remember_route(path: MatchedPath, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     resp.extensions_mut().insert(Route(path));
-    resp
-}
-
-async fn count(State(m): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let route = resp
-        .extensions()
-        .get::<Route>()
-        .map_or("unmatched", |r| r.0.as_str());
-    m.observe(route, resp.status().as_u16(), start.elapsed());
     resp
 }
 

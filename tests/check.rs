@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::servers::{Ftpd, HttpAuth, HttpServer, Sshd, SshdOpts, TestCa};
+use common::servers::{ensure_test_user, Ftpd, HttpAuth, HttpServer, Sshd, SshdOpts, TestCa};
 use common::workspace::{local_partner, Workspace, FAKE_NOW};
 
 fn chmod(p: &Path, mode: u32) {
@@ -75,6 +75,19 @@ impl Drop for Immutable {
     fn drop(&mut self) {
         let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
     }
+}
+
+/// An SFTP partner logging in to `sshd` with its client key, reading
+/// `dir`, with host key pin `pin`.
+fn sftp_key_partner(sshd: &Sshd, id: &str, dir: &str, pin: &str) -> String {
+    format!(
+        "[[partner]]\nid = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+         [partner.source]\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+         dir = \"{dir}\"\nkey_file = \"{}\"\nhost_key = \"{pin}\"\ntimeout = \"5s\"\nretries = 0\n\n",
+        sshd.port,
+        sshd.user,
+        sshd.client_key.display()
+    )
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -447,7 +460,7 @@ fn check_connect_logs_in_counts_matching_files_and_changes_nothing() {
         snapshot(&ftp.root),
         snapshot(&ftps.root),
     ];
-    let mut c = w.cmd(&["check", "--connect"]);
+    let mut c = w.cmd(&["check", "--connect", "--no-write-probe"]);
     c.env(FAKE_NOW, "2026-11-24T03:00:00Z")
         .env("MB_FTP_PW", &ftp.password)
         .env("MB_WRONG_PW", "not-the-password");
@@ -488,6 +501,14 @@ fn check_connect_logs_in_counts_matching_files_and_changes_nothing() {
         section("https-none").contains("connect: ok, no file today"),
         "{out}"
     );
+    // The folders a run writes to are looked at, not written to.
+    assert!(
+        section("sftp-ok").contains(
+            "folder processed/ (after): missing; the first run creates it (not written to: --no-write-probe)"
+        ) && section("ftp-ok").contains("folder errors/ (errors_dir): missing")
+            && !section("https-today").contains("folder"),
+        "{out}"
+    );
     let lines = problems(&out);
     assert_eq!(lines.len(), 2, "{out}");
     assert!(
@@ -519,6 +540,141 @@ fn check_connect_logs_in_counts_matching_files_and_changes_nothing() {
     assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
 }
 
+/// The folders a run writes to, on real sshd and vsftpd: a plain file named
+/// `errors` where the reports go, and a folder the login cannot write, are
+/// problems before the first run (which would otherwise credit the file and
+/// end `tidy-failed`); a good folder gets one probe file written and removed,
+/// a missing one is created as the run would; `--no-write-probe` still finds
+/// the file in the way and writes nothing.
+#[test]
+fn check_connect_probes_the_folders_a_run_writes_to() {
+    let sshd = Sshd::start(SshdOpts::default());
+    let ftp = Ftpd::start_plain();
+    let w = Workspace::new();
+    let inbox = |root: &Path, name: &str| {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a.csv"), "NM0000000001,k,1\n").unwrap();
+        d
+    };
+    let good = inbox(&sshd.root, "good");
+    std::fs::create_dir(good.join("processed")).unwrap();
+    let bad = inbox(&sshd.root, "bad");
+    std::fs::write(bad.join("errors"), "not a folder\n").unwrap();
+    let ro = inbox(&ftp.root, "ro");
+    std::fs::create_dir(ro.join("processed")).unwrap();
+    // The servers' login user owns what it should be able to write, as a
+    // partner's account would; `ro/processed` is frozen even for root.
+    let (uid, gid) = ensure_test_user();
+    for p in [
+        &good,
+        &good.join("processed"),
+        &bad,
+        &ro,
+        &ro.join("processed"),
+    ] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    let _frozen = Immutable::set(&ro.join("processed"));
+
+    let fp = sshd.host_key_fingerprint();
+    let sftp = |id: &str, dir: &Path| sftp_key_partner(&sshd, id, &dir.display().to_string(), &fp);
+    let mut cfg = sftp("good", &good) + &sftp("bad", &bad);
+    cfg += &format!(
+        "[[partner]]\nid = \"ftp-ro\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
+         [partner.source]\nkind = \"ftp\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+         dir = \"{}/ro\"\npassword_env = \"MB_FTP_PW\"\ninsecure_plaintext = true\n\
+         timeout = \"5s\"\nretries = 0\nmove_failed = \"keep\"\nerrors_dir = \"none\"\n\n",
+        ftp.port, ftp.user, ftp.ftp_dir
+    );
+    w.config(&cfg);
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "--connect"];
+        args.extend(extra);
+        let o = w
+            .cmd(&args)
+            .env(FAKE_NOW, "2026-11-24T03:00:00Z")
+            .env("MB_FTP_PW", &ftp.password)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        stdout(&o)
+    };
+
+    // Without writing: the file in the way is found, nothing changes.
+    let before = [snapshot(&sshd.root), snapshot(&ftp.root)];
+    let out = check(&["--no-write-probe"]);
+    let lines = problems(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with("problem: bad: folder errors/ on sftp://")
+            && lines[0].contains("it is a file, not a folder")
+            && lines[0].contains("tidy-failed")
+            && lines[0].contains("`errors_dir`"),
+        "{out}"
+    );
+    assert_eq!(before, [snapshot(&sshd.root), snapshot(&ftp.root)]);
+
+    // Writing: the read-only folder is found too; the good partner's
+    // folders hold no probe file afterwards, the missing ones exist.
+    let out = check(&[]);
+    let lines = problems(&out);
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("problem: bad: folder errors/"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("problem: ftp-ro: folder processed/ on ftp://")
+            && lines[1].contains("writing a probe file there failed")
+            && lines[1].contains("`after`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    folder processed/ (after): ok, writable (probe file written and removed)")
+            && out.contains("    folder errors/ (errors_dir): was missing, created (as the first run would); writable"),
+        "{out}"
+    );
+    for d in ["processed", "failed", "errors"] {
+        let names: Vec<_> = std::fs::read_dir(good.join(d))
+            .unwrap_or_else(|e| panic!("{d}: {e}\n{out}"))
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(names.is_empty(), "{d}: {names:?}");
+    }
+    assert!(std::fs::read_dir(ro.join("processed"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(ro.join("a.csv").exists() && good.join("a.csv").exists());
+    assert!(std::fs::metadata(bad.join("errors")).unwrap().is_file());
+
+    // --json says the same, with the probe file's name.
+    let o = w
+        .cmd(&["check", "--connect", "--json"])
+        .env(FAKE_NOW, "2026-11-24T03:00:00Z")
+        .env("MB_FTP_PW", &ftp.password)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &v["partners"][1]["connect"];
+    assert!(
+        c["probe_file"]
+            .as_str()
+            .unwrap()
+            .starts_with(".milebatch-check-probe-"),
+        "{c}"
+    );
+    let errors = c["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["dir"] == "errors")
+        .unwrap();
+    assert_eq!(errors["found"], "not-a-folder", "{c}");
+    assert_eq!(errors["used_by"], serde_json::json!(["errors_dir"]), "{c}");
+}
+
 /// Host-key pins as people paste them: the whole line `ssh-keygen -lf`
 /// prints for the server's key, and `TYPE SHA256:…` with ssh-keygen's type
 /// word. `check --connect` logs in to real sshd with each; the same line
@@ -541,24 +697,17 @@ fn check_connect_takes_host_key_pins_as_ssh_keygen_prints_them() {
     let fp = sshd.host_key_fingerprint();
     assert_eq!(words[1], fp, "{line}");
     let wrong_line = line.replace(&fp, "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
-    let partner = |id: &str, pin: &str| {
-        format!(
-            "[[partner]]\nid = \"{id}\"\nschedule = \"daily 03:00\"\nmax_miles_per_row = 1000\n\
-             [partner.source]\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
-             dir = \"{}/in\"\nkey_file = \"{}\"\nhost_key = \"{pin}\"\ntimeout = \"5s\"\nretries = 0\n\n",
-            sshd.port,
-            sshd.user,
-            sshd.root.display(),
-            sshd.client_key.display()
-        )
-    };
+    let inbox = format!("{}/in", sshd.root.display());
+    let partner = |id: &str, pin: &str| sftp_key_partner(&sshd, id, &inbox, pin);
     w.config(&format!(
         "{}{}{}",
         partner("whole-line", &line),
         partner("type-word", &format!("{kind_word} {fp}")),
         partner("wrong-key", &wrong_line),
     ));
-    let o = w.run(&["check", "--connect"]);
+    // Host keys only: check_connect_probes_the_folders_a_run_writes_to
+    // tests the folders.
+    let o = w.run(&["check", "--connect", "--no-write-probe"]);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     for id in ["whole-line", "type-word"] {

@@ -496,3 +496,101 @@ fn a_summary_the_server_refuses_fails_the_run_until_it_is_delivered() {
     assert_eq!(status_json(&w, "web")["failing"], false);
     assert_eq!(w.ledger_rows(), 2, "credited once");
 }
+
+/// A stray file in an inbox (issue 23, point 6): the run that first sees
+/// `readme.txt` reports it (exit 1, `skipped`, FAILING); later runs list it
+/// as `ignored` and pass (exit 0, `no-file`); changed, it is reported
+/// again; gone and back, too. A dry run reports without remembering.
+#[test]
+fn a_stray_file_is_reported_once_then_listed_as_ignored_until_it_changes() {
+    let w = setup("shop", "ready = \"immediate\"");
+    w.write("inbox/shop/readme.txt", "how to send files\n");
+
+    let (code, run) = w.once_json("shop", &["--dry-run"]);
+    assert_eq!(code, 1, "{run:#}");
+    assert_eq!(skip(&run, "readme.txt")["reason"], "pattern-mismatch");
+
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 1, "the first real run reports it: {run:#}");
+    assert_eq!(run["outcome"], "skipped", "{run:#}");
+    let s = skip(&run, "readme.txt");
+    assert_eq!(s["reason"], "pattern-mismatch", "{s:#}");
+    assert_eq!(s["action_needed"], true, "{s:#}");
+    assert!(
+        s["detail"].as_str().unwrap().contains("reported once"),
+        "{s:#}"
+    );
+    let st = status_json(&w, "shop");
+    assert_eq!(st["failing"], true, "{st:#}");
+
+    for round in 0..2 {
+        let (code, run) = w.once_json("shop", &[]);
+        assert_eq!(code, 0, "round {round}: reported already: {run:#}");
+        assert_eq!(run["outcome"], "no-file", "{run:#}");
+        let s = skip(&run, "readme.txt");
+        assert_eq!(s["reason"], "ignored", "{s:#}");
+        assert_eq!(s["action_needed"], false, "{s:#}");
+        assert!(
+            s["detail"].as_str().unwrap().contains("until it changes"),
+            "{s:#}"
+        );
+    }
+    let st = status_json(&w, "shop");
+    assert_eq!(st["failing"], false, "{st:#}");
+    assert_eq!(st["last_run"]["skipped_by_reason"]["ignored"], 1, "{st:#}");
+    let text = status_text(&w);
+    assert!(
+        text.contains("readme.txt: ignored — does not match pattern"),
+        "{text}"
+    );
+
+    // Changed: a new file to the run, reported again.
+    w.write("inbox/shop/readme.txt", "how to send files, v2\n");
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 1, "{run:#}");
+    assert_eq!(skip(&run, "readme.txt")["reason"], "pattern-mismatch");
+    // Gone for a run, then back unchanged: forgotten, so reported again.
+    let bytes = std::fs::read(w.inbox("shop").join("readme.txt")).unwrap();
+    std::fs::remove_file(w.inbox("shop").join("readme.txt")).unwrap();
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(
+        (code, run["outcome"].as_str()),
+        (0, Some("no-file")),
+        "{run:#}"
+    );
+    w.write("inbox/shop/readme.txt", bytes);
+    let (code, _) = w.once_json("shop", &[]);
+    assert_eq!(code, 1);
+    // A credited delivery beside a known stray: `ok`.
+    w.write("inbox/shop/a.csv", "NM0000000001,k1,10\n");
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!((code, run["outcome"].as_str()), (0, Some("ok")), "{run:#}");
+}
+
+/// `ignore = ["*.txt", …]`: such names are never reported, only listed as
+/// ignored; a name that matches `pattern` is taken whatever `ignore` says
+/// (case as `pattern`); a glob that does not parse is a config error.
+#[test]
+fn ignore_silences_names_that_are_not_deliveries() {
+    let w = setup(
+        "shop",
+        "ready = \"immediate\"\nignore = [\"*.txt\", \"*.csv\", \"Thumbs.db\"]",
+    );
+    w.write("inbox/shop/readme.TXT", "notes\n");
+    w.write("inbox/shop/Thumbs.db", "x");
+    w.write("inbox/shop/a.csv", "NM0000000001,k1,10\n");
+    let (code, run) = w.once_json("shop", &[]);
+    assert_eq!(code, 0, "{run:#}");
+    assert_eq!(run["outcome"], "ok", "{run:#}");
+    assert_eq!(w.balance("NM0000000001"), 10, "pattern wins over ignore");
+    let s = skip(&run, "readme.TXT");
+    assert_eq!(s["reason"], "ignored");
+    assert!(s["detail"].as_str().unwrap().contains("\"*.txt\""), "{s:#}");
+    assert_eq!(skip(&run, "Thumbs.db")["reason"], "ignored");
+
+    w.config(&partner(&w, "shop", "ignore = [\"[\"]"));
+    let o = w.run(&["check"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("`ignore` \"[\" is not a glob"), "{out}");
+}

@@ -88,6 +88,7 @@ fn sftp_fetch_is_at_least_half_the_openssh_client() {
                 after: After::Keep,
                 move_failed: None,
                 errors_dir: None,
+                ignore: vec![],
                 timeout: Duration::from_secs(60),
                 retries: 0,
             },

@@ -38,6 +38,7 @@ fn config(
             after: After::Keep,
             move_failed: None,
             errors_dir: Some("errors".into()),
+            ignore: vec![],
             timeout: Duration::from_secs(3),
             retries: 2,
         },

@@ -57,6 +57,7 @@ impl Fx {
                 after: After::Keep,
                 move_failed: None,
                 errors_dir: Some("errors".into()),
+                ignore: vec![],
                 timeout: Duration::from_secs(5),
                 retries: 0,
             },

@@ -291,6 +291,9 @@ impl Source for Recording {
     fn upload(&mut self, dir: &str, name: &str, data: &[u8]) -> Result<(), SourceError> {
         self.inner.upload(dir, name, data)
     }
+    fn folder(&mut self, dir: &str) -> Result<milebatch::source::Folder, SourceError> {
+        self.inner.folder(dir)
+    }
 }
 
 #[test]

@@ -336,3 +336,84 @@ fn api_keys_are_created_listed_authenticated_and_revoked_alike() {
         }
     });
 }
+
+/// `insert_id` (the hot one-row insert: the audit row of every
+/// `members/verify`) gives the new row's id on both engines, inside a
+/// transaction and out of one, and stray files are remembered per partner
+/// and name with their listing entry.
+#[test]
+fn insert_id_and_strays_behave_alike() {
+    each_engine(|u| {
+        let db = &*u.db;
+        let e = milebatch::audit::Entry {
+            actor: "cli:test",
+            action: "api-key-create",
+            partner: Some("shop"),
+            detail: "x",
+            client: None,
+        };
+        let now = Utc::now();
+        let a = store::audit::append(db, &e, now).unwrap();
+        let b = store::write(db, |d| store::audit::append(d, &e, now)).unwrap();
+        assert!(b > a, "{}: {a} then {b}", u.name);
+        assert_eq!(
+            db.query(
+                "SELECT count(*) FROM audit WHERE id IN (?1, ?2)",
+                milebatch::store_args![a, b]
+            )
+            .unwrap()[0]
+                .int(0)
+                .unwrap(),
+            2,
+            "{}",
+            u.name
+        );
+
+        use store::strays;
+        let at = "2026-12-04T03:00:00Z";
+        assert_eq!(
+            strays::reported_at(db, "shop", "r.txt", 5, None).unwrap(),
+            None
+        );
+        strays::record(db, "shop", "r.txt", 5, None, at).unwrap();
+        strays::record(db, "shop", "n.txt", 7, Some(1700000000), at).unwrap();
+        assert_eq!(
+            strays::reported_at(db, "shop", "r.txt", 5, None)
+                .unwrap()
+                .as_deref(),
+            Some(at),
+            "{}: a NULL mtime matches a NULL mtime",
+            u.name
+        );
+        assert!(
+            strays::reported_at(db, "shop", "n.txt", 7, Some(1700000000))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            strays::reported_at(db, "shop", "n.txt", 8, Some(1700000000))
+                .unwrap()
+                .is_none()
+        );
+        assert!(strays::reported_at(db, "shop", "n.txt", 7, None)
+            .unwrap()
+            .is_none());
+        assert!(strays::reported_at(db, "other", "r.txt", 5, None)
+            .unwrap()
+            .is_none());
+        // Changed: recorded again over the old entry.
+        strays::record(db, "shop", "r.txt", 6, None, "2026-12-05T03:00:00Z").unwrap();
+        assert!(strays::reported_at(db, "shop", "r.txt", 5, None)
+            .unwrap()
+            .is_none());
+        strays::forget_gone(db, "shop", &["r.txt"]).unwrap();
+        assert!(
+            strays::reported_at(db, "shop", "n.txt", 7, Some(1700000000))
+                .unwrap()
+                .is_none()
+        );
+        assert!(strays::reported_at(db, "shop", "r.txt", 6, None)
+            .unwrap()
+            .is_some());
+    });
+}

@@ -1,4 +1,4 @@
-//! `milebatch check [--connect]`.
+//! `milebatch check [--connect [--no-write-probe]]`.
 
 use std::process::ExitCode;
 
@@ -11,9 +11,18 @@ use crate::{check, daemon};
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// Also connect to each partner's server (host key, login), list the
-    /// inbox and count the files matching the pattern. Changes nothing.
+    /// inbox, count the files matching the pattern, and check the folders a
+    /// run writes to (`after = "move:…"`, `move_failed`, `errors_dir`): that
+    /// each is a folder (or missing: the run creates it) and can be written,
+    /// by writing one probe file `.milebatch-check-probe-…` into it and
+    /// removing it again. Nothing else is changed on the server.
     #[arg(long)]
     pub connect: bool,
+    /// With --connect: only look at the folders, write no probe file (the
+    /// server is left exactly as it was; whether a folder is writable is
+    /// then not known).
+    #[arg(long, requires = "connect")]
+    pub no_write_probe: bool,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
@@ -36,10 +45,16 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
             if !pc.problems.is_empty() {
                 continue;
             }
-            let c = check::connect(p, today);
+            let c = check::connect(p, today, !args.no_write_probe);
             if let Some(e) = &c.error {
                 pc.problems
                     .push(format!("connecting to {}: {e}", c.location));
+            }
+            for f in &c.folders {
+                if let Some(e) = &f.error {
+                    pc.problems
+                        .push(format!("folder {}/ on {}: {e}", f.dir, c.location));
+                }
             }
             pc.connect = Some(c);
         }
@@ -113,6 +128,9 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
                         c.pattern, c.location
                     ),
                     None => println!("    connect: FAILED (see below)"),
+                }
+                for f in &c.folders {
+                    println!("    {}", f.for_people());
                 }
             } else if connect {
                 println!("    connect: not tried (fix the problems below first)");

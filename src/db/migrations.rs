@@ -373,4 +373,18 @@ CREATE TABLE api_cursor_key(
 );
 INSERT INTO api_cursor_key(id, key) VALUES (1, randomblob(32));
 "#,
+    // 16: stray files (src/store/strays.rs): an inbox name matching
+    // neither `pattern` nor `ignore` is reported by the run that first sees
+    // it, then listed as ignored while its listing entry stays the same.
+    // `mtime` is NULL when the server gives none.
+    r#"
+CREATE TABLE stray_files(
+    partner     TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime       INTEGER,
+    reported_at TEXT NOT NULL,          -- RFC 3339 UTC
+    PRIMARY KEY (partner, name)
+);
+"#,
 ];

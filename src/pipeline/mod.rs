@@ -287,10 +287,18 @@ impl RunReport {
     /// `missed` only for a scheduled run of an `expect_file` partner that
     /// found nothing new at all (files already credited do not count).
     fn outcome_name(&self, expect_file: bool, trigger: Trigger) -> &'static str {
-        let only_seen = self
+        // Ignored names are not deliveries: a run that found only them
+        // found no file (and may have `missed` one).
+        let only_seen = self.skipped.iter().all(|s| {
+            matches!(
+                s.reason,
+                pickup::SkipReason::AlreadySeen | pickup::SkipReason::Ignored
+            )
+        });
+        let not_ignored = self
             .skipped
             .iter()
-            .all(|s| s.reason == pickup::SkipReason::AlreadySeen);
+            .any(|s| s.reason != pickup::SkipReason::Ignored);
         if self.error.is_some() {
             "failed"
         } else if !self
@@ -308,7 +316,7 @@ impl RunReport {
         } else if expect_file && !matches!(trigger, Trigger::Manual | Trigger::RunNow) && only_seen
         {
             "missed"
-        } else if !self.skipped.is_empty() {
+        } else if not_ignored {
             "skipped"
         } else {
             "no-file"
@@ -510,6 +518,9 @@ fn run_inner(
         opts.now,
         partner.pgp.is_some(),
     )?;
+    if !opts.dry_run {
+        pickup::remember_strays(&conn, &partner.id, &listing, opts.now)?;
+    }
     report.skipped.append(&mut listing.skipped);
     let archive_dir = pickup::archive_dir(data_dir, &partner.id);
     // Files ready now go first; `stable:` files too young to judge are
@@ -1102,6 +1113,13 @@ mod tests {
         assert_eq!(name(&r, false, Trigger::Schedule), "no-file");
         assert_eq!(name(&r, true, Trigger::Schedule), "missed");
         assert_eq!(name(&r, true, Trigger::Manual), "no-file");
+        // Ignored names (`ignore`, a stray already reported) are no
+        // delivery either, and need nobody.
+        r.skipped.push(skip(SkipReason::Ignored));
+        assert_eq!(name(&r, false, Trigger::Schedule), "no-file");
+        assert_eq!(name(&r, true, Trigger::Schedule), "missed");
+        assert!(r.is_clean());
+        r.skipped.clear();
         // A file still in the inbox after its credit is no new delivery.
         r.skipped.push(skip(SkipReason::AlreadySeen));
         assert_eq!(name(&r, true, Trigger::Schedule), "missed");

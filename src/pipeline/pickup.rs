@@ -42,8 +42,12 @@ pub enum SkipReason {
     /// Same name and content as a refused (or duplicate) file: needs a
     /// corrected file or a re-delivery under another name.
     RefusedContent,
-    /// The name does not match `pattern`.
+    /// The name does not match `pattern` (nor `ignore`), seen for the
+    /// first time as it is now: reported once (see `store::strays`).
     PatternMismatch,
+    /// Not a delivery, by the partner's settings: the name matches
+    /// `ignore`, or it is a stray already reported unchanged.
+    Ignored,
     /// Over `max_size`.
     TooLarge,
     /// A name that could escape the inbox or is not printable.
@@ -62,6 +66,7 @@ impl SkipReason {
             SkipReason::AlreadySeen => "already-seen",
             SkipReason::RefusedContent => "refused-content",
             SkipReason::PatternMismatch => "pattern-mismatch",
+            SkipReason::Ignored => "ignored",
             SkipReason::TooLarge => "too-large",
             SkipReason::UnsafeName => "unsafe-name",
             SkipReason::DoneFileMissing => "done-file-missing",
@@ -172,6 +177,11 @@ pub struct Listing {
     pub watch: Vec<Watched>,
     /// Listed and not taken.
     pub skipped: Vec<Skip>,
+    /// Strays seen for the first time (or changed since reported): the
+    /// caller records them ([`remember_strays`]) unless it is a dry run.
+    pub new_strays: Vec<RemoteFile>,
+    /// Every name the listing gave (for forgetting strays that are gone).
+    pub listed: Vec<String>,
 }
 
 /// A file `stable:` has to watch until `until`.
@@ -207,7 +217,10 @@ pub fn survey_for(
 ) -> Result<Listing, PipelineError> {
     let listing = list(source, pickup, partner)?;
     let started = Instant::now();
-    let mut out = Listing::default();
+    let mut out = Listing {
+        listed: listing.iter().map(|f| f.name.clone()).collect(),
+        ..Listing::default()
+    };
     for f in &listing {
         if !safe_name(&f.name) {
             out.skipped.push(Skip::new(
@@ -228,11 +241,8 @@ pub fn survey_for(
         }
         let plain_name = super::pgp::strip_suffix(&f.name).filter(|_| encrypted);
         if !pickup.matches(&f.name) && !plain_name.is_some_and(|n| pickup.matches(n)) {
-            out.skipped.push(Skip::new(
-                &f.name,
-                SkipReason::PatternMismatch,
-                mismatch_detail(pickup, &f.name),
-            ));
+            out.skipped
+                .push(stray(conn, pickup, partner, f, &mut out.new_strays)?);
             continue;
         }
         if let Some(e) = earlier_listing(conn, partner, f).map_err(db)? {
@@ -308,6 +318,72 @@ fn stable_left(
     let left_ms = ready_at_ms - now.timestamp_millis();
     // An mtime in the future (a fast server clock) is watched for `dur`.
     (left_ms > 0).then(|| Duration::from_millis(left_ms as u64).min(dur))
+}
+
+/// The skip for a name that does not match `pattern`: ignored when it
+/// matches `ignore` or was reported before exactly as it is now; otherwise
+/// a `pattern-mismatch` that needs action, and a new stray for the caller
+/// to record.
+fn stray(
+    conn: &Connection,
+    pickup: &Pickup,
+    partner: &str,
+    f: &RemoteFile,
+    new_strays: &mut Vec<RemoteFile>,
+) -> Result<Skip, PipelineError> {
+    if let Some(g) = pickup.ignored_by(&f.name) {
+        return Ok(Skip::new(
+            &f.name,
+            SkipReason::Ignored,
+            format!("matches `ignore` {:?}: not a delivery", g.as_str()),
+        ));
+    }
+    let reported = crate::store::strays::reported_at(conn, partner, &f.name, f.size, f.mtime)
+        .map_err(|e| PipelineError::Db(e.into()))?;
+    Ok(match reported {
+        Some(at) => Skip::new(
+            &f.name,
+            SkipReason::Ignored,
+            format!(
+                "does not match pattern {:?}; reported at {at} and ignored since, until it \
+                 changes. Remove it from the server, or add it to `ignore` to stop seeing it",
+                pickup.pattern.as_str()
+            ),
+        ),
+        None => {
+            new_strays.push(f.clone());
+            Skip::new(
+                &f.name,
+                SkipReason::PatternMismatch,
+                format!(
+                    "{} (reported once: later runs list it as ignored until it changes; \
+                     `ignore = [\"…\"]` silences such names for good)",
+                    mismatch_detail(pickup, &f.name)
+                ),
+            )
+        }
+    })
+}
+
+/// Record the run's new strays (see `store::strays`) and forget those no
+/// longer listed. A real run calls it; a dry run does not.
+pub fn remember_strays(
+    conn: &Connection,
+    partner: &str,
+    listing: &Listing,
+    now: DateTime<Utc>,
+) -> Result<(), PipelineError> {
+    use crate::store::strays;
+    let at = crate::db::now_text(now);
+    let names: Vec<&str> = listing.listed.iter().map(String::as_str).collect();
+    crate::store::write(conn, |db| {
+        strays::forget_gone(db, partner, &names)?;
+        for f in &listing.new_strays {
+            strays::record(db, partner, &f.name, f.size, f.mtime, &at)?;
+        }
+        Ok::<_, crate::store::StoreError>(())
+    })
+    .map_err(|e| PipelineError::Db(e.into()))
 }
 
 fn mismatch_detail(pickup: &Pickup, name: &str) -> String {
@@ -618,6 +694,7 @@ mod tests {
             after: After::Keep,
             move_failed: None,
             errors_dir: None,
+            ignore: vec![],
             timeout: Duration::from_secs(5),
             retries: 0,
         }

@@ -52,6 +52,11 @@ pub struct Pickup {
     pub move_failed: Option<String>,
     /// Server-side folder for error reports (`None`: not uploaded).
     pub errors_dir: Option<String>,
+    /// `ignore = ["*.txt", …]`: names that do not match `pattern` and are
+    /// not deliveries (a readme, the partner's own notes). Listed as
+    /// `ignored` in the run, never reported as needing action. A name that
+    /// matches `pattern` is taken whatever `ignore` says.
+    pub ignore: Vec<glob::Pattern>,
     pub timeout: Duration,
     pub retries: u32,
 }
@@ -277,6 +282,7 @@ pub struct RawSource {
     user: Option<String>,
     pattern: Option<String>,
     pattern_case: Option<String>,
+    ignore: Option<Vec<String>>,
     /// Bytes (an integer) or a size text ("1GiB", "500MB").
     max_size: Option<toml::Value>,
     timeout: Option<String>,
@@ -327,14 +333,21 @@ impl Pickup {
     /// Whether `name` matches `pattern` (case-insensitively unless
     /// `pattern_case = "sensitive"`).
     pub fn matches(&self, name: &str) -> bool {
-        self.pattern.matches_with(
-            name,
-            glob::MatchOptions {
-                case_sensitive: self.pattern_case_sensitive,
-                require_literal_separator: false,
-                require_literal_leading_dot: false,
-            },
-        )
+        self.pattern.matches_with(name, self.match_options())
+    }
+
+    /// The first `ignore` glob `name` matches (same case rule as `pattern`).
+    pub fn ignored_by(&self, name: &str) -> Option<&glob::Pattern> {
+        let o = self.match_options();
+        self.ignore.iter().find(|g| g.matches_with(name, o))
+    }
+
+    fn match_options(&self) -> glob::MatchOptions {
+        glob::MatchOptions {
+            case_sensitive: self.pattern_case_sensitive,
+            require_literal_separator: false,
+            require_literal_leading_dot: false,
+        }
     }
 }
 
@@ -357,6 +370,7 @@ impl SourceConfig {
                 "dir",
                 "pattern",
                 "pattern_case",
+                "ignore",
                 "max_size",
                 "ready",
                 "after",
@@ -370,6 +384,7 @@ impl SourceConfig {
                 "dir",
                 "pattern",
                 "pattern_case",
+                "ignore",
                 "max_size",
                 "timeout",
                 "retries",
@@ -394,6 +409,7 @@ impl SourceConfig {
                 "dir",
                 "pattern",
                 "pattern_case",
+                "ignore",
                 "max_size",
                 "timeout",
                 "retries",
@@ -689,6 +705,7 @@ impl RawSource {
             user,
             pattern,
             pattern_case,
+            ignore,
             max_size,
             timeout,
             retries,
@@ -737,6 +754,12 @@ impl RawSource {
                 ))
             }
         };
+        let mut ignore = vec![];
+        for g in self.ignore.iter().flatten() {
+            ignore.push(
+                glob::Pattern::new(g).map_err(|e| format!("`ignore` {g:?} is not a glob: {e}"))?,
+            );
+        }
         let max_size = match &self.max_size {
             None => DEFAULT_MAX_SIZE,
             Some(v) => parse_size(v)?,
@@ -791,6 +814,7 @@ impl RawSource {
             after,
             move_failed,
             errors_dir,
+            ignore,
             timeout,
             retries: self.retries.unwrap_or(3),
         })

@@ -535,6 +535,46 @@ impl Source for FtpSource {
         self.after(r, false)
     }
 
+    fn folder(&mut self, dir: &str) -> Result<super::Folder, SourceError> {
+        let r = (|| {
+            let conn = self.conn()?;
+            on!(conn, f => {
+                // FTP has no stat: a folder is what CWD enters (and CWD
+                // back restores the inbox as the working folder); what CWD
+                // refuses but SIZE measures is a file.
+                let home = f.pwd().map_err(|e| map_err(e, "PWD"))?;
+                match f.cwd(dir) {
+                    Ok(()) => {
+                        f.cwd(&home).map_err(|e| map_err(e, &format!("changing back to {home}")))?;
+                        Ok(super::Folder::Folder)
+                    }
+                    Err(FtpError::UnexpectedResponse(r)) if r.status.code() == 550 => {
+                        match f.size(dir) {
+                            Ok(_) => Ok(super::Folder::NotAFolder),
+                            Err(FtpError::UnexpectedResponse(r)) if r.status.code() == 550 => {
+                                Ok(super::Folder::Missing)
+                            }
+                            Err(e) => Err(map_err(e, &format!("checking {dir}"))),
+                        }
+                    }
+                    Err(e) => Err(map_err(e, &format!("checking {dir}"))),
+                }
+            })
+        })();
+        self.after(r, false)
+    }
+
+    fn remove_in(&mut self, dir: &str, name: &str) -> Result<(), SourceError> {
+        // Not `remove`: its "550 and no longer listed" rule looks at the
+        // inbox only, and would call a refused delete here done.
+        let path = format!("{dir}/{name}");
+        let r = (|| {
+            let conn = self.conn()?;
+            on!(conn, f => f.rm(&path)).map_err(|e| map_err(e, &format!("deleting {path}")))
+        })();
+        self.after(r, false)
+    }
+
     fn upload(&mut self, dir: &str, name: &str, data: &[u8]) -> Result<(), SourceError> {
         let r = (|| {
             self.mkdir_p(dir)?;

@@ -344,6 +344,12 @@ impl Source for HttpSource {
         Ok(())
     }
 
+    fn folder(&mut self, dir: &str) -> Result<super::Folder, SourceError> {
+        Err(SourceError::Permanent(format!(
+            "{dir}: an HTTP source has no folders"
+        )))
+    }
+
     /// PUT the report to `errors_url` (with the report's name appended when
     /// it ends in `/`); without `errors_url` there is nowhere to put it.
     fn upload(&mut self, _dir: &str, name: &str, data: &[u8]) -> Result<(), SourceError> {

@@ -96,6 +96,16 @@ impl Source for LocalSource {
         }
     }
 
+    fn folder(&mut self, dir: &str) -> Result<super::Folder, SourceError> {
+        let p = self.dir.join(dir);
+        match fs::metadata(&p) {
+            Ok(m) if m.is_dir() => Ok(super::Folder::Folder),
+            Ok(_) => Ok(super::Folder::NotAFolder),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(super::Folder::Missing),
+            Err(e) => Err(io_err(&p, e)),
+        }
+    }
+
     fn upload(&mut self, dir: &str, name: &str, data: &[u8]) -> Result<(), SourceError> {
         let to_dir = self.dir.join(dir);
         fs::create_dir_all(&to_dir).map_err(|e| io_err(&to_dir, e))?;

@@ -102,6 +102,31 @@ pub trait Source: Send {
     fn can_tidy(&self) -> bool {
         true
     }
+
+    /// What the sub-folder `dir` of the inbox (as `move_to` and `upload`
+    /// take it) is on the server now. Only reads: `check --connect` asks
+    /// this of every folder a run writes to. Sources that cannot tidy (HTTP)
+    /// have no folders and answer `Permanent`.
+    fn folder(&mut self, dir: &str) -> Result<Folder, SourceError>;
+
+    /// Delete `dir/name` (a file `upload` stored). Missing: `Ok`. Used by
+    /// `check --connect` to take its probe file away again.
+    fn remove_in(&mut self, dir: &str, name: &str) -> Result<(), SourceError> {
+        self.remove(&format!("{dir}/{name}"))
+    }
+}
+
+/// A sub-folder of the inbox, as [`Source::folder`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Folder {
+    /// Not there: the run creates it (and `check --connect`'s probe does).
+    Missing,
+    /// A folder (a symlink to one counts, as the server follows it).
+    Folder,
+    /// Something else (a file) is in the way: a run would credit files and
+    /// then fail to tidy them.
+    NotAFolder,
 }
 
 /// Connect to `host:port`, trying each address it resolves to with

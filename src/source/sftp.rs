@@ -593,6 +593,20 @@ impl Source for SftpSource {
         })
     }
 
+    fn folder(&mut self, dir: &str) -> Result<super::Folder, SourceError> {
+        let p = self.path(dir);
+        // stat, not lstat: the server follows a symlink to a folder when
+        // the run moves a file into it.
+        self.with(|sftp| match sftp.stat(&p) {
+            Ok(st) if st.is_dir() => Ok(super::Folder::Folder),
+            Ok(_) => Ok(super::Folder::NotAFolder),
+            Err(e) if is_code(&e, &[FX_NO_SUCH_FILE, FX_NO_SUCH_PATH]) => {
+                Ok(super::Folder::Missing)
+            }
+            Err(e) => Err(map_err(e, &format!("checking {}", p.display()))),
+        })
+    }
+
     fn upload(&mut self, dir: &str, name: &str, data: &[u8]) -> Result<(), SourceError> {
         let to_dir = self.path(dir);
         let tmp = remote_join(&to_dir.to_string_lossy(), &format!(".{name}.part"));

@@ -14,9 +14,9 @@ pub fn append<E: Exec + ?Sized>(
     e: &Entry<'_>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<i64, StoreError> {
-    let row = db.query(
+    db.insert_id(
         "INSERT INTO audit(at, actor, action, partner, detail, client) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         crate::store_args![
             crate::db::now_text(now).as_str(),
             e.actor,
@@ -25,11 +25,5 @@ pub fn append<E: Exec + ?Sized>(
             e.detail,
             e.client
         ],
-    )?;
-    row.first()
-        .ok_or(StoreError::Decode {
-            column: 0,
-            wanted: "a returned id",
-        })?
-        .int(0)
+    )
 }

@@ -299,6 +299,17 @@ CREATE TABLE api_cursor_key(
 INSERT INTO api_cursor_key(id, key)
 VALUES (1, decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
 "#,
+    // 16: stray files, as in SQLite's 16.
+    r#"
+CREATE TABLE stray_files(
+    partner     TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    size        BIGINT NOT NULL,
+    mtime       BIGINT,
+    reported_at TEXT NOT NULL,
+    PRIMARY KEY (partner, name)
+);
+"#,
 ];
 
 #[cfg(test)]

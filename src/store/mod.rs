@@ -29,6 +29,7 @@ mod postgres;
 pub mod run_requests;
 mod sql;
 mod sqlite;
+pub mod strays;
 
 pub use location::{Database, PasswordKeys, PgTarget, PgTls, RootCert, CONNECT_TIMEOUT};
 pub use postgres::{check as check_postgres, connect as connect_postgres, PgConn};
@@ -88,7 +89,7 @@ impl StoreError {
 /// - `sql` is written in SQLite's form with numbered placeholders (`?1`);
 ///   PostgreSQL gets it through [`to_postgres`]. Write it in the dialect
 ///   both engines share: `ON CONFLICT`, `RETURNING` (instead of
-///   `last_insert_rowid`), CTEs; times computed in Rust and bound as text
+///   `last_insert_rowid`; a hot one-row insert uses [`Exec::insert_id`]), CTEs; times computed in Rust and bound as text
 ///   or unix seconds, never `datetime('now')` / `now()`.
 /// - Integers are `i64` on both (PostgreSQL's columns are `BIGINT`);
 ///   `sum()` of a BIGINT is NUMERIC on PostgreSQL, so the shared text reads
@@ -113,6 +114,13 @@ pub trait Exec {
     fn query_opt(&self, sql: &str, args: &[Value<'_>]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, args)?.into_iter().next())
     }
+
+    /// Run `sql`, an INSERT of one row into a table whose key is `id`
+    /// (written without `RETURNING`); the new row's id. For the hot
+    /// inserts: SQLite runs every `RETURNING` through a temporary table of
+    /// its own, which made the audit row of `members/verify` a tenth of the
+    /// call's CPU; there the id is `last_insert_rowid()`.
+    fn insert_id(&self, sql: &str, args: &[Value<'_>]) -> Result<i64, StoreError>;
 }
 
 /// Run `f` in one write transaction: committed if it returns `Ok`, rolled

@@ -268,6 +268,16 @@ impl Exec for PgConn {
         Ok(self.client.borrow_mut().batch_execute(sql)?)
     }
 
+    fn insert_id(&self, sql: &str, args: &[Value<'_>]) -> Result<i64, StoreError> {
+        let row = self.query(&format!("{sql} RETURNING id"), args)?;
+        row.first()
+            .ok_or(StoreError::Decode {
+                column: 0,
+                wanted: "a returned id",
+            })?
+            .int(0)
+    }
+
     fn lock(&self, scope: &str) -> Result<(), StoreError> {
         self.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(?1, 0))",

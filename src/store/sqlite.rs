@@ -64,6 +64,12 @@ impl Exec for Connection {
         Ok(self.execute_batch(sql)?)
     }
 
+    fn insert_id(&self, sql: &str, args: &[Value<'_>]) -> Result<i64, StoreError> {
+        self.prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(args))?;
+        Ok(self.last_insert_rowid())
+    }
+
     fn lock(&self, _scope: &str) -> Result<(), StoreError> {
         // BEGIN IMMEDIATE (crate::store::write) holds the one write lock.
         Ok(())

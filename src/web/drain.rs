@@ -28,8 +28,9 @@ pub const DRAIN_MAX: usize = 64 * 1024;
 /// How long an early answer waits for the unread body.
 pub const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
-/// The middleware: see the module docs.
-pub async fn drain_unread(req: Request, next: Next) -> Response {
+/// Run `next` on `req`; an early answer first reads what is left of the
+/// request body (see the module docs). Called by the edge layer.
+pub async fn run_draining(req: Request, next: Next) -> Response {
     if req.body().is_end_stream() {
         return next.run(req).await;
     }
@@ -53,7 +54,7 @@ pub async fn drain_unread(req: Request, next: Next) -> Response {
 }
 
 /// The request body as handlers see it; dropped unfinished, it hands the
-/// rest back to [`drain_unread`].
+/// rest back to [`run_draining`].
 struct Returning {
     inner: Option<Body>,
     back: Option<oneshot::Sender<Body>>,

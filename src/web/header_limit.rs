@@ -4,10 +4,11 @@
 //!
 //! What must stay true:
 //! - up to [`MAX_HEADER_BYTES`] and [`MAX_HEADER_FIELDS`], a request reaches
-//!   the routes; past them, [`cap`] answers 431 through the application's
-//!   layers (so the answer has every header any answer has);
+//!   the routes; past them, [`refuse`] answers 431 in the edge layer
+//!   (so the answer has every header any answer has);
 //! - past the connection layer's hard bounds (`conn::MAX_HEADER_BUF`, what
-//!   hyper holds in memory for one head), HTTP/1.1 gets hyper's own
+//!   hyper holds in memory for one head, and hyper's 100 fields, the same
+//!   count as ours: a larger bound costs every request), HTTP/1.1 gets hyper's own
 //!   automatic 431, which `conn` replaces on the wire with [`http1_answer`];
 //!   HTTP/2 gets the protocol library's own 431 (its headers are HPACK
 //!   encoded on the way out and cannot be replaced): documented in
@@ -16,7 +17,6 @@
 
 use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::problem::Problem;
@@ -47,31 +47,37 @@ fn problem(detail: String) -> Problem {
     Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, KIND, TITLE).detail(detail)
 }
 
-/// The layer: 431 for a header section over the limits, before any route.
-pub async fn cap(req: Request, next: Next) -> Response {
+/// The 431 for a header section over the limits, or `None` to go on.
+/// Called by the edge layer (`super::edge`) before any route.
+pub fn refuse(req: &Request) -> Option<Response> {
     let fields = req.headers().len();
     if fields > MAX_HEADER_FIELDS {
-        return problem(format!(
-            "the request has {fields} header fields; at most {MAX_HEADER_FIELDS} are accepted: send fewer"
-        ))
-        .into_response();
+        return Some(
+            problem(format!(
+                "the request has {fields} header fields; at most {MAX_HEADER_FIELDS} are accepted: send fewer"
+            ))
+            .into_response(),
+        );
     }
-    let bytes = header_bytes(&req);
+    let bytes = header_bytes(req);
     if bytes > MAX_HEADER_BYTES {
-        return problem(format!(
-            "the request's headers are {bytes} bytes; at most {MAX_HEADER_BYTES} are accepted: send fewer or shorter headers"
-        ))
-        .into_response();
+        return Some(
+            problem(format!(
+                "the request's headers are {bytes} bytes; at most {MAX_HEADER_BYTES} are accepted: send fewer or shorter headers"
+            ))
+            .into_response(),
+        );
     }
-    next.run(req).await
+    None
 }
 
 /// The whole HTTP/1.1 answer that replaces hyper's automatic (bare) 431,
-/// sent when a head does not even fit the connection's read buffer. The
+/// sent when a head does not even fit the connection's read buffer or has
+/// more than hyper's 100 fields. The
 /// connection closes after it, as hyper's would.
 pub fn http1_answer(tls: bool) -> Vec<u8> {
     let body = serde_json::to_vec(&problem(format!(
-        "the request's headers are over {} bytes; at most {MAX_HEADER_BYTES} are accepted: send fewer or shorter headers",
+        "the request's headers are over {} bytes or more than {MAX_HEADER_FIELDS} fields; at most {MAX_HEADER_BYTES} bytes in {MAX_HEADER_FIELDS} fields are accepted: send fewer or shorter headers",
         super::conn::MAX_HEADER_BUF
     )))
     .unwrap_or_default();

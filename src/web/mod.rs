@@ -17,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod conn;
 pub mod drain;
+pub mod edge;
 pub mod header_limit;
 pub mod health;
 pub mod nofile;
@@ -127,11 +128,8 @@ pub fn router(state: AppState) -> Router {
         .merge(site::routes())
         .merge(api::routes())
         .fallback(site::fallback)
-        .with_state(state)
-        .layer(axum::middleware::from_fn(header_limit::cap))
-        .layer(axum::middleware::from_fn(drain::drain_unread));
-    // Outermost: the latency counted is the whole answer, headers included.
-    metrics.layer(with_security_headers(app, tls))
+        .with_state(state);
+    edge::layer(app, metrics, tls)
 }
 
 /// Over HTTPS, browsers are told to use nothing else for a year.
@@ -158,26 +156,19 @@ pub fn security_headers(tls: bool) -> impl Iterator<Item = (HeaderName, &'static
     SECURITY_HEADERS.into_iter().chain(hsts)
 }
 
-/// [`security_headers`] on every response of `app`, in one layer (a layer
-/// per header cost the API a future and a header-map probe each). A
-/// handler's own value of one of them stays, but for HSTS.
-fn with_security_headers(app: Router, tls: bool) -> Router {
-    app.layer(axum::middleware::map_response(
-        move |mut r: axum::response::Response| async move {
-            let h = r.headers_mut();
-            for (name, value) in SECURITY_HEADERS {
-                h.entry(name)
-                    .or_insert_with(|| HeaderValue::from_static(value));
-            }
-            if tls {
-                h.insert(
-                    header::STRICT_TRANSPORT_SECURITY,
-                    HeaderValue::from_static(HSTS),
-                );
-            }
-            r
-        },
-    ))
+/// [`security_headers`] on `r` (`edge` calls it for every response). A handler's own value of one of them stays, but for HSTS.
+pub fn add_security_headers(r: &mut axum::response::Response, tls: bool) {
+    let h = r.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        h.entry(name)
+            .or_insert_with(|| HeaderValue::from_static(value));
+    }
+    if tls {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
 }
 
 /// The TLS configuration of `[server]` (`None`: plain HTTP), loaded

@@ -94,6 +94,7 @@ pub fn test_pickup(retries: u32) -> Pickup {
         after: After::Move("processed".into()),
         move_failed: Some("failed".into()),
         errors_dir: Some("errors".into()),
+        ignore: vec![],
         timeout: Duration::from_secs(5),
         retries,
     }
@@ -297,6 +298,43 @@ pub fn upload(fx: &dyn Fixture) {
     assert!(list.is_empty(), "{list:?}");
 }
 
+/// `folder` tells a folder, a file in the way and nothing apart (nested
+/// too), reads only, and `remove_in` takes an uploaded file away again.
+pub fn folders(fx: &dyn Fixture) {
+    use milebatch::source::Folder;
+    let dir = fresh_inbox(fx, "folders");
+    fs::create_dir_all(dir.join("processed/2026")).unwrap();
+    chown(fx, &dir.join("processed"));
+    chown(fx, &dir.join("processed/2026"));
+    put(fx, &dir, "errors", b"a file where a folder should be");
+    let mut src = fx.source("folders");
+    assert_eq!(src.folder("processed").expect("folder"), Folder::Folder);
+    assert_eq!(
+        src.folder("processed/2026").expect("nested"),
+        Folder::Folder
+    );
+    assert_eq!(src.folder("errors").expect("file"), Folder::NotAFolder);
+    assert_eq!(src.folder("failed").expect("missing"), Folder::Missing);
+    assert!(!dir.join("failed").exists(), "folder() created something");
+    // the working folder is still the inbox afterwards
+    put(fx, &dir, "a.csv", b"x");
+    let names: Vec<String> = src
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert!(names.contains(&"a.csv".to_owned()), "{names:?}");
+
+    src.upload("processed", ".probe", b"p").expect("upload");
+    assert!(dir.join("processed/.probe").exists());
+    src.remove_in("processed", ".probe").expect("remove_in");
+    assert!(!dir.join("processed/.probe").exists(), "probe left");
+    assert!(dir.join("errors").exists());
+    let e = src.upload("errors", ".probe", b"p").unwrap_err();
+    assert!(!e.retryable(), "a file in the way is not transient: {e:?}");
+}
+
 fn temp_db() -> (tempfile::TempDir, rusqlite::Connection) {
     let d = tempfile::tempdir().unwrap();
     let c = milebatch::db::open(&d.path().join("t.sqlite")).unwrap();
@@ -460,6 +498,7 @@ pub fn run_all(fx: &dyn Fixture) {
     move_to(fx);
     remove(fx);
     upload(fx);
+    folders(fx);
     ready_done_file(fx);
     ready_stable(fx);
     tidy(fx);
