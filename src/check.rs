@@ -945,7 +945,8 @@ pub fn connect(p: &PartnerConfig, today: chrono::NaiveDate, probe: bool) -> Conn
             format!(".milebatch-check-probe-{nanos}-{}", std::process::id())
         });
         out.folders = check_folders(src.as_mut(), pickup, name.as_deref());
-        out.probe_file = name;
+        // No folder, no probe written.
+        out.probe_file = name.filter(|_| !out.folders.is_empty());
     }
     out
 }

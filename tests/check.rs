@@ -506,7 +506,7 @@ fn check_connect_logs_in_counts_matching_files_and_changes_nothing() {
         section("sftp-ok").contains(
             "folder processed/ (after): missing; the first run creates it (not written to: --no-write-probe)"
         ) && section("ftp-ok").contains("folder errors/ (errors_dir): missing")
-            && !section("https-today").contains("folder"),
+            && section("https-today").contains("folders: none (HTTP; an errors_url is not probed"),
         "{out}"
     );
     let lines = problems(&out);

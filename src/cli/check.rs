@@ -132,6 +132,16 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 for f in &c.folders {
                     println!("    {}", f.for_people());
                 }
+                if c.folders.is_empty() && c.error.is_none() {
+                    println!(
+                        "    folders: {}",
+                        if p.source.kind() == "http" {
+                            "none (HTTP; an errors_url is not probed: a PUT cannot be taken back)"
+                        } else {
+                            "none written to (after = \"keep\" or \"delete\", move_failed = \"keep\", errors_dir = \"none\")"
+                        }
+                    );
+                }
             } else if connect {
                 println!("    connect: not tried (fix the problems below first)");
             }
