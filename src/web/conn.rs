@@ -67,8 +67,8 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     // No `.max_headers(…)`: hyper's default is 100 fields, header_limit's
     // own cap, and a request over it gets hyper's bare 431, replaced on the
     // wire like the one for a head over MAX_HEADER_BUF. Setting it costs
-    // two heap arrays of that many entries on every request (measured:
-    // members/verify 13 % slower with 400).
+    // two heap arrays of that many entries on every request (with 400: part
+    // of a members/verify regression, docs/performance.md).
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BUF as u32)

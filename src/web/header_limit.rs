@@ -8,8 +8,8 @@
 //!   (so the answer has every header any answer has);
 //! - past the connection layer's hard bounds (`conn::MAX_HEADER_BUF`, what
 //!   hyper holds in memory for one head, and hyper's 100 fields, the same
-//!   count as ours: a larger bound costs every request), HTTP/1.1 gets hyper's own
-//!   automatic 431, which `conn` replaces on the wire with [`http1_answer`];
+//!   count as ours: a larger bound costs every request), HTTP/1.1 gets
+//!   hyper's own automatic 431, which `conn` replaces on the wire with [`http1_answer`];
 //!   HTTP/2 gets the protocol library's own 431 (its headers are HPACK
 //!   encoded on the way out and cannot be replaced): documented in
 //!   docs/api.md, and clients that honour `SETTINGS_MAX_HEADER_LIST_SIZE`
@@ -73,8 +73,8 @@ pub fn refuse(req: &Request) -> Option<Response> {
 
 /// The whole HTTP/1.1 answer that replaces hyper's automatic (bare) 431,
 /// sent when a head does not even fit the connection's read buffer or has
-/// more than hyper's 100 fields. The
-/// connection closes after it, as hyper's would.
+/// more than hyper's 100 fields. The connection closes after it, as
+/// hyper's would.
 pub fn http1_answer(tls: bool) -> Vec<u8> {
     let body = serde_json::to_vec(&problem(format!(
         "the request's headers are over {} bytes or more than {MAX_HEADER_FIELDS} fields; at most {MAX_HEADER_BYTES} bytes in {MAX_HEADER_FIELDS} fields are accepted: send fewer or shorter headers",

@@ -156,7 +156,8 @@ pub fn security_headers(tls: bool) -> impl Iterator<Item = (HeaderName, &'static
     SECURITY_HEADERS.into_iter().chain(hsts)
 }
 
-/// [`security_headers`] on `r` (`edge` calls it for every response). A handler's own value of one of them stays, but for HSTS.
+/// [`security_headers`] on `r` (`edge` calls it for every response). A
+/// handler's own value of one of them stays, but for HSTS.
 pub fn add_security_headers(r: &mut axum::response::Response, tls: bool) {
     let h = r.headers_mut();
     for (name, value) in SECURITY_HEADERS {
