@@ -374,16 +374,28 @@ pub fn remember_strays(
     now: DateTime<Utc>,
 ) -> Result<(), PipelineError> {
     use crate::store::strays;
+    let db_err = |e: crate::store::StoreError| PipelineError::Db(e.into());
+    // A read first: most runs have nothing to record or forget, and need
+    // not take the database's write lock for it.
+    let gone: Vec<String> = strays::names(conn, partner)
+        .map_err(db_err)?
+        .into_iter()
+        .filter(|n| !listing.listed.contains(n))
+        .collect();
+    if gone.is_empty() && listing.new_strays.is_empty() {
+        return Ok(());
+    }
     let at = crate::db::now_text(now);
-    let names: Vec<&str> = listing.listed.iter().map(String::as_str).collect();
     crate::store::write(conn, |db| {
-        strays::forget_gone(db, partner, &names)?;
+        for name in &gone {
+            strays::forget(db, partner, name)?;
+        }
         for f in &listing.new_strays {
             strays::record(db, partner, &f.name, f.size, f.mtime, &at)?;
         }
-        Ok::<_, crate::store::StoreError>(())
+        Ok(())
     })
-    .map_err(|e| PipelineError::Db(e.into()))
+    .map_err(db_err)
 }
 
 fn mismatch_detail(pickup: &Pickup, name: &str) -> String {

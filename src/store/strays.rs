@@ -52,25 +52,22 @@ pub fn record<E: Exec + ?Sized>(
     Ok(())
 }
 
-/// Forget the strays of `partner` whose names are not in `listed` (the
-/// names of the listing just made).
-pub fn forget_gone<E: Exec + ?Sized>(
-    db: &E,
-    partner: &str,
-    listed: &[&str],
-) -> Result<(), StoreError> {
-    let rows = db.query(
+/// The names recorded as strays of `partner`.
+pub fn names<E: Exec + ?Sized>(db: &E, partner: &str) -> Result<Vec<String>, StoreError> {
+    db.query(
         "SELECT name FROM stray_files WHERE partner = ?1",
         args![partner],
+    )?
+    .iter()
+    .map(|r| r.text(0))
+    .collect()
+}
+
+/// Forget the stray `name` of `partner` (it is no longer in the inbox).
+pub fn forget<E: Exec + ?Sized>(db: &E, partner: &str, name: &str) -> Result<(), StoreError> {
+    db.execute(
+        "DELETE FROM stray_files WHERE partner = ?1 AND name = ?2",
+        args![partner, name],
     )?;
-    for r in rows {
-        let name = r.text(0)?;
-        if !listed.contains(&name.as_str()) {
-            db.execute(
-                "DELETE FROM stray_files WHERE partner = ?1 AND name = ?2",
-                args![partner, &name],
-            )?;
-        }
-    }
     Ok(())
 }
