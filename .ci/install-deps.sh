@@ -193,3 +193,14 @@ else
     "$PYVENV/bin/pip" install -q "openapi-spec-validator==$OSV_VERSION" "schemathesis==$ST_VERSION" </dev/null
     log "installed openapi-spec-validator and schemathesis into $PYVENV"
 fi
+
+# aiosmtpd (PyPI): the real SMTP server of tests/notify.rs (STARTTLS,
+# implicit TLS, AUTH), in the same virtualenv.
+AIOSMTPD_VERSION=1.4.6
+if "$PYVENV/bin/pip" show aiosmtpd 2>/dev/null | grep -qx "Version: $AIOSMTPD_VERSION"; then
+    log "aiosmtpd present in $PYVENV"
+else
+    [[ $(id -u) -eq 0 ]] || { log "ERROR: installing aiosmtpd into $PYVENV needs root"; exit 1; }
+    "$PYVENV/bin/pip" install -q "aiosmtpd==$AIOSMTPD_VERSION" </dev/null
+    log "installed aiosmtpd into $PYVENV"
+fi

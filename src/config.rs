@@ -64,6 +64,9 @@ pub struct ServerConfig {
     /// How many connections `serve` holds and for how long (the `[server]`
     /// keys of docs/operations-server.md).
     pub limits: ConnLimits,
+    /// `public_url`: the site's address as people reach it (e.g.
+    /// `https://milebatch.example.jp`), for links in notifications.
+    pub public_url: Option<String>,
 }
 
 /// `[server]` connection limits. Every one is bounded: a client that
@@ -140,6 +143,13 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Business days: weekends, national holidays and `closed`.
     pub calendar: Calendar,
+    /// `[daemon.smtp]`: the server notification mail goes through.
+    pub smtp: Option<crate::notify::SmtpConfig>,
+    /// `[daemon.notify]`: what the operator's ops team is sent.
+    pub notify: Option<crate::notify::OpsNotify>,
+    /// `notify_retry`: the wait before a failed notification's first
+    /// retry; it doubles each time, at most an hour, for 24 hours.
+    pub notify_retry: Duration,
 }
 
 impl DaemonConfig {
@@ -246,6 +256,9 @@ pub struct PartnerConfig {
     pub summary: bool,
     /// `[partner.pgp]`: encrypted deliveries (`pipeline::pgp`).
     pub pgp: Option<crate::pipeline::pgp::PgpConfig>,
+    /// `[partner.notify]`: where this partner hears about its files
+    /// (`crate::notify`); `None`: nothing is sent to it, by design.
+    pub notify: Option<crate::notify::PartnerNotify>,
 }
 
 /// `expect_file`: when a scheduled run that finds no new file is a
@@ -450,6 +463,9 @@ struct RawDaemon {
     #[serde(default)]
     metrics_allow_remote: bool,
     closed: Option<Vec<Spanned<String>>>,
+    smtp: Option<Spanned<crate::notify::config::RawSmtp>>,
+    notify_retry: Option<Spanned<String>>,
+    notify: Option<Spanned<crate::notify::config::RawOpsNotify>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -471,6 +487,7 @@ struct RawServer {
     http2_keepalive_interval: Option<Spanned<String>>,
     http2_keepalive_timeout: Option<Spanned<String>>,
     http2_max_streams: Option<Spanned<u64>>,
+    public_url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -498,6 +515,7 @@ struct RawPartner {
     api: Option<Spanned<RawApi>>,
     summary: Option<Spanned<bool>>,
     pgp: Option<Spanned<crate::pipeline::pgp::RawPgp>>,
+    notify: Option<Spanned<crate::notify::config::RawPartnerNotify>>,
 }
 
 #[derive(Deserialize)]
@@ -671,7 +689,33 @@ impl Config {
                 &loc,
             )
             .map_err(invalid)?,
+            smtp: match &d.smtp {
+                None => None,
+                Some(s) => Some(
+                    crate::notify::SmtpConfig::from_raw(s.get_ref(), &resolve)
+                        .map_err(|m| invalid(loc.at(s, "`daemon.smtp`", m)))?,
+                ),
+            },
+            notify_retry: match &d.notify_retry {
+                None => crate::notify::DEFAULT_RETRY,
+                Some(s) => parse_duration(s.get_ref())
+                    .map_err(|m| invalid(loc.at(s, "`daemon.notify_retry`", m)))?,
+            },
+            notify: match &d.notify {
+                None => None,
+                Some(n) => Some(
+                    crate::notify::OpsNotify::from_raw(n.get_ref())
+                        .map_err(|m| invalid(loc.at(n, "`daemon.notify`", m)))?,
+                ),
+            },
         };
+        if let (Some(n), None) = (&d.notify, &daemon.smtp) {
+            return Err(invalid(loc.at(
+                n,
+                "`daemon.notify`",
+                "sends e-mail: it needs [daemon.smtp], the SMTP server to send through",
+            )));
+        }
         if let (Some(b), None) = (&d.backup, &daemon.backup_dir) {
             if daemon.backup.is_some() {
                 return Err(invalid(loc.at(
@@ -815,6 +859,21 @@ impl Config {
                         .map_err(|m| invalid(loc.at(g, &ctx("pgp"), m)))?,
                 ),
             };
+            let notify = match &p.notify {
+                None => None,
+                Some(n) => {
+                    let parsed = crate::notify::PartnerNotify::from_raw(n.get_ref(), &resolve)
+                        .map_err(|m| invalid(loc.at(n, &ctx("notify"), m)))?;
+                    if !parsed.email.is_empty() && daemon.smtp.is_none() {
+                        return Err(invalid(loc.at(
+                            n,
+                            &ctx("notify"),
+                            "`email` needs [daemon.smtp], the SMTP server to send through",
+                        )));
+                    }
+                    Some(parsed)
+                }
+            };
             partners.push(PartnerConfig {
                 name: p.name.unwrap_or_else(|| id.clone()),
                 id,
@@ -834,6 +893,7 @@ impl Config {
                 api,
                 summary,
                 pgp,
+                notify,
             });
         }
         Ok(Config {
@@ -912,11 +972,29 @@ fn server_config(
             loc,
         )?,
         limits: conn_limits(&r, loc)?,
+        public_url: match &r.public_url {
+            None => None,
+            Some(u) => {
+                Some(public_url(u.get_ref()).map_err(|m| loc.at(u, "`server.public_url`", m))?)
+            }
+        },
     })
 }
 
 /// `[server]`'s connection limits: every count at least 1, every time at
 /// least 1 s (a zero would close every connection, or none).
+/// `[server] public_url`: an absolute http(s) URL, kept without a
+/// trailing slash.
+fn public_url(u: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("{u:?} is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+        return Err(format!(
+            "{u:?} is not the site's address: write it as people open it, e.g. \"https://milebatch.example.jp\""
+        ));
+    }
+    Ok(u.trim_end_matches('/').to_owned())
+}
+
 fn conn_limits(r: &RawServer, loc: &Locator<'_>) -> Result<ConnLimits, String> {
     let d = ConnLimits::default();
     let count = |v: &Option<Spanned<u64>>, key: &str, default: u64| -> Result<u64, String> {

@@ -317,6 +317,7 @@ pub(crate) async fn run_observed(
         loops.spawn(partner_loop(shared.clone(), idx, catch_up));
     }
     loops.spawn(request_loop(shared.clone()));
+    loops.spawn(notify_loop(shared.clone()));
     if shared.config.daemon.verify.is_some() {
         loops.spawn(maintenance_loop(shared.clone(), Maintenance::Verify));
     }
@@ -602,6 +603,37 @@ async fn request_loop(sh: Arc<Shared>) {
     }
     for h in jobs {
         let _ = h.await;
+    }
+}
+
+/// Notifications: every [`crate::notify::INTERVAL`], route new events and
+/// send what is due, on a blocking thread (SMTP and webhooks have their
+/// own time limits). Stops at shutdown between two sends.
+async fn notify_loop(sh: Arc<Shared>) {
+    let mut shutdown = sh.shutdown.clone();
+    let conn: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(crate::notify::INTERVAL) => {}
+        }
+        let (conn, config, stop) = (conn.clone(), sh.config.clone(), sh.stop.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            with_conn(&conn, &config.daemon.database, |c| {
+                crate::notify::deliver(&config, c, Utc::now(), &stop).map_err(|e| e.to_string())
+            })
+        })
+        .await;
+        match done {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "notifications: the outbox could not be read; trying again")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "notifications: the sender panicked; trying again")
+            }
+        }
     }
 }
 

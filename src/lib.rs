@@ -19,6 +19,8 @@
 //!   the operator's closed days.
 //! - [`daemon`]: `milebatch run`: scheduling, catch-up, shutdown, systemd.
 //! - [`heartbeat`]: the daemon's last poll, for the dashboard and monitors.
+//! - [`notify`]: e-mail and signed webhooks about partners' files, from the
+//!   outbox written in the transaction of what they report.
 //! - [`money`]: after the credit: ledger verification (and its digest).
 //! - [`query`]: read-only views for the CLI (`files`, `history`, `status`).
 //! - [`audit`]: the append-only audit trail of sensitive actions.
@@ -43,6 +45,7 @@ pub mod heartbeat;
 pub mod members;
 pub mod metrics;
 pub mod money;
+pub mod notify;
 pub mod pipeline;
 pub mod query;
 pub mod schedule;

@@ -647,6 +647,21 @@ impl Metrics {
                 escape(p)
             );
         }
+        let n =
+            crate::store::outbox::counts(conn).map_err(crate::store::StoreError::into_sqlite)?;
+        header(
+            out,
+            "milebatch_notifications",
+            "gauge",
+            "notification deliveries (e-mail, webhooks) by state: pending (being sent or retried), failed (gave up after 24 h), unrouted (events not yet given their deliveries)",
+        );
+        for (state, v) in [
+            ("pending", n.pending),
+            ("failed", n.failed),
+            ("unrouted", n.unrouted),
+        ] {
+            let _ = writeln!(out, "milebatch_notifications{{state=\"{state}\"}} {v}");
+        }
         header(
             out,
             "milebatch_consecutive_failed_runs",

@@ -434,6 +434,37 @@ fn every_partners_toml_key_has_its_row() {
     );
 }
 
+#[test]
+fn every_notification_key_has_its_row() {
+    let code = read(&repo().join("src/notify/config.rs"));
+    let page = read(&docs().join("notifications.md"));
+    let mut missing = Vec::new();
+    for (name, heading) in [
+        ("RawSmtp", "## `[daemon.smtp]`"),
+        ("RawOpsNotify", "## `[daemon.notify]`"),
+        ("RawPartnerNotify", "## `[partner.notify]`"),
+    ] {
+        let keys = struct_fields(&code, name);
+        assert!(keys.len() >= 3, "{name}: found only {keys:?}");
+        // The rows of that table's own section.
+        let section = &page[page.find(heading).unwrap_or_else(|| panic!("no {heading}"))..];
+        let section = &section[heading.len()..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        for k in keys {
+            if !section
+                .lines()
+                .any(|l| l.starts_with(&format!("| `{k}` |")))
+            {
+                missing.push(format!("{heading} {k}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys without a row in docs/notifications.md: {missing:?}"
+    );
+}
+
 const SHELLS: [&str; 6] = ["sh", "bash", "shell", "console", "zsh", "shell-session"];
 
 /// Every fenced block of a chapter: (info string, body).

@@ -3,7 +3,8 @@
 //! database on the test process's throw-away cluster, migrated by
 //! milebatch). What it covers grows as concerns move behind
 //! `milebatch::store`; today: the schema (migrations, version, append-only
-//! rules), "run now" requests, API keys, and the audit rows they write.
+//! rules), "run now" requests, API keys, the audit rows they write, and the
+//! notifications outbox.
 
 mod common;
 
@@ -418,5 +419,140 @@ fn insert_id_and_strays_behave_alike() {
         assert!(strays::reported_at(db, "shop", "r.txt", 6, None)
             .unwrap()
             .is_some());
+    });
+}
+
+#[test]
+fn the_outbox_routes_leases_retries_and_gives_up_alike() {
+    use milebatch::store::outbox;
+    each_engine(|u| {
+        let db = &*u.db;
+        let now = Utc::now();
+        let t = now.timestamp();
+        // Written in a transaction that rolls back: no event.
+        let _ = store::write(db, |tx| {
+            outbox::enqueue(
+                tx,
+                "file.refused",
+                Some("shop"),
+                &serde_json::json!({}),
+                now,
+            )?;
+            Err::<(), StoreError>(StoreError::Decode {
+                column: 0,
+                wanted: "rollback",
+            })
+        });
+        assert_eq!(count(db, "SELECT count(*) FROM outbox"), 0, "{}", u.name);
+        let id = store::write(db, |tx| {
+            outbox::enqueue(
+                tx,
+                "file.refused",
+                Some("shop"),
+                &serde_json::json!({"file": {"id": 1}}),
+                now,
+            )
+        })
+        .unwrap();
+        assert!(id.starts_with("evt_") && id.len() == 28, "{id}");
+        let ops_only = store::write(db, |tx| {
+            outbox::enqueue(tx, "api_key.created", None, &serde_json::json!({}), now)
+        })
+        .unwrap();
+        let new = outbox::unrouted(db, 10).unwrap();
+        assert_eq!(
+            new.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+            vec![id.as_str(), ops_only.as_str()],
+            "{}",
+            u.name
+        );
+        assert_eq!(new[0].partner.as_deref(), Some("shop"));
+        assert_eq!(new[1].partner, None);
+        let routes = [
+            outbox::Route {
+                channel: "email",
+                target: "a@shop.example",
+                next_at: t,
+                give_up_at: t + 100,
+            },
+            outbox::Route {
+                channel: "webhook",
+                target: "https://h.example/",
+                next_at: t + 50,
+                give_up_at: t + 100,
+            },
+        ];
+        store::write(db, |tx| outbox::route(tx, &id, &routes)).unwrap();
+        // Routing twice adds nothing; an event with no route is routed too.
+        store::write(db, |tx| outbox::route(tx, &id, &routes)).unwrap();
+        store::write(db, |tx| outbox::route(tx, &ops_only, &[])).unwrap();
+        assert!(outbox::unrouted(db, 10).unwrap().is_empty());
+        assert_eq!(
+            outbox::counts(db).unwrap(),
+            outbox::Counts {
+                pending: 2,
+                failed: 0,
+                unrouted: 0
+            }
+        );
+
+        // Due now: only the e-mail; the webhook waits for its time.
+        let due = outbox::due(db, t, 10).unwrap();
+        assert_eq!(due.len(), 1, "{}", u.name);
+        let d = &due[0];
+        assert_eq!(
+            (d.channel.as_str(), d.event.event_id.as_str()),
+            ("email", id.as_str())
+        );
+        // One lease at a time, from a second connection too.
+        assert!(outbox::claim(db, d.id, t, t + 30).unwrap());
+        let other = (u.second)();
+        assert!(
+            !outbox::claim(&*other, d.id, t + 1, t + 31).unwrap(),
+            "{}",
+            u.name
+        );
+        assert!(outbox::due(db, t + 1, 10).unwrap().is_empty());
+        // The lease runs out: due again, same event id.
+        let again = outbox::due(db, t + 31, 10).unwrap();
+        assert_eq!(again[0].event.event_id, id);
+        // A failed attempt with a retry time, then one with none: failed.
+        outbox::attempt_failed(db, d.id, "refused", Some(t + 60)).unwrap();
+        assert!(outbox::due(db, t + 59, 10)
+            .unwrap()
+            .iter()
+            .all(|x| x.id != d.id));
+        outbox::attempt_failed(db, d.id, "refused again", None).unwrap();
+        assert_eq!(
+            outbox::counts(db).unwrap(),
+            outbox::Counts {
+                pending: 1,
+                failed: 1,
+                unrouted: 0
+            }
+        );
+        let unsent = outbox::unsent(db, 10).unwrap();
+        let failed = unsent.iter().find(|x| x.state == "failed").unwrap();
+        assert_eq!(
+            (failed.attempts, failed.last_error.as_deref()),
+            (2, Some("refused again"))
+        );
+        // The webhook is sent.
+        let w = outbox::due(db, t + 50, 10).unwrap();
+        assert_eq!(w[0].channel, "webhook");
+        assert!(outbox::claim(db, w[0].id, t + 50, t + 80).unwrap());
+        outbox::sent(db, w[0].id, "2026-12-04T00:00:00Z").unwrap();
+        assert_eq!(
+            outbox::counts(db).unwrap(),
+            outbox::Counts {
+                pending: 0,
+                failed: 1,
+                unrouted: 0
+            }
+        );
+        assert!(
+            !outbox::claim(db, w[0].id, t + 200, t + 230).unwrap(),
+            "a sent delivery is never claimed"
+        );
     });
 }

@@ -13,6 +13,7 @@ mod daemon;
 mod history;
 mod members;
 mod money;
+mod notify;
 mod once;
 mod output;
 mod serve;
@@ -132,6 +133,12 @@ pub enum Command {
     Retry(money::RetryArgs),
     /// Delivered files, newest first: outcome, counts, error report, reason.
     Files(history::FilesArgs),
+    /// Notifications (e-mail, webhooks): send a test, list what is not
+    /// delivered.
+    Notify {
+        #[command(subcommand)]
+        command: notify::NotifyCommand,
+    },
 }
 
 /// Until every command runs on PostgreSQL, one that does not yet refuses a
@@ -183,6 +190,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(a) => money::restore(cli, a),
         Command::Retry(a) => money::retry(cli, a),
         Command::Files(a) => history::files(cli, a),
+        Command::Notify { command } => notify::run(cli, command),
     }
 }
 

@@ -63,6 +63,19 @@ pub(super) fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<ExitCode> {
             print_run(r, dry_run, config.daemon.timezone);
         }
     }
+    if !dry_run {
+        // What the runs had to say goes out now; what cannot be sent is
+        // left to the daemon (or the next `once`) to retry. Never changes
+        // the exit code: a credit does not depend on its notification.
+        let conn = db::open(&config.daemon.database)?;
+        match crate::notify::deliver(&config, &conn, chrono::Utc::now(), &shutdown) {
+            Ok(d) if !json && d != crate::notify::Delivered::default() => {
+                println!("{}", super::notify::summary_line(&d));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "notifications not sent: they stay in the outbox"),
+        }
+    }
     Ok(if reports.iter().all(RunReport::is_clean) {
         ExitCode::SUCCESS
     } else {

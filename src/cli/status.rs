@@ -70,18 +70,33 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
             "last": last_backup,
         },
     });
+    let notifications = match &conn {
+        Some(c) => crate::store::outbox::counts(c)?,
+        None => Default::default(),
+    };
     if json {
         print_json(&serde_json::json!({
             "now": daemon::zoned(now, tz),
             "timezone": tz.to_string(),
             "verify": maintenance["verify"],
             "backup": maintenance["backup"],
+            "notifications": notifications,
             "partners": out,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("now {} ({tz})", timefmt::for_people(now, tz));
     print_maintenance(&maintenance, tz);
+    println!(
+        "notify    {} pending, {} failed{}",
+        notifications.pending,
+        notifications.failed,
+        if notifications.failed > 0 {
+            " (gave up after 24 h: `milebatch notify list` shows them and why)"
+        } else {
+            ""
+        }
+    );
     for v in &out {
         print_status(v, tz);
     }

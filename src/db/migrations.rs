@@ -387,4 +387,36 @@ CREATE TABLE stray_files(
     PRIMARY KEY (partner, name)
 );
 "#,
+    // 17: the notifications outbox (src/store/outbox.rs). An event is
+    // written in the transaction of what it reports; the daemon routes it
+    // to the channels configured then (one `deliveries` row per channel)
+    // and sends. `lease_until` (unix seconds) is the claim of the process
+    // sending it, so two senders never send the same delivery at once.
+    r#"
+CREATE TABLE outbox(
+    id         INTEGER PRIMARY KEY,
+    event_id   TEXT NOT NULL UNIQUE,    -- evt_…, the same on every retry
+    kind       TEXT NOT NULL,           -- file.refused, …
+    partner    TEXT,                    -- NULL: an operator-wide event
+    created_at TEXT NOT NULL,           -- RFC 3339 UTC
+    data       TEXT NOT NULL,           -- JSON: the event's fields
+    routed     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX outbox_unrouted ON outbox(id) WHERE routed = 0;
+CREATE TABLE deliveries(
+    id          INTEGER PRIMARY KEY,
+    event_id    TEXT NOT NULL,
+    channel     TEXT NOT NULL,          -- email | webhook | ops
+    target      TEXT NOT NULL,          -- addresses or URL, for people
+    state       TEXT NOT NULL,          -- pending | sent | failed
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_at     INTEGER NOT NULL,       -- unix seconds: not before
+    give_up_at  INTEGER NOT NULL,       -- unix seconds: failed after this
+    lease_until INTEGER,
+    last_error  TEXT,
+    sent_at     TEXT,
+    UNIQUE (event_id, channel)
+);
+CREATE INDEX deliveries_due ON deliveries(next_at) WHERE state = 'pending';
+"#,
 ];

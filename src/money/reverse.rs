@@ -297,6 +297,20 @@ pub fn reverse(
             client,
         },
     )?;
+    let what = match target {
+        Target::File(id) => serde_json::json!({ "file": id }),
+        Target::Exchange(id) => serde_json::json!({ "exchange": id }),
+    };
+    crate::notify::credits_reversed(
+        &*tx,
+        &partner,
+        reversal_id,
+        what,
+        rows as u64,
+        miles as u64,
+        now,
+    )
+    .map_err(crate::store::StoreError::into_sqlite)?;
     let done = find(&tx, target)?.expect("inserted above");
     tx.commit()?;
     tracing::info!(reversal = done.id, partner = %done.partner, %target, rows, miles, "reversed");

@@ -308,6 +308,28 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             st.digest.to_hex(),
         ],
     )?;
+    if counts.failed > 0 {
+        // In the credit's own transaction: the event exists exactly when
+        // the credit does (a dry run rolls both back).
+        crate::notify::file_credited_with_errors(
+            &*tx,
+            &p.id,
+            &crate::notify::FileFacts {
+                id: file_id,
+                name: &f.name,
+                channel: job.channel.as_str(),
+                received_at: &started,
+                rows: counts.rows,
+                credited: counts.credited,
+                failed: counts.failed,
+                miles: counts.miles,
+                failed_by_code: serde_json::from_str(&counts.by_code_json()).unwrap_or_default(),
+                file_code: None,
+            },
+            job.now,
+        )
+        .map_err(crate::store::StoreError::into_sqlite)?;
+    }
     // The report is in place before the commit: after a crash between the
     // two, the rerun rewrites it byte for byte.
     let report = finish_report(report)?;

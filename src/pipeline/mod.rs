@@ -927,6 +927,25 @@ fn record(
         params![id, path.display().to_string()],
     )
     .map_err(DbError::from)?;
+    crate::notify::file_refused(
+        &*tx,
+        &job.partner.id,
+        &crate::notify::FileFacts {
+            id,
+            name: &f.name,
+            channel: job.channel.as_str(),
+            received_at: &now_text(job.now),
+            rows: c.rows,
+            credited: 0,
+            failed: c.failed,
+            miles: 0,
+            failed_by_code: serde_json::from_str(&c.by_code_json()).unwrap_or_default(),
+            file_code: fr.file_code.map(FileCode::as_str),
+        },
+        fr.reason.as_deref().unwrap_or_default(),
+        job.now,
+    )
+    .map_err(|e| DbError::from(e.into_sqlite()))?;
     tx.commit().map_err(DbError::from)?;
     fr.id = Some(id);
     fr.report_path = Some(path);
@@ -941,7 +960,10 @@ fn finish_run(
 ) -> Result<(), DbError> {
     /// At most this many skips are kept per run (the counts are complete).
     const KEEP_SKIPS: usize = 100;
-    let conn = db::open(&config.daemon.database)?;
+    let mut conn = db::open(&config.daemon.database)?;
+    // The run's row, the partner's state and a missed-delivery event
+    // commit together.
+    let conn = conn.transaction()?;
     let now = now_text(Utc::now());
     let by_reason: serde_json::Map<String, serde_json::Value> = r
         .skipped_by_reason()
@@ -1008,6 +1030,11 @@ fn finish_run(
             failing_since = CASE WHEN ?2 THEN NULL ELSE COALESCE(failing_since, ?3) END",
         params![r.partner, ok, now_text(opts.now), last_error],
     )?;
+    if r.outcome == "missed" {
+        crate::notify::delivery_missed(&*conn, &r.partner, run_id, &now_text(opts.now), Utc::now())
+            .map_err(|e| DbError::from(e.into_sqlite()))?;
+    }
+    conn.commit()?;
     Ok(())
 }
 

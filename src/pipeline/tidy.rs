@@ -199,12 +199,25 @@ pub fn record_failure(
     now: DateTime<Utc>,
 ) -> rusqlite::Result<TidyFailure> {
     let error = error.to_string();
-    let failing_since: String = conn.query_row(
+    let now_s = now_text(now);
+    // The failure and, the first time, the partner's event commit together.
+    let tx = conn.unchecked_transaction()?;
+    let failing_since: String = tx.query_row(
         "UPDATE files SET tidy_error = ?2, tidy_failing_since = COALESCE(tidy_failing_since, ?3)
          WHERE id = ?1 RETURNING tidy_failing_since",
-        params![item.file_id, error, now_text(now)],
+        params![item.file_id, error, now_s],
         |r| r.get(0),
     )?;
+    if failing_since == now_s {
+        let partner: String = tx.query_row(
+            "SELECT partner FROM files WHERE id = ?1",
+            [item.file_id],
+            |r| r.get(0),
+        )?;
+        crate::notify::report_undelivered(&*tx, &partner, item.file_id, &item.name, &error, now)
+            .map_err(crate::store::StoreError::into_sqlite)?;
+    }
+    tx.commit()?;
     Ok(TidyFailure {
         file_id: item.file_id,
         name: item.name.clone(),

@@ -201,8 +201,9 @@ pub fn redact(u: &str) -> String {
     }
 }
 
-/// An error with its causes, without the URL reqwest would print.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its causes, without the URL reqwest would print (also
+/// the notification senders' one line).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

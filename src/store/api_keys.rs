@@ -135,6 +135,7 @@ pub fn create<E: Exec + ?Sized>(
             },
             at,
         )?;
+        crate::notify::api_key(tx, true, partner, &prefix, label, at)?;
         Ok(Created {
             key,
             info: KeyInfo {
@@ -205,6 +206,7 @@ pub fn revoke<E: Exec + ?Sized>(
             },
             at,
         )?;
+        crate::notify::api_key(tx, false, &k.partner, &k.prefix, &k.label, at)?;
         Ok(Some(k))
     })
 }

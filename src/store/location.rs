@@ -218,15 +218,18 @@ fn all_local(config: &postgres::Config) -> bool {
     use postgres::config::Host;
     config.get_hosts().iter().all(|h| match h {
         Host::Unix(_) => true,
-        Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
+        Host::Tcp(name) => is_loopback_name(name),
     }) && config.get_hostaddrs().iter().all(|a| a.is_loopback())
+}
+
+/// `localhost`, or a loopback address (`[::1]` with or without brackets).
+pub fn is_loopback_name(name: &str) -> bool {
+    name == "localhost"
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `%2F` and friends in `sslrootcert` (a path in a URL).

@@ -25,13 +25,16 @@ pub mod api_keys;
 pub mod audit;
 mod location;
 mod migrations_pg;
+pub mod outbox;
 mod postgres;
 pub mod run_requests;
 mod sql;
 mod sqlite;
 pub mod strays;
 
-pub use location::{Database, PasswordKeys, PgTarget, PgTls, RootCert, CONNECT_TIMEOUT};
+pub use location::{
+    is_loopback_name, Database, PasswordKeys, PgTarget, PgTls, RootCert, CONNECT_TIMEOUT,
+};
 pub use postgres::{check as check_postgres, connect as connect_postgres, PgConn};
 pub use sql::{to_postgres, Cell, Row, Value};
 
