@@ -796,6 +796,39 @@ mod tests {
     }
 
     #[test]
+    fn render_counts_notifications_by_state() {
+        use crate::store::outbox;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let conn = db::open(&path).unwrap();
+        let now = chrono::Utc::now();
+        let event = || {
+            let data = serde_json::json!({});
+            outbox::enqueue(&conn, "file.refused", Some("p"), &data, now).unwrap()
+        };
+        for _ in 0..3 {
+            let route = outbox::Route {
+                channel: "email",
+                target: "a@x",
+                next_at: 0,
+                give_up_at: 1,
+            };
+            outbox::route(&conn, &event(), &[route]).unwrap();
+        }
+        event(); // not routed yet
+        let first = outbox::due(&conn, 0, 1).unwrap()[0].id;
+        outbox::attempt_failed(&conn, first, "gone", None).unwrap();
+        let out = Metrics::new(path, vec![], None).render().unwrap();
+        for line in [
+            "milebatch_notifications{state=\"pending\"} 2",
+            "milebatch_notifications{state=\"failed\"} 1",
+            "milebatch_notifications{state=\"unrouted\"} 1",
+        ] {
+            assert!(out.contains(line), "{line} not in:\n{out}");
+        }
+    }
+
+    #[test]
     fn escapes_label_values() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(escape(&"x".repeat(500)).len(), MAX_LABEL_CHARS);

@@ -372,6 +372,36 @@ fn a_refused_file_over_implicit_tls_with_html_and_a_name_iso_2022_jp_cannot_carr
     );
 }
 
+/// The ops dashboard's HTML, fetched from a real `serve` (a certificate of
+/// its own CA) as an ops user.
+fn ops_dashboard(w: &Workspace) -> String {
+    let ca = TestCa::new();
+    let config = std::fs::read_to_string(w.config_path()).unwrap();
+    // [server] goes before the partners (a table of its own).
+    let at = config.find("[[partner]]").unwrap();
+    let server = common::serve::tls_server_section(&ca);
+    w.write(
+        "partners.toml",
+        format!("{}{server}\n{}", &config[..at], &config[at..]),
+    );
+    let add = w.ok(&["user", "add", "ops@operator.example", "--ops"]);
+    let password = add.lines().nth(1).unwrap().trim().to_owned();
+    let s = common::serve::Serve::start(w, Some(ca));
+    let c = s.client();
+    let r = c
+        .post(s.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("email=ops%40operator.example&password={password}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let sid = r.headers()["set-cookie"].to_str().unwrap();
+    let sid = sid.split(';').next().unwrap().to_owned();
+    let page = c.get(s.url("/ops")).header("cookie", sid).send().unwrap();
+    assert_eq!(page.status(), 200);
+    page.text().unwrap()
+}
+
 fn status_counts(w: &Workspace) -> serde_json::Value {
     let out = run_env(w, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -416,6 +446,18 @@ fn a_failing_webhook_is_retried_with_the_same_event_id_and_a_valid_signature() {
         list.contains("last error:") && list.contains("answered 500"),
         "{list}"
     );
+    // The ops dashboard shows it too.
+    let page = ops_dashboard(&w);
+    assert!(
+        page.contains("data-pending=\"1\" data-failed=\"0\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("一部の行がエラー")
+            && page.contains("Webhook")
+            && page.contains("answered 500"),
+        "{page}"
+    );
 
     h.set("ok");
     std::thread::sleep(Duration::from_millis(1100));
@@ -442,6 +484,51 @@ fn a_failing_webhook_is_retried_with_the_same_event_id_and_a_valid_signature() {
         "{body:#}"
     );
     assert_eq!(status_counts(&w)["pending"], 0);
+
+    // Keys and a reversal are events too, each signed, none naming a person.
+    let key = stdout(&run_env(
+        &w,
+        &[
+            "api-key",
+            "create",
+            "--partner",
+            "acme",
+            "--label",
+            "レジ 1",
+        ],
+    ));
+    let prefix = &key.trim()[..12];
+    assert!(run_env(&w, &["api-key", "revoke", prefix]).status.success());
+    assert!(
+        run_env(&w, &["reverse", "--file", "1", "--reason", "テスト"])
+            .status
+            .success()
+    );
+    let text = stdout(&run_env(&w, &["once"]));
+    assert!(text.contains("notifications: 3 sent"), "{text}");
+    let got = h.received();
+    let types: Vec<&str> = got[2..]
+        .iter()
+        .map(|r| r["body"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["api_key.created", "api_key.revoked", "credits.reversed"]
+    );
+    assert!(got.iter().all(|r| r["signature_ok"] == true));
+    assert_eq!(got[2]["body"]["data"]["key"]["prefix"], prefix);
+    assert_eq!(got[2]["body"]["data"]["key"]["label"], "レジ 1");
+    let rev = &got[4]["body"]["data"]["reversal"];
+    assert_eq!(
+        (rev["rows"].as_i64(), rev["miles"].as_i64()),
+        (Some(1), Some(100))
+    );
+    assert_eq!(rev["of"]["file"], 1);
+    assert!(
+        !got[4]["body"].to_string().contains("cli:"),
+        "no person named: {}",
+        got[4]["body"]
+    );
 
     // `notify test` against a receiver that fails: exit 1, the answer shown.
     h.set("fail");

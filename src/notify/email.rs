@@ -183,16 +183,7 @@ fn ops_line(config: &Config, ev: &Event) -> String {
     let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
     let partner = ev.partner.as_deref().unwrap_or("-");
     let name = config.partner(partner).map_or(partner, |p| p.name.as_str());
-    let title = match Kind::parse(&ev.kind) {
-        Some(Kind::FileErrors) => "一部の行がエラー",
-        Some(Kind::FileRefused) => "ファイルを拒否",
-        Some(Kind::DeliveryMissed) => "ファイル未着",
-        Some(Kind::ReportUndelivered) => "結果ファイルを書き込めない",
-        Some(Kind::KeyCreated) => "API キー作成",
-        Some(Kind::KeyRevoked) => "API キー無効化",
-        Some(Kind::CreditsReversed) => "積算の取り消し",
-        Some(Kind::Test) | None => "その他",
-    };
+    let title = Kind::parse(&ev.kind).map_or("その他", Kind::title_ja);
     let mut line = format!(
         "{} {name}（{partner}）: {title} [{}]",
         time(config, &ev.created_at),

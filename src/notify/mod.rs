@@ -90,6 +90,20 @@ impl Kind {
         }
     }
 
+    /// The event in a few Japanese words (ops mail, the ops dashboard).
+    pub fn title_ja(self) -> &'static str {
+        match self {
+            Kind::FileErrors => "一部の行がエラー",
+            Kind::FileRefused => "ファイルを拒否",
+            Kind::DeliveryMissed => "ファイル未着",
+            Kind::ReportUndelivered => "結果ファイルを書き込めない",
+            Kind::KeyCreated => "API キー作成",
+            Kind::KeyRevoked => "API キー無効化",
+            Kind::CreditsReversed => "積算の取り消し",
+            Kind::Test => "テスト通知",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::CONFIGURABLE
             .into_iter()

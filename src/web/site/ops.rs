@@ -132,6 +132,31 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
     })
     .await;
     let tz = state.config.daemon.timezone;
+    let notify = with_read(&state, move |c| {
+        let counts = crate::store::outbox::counts(c).map_err(|e| e.to_string())?;
+        let unsent = crate::store::outbox::unsent(c, 10).map_err(|e| e.to_string())?;
+        Ok((counts, unsent))
+    })
+    .await;
+    let (notify_counts, unsent) = match notify {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let unsent: Vec<_> = unsent
+        .into_iter()
+        .map(|d| {
+            minijinja::context! {
+                at => timefmt::stored_for_people(&d.created_at, tz),
+                partner => d.partner.as_deref().map(|p| super::partner_label(&state, p)).unwrap_or_default(),
+                event => crate::notify::Kind::parse(&d.kind).map_or(d.kind.as_str(), |k| k.title_ja()),
+                channel => match d.channel.as_str() { "email" => "メール", "webhook" => "Webhook", "ops" => "運用メール", other => other },
+                target => d.target,
+                failed => d.state == "failed",
+                attempts => d.attempts,
+                last_error => d.last_error,
+            }
+        })
+        .collect();
     let daemon = crate::heartbeat::status(&state.config.daemon.database, chrono::Utc::now());
     let daemon_at = daemon
         .last_poll
@@ -140,7 +165,8 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
     match rows {
         Ok(rows) => {
             let ctx = minijinja::context! {
-                rows => rows, daemon => daemon, daemon_at => daemon_at, ..page.ctx()
+                rows => rows, daemon => daemon, daemon_at => daemon_at,
+                notify => notify_counts, unsent => unsent, ..page.ctx()
             };
             render(StatusCode::OK, "ops_dashboard.html", ctx)
         }
