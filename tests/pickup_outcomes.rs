@@ -415,6 +415,12 @@ fn a_report_the_server_refuses_fails_the_run_until_a_later_tidy_delivers_it() {
     let st = status_json(&w, "web");
     assert_eq!(st["consecutive_failures"], 2, "{st:#}");
     assert_eq!(st["failing_since"], since.as_str(), "{st:#}");
+    // One report.undelivered event for the file, at its first failure, not
+    // one per run that fails again.
+    assert_eq!(
+        w.int("SELECT count(*) FROM outbox WHERE kind = 'report.undelivered' AND partner = 'web'"),
+        1
+    );
 
     // The server takes it again: delivered, the partner is healthy, and the
     // old error is kept as history.

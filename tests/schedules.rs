@@ -294,6 +294,14 @@ fn no_missed_delivery_on_a_closed_day() {
         ws.int("SELECT count(*) FROM runs WHERE partner = 'always' AND outcome = 'missed'"),
         1
     );
+    // The notification follows the same calendar: an event for the
+    // missed run only.
+    let missed_events = |p: &str| {
+        ws.int(&format!(
+            "SELECT count(*) FROM outbox WHERE kind = 'delivery.missed' AND partner = '{p}'"
+        ))
+    };
+    assert_eq!((missed_events("weekdays"), missed_events("always")), (0, 1));
     // Monday 2027-01-04 is a business day (no closed days configured).
     daemon_until(
         &ws,
@@ -306,6 +314,7 @@ fn no_missed_delivery_on_a_closed_day() {
         ws.int("SELECT count(*) FROM runs WHERE partner = 'weekdays' AND outcome = 'missed'"),
         1
     );
+    assert_eq!((missed_events("weekdays"), missed_events("always")), (1, 2));
 }
 
 /// Down over 年末年始 with `on_holiday = "skip"`: every run missed fell on
