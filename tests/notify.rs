@@ -323,7 +323,8 @@ fn a_refused_file_over_implicit_tls_with_html_and_a_name_iso_2022_jp_cannot_carr
     let ca = TestCa::new();
     let s = smtp(&w, &ca, "tls");
     w.write_config(
-        &smtp_section(&ca, s.port, "tls", "html = true"),
+        &(smtp_section(&ca, s.port, "tls", "html = true")
+            + "[daemon.notify]\nemail = [\"ops@operator.example\"]\ndigest = \"08:30\"\n"),
         &partner(
             &w,
             "acme",
@@ -340,7 +341,13 @@ fn a_refused_file_over_implicit_tls_with_html_and_a_name_iso_2022_jp_cannot_carr
         stdout(&out)
     );
     let mails = s.mails();
+    // Ops are on a daily digest: their mail waits for 08:30, not sent now.
     assert_eq!(mails.len(), 1);
+    let list = stdout(&run_env(&w, &["notify", "list"]));
+    assert!(
+        list.contains("1 pending") && list.contains("ops  ops@operator.example (0 attempts)"),
+        "{list}"
+    );
     let m = &mails[0];
     assert_eq!(m["tls"], true);
     assert_eq!(
