@@ -144,6 +144,22 @@ pub fn check(
     {
         daemon.push(p);
     }
+    // Notification mail: the SMTP password and CA file, read as the
+    // sender reads them.
+    if let Some(smtp) = &d.smtp {
+        let mut pc = PartnerCheck::default();
+        if let Some(pw) = &smtp.password {
+            check_secret("SMTP password", pw, &mut pc);
+        }
+        if let Some(ca) = &smtp.ca_file {
+            check_ca_file(ca, &mut pc);
+        }
+        daemon.extend(
+            pc.problems
+                .into_iter()
+                .map(|p| format!("[daemon.smtp] {p}")),
+        );
+    }
     let partners = config
         .partners
         .iter()
@@ -374,6 +390,12 @@ fn check_partner(p: &PartnerConfig, today: chrono::NaiveDate) -> PartnerCheck {
     };
     for (what, s) in secrets(&p.source) {
         check_secret(what, s, &mut pc);
+    }
+    if let Some(w) = p.notify.as_ref().and_then(|n| n.webhook.as_ref()) {
+        check_secret("[partner.notify] webhook secret", &w.secret, &mut pc);
+        if let Some(ca) = &w.ca_file {
+            check_ca_file(ca, &mut pc);
+        }
     }
     if let Some(g) = &p.pgp {
         // The keys as a run reads them: parsed, the passphrase tried.

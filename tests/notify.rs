@@ -643,3 +643,99 @@ fn an_unreachable_smtp_server_never_fails_a_credit() {
     assert!(list.contains("1 pending"), "{list}");
     assert!(list.to_lowercase().contains("refused"), "{list}");
 }
+
+/// A server that accepts connections and never says a word: each attempt
+/// takes the whole `timeout`. One attempt per pass, not one per mail.
+#[test]
+fn a_silent_smtp_server_costs_a_pass_one_timeout_not_one_per_mail() {
+    let w = Workspace::new();
+    let ca = TestCa::new();
+    // Bound and listening, never accepted: the kernel completes the
+    // handshake and the client waits for a greeting that never comes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    w.write_config(
+        &smtp_section(&ca, port, "starttls", "timeout = \"2s\""),
+        &partner(
+            &w,
+            "acme",
+            "ACME ストア",
+            "[partner.notify]\nemail = [\"tanto@acme.example\"]\n",
+        ),
+    );
+    w.members(5);
+    for n in 1..=3 {
+        w.write(
+            &format!("inbox/acme/orders-{n}.csv"),
+            format!("M000001,k{n},100\nNOBODY,x{n},5\n"),
+        );
+    }
+    let t = std::time::Instant::now();
+    let out = run_env(&w, &["once"]);
+    let took = t.elapsed();
+    let text = stdout(&out);
+    assert!(
+        text.contains("notifications: 0 sent, 1 to retry, 0 failed"),
+        "{text}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: more than one timeout\n{text}"
+    );
+    assert_eq!(
+        w.int("SELECT count(*) FROM ledger"),
+        3,
+        "every file credited"
+    );
+    let list = stdout(&run_env(&w, &["notify", "list"]));
+    assert!(list.contains("3 pending"), "{list}");
+    assert_eq!(list.matches("(1 attempts)").count(), 1, "{list}");
+    assert_eq!(list.matches("(0 attempts)").count(), 2, "{list}");
+    drop(silent);
+}
+
+#[test]
+fn check_finds_the_notification_secrets_that_are_not_there() {
+    let w = Workspace::new();
+    let ca = TestCa::new();
+    w.write_config(
+        &smtp_section(&ca, 2525, "starttls", ""),
+        &partner(
+            &w,
+            "acme",
+            "ACME ストア",
+            "[partner.notify]\nwebhook = \"https://127.0.0.1:9/x\"\nwebhook_secret_env = \"MB_NOT_SET_HOOK\"\n",
+        ),
+    );
+    let out = w
+        .cmd(&["check"])
+        .env_remove("MB_SMTP_PASSWORD")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "[daemon.smtp] SMTP password: environment variable MB_SMTP_PASSWORD is not set"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "[partner.notify] webhook secret: environment variable MB_NOT_SET_HOOK is not set"
+        ),
+        "{text}"
+    );
+    // With both set, nothing is said about them.
+    let out = w
+        .cmd(&["check"])
+        .env("MB_SMTP_PASSWORD", "x")
+        .env("MB_NOT_SET_HOOK", "y")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        !text.contains("is not set") && text.contains("ok: [partner.notify] webhook secret"),
+        "{text}"
+    );
+}

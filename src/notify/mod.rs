@@ -407,9 +407,21 @@ pub fn deliver(
     if !ops.is_empty() {
         batches.push(ops);
     }
+    // A server that failed once in this pass is not tried again in it: a
+    // dead SMTP server that takes its whole timeout must not hold the
+    // pass (or `once`) for every delivery behind it. Those wait, unclaimed
+    // and unchanged, for the next pass.
+    let mut broken = std::collections::HashSet::new();
+    let server = |d: &outbox::Due| match d.channel.as_str() {
+        "webhook" => d.target.clone(),
+        _ => "smtp".to_owned(),
+    };
     for batch in batches {
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
             break;
+        }
+        if broken.contains(&server(&batch[0])) {
+            continue;
         }
         let now_s = unix(Utc::now());
         let mut claimed = Vec::new();
@@ -431,6 +443,7 @@ pub fn deliver(
                     tracing::info!(event = %d.event.event_id, kind = %d.event.kind, channel = %d.channel, target = %d.target, "notification sent");
                 }
                 Err(e) => {
+                    broken.insert(server(d));
                     let next =
                         unix(Utc::now()) + backoff(d.attempts + 1, config.daemon.notify_retry);
                     let next = (next <= d.give_up_at).then_some(next);
