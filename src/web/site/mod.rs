@@ -512,7 +512,10 @@ mod tests {
                 searched => true, total => 1, page => 1, pages => 2, prev => "a=b", csv => "/history.csv?x",
                 partners => vec!["shop"], q_partner => "shop", q_mode => "prefix",
                 k => row.clone(), f => row.clone(), r => row.clone(), key => "mbk_x",
-                daemon => minijinja::context! { running => false, seconds_since_poll => 61 }, prefix => "mbk_1", enabled => false, notice => "n" };
+                daemon => minijinja::context! { running => false, seconds_since_poll => 61 }, prefix => "mbk_1", enabled => false, notice => "n",
+                notify => minijinja::context! { pending => 1, failed => 1, unrouted => 0 },
+                unsent => vec![minijinja::context! { at => "t", partner => "p", event => "e", channel => "c", target => "x",
+                    failed => true, attempts => 2, last_error => "e" }] };
             env()
                 .get_template(name)
                 .and_then(|t| t.render(ctx))
