@@ -1,11 +1,15 @@
 //! What people read on the site and in the files they open in Excel: numbers with 桁区切り and the Japanese
 //! words for the stored English values (channels, outcomes, member states,
-//! audit actions). Registered as template filters (`n`, `channel`,
-//! `outcome`, `member_status`, `action`).
+//! audit actions), and the row and file codes in plain words (the site's
+//! upload result and the notification mails share them). Registered as
+//! template filters (`n`, `channel`, `outcome`, `member_status`, `action`).
 //!
-//! What must stay true: only the screen uses these; CSV and JSON keep plain
-//! digits and the stored values. An unknown value is shown as it is stored
-//! (never hidden), so a new value is visible before it is translated.
+//! What must stay true: only the screen (and mail) uses these; CSV and JSON
+//! keep plain digits and the stored values. An unknown value is shown as it
+//! is stored (never hidden), so a new value is visible before it is
+//! translated.
+
+use crate::pipeline::validate::{Code, FileCode};
 
 /// `1234567` → `1,234,567` (and `-1234` → `-1,234`).
 pub fn digits(n: i64) -> String {
@@ -111,6 +115,36 @@ pub fn register(e: &mut minijinja::Environment<'static>) {
     e.add_filter("outcome", |v: String| outcome(&v));
     e.add_filter("member_status", |v: String| member_status(&v));
     e.add_filter("action", |v: String| action(&v));
+}
+
+/// A refusal in plain words, for the partner.
+pub fn file_code_text(code: FileCode) -> &'static str {
+    match code {
+        FileCode::F001 => "同じ内容のファイルがすでに積算されています（ファイル名が違っても、取得・アップロードのどちらでも同じです）。同じ交換を二重に積算しないため、このファイルは処理していません。",
+        FileCode::F002 => "CSV として読み取れません（64 KiB を超える行、または閉じられていない引用符があります）。",
+        FileCode::F003 => "データ行がありません（空のファイル、またはヘッダー行だけのファイルです）。",
+        FileCode::F004 => "エラーになった行の割合が上限を超えています。エラーファイルで各行の理由を確認し、直してからもう一度アップロードしてください。",
+        FileCode::F005 => "積算すると会員の残高が上限を超えます。",
+        FileCode::F006 => "以前に積算したファイルの再送と思われます（多くの行がすでに積算済みです）。新しい交換だけのファイルにしてください。",
+        FileCode::F007 => "1 行目はヘッダー行のはずですが、データ行になっています（その行を失わないよう、ファイル全体を処理していません）。",
+        FileCode::F008 => "暗号化ファイルを復号できません（当社の公開鍵で暗号化されていない、ファイルが途中で壊れている・改変されている）、または署名がない・署名を検証できません。正しい鍵で暗号化・署名して、もう一度送ってください。",
+    }
+}
+
+/// A row error code in plain words.
+pub fn code_text(code: Code) -> &'static str {
+    match code {
+        Code::E001 => "列の数が 3 ではありません",
+        Code::E002 => "会員が空です",
+        Code::E003 => "会員が見つかりません（会員IDまたは登録メールアドレス）",
+        Code::E004 => "会員が有効ではありません（停止中または退会済み）",
+        Code::E005 => "指定キーが空、または 64 文字を超えています",
+        Code::E006 => "マイルが正の整数ではありません",
+        Code::E007 => "マイルが 1 行あたりの上限を超えています",
+        Code::E008 => "同じ行がこのファイルの前の行にあります",
+        Code::E009 => "文字コードが正しくないか、制御文字（タブ・改行など）が含まれています",
+        Code::E010 => "指定キーはすでに積算されています",
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ fn code_lines(by_code: &Value) -> String {
             let words = crate::pipeline::validate::Code::ALL
                 .iter()
                 .find(|c| c.as_str() == code)
-                .map_or("", |c| crate::web::site::upload::code_text(*c));
+                .map_or("", |c| crate::words::code_text(*c));
             out.push_str(&format!("  {code} {words}: {} 件\n", n(count)));
         }
     }
@@ -59,7 +59,7 @@ fn file_code_words(code: &str) -> &'static str {
         .into_iter()
         .chain([FileCode::F008])
         .find(|c| c.as_str() == code)
-        .map_or("", crate::web::site::upload::file_code_text)
+        .map_or("", crate::words::file_code_text)
 }
 
 /// The mail a partner gets for `ev`.
