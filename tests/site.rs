@@ -836,14 +836,7 @@ async fn api_keys_page_creates_a_key_shown_once_and_revokes_after_confirmation()
     b.fill_labelled("名前（用途）", "POS 本番").await;
     b.click_button("キーを作成").await;
     b.shot("key-created").await;
-    let key = b
-        .client
-        .find(fantoccini::Locator::Id("new-key"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let key = text_at(&b, "#new-key").await;
     assert!(key.starts_with("mbk_") && key.len() == 44, "{key}");
     let prefix = key[..12].to_owned();
     assert_eq!(
@@ -976,6 +969,17 @@ async fn api_keys_page_creates_a_key_shown_once_and_revokes_after_confirmation()
     b.visit(&s.url("/keys"), "ops-keys").await;
     assert!(b.text().await.contains("404"));
     b.close().await;
+}
+
+/// The text of the first element matching `css`.
+async fn text_at(b: &Browser, css: &str) -> String {
+    b.client
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The attribute `attr` of the first element matching `css`.
@@ -1872,4 +1876,62 @@ fn audit_log_filters_and_exports_csv() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// The key-created page is POST → 303 → GET: the key comes from a flash
+/// kept for the session and is taken by the first GET, so reloading that
+/// page (or going back to it) never posts the form again, never makes a
+/// second key, and no longer shows the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_created_page_reloads_without_a_second_key_or_the_secret() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}\n[partner.api]\nenabled = true\ndaily_miles_limit = 1000\n",
+                    ws.scheduled_partner("shop", "daily 03:00")
+                )
+            },
+            |_| {},
+        )
+    })
+    .await
+    .unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("key-created-reload", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    b.visit(&s.url("/keys"), "keys").await;
+    b.fill_labelled("名前（用途）", "POS 本番").await;
+    b.click_button("キーを作成").await;
+    b.shot("key-created").await;
+    // The browser followed a redirect: what it shows was got by a GET.
+    assert_eq!(
+        b.client.current_url().await.unwrap().path(),
+        "/keys/created"
+    );
+    let key = text_at(&b, "#new-key").await;
+    assert!(key.starts_with("mbk_") && key.len() == 44, "{key}");
+
+    b.client.refresh().await.expect("reload");
+    b.shot("key-created-reloaded").await;
+    let t = b.text().await;
+    let html = b.client.source().await.unwrap();
+    assert!(
+        !html.contains(&key[12..]),
+        "the secret is not shown again: {t}"
+    );
+    assert!(t.contains("もう表示できません"), "{t}");
+    let list = ws.ok(&["api-key", "list", "--partner", "shop", "--json"]);
+    let keys: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(ws.int("SELECT count(*) FROM api_keys"), 1);
+    // Nothing of the secret was written anywhere in the database either.
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM sessions WHERE data LIKE '%{}%'",
+            &key[12..]
+        )),
+        0
+    );
+    b.close().await;
 }
