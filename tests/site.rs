@@ -836,7 +836,7 @@ async fn api_keys_page_creates_a_key_shown_once_and_revokes_after_confirmation()
     b.fill_labelled("名前（用途）", "POS 本番").await;
     b.click_button("キーを作成").await;
     b.shot("key-created").await;
-    let key = text_at(&b, "#new-key").await;
+    let key = b.text_at("#new-key").await;
     assert!(key.starts_with("mbk_") && key.len() == 44, "{key}");
     let prefix = key[..12].to_owned();
     assert_eq!(
@@ -969,17 +969,6 @@ async fn api_keys_page_creates_a_key_shown_once_and_revokes_after_confirmation()
     b.visit(&s.url("/keys"), "ops-keys").await;
     assert!(b.text().await.contains("404"));
     b.close().await;
-}
-
-/// The text of the first element matching `css`.
-async fn text_at(b: &Browser, css: &str) -> String {
-    b.client
-        .find(fantoccini::Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
 }
 
 /// The attribute `attr` of the first element matching `css`.
@@ -1909,7 +1898,7 @@ async fn key_created_page_reloads_without_a_second_key_or_the_secret() {
         b.client.current_url().await.unwrap().path(),
         "/keys/created"
     );
-    let key = text_at(&b, "#new-key").await;
+    let key = b.text_at("#new-key").await;
     assert!(key.starts_with("mbk_") && key.len() == 44, "{key}");
 
     b.client.refresh().await.expect("reload");

@@ -609,3 +609,51 @@ fn upload_explains_the_format_and_what_to_do_after_failed_rows() {
         "{page}"
     );
 }
+
+/// Issue 22: a refused file shows what it held. A duplicate (F001) and a
+/// re-send (F006) list their real row count on the files page and on
+/// the upload's result page, not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_duplicate_and_resend_show_their_row_counts() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let (file, _) = shop_file();
+    let first = ws.write("to-upload/a.csv", &file);
+    let again = ws.write("to-upload/again.csv", &file);
+    // Two of its three rows repeat a.csv's credited rows: a re-send.
+    let resend = ws.write(
+        "to-upload/b.csv",
+        cp932("M000001,注文-1,500\r\nm3@example.jp,注文-4,70\r\nM000008,注文-5,9\r\n"),
+    );
+    let mut b = Browser::start("refused-counts", Some(&pin)).await;
+    browser_log_in(&mut b, &s, "staff@shop.example", &pw).await;
+    upload(&mut b, &s, &first, false, "credited").await;
+    upload(&mut b, &s, &again, false, "duplicate").await;
+    assert!(b.text().await.contains("F001"));
+    assert_eq!(b.text_at("#rows").await, "4", "the duplicate's rows");
+    upload(&mut b, &s, &resend, false, "resend").await;
+    assert!(b.text().await.contains("F006"));
+    assert_eq!(b.text_at("#rows").await, "3", "the re-send's rows");
+
+    b.visit(&s.url("/files"), "files").await;
+    for (name, code, rows) in [("again.csv", "F001", "4"), ("b.csv", "F006", "3")] {
+        let id = ws.int(&format!("SELECT id FROM files WHERE name = '{name}'"));
+        let row = format!("tr[data-file=\"{id}\"]");
+        assert!(
+            b.text_at(&format!("{row} td.reason")).await.contains(code),
+            "{name}"
+        );
+        // The fifth column is 行数.
+        assert_eq!(
+            b.text_at(&format!("{row} td:nth-child(5)")).await,
+            rows,
+            "{name}'s rows on the files page"
+        );
+        assert_eq!(
+            b.text_at(&format!("{row} td:nth-child(6)")).await,
+            "0",
+            "{name} credited nothing"
+        );
+    }
+    b.close().await;
+}

@@ -156,6 +156,18 @@ impl Browser {
             .expect("body text")
     }
 
+    /// The text of the first element matching `css` (fails the test when
+    /// there is none).
+    pub async fn text_at(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Type `value` into the field whose `<label>` says `label` (so the
     /// tests also check the labels are real and linked).
     pub async fn fill_labelled(&self, label: &str, value: &str) {
