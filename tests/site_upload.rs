@@ -383,6 +383,11 @@ async fn upload(b: &mut Browser, s: &Serve, path: &std::path::Path, dry_run: boo
             .await
             .unwrap();
     }
+    send_and_wait(b, step).await;
+}
+
+/// Press アップロード and wait for the result page.
+async fn send_and_wait(b: &mut Browser, step: &str) {
     b.click_button("アップロード").await;
     b.client
         .wait()
@@ -655,5 +660,57 @@ async fn refused_duplicate_and_resend_show_their_row_counts() {
             "{name} credited nothing"
         );
     }
+    b.close().await;
+}
+
+/// Issue 22: a file name with `/` in it (macOS allows one; a hand-made
+/// client sends anything) is kept whole: the history export and the
+/// statement show `=cmd|' /C calc'!A0.csv`, not its part after the `/`,
+/// still written so that a spreadsheet never runs it (a leading `'`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_name_with_a_slash_is_kept_whole_in_the_exports() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@other.example", &["--partner", "other"]);
+    let name = "=cmd|' /C calc'!A0.csv";
+    let mut b = Browser::start("slash-name", Some(&pin)).await;
+    browser_log_in(&mut b, &s, "staff@other.example", &pw).await;
+    b.visit(&s.url("/upload"), "upload-form").await;
+    b.choose_file("file", name, b"M000001,S-1,10\nM000002,S-2,20\n")
+        .await;
+    send_and_wait(&mut b, "credited").await;
+    assert!(b.text().await.contains("積算しました"));
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM files WHERE name = '{}'",
+            name.replace('\'', "''")
+        )),
+        1,
+        "recorded under its whole name"
+    );
+    // Excel reads the file with the BOM as UTF-8; a cell starting with
+    // `=` is written with a `'` before it.
+    let cell = format!("'{name}");
+    let history = b.fetch_bytes("/history.csv?key=S-1").await;
+    let history = String::from_utf8(history).unwrap();
+    assert!(history.contains(&cell), "{history}");
+    b.visit(&s.url("/files"), "files").await;
+    assert!(b.text().await.contains(name));
+    let month = b
+        .client
+        .find(fantoccini::Locator::Id("month"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let statement = b
+        .fetch_bytes(&format!("/statement.csv?partner=other&month={month}"))
+        .await;
+    let statement = String::from_utf8(statement).unwrap();
+    assert!(
+        statement.contains(&format!("{cell}（アップロード）")),
+        "{statement}"
+    );
     b.close().await;
 }

@@ -168,6 +168,46 @@ impl Browser {
             .unwrap()
     }
 
+    /// The bytes the page's own origin answers for `path` (a GET with the
+    /// session's cookie, as a click on a download link would send). The
+    /// page's `fetch`, so no download folder or file name is involved.
+    pub async fn fetch_bytes(&self, path: &str) -> Vec<u8> {
+        let got = self
+            .client
+            .execute_async(
+                "var done = arguments[arguments.length - 1];
+                 fetch(arguments[0], { credentials: 'same-origin' })
+                   .then(function (r) {
+                     if (!r.ok) { throw new Error('HTTP ' + r.status); }
+                     return r.arrayBuffer();
+                   })
+                   .then(function (b) { done(Array.from(new Uint8Array(b))); })
+                   .catch(function (e) { done('failed: ' + e); });",
+                vec![serde_json::Value::String(path.to_owned())],
+            )
+            .await
+            .expect("fetch in the page");
+        let bytes = got
+            .as_array()
+            .unwrap_or_else(|| panic!("GET {path}: {got}"));
+        bytes.iter().map(|b| b.as_u64().unwrap() as u8).collect()
+    }
+
+    /// Put a file named `name` holding `bytes` into the file input `#id`,
+    /// as if chosen there: a name no file on this machine can have (a
+    /// `/` in it, as macOS allows) reaches the page's own upload script.
+    pub async fn choose_file(&self, id: &str, name: &str, bytes: &[u8]) {
+        self.client
+            .execute(
+                "var dt = new DataTransfer();
+                 dt.items.add(new File([new Uint8Array(arguments[2])], arguments[1]));
+                 document.getElementById(arguments[0]).files = dt.files;",
+                vec![id.into(), name.into(), bytes.to_vec().into()],
+            )
+            .await
+            .expect("choose a file");
+    }
+
     /// Type `value` into the field whose `<label>` says `label` (so the
     /// tests also check the labels are real and linked).
     pub async fn fill_labelled(&self, label: &str, value: &str) {
