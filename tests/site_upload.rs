@@ -714,3 +714,139 @@ async fn a_file_name_with_a_slash_is_kept_whole_in_the_exports() {
     );
     b.close().await;
 }
+
+/// What a page shows with every `<details>` taken out: the main text a
+/// reader sees without opening anything.
+async fn main_text(b: &Browser) -> String {
+    let v = b
+        .client
+        .execute(
+            "var c = document.body.cloneNode(true);
+             c.querySelectorAll('details').forEach(function (d) { d.remove(); });
+             return c.innerText;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    v.as_str().unwrap().to_owned()
+}
+
+/// The settings of `partners.toml` a partner cannot see or change.
+const CONFIG_KEYS: &[&str] = &[
+    "resend_check",
+    "resend_ratio",
+    "resend_window",
+    "max_error_ratio",
+    "max_miles_per_row",
+    "header =",
+    "partners.toml",
+    // Commands are ops' tools (the site's own name, milebatch 管理サイト,
+    // is fine).
+    "milebatch retry",
+    "milebatch run",
+    "milebatch once",
+];
+
+/// Checks a partner-facing page: no setting named, no English sentence
+/// (three English words in a row) in the main text, and every
+/// disclosure is the 技術的な詳細 one.
+async fn assert_japanese_for_a_partner(b: &Browser, page: &str) {
+    let t = main_text(b).await;
+    for k in CONFIG_KEYS {
+        assert!(!t.contains(k), "{page} names {k}: {t}");
+    }
+    let english = english_run(&t);
+    assert!(
+        english.is_none(),
+        "{page}: English in the main text: {english:?}\n{t}"
+    );
+}
+
+/// The first run of three or more English words (letters, 2+ each)
+/// separated by spaces, if any.
+fn english_run(t: &str) -> Option<String> {
+    for line in t.lines() {
+        let mut run: Vec<&str> = Vec::new();
+        for w in line.split(' ') {
+            let word = w.trim_matches(|c: char| ",.;:()\"'".contains(c));
+            if word.len() >= 2 && word.chars().all(|c| c.is_ascii_alphabetic()) {
+                run.push(word);
+                if run.len() >= 3 {
+                    return Some(run.join(" "));
+                }
+            } else {
+                run.clear();
+            }
+        }
+    }
+    None
+}
+
+/// Issue 22: every refusal a partner reads is Japanese. The technical
+/// English reason is for ops, behind 技術的な詳細, never the main text,
+/// and nothing names a setting the partner cannot see: on the upload's
+/// result page and on the files page, for F001, F002, F003, F004, F006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_read_in_japanese_with_the_technical_reason_only_for_ops() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@other.example", &["--partner", "other"]);
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let good = b"M000001,A-1,10\nM000002,A-2,20\nM000003,A-3,30\n";
+    let files: [(&str, &[u8], &str); 6] = [
+        ("ok.csv", good, ""),
+        ("dup.csv", good, "F001"),
+        (
+            "unclosed.csv",
+            b"M000004,\"B-1,10\nM000005,B-2,20\n",
+            "F002",
+        ),
+        ("header-only.csv", b"member,key,miles\n", "F003"),
+        (
+            "bad.csv",
+            b"nobody,C-1,10\nnone,C-2,20\nM000006,C-3,30\n",
+            "F004",
+        ),
+        (
+            "resend.csv",
+            b"M000001,A-1,10\nM000002,A-2,20\nM000007,A-4,5\n",
+            "F006",
+        ),
+    ];
+    let mut b = Browser::start("refusals-japanese", Some(&pin)).await;
+    browser_log_in(&mut b, &s, "staff@other.example", &pw).await;
+    for (name, bytes, code) in files {
+        b.visit(&s.url("/upload"), &format!("{name}-form")).await;
+        b.choose_file("file", name, bytes).await;
+        send_and_wait(&mut b, name).await;
+        if code.is_empty() {
+            continue;
+        }
+        let t = b.text().await;
+        assert!(t.contains(code), "{name}: {t}");
+        assert_japanese_for_a_partner(&b, name).await;
+        // The partner gets no technical reason at all, not even folded.
+        assert!(!t.contains("技術的な詳細"), "{name}: {t}");
+    }
+    b.visit(&s.url("/files"), "partner-files").await;
+    assert_japanese_for_a_partner(&b, "partner files").await;
+    let html = b.client.source().await.unwrap();
+    assert!(!html.contains("<details"), "{html}");
+    b.click_button("ログアウト").await;
+
+    // Ops: the same rows, each with its English reason folded away.
+    browser_log_in(&mut b, &s, "ops@example.jp", &ops_pw).await;
+    b.visit(&s.url("/files?partner=other"), "ops-files").await;
+    for (name, _, code) in files.iter().filter(|f| !f.2.is_empty()) {
+        let id = ws.int(&format!("SELECT id FROM files WHERE name = '{name}'"));
+        let cell = format!("tr[data-file=\"{id}\"] td.reason");
+        let summary = b.text_at(&format!("{cell} details > summary")).await;
+        assert_eq!(summary, "技術的な詳細", "{name}");
+        let shown = b.text_at(&cell).await;
+        assert!(shown.starts_with(code), "{name}: {shown}");
+        assert!(
+            english_run(&shown).is_none(),
+            "{name}: folded, not shown: {shown}"
+        );
+    }
+    b.close().await;
+}
