@@ -1924,3 +1924,133 @@ async fn key_created_page_reloads_without_a_second_key_or_the_secret() {
     );
     b.close().await;
 }
+
+/// Issue 22: the ops files table fits a 1280 px window without a
+/// horizontal scroll bar, and nothing in it wraps mid-word: the 経路
+/// cells stay one line however long the file names and reasons are
+/// (those wrap inside their own cells).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_files_table_fits_1280_px_and_channel_cells_stay_one_line() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                ws.scheduled_partner("shop", "daily 03:00").replacen(
+                    "id = \"shop\"\n",
+                    "id = \"shop\"\nname = \"ACME ストア 東京本店\"\nmax_error_ratio = 0.1\n",
+                    1,
+                )
+            },
+            |ws| {
+                ws.members(5);
+                // Long names without a space to break at, and a refusal
+                // with a long technical reason.
+                ws.write(
+                    "inbox/shop/exchange_data_for_partner_acme_store_tokyo_20261204_final_v2.csv",
+                    "M000001,K-1,500\r\nM000002,K-2,40\r\n",
+                );
+                ws.write(
+                    "inbox/shop/交換データ店舗別東京本店二〇二六年十二月四日最終版修正済み.csv",
+                    "nobody,K-3,5\r\nnone,K-4,6\r\nM000003,K-5,7\r\n",
+                );
+                let out = ws.run(&["once"]);
+                assert_eq!(out.status.code(), Some(1), "one file refused: {out:?}");
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let first = ws.int("SELECT min(id) FROM files");
+    ws.ok(&[
+        "reverse",
+        "--file",
+        &first.to_string(),
+        "--reason",
+        "パートナーからの依頼により、誤って送られたファイルを取り消します（問い合わせ番号 20261204-0001）",
+    ]);
+    let pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let mut b = Browser::start("ops-files-1280", Some(&pin)).await;
+    b.client.set_window_size(1280, 900).await.unwrap();
+    log_in(&mut b, &s, "ops@example.jp", &pw, "logged-in").await;
+    // An upload, so that the table has アップロード (the word that wrapped).
+    b.visit(&s.url("/upload"), "upload").await;
+    b.client
+        .find(fantoccini::Locator::Id("partner"))
+        .await
+        .unwrap()
+        .select_by_value("shop")
+        .await
+        .unwrap();
+    b.choose_file(
+        "file",
+        "アップロード用の交換ファイル_店舗コード0001_2026年12月分.csv",
+        b"M000004,U-1,9\r\n",
+    )
+    .await;
+    b.send_upload("uploaded").await;
+    b.visit(&s.url("/files?partner=shop"), "files").await;
+    // A "run now" request waiting for a daemon that is not running: its
+    // long warning is in the page too.
+    b.click_button("今すぐ実行").await;
+    ws.db()
+        .execute(
+            "UPDATE run_requests SET requested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 minutes')",
+            [],
+        )
+        .unwrap();
+    b.visit(&s.url("/files?partner=shop"), "files-with-request")
+        .await;
+    let inner = b
+        .client
+        .execute("return window.innerWidth;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(inner, 1280, "the window is 1280 px wide");
+    let width = b
+        .client
+        .execute("return document.documentElement.scrollWidth;", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    assert!(width <= 1280, "the page is {width} px wide");
+    // Each word cell (経路, 結果) and each link (ダウンロード, 取り消す) is
+    // laid out on one line: all its line boxes share one top.
+    let lines = b
+        .client
+        .execute(
+            "function lines(el) {
+               var r = document.createRange(); r.selectNodeContents(el);
+               return new Set(Array.from(r.getClientRects()).map(function (x) { return Math.round(x.top); })).size;
+             }
+             var rows = Array.from(document.querySelectorAll('tr[data-file]'));
+             return {
+               channel: rows.map(function (tr) { return [tr.cells[2].innerText, lines(tr.cells[2])]; }),
+               words: Array.from(document.querySelectorAll('tr[data-file] td:nth-child(4), tr[data-file] a'))
+                 .filter(function (el) { return lines(el) > 1; })
+                 .map(function (el) { return el.innerText; })
+             };",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let cells = lines["channel"].as_array().unwrap();
+    assert_eq!(cells.len(), 3, "{lines}");
+    for c in cells {
+        assert_eq!(c[1], 1, "a 経路 cell on more than one line: {c}");
+    }
+    assert_eq!(lines["words"], serde_json::json!([]), "words on two lines");
+    // The header cells too (行数, 再送行 …).
+    let heads = b
+        .client
+        .execute(
+            "return Array.from(document.querySelectorAll('table:not(.requests) thead th')).filter(function (th) {
+               var r = document.createRange(); r.selectNodeContents(th);
+               return new Set(Array.from(r.getClientRects()).map(function (x) { return Math.round(x.top); })).size > 1;
+             }).map(function (th) { return th.innerText; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(heads, serde_json::json!([]), "headers on two lines");
+    b.close().await;
+}

@@ -383,19 +383,7 @@ async fn upload(b: &mut Browser, s: &Serve, path: &std::path::Path, dry_run: boo
             .await
             .unwrap();
     }
-    send_and_wait(b, step).await;
-}
-
-/// Press アップロード and wait for the result page.
-async fn send_and_wait(b: &mut Browser, step: &str) {
-    b.click_button("アップロード").await;
-    b.client
-        .wait()
-        .at_most(std::time::Duration::from_secs(60))
-        .for_element(fantoccini::Locator::Id("upload-outcome"))
-        .await
-        .expect("result page");
-    b.shot(step).await;
+    b.send_upload(step).await;
 }
 
 async fn download(b: &Browser, link: &str) -> Vec<u8> {
@@ -677,7 +665,7 @@ async fn a_file_name_with_a_slash_is_kept_whole_in_the_exports() {
     b.visit(&s.url("/upload"), "upload-form").await;
     b.choose_file("file", name, b"M000001,S-1,10\nM000002,S-2,20\n")
         .await;
-    send_and_wait(&mut b, "credited").await;
+    b.send_upload("credited").await;
     assert!(b.text().await.contains("積算しました"));
     assert_eq!(
         ws.int(&format!(
@@ -817,7 +805,7 @@ async fn refusals_read_in_japanese_with_the_technical_reason_only_for_ops() {
     for (name, bytes, code) in files {
         b.visit(&s.url("/upload"), &format!("{name}-form")).await;
         b.choose_file("file", name, bytes).await;
-        send_and_wait(&mut b, name).await;
+        b.send_upload(name).await;
         if code.is_empty() {
             continue;
         }

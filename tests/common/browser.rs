@@ -208,6 +208,19 @@ impl Browser {
             .expect("choose a file");
     }
 
+    /// Press the upload page's アップロード and wait (60 s at most) for
+    /// its result page, then take a screenshot named `step`.
+    pub async fn send_upload(&mut self, step: &str) {
+        self.click_button("アップロード").await;
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(60))
+            .for_element(Locator::Id("upload-outcome"))
+            .await
+            .expect("result page");
+        self.shot(step).await;
+    }
+
     /// Type `value` into the field whose `<label>` says `label` (so the
     /// tests also check the labels are real and linked).
     pub async fn fill_labelled(&self, label: &str, value: &str) {
