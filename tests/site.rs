@@ -648,22 +648,10 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
     b.close().await;
 }
 
-/// Click the history page's CSV link and read the download (then removed,
-/// so the next export is the next download).
+/// Click the history page's CSV link and read the download as Excel
+/// would (then removed, so the next export is the next download).
 async fn export_csv(b: &Browser) -> String {
-    b.client
-        .find(fantoccini::Locator::LinkText(
-            "CSV でダウンロード（Excel 用）",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let path = b.downloaded("csv").await;
-    let csv = as_excel_reads(&std::fs::read(&path).unwrap());
-    std::fs::remove_file(path).unwrap();
-    csv
+    as_excel_reads(&download_bytes(b, "a[href^='/history.csv']").await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1612,6 +1600,15 @@ fn pages_speak_japanese_with_partner_names_and_grouped_digits() {
     );
 }
 
+/// `sjis`, サンプル商店: a Shift_JIS shop, daily.
+fn sjis_partner(ws: &Workspace) -> String {
+    ws.scheduled_partner("sjis", "daily 03:00").replacen(
+        "id = \"sjis\"\n",
+        "id = \"sjis\"\nname = \"サンプル商店\"\nencoding = \"shift_jis\"\n",
+        1,
+    )
+}
+
 /// A CSV as Japanese Excel opens it by double-click: UTF-8 when it starts
 /// with the BOM, else CP932.
 fn as_excel_reads(bytes: &[u8]) -> String {
@@ -1636,11 +1633,7 @@ fn history_by_dates_and_exports_that_open_in_japanese_excel() {
         |ws| {
             format!(
                 "{}{}",
-                ws.scheduled_partner("sjis", "daily 03:00").replacen(
-                    "id = \"sjis\"\n",
-                    "id = \"sjis\"\nname = \"サンプル商店\"\nencoding = \"shift_jis\"\n",
-                    1
-                ),
+                sjis_partner(ws),
                 ws.scheduled_partner("shop", "daily 03:00")
             )
         },
@@ -2052,5 +2045,130 @@ async fn ops_files_table_fits_1280_px_and_channel_cells_stay_one_line() {
         .await
         .unwrap();
     assert_eq!(heads, serde_json::json!([]), "headers on two lines");
+    b.close().await;
+}
+
+/// Click the element `css` (a download link or button) and give back the
+/// bytes Chromium saved, removing them so the next download is the next.
+async fn download_bytes(b: &Browser, css: &str) -> Vec<u8> {
+    for e in std::fs::read_dir(&b.downloads).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    b.client
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+    let path = b.downloaded("csv").await;
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    bytes
+}
+
+/// Issue 22: each export a partner downloads in Chromium (the history's
+/// CSV and the monthly statement) opens by double-click in Japanese
+/// Excel, which reads a file with the UTF-8 BOM as UTF-8 and anything else
+/// as CP932: the Shift_JIS shop's files are CP932 (not UTF-8) with CRLF,
+/// the UTF-8 shop's carry the BOM; both decode to the Japanese headers,
+/// partner keys, file names, channel and reversal reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_downloaded_in_chromium_open_in_japanese_excel_for_both_encodings() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}{}",
+                    sjis_partner(ws),
+                    ws.scheduled_partner("shop", "daily 03:00").replacen(
+                        "id = \"shop\"\n",
+                        "id = \"shop\"\nname = \"ACME ストア\"\n",
+                        1
+                    )
+                )
+            },
+            |ws| {
+                ws.members(3);
+                let (sjis, _, _) =
+                    encoding_rs::SHIFT_JIS.encode("M000001,注文-1,100\r\nM000002,注文-2,200\r\n");
+                ws.write("inbox/sjis/交換データ.csv", &sjis);
+                ws.write("inbox/shop/交換-ACME.csv", "M000001,注文-3,300\n");
+                ws.ok(&["once"]);
+            },
+        )
+    })
+    .await
+    .unwrap();
+    for partner in ["sjis", "shop"] {
+        let id = ws.int(&format!("SELECT id FROM files WHERE partner = '{partner}'"));
+        ws.ok(&[
+            "reverse",
+            "--file",
+            &id.to_string(),
+            "--reason",
+            "誤送信のため取り消し",
+        ]);
+    }
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m-%d")
+        .to_string();
+    let mut b = Browser::start("exports-excel", Some(&pin)).await;
+    for (partner, file, keys) in [
+        ("sjis", "交換データ.csv", &["注文-1", "注文-2"][..]),
+        ("shop", "交換-ACME.csv", &["注文-3"][..]),
+    ] {
+        let email = format!("staff@{partner}.example");
+        let pw = add_user(&ws, &email, &["--partner", partner]);
+        log_in(&mut b, &s, &email, &pw, &format!("{partner}-logged-in")).await;
+        b.visit(
+            &s.url(&format!("/history?key=&from={today}&to={today}")),
+            &format!("{partner}-history"),
+        )
+        .await;
+        let history = download_bytes(&b, "a[href^='/history.csv']").await;
+        b.visit(&s.url("/files"), &format!("{partner}-files")).await;
+        let statement = download_bytes(&b, "form[action='/statement.csv'] button").await;
+        for (what, bytes) in [("history", &history), ("statement", &statement)] {
+            let bom = bytes.starts_with(b"\xEF\xBB\xBF");
+            if partner == "sjis" {
+                // CP932 for Excel, so not the BOM, and not UTF-8 either.
+                assert!(!bom, "{what}");
+                assert!(std::str::from_utf8(bytes).is_err(), "{what} is CP932");
+            } else {
+                assert!(bom, "{what}: a UTF-8 file needs its BOM for Excel");
+            }
+            // Every line ends CRLF, as Windows Excel writes them.
+            let lf = bytes.iter().filter(|&&c| c == b'\n').count();
+            let crlf = bytes.windows(2).filter(|w| w == b"\r\n").count();
+            assert!(lf > 1 && lf == crlf, "{what}: CRLF line ends");
+        }
+        let history = as_excel_reads(&history);
+        let statement = as_excel_reads(&statement);
+        assert!(
+            history.starts_with("積算日時,指定キー,会員ID,マイル,経路,ファイル,行\r\n"),
+            "{history}"
+        );
+        for key in keys {
+            assert!(history.contains(&format!(",{key},")), "{history}");
+        }
+        assert!(
+            history.contains(&format!(",取得,{file},1\r\n")),
+            "{history}"
+        );
+        assert!(
+            statement.starts_with("区分,項目,詳細,行数,マイル\r\n"),
+            "{statement}"
+        );
+        assert!(
+            statement.contains(&format!("{file}（取得）")),
+            "{statement}"
+        );
+        assert!(statement.contains("経路別,取得,"), "{statement}");
+        assert!(statement.contains("誤送信のため取り消し"), "{statement}");
+        assert!(statement.contains("差引合計"), "{statement}");
+        b.click_button("ログアウト").await;
+    }
     b.close().await;
 }
