@@ -2172,3 +2172,231 @@ async fn exports_downloaded_in_chromium_open_in_japanese_excel_for_both_encoding
     }
     b.close().await;
 }
+
+/// Both shops (Shift_JIS サンプル商店 and UTF-8 ACME ストア, API on) with a
+/// pulled file each (one failed row), a refused file, and 10 members.
+fn two_shops() -> (Workspace, Serve, String) {
+    site_with(
+        |ws| {
+            let api = "[partner.api]\nenabled = true\ndaily_miles_limit = 100000\n";
+            format!(
+                "{}{api}{}{api}",
+                sjis_partner(ws),
+                ws.scheduled_partner("shop", "daily 03:00").replacen(
+                    "id = \"shop\"\n",
+                    "id = \"shop\"\nname = \"ACME ストア\"\n",
+                    1
+                )
+            )
+        },
+        |ws| {
+            ws.members(10);
+            let (sjis, _, _) = encoding_rs::SHIFT_JIS
+                .encode("M000001,注文-1,100\r\n未登録会員,注文-2,40\r\nM000002,注文-3,200\r\n");
+            ws.write("inbox/sjis/交換データ.csv", &sjis);
+            ws.write(
+                "inbox/shop/exchange-1204.csv",
+                "M000003,S-1,300\nnobody,S-2,5\nM000004,S-3,70\n",
+            );
+            ws.write("inbox/shop/header-only.csv", "member,key,miles\n");
+            let out = ws.run(&["once"]);
+            assert_eq!(out.status.code(), Some(1), "one refused: {out:?}");
+        },
+    )
+}
+
+/// Every page a partner user sees, screenshotted and checked with
+/// axe-core; `file` is an exchange file in the partner's encoding with one
+/// failed row, `key` a partner key it credits.
+async fn partner_tour(
+    b: &mut Browser,
+    s: &Serve,
+    ws: &Workspace,
+    partner: &str,
+    file: &[u8],
+    key: &str,
+) {
+    let email = format!("staff@{partner}.example");
+    let pw = add_user(ws, &email, &["--partner", partner]);
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m-%d")
+        .to_string();
+    b.visit(&s.url("/login"), &format!("{partner}-login")).await;
+    b.assert_accessible("login").await;
+    log_in(b, s, &email, &pw, &format!("{partner}-home")).await;
+    b.assert_accessible("home").await;
+    b.visit(&s.url("/files"), &format!("{partner}-files")).await;
+    b.assert_accessible("files").await;
+    b.visit(&s.url("/upload"), &format!("{partner}-upload"))
+        .await;
+    b.assert_accessible("upload").await;
+    b.choose_file("file", "アップロード.csv", file).await;
+    b.send_upload(&format!("{partner}-upload-result")).await;
+    b.assert_accessible("upload result").await;
+    b.visit(&s.url("/history"), &format!("{partner}-history-form"))
+        .await;
+    b.assert_accessible("history form").await;
+    b.visit(
+        &s.url(&format!("/history?key=&from={today}&to={today}")),
+        &format!("{partner}-history-dates"),
+    )
+    .await;
+    b.assert_accessible("history by dates").await;
+    b.visit(
+        &s.url(&format!("/history?key={key}")),
+        &format!("{partner}-history-key"),
+    )
+    .await;
+    b.assert_accessible("history by key").await;
+    b.visit(&s.url("/keys"), &format!("{partner}-keys")).await;
+    b.assert_accessible("keys").await;
+    b.fill_labelled("名前（用途）", "POS 本番").await;
+    b.click_button("キーを作成").await;
+    b.shot(&format!("{partner}-key-created")).await;
+    b.assert_accessible("key created").await;
+    let prefix = b.text_at("#new-key").await[..12].to_owned();
+    b.visit(
+        &s.url(&format!("/keys/{prefix}/revoke")),
+        &format!("{partner}-key-revoke"),
+    )
+    .await;
+    b.assert_accessible("key revoke").await;
+    b.visit(&s.url("/no-such-page"), &format!("{partner}-not-found"))
+        .await;
+    b.assert_accessible("404").await;
+    b.click_button("ログアウト").await;
+}
+
+/// Issue 22: every page passes axe-core (no serious or critical
+/// violation) in each view: a Shift_JIS partner's, a UTF-8 partner's and
+/// ops'. Each page is saved as a screenshot on the way (`<target>/tmp/
+/// screenshots/every-page/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_passes_axe_core_in_both_partner_views_and_ops() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(two_shops).await.unwrap();
+    let mut b = Browser::start("every-page", Some(&pin)).await;
+    let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode("M000005,注文-9,10\r\nだれ,注文-10,5\r\n");
+    partner_tour(&mut b, &s, &ws, "sjis", &sjis, "注文-1").await;
+    partner_tour(
+        &mut b,
+        &s,
+        &ws,
+        "shop",
+        b"M000006,U-1,10\nwho,U-2,5\n",
+        "S-1",
+    )
+    .await;
+
+    let pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    log_in(&mut b, &s, "ops@example.jp", &pw, "ops-home").await;
+    b.assert_accessible("ops home").await;
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m-%d")
+        .to_string();
+    let shop_file =
+        ws.int("SELECT min(id) FROM files WHERE partner = 'shop' AND outcome = 'credited'");
+    for (path, step) in [
+        ("/ops".to_owned(), "ops-dashboard"),
+        ("/files".to_owned(), "ops-files-picker"),
+        ("/files?partner=shop".to_owned(), "ops-files"),
+        ("/upload".to_owned(), "ops-upload"),
+        ("/history".to_owned(), "ops-history-form"),
+        (
+            format!("/history?partner=sjis&key=&from={today}&to={today}"),
+            "ops-history",
+        ),
+        ("/ops/members?q=M000001".to_owned(), "ops-member"),
+        ("/ops/audit".to_owned(), "ops-audit"),
+        (
+            format!("/ops/files/{shop_file}/reverse"),
+            "ops-reverse-confirm",
+        ),
+    ] {
+        b.visit(&s.url(&path), step).await;
+        b.assert_accessible(step).await;
+    }
+    b.fill_labelled("理由（必須・記録に残ります）", "誤送信（パートナー依頼）")
+        .await;
+    b.click_button("取り消しを実行").await;
+    b.shot("ops-reversed").await;
+    b.assert_accessible("ops reversed").await;
+    b.close().await;
+}
+
+/// Issue 22: the site works by keyboard alone. From the login page, only
+/// Tab, Enter, Space and typed text: log in, reach the upload page, choose
+/// a file (WebDriver fills the file input, as the system's file dialog
+/// would), send it, then reach the history and find the row just credited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_and_history_by_keyboard_alone() {
+    use fantoccini::key::Key;
+    let (ws, s, pin) = tokio::task::spawn_blocking(two_shops).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let file = ws.write("to-upload/keyboard.csv", "M000007,KB-1,25\n");
+    let mut b = Browser::start("keyboard", Some(&pin)).await;
+    b.visit(&s.url("/login"), "login").await;
+    b.tab_to("#email").await;
+    b.type_text("staff@shop.example").await;
+    b.tab_to("#password").await;
+    b.type_text(&pw).await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::Css("nav a[href='/upload']"))
+        .await
+        .expect("logged in");
+    b.shot("home").await;
+    b.tab_to("nav a[href='/upload']").await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::Id("file"))
+        .await
+        .expect("upload page");
+    b.tab_to("#file").await;
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    b.shot("file-chosen").await;
+    b.tab_to("form[data-upload] button[type=submit]").await;
+    b.press(' ').await;
+    b.client
+        .wait()
+        .at_most(std::time::Duration::from_secs(60))
+        .for_element(fantoccini::Locator::Id("upload-outcome"))
+        .await
+        .expect("result page");
+    b.shot("uploaded").await;
+    assert!(b.text().await.contains("積算しました"));
+    assert_eq!(ws.balance("M000007"), 25);
+    b.tab_to("nav a[href='/history']").await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::Id("key"))
+        .await
+        .expect("history page");
+    b.tab_to("#key").await;
+    b.type_text("KB-1").await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::XPath(
+            "//td[normalize-space(.)='KB-1']",
+        ))
+        .await
+        .expect("the row in the results");
+    b.shot("history").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("KB-1") && t.contains("M000007") && t.contains("アップロード"),
+        "{t}"
+    );
+    b.close().await;
+}

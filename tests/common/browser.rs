@@ -221,6 +221,79 @@ impl Browser {
         self.shot(step).await;
     }
 
+    /// Run axe-core on the page now shown and fail the test, naming each
+    /// rule and element, if it finds any `serious` or `critical`
+    /// violation. `page` names the page in the message.
+    pub async fn assert_accessible(&self, page: &str) {
+        self.client
+            .execute(&format!("{}\nreturn true;", axe_source()), vec![])
+            .await
+            .expect("inject axe-core");
+        let found = self
+            .client
+            .execute_async(
+                "var done = arguments[arguments.length - 1];
+                 axe.run(document, { resultTypes: ['violations'] }).then(function (r) {
+                   done(r.violations
+                     .filter(function (v) { return v.impact === 'serious' || v.impact === 'critical'; })
+                     .map(function (v) {
+                       return v.impact + ' ' + v.id + ': ' + v.help + ' — ' +
+                         v.nodes.map(function (n) { return n.target.join(' '); }).join(', ');
+                     }));
+                 }, function (e) { done(['axe failed: ' + e]); });",
+                vec![],
+            )
+            .await
+            .expect("axe.run");
+        assert_eq!(
+            found,
+            serde_json::json!([]),
+            "axe-core on {page}: serious or critical violations"
+        );
+    }
+
+    /// Press `key` (a character or a [`fantoccini::key::Key`]) on the
+    /// keyboard, down then up, wherever the focus is.
+    pub async fn press(&self, key: impl Into<char>) {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let k = key.into();
+        let actions = KeyActions::new("keyboard".to_owned())
+            .then(KeyAction::Down { value: k })
+            .then(KeyAction::Up { value: k });
+        self.client
+            .perform_actions(actions)
+            .await
+            .expect("key press");
+    }
+
+    /// Press Tab until the focused element matches `css` (none if it
+    /// already does; at most 60 times, then the test fails): how a
+    /// keyboard user reaches it.
+    pub async fn tab_to(&self, css: &str) {
+        for _ in 0..=60 {
+            let hit = self
+                .client
+                .execute(
+                    "return document.activeElement !== null && document.activeElement.matches(arguments[0]);",
+                    vec![css.into()],
+                )
+                .await
+                .expect("focused element");
+            if hit == serde_json::Value::Bool(true) {
+                return;
+            }
+            self.press(fantoccini::key::Key::Tab).await;
+        }
+        panic!("Tab never reached {css}");
+    }
+
+    /// Type `text` with the keyboard into the focused element.
+    pub async fn type_text(&self, text: &str) {
+        for c in text.chars() {
+            self.press(c).await;
+        }
+    }
+
     /// Type `value` into the field whose `<label>` says `label` (so the
     /// tests also check the labels are real and linked).
     pub async fn fill_labelled(&self, label: &str, value: &str) {
@@ -298,6 +371,21 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// axe-core's `axe.min.js`, installed by `.ci/install-deps.sh` into
+/// `tests/support/axe` (read once per test binary).
+fn axe_source() -> &'static str {
+    static SRC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SRC.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/axe/node_modules/axe-core/axe.min.js"
+        );
+        std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!("{path}: {e}: axe-core is installed by `bash .ci/install-deps.sh` (which `bash .ci/test` runs first)")
+        })
+    })
 }
 
 /// The pin for the certificate [`super::serve::tls_server_section`] issued
