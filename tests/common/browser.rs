@@ -139,6 +139,35 @@ impl Browser {
         std::fs::write(&path, png).unwrap();
     }
 
+    /// Save the whole page, top to bottom, as `NN-<step>.png`: the window
+    /// is made as tall as the page for the shot (at most 8,000 px), then
+    /// given back its size, so a page longer than the window is seen
+    /// whole and never half scrolled.
+    pub async fn full_shot(&mut self, step: &str) {
+        let (w, h) = self.client.get_window_size().await.expect("window size");
+        let dims = self
+            .client
+            .execute(
+                "window.scrollTo(0, 0);
+                 return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight];",
+                vec![],
+            )
+            .await
+            .expect("page height");
+        let page = dims[0].as_u64().unwrap_or(h);
+        let chrome = dims[1].as_u64().unwrap_or(0);
+        let tall = (page + chrome).clamp(h, 8_000);
+        self.client
+            .set_window_size(w as u32, tall as u32)
+            .await
+            .expect("resize");
+        self.shot(step).await;
+        self.client
+            .set_window_size(w as u32, h as u32)
+            .await
+            .expect("resize back");
+    }
+
     /// Go to `url` and take a screenshot named `step`.
     pub async fn visit(&mut self, url: &str, step: &str) {
         self.client.goto(url).await.expect("goto");
