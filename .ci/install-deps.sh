@@ -85,6 +85,10 @@ need /usr/bin/promtool prometheus
 # schemathesis from PyPI, in a virtualenv (below).
 need python3 python3
 need_pkg python3-venv
+# axe-core (npm, below) checks the site's pages for accessibility in the
+# browser tests; npm fetches it.
+need node nodejs
+need npm npm
 
 if ((${#missing[@]} == 0)); then
     log "all packages present, nothing to install"
@@ -203,4 +207,25 @@ else
     [[ $(id -u) -eq 0 ]] || { log "ERROR: installing aiosmtpd into $PYVENV needs root"; exit 1; }
     "$PYVENV/bin/pip" install -q "aiosmtpd==$AIOSMTPD_VERSION" </dev/null
     log "installed aiosmtpd into $PYVENV"
+fi
+
+# axe-core from the npm registry for the site's accessibility checks
+# (tests/common/browser.rs injects axe.min.js into each page). Pinned, and
+# installed only into its own git-ignored folder in this tree
+# (tests/support/axe/node_modules): nothing global, nothing else removed.
+AXE_VERSION=4.14.1
+AXE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/support/axe"
+if [[ -f $AXE_DIR/node_modules/axe-core/axe.min.js ]] \
+    && grep -q "\"version\": \"$AXE_VERSION\"" "$AXE_DIR/node_modules/axe-core/package.json"; then
+    log "axe-core $AXE_VERSION present in $AXE_DIR"
+else
+    mkdir -p "$AXE_DIR"
+    log "npm install axe-core@$AXE_VERSION into $AXE_DIR"
+    if ! npm install --prefix "$AXE_DIR" --no-audit --no-fund --ignore-scripts \
+        "axe-core@$AXE_VERSION" </dev/null; then
+        log "ERROR: could not install axe-core $AXE_VERSION, which tests/site.rs needs;"
+        log "  check access to the npm registry and run this again"
+        exit 1
+    fi
+    log "installed axe-core $AXE_VERSION"
 fi

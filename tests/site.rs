@@ -648,22 +648,10 @@ async fn files_page_error_download_is_byte_exact_and_other_partners_files_are_40
     b.close().await;
 }
 
-/// Click the history page's CSV link and read the download (then removed,
-/// so the next export is the next download).
+/// Click the history page's CSV link and read the download as Excel
+/// would (then removed, so the next export is the next download).
 async fn export_csv(b: &Browser) -> String {
-    b.client
-        .find(fantoccini::Locator::LinkText(
-            "CSV でダウンロード（Excel 用）",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let path = b.downloaded("csv").await;
-    let csv = as_excel_reads(&std::fs::read(&path).unwrap());
-    std::fs::remove_file(path).unwrap();
-    csv
+    as_excel_reads(&download_bytes(b, "a[href^='/history.csv']").await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -836,14 +824,7 @@ async fn api_keys_page_creates_a_key_shown_once_and_revokes_after_confirmation()
     b.fill_labelled("名前（用途）", "POS 本番").await;
     b.click_button("キーを作成").await;
     b.shot("key-created").await;
-    let key = b
-        .client
-        .find(fantoccini::Locator::Id("new-key"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let key = b.text_at("#new-key").await;
     assert!(key.starts_with("mbk_") && key.len() == 44, "{key}");
     let prefix = key[..12].to_owned();
     assert_eq!(
@@ -1619,6 +1600,15 @@ fn pages_speak_japanese_with_partner_names_and_grouped_digits() {
     );
 }
 
+/// `sjis`, サンプル商店: a Shift_JIS shop, daily.
+fn sjis_partner(ws: &Workspace) -> String {
+    ws.scheduled_partner("sjis", "daily 03:00").replacen(
+        "id = \"sjis\"\n",
+        "id = \"sjis\"\nname = \"サンプル商店\"\nencoding = \"shift_jis\"\n",
+        1,
+    )
+}
+
 /// A CSV as Japanese Excel opens it by double-click: UTF-8 when it starts
 /// with the BOM, else CP932.
 fn as_excel_reads(bytes: &[u8]) -> String {
@@ -1643,11 +1633,7 @@ fn history_by_dates_and_exports_that_open_in_japanese_excel() {
         |ws| {
             format!(
                 "{}{}",
-                ws.scheduled_partner("sjis", "daily 03:00").replacen(
-                    "id = \"sjis\"\n",
-                    "id = \"sjis\"\nname = \"サンプル商店\"\nencoding = \"shift_jis\"\n",
-                    1
-                ),
+                sjis_partner(ws),
                 ws.scheduled_partner("shop", "daily 03:00")
             )
         },
@@ -1872,4 +1858,578 @@ fn audit_log_filters_and_exports_csv() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// The key-created page is POST → 303 → GET: the key comes from a flash
+/// kept for the session and is taken by the first GET, so reloading that
+/// page (or going back to it) never posts the form again, never makes a
+/// second key, and no longer shows the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_created_page_reloads_without_a_second_key_or_the_secret() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}\n[partner.api]\nenabled = true\ndaily_miles_limit = 1000\n",
+                    ws.scheduled_partner("shop", "daily 03:00")
+                )
+            },
+            |_| {},
+        )
+    })
+    .await
+    .unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let mut b = Browser::start("key-created-reload", Some(&pin)).await;
+    log_in(&mut b, &s, "staff@shop.example", &pw, "logged-in").await;
+    b.visit(&s.url("/keys"), "keys").await;
+    b.fill_labelled("名前（用途）", "POS 本番").await;
+    b.click_button("キーを作成").await;
+    b.shot("key-created").await;
+    // The browser followed a redirect: what it shows was got by a GET.
+    assert_eq!(
+        b.client.current_url().await.unwrap().path(),
+        "/keys/created"
+    );
+    let key = b.text_at("#new-key").await;
+    assert!(key.starts_with("mbk_") && key.len() == 44, "{key}");
+
+    b.client.refresh().await.expect("reload");
+    b.shot("key-created-reloaded").await;
+    let t = b.text().await;
+    let html = b.client.source().await.unwrap();
+    assert!(
+        !html.contains(&key[12..]),
+        "the secret is not shown again: {t}"
+    );
+    assert!(t.contains("もう表示できません"), "{t}");
+    let list = ws.ok(&["api-key", "list", "--partner", "shop", "--json"]);
+    let keys: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(ws.int("SELECT count(*) FROM api_keys"), 1);
+    // Nothing of the secret was written anywhere in the database either.
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM sessions WHERE data LIKE '%{}%'",
+            &key[12..]
+        )),
+        0
+    );
+    b.close().await;
+}
+
+/// Issue 22: the ops files table fits a 1280 px window without a
+/// horizontal scroll bar, and nothing in it wraps mid-word: the 経路
+/// cells stay one line however long the file names and reasons are
+/// (those wrap inside their own cells).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_files_table_fits_1280_px_and_channel_cells_stay_one_line() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                ws.scheduled_partner("shop", "daily 03:00").replacen(
+                    "id = \"shop\"\n",
+                    "id = \"shop\"\nname = \"ACME ストア 東京本店\"\nmax_error_ratio = 0.1\n",
+                    1,
+                )
+            },
+            |ws| {
+                ws.members(5);
+                // Long names without a space to break at, and a refusal
+                // with a long technical reason.
+                ws.write(
+                    "inbox/shop/exchange_data_for_partner_acme_store_tokyo_20261204_final_v2.csv",
+                    "M000001,K-1,500\r\nM000002,K-2,40\r\n",
+                );
+                ws.write(
+                    "inbox/shop/交換データ店舗別東京本店二〇二六年十二月四日最終版修正済み.csv",
+                    "nobody,K-3,5\r\nnone,K-4,6\r\nM000003,K-5,7\r\n",
+                );
+                let out = ws.run(&["once"]);
+                assert_eq!(out.status.code(), Some(1), "one file refused: {out:?}");
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let first = ws.int("SELECT min(id) FROM files");
+    ws.ok(&[
+        "reverse",
+        "--file",
+        &first.to_string(),
+        "--reason",
+        "パートナーからの依頼により、誤って送られたファイルを取り消します（問い合わせ番号 20261204-0001）",
+    ]);
+    let pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let mut b = Browser::start("ops-files-1280", Some(&pin)).await;
+    b.client.set_window_size(1280, 900).await.unwrap();
+    log_in(&mut b, &s, "ops@example.jp", &pw, "logged-in").await;
+    // An upload, so that the table has アップロード (the word that wrapped).
+    b.visit(&s.url("/upload"), "upload").await;
+    b.client
+        .find(fantoccini::Locator::Id("partner"))
+        .await
+        .unwrap()
+        .select_by_value("shop")
+        .await
+        .unwrap();
+    b.choose_file(
+        "file",
+        "アップロード用の交換ファイル_店舗コード0001_2026年12月分.csv",
+        b"M000004,U-1,9\r\n",
+    )
+    .await;
+    b.send_upload("uploaded").await;
+    b.visit(&s.url("/files?partner=shop"), "files").await;
+    // A "run now" request waiting for a daemon that is not running: its
+    // long warning is in the page too.
+    b.click_button("今すぐ実行").await;
+    ws.db()
+        .execute(
+            "UPDATE run_requests SET requested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 minutes')",
+            [],
+        )
+        .unwrap();
+    b.visit(&s.url("/files?partner=shop"), "files-with-request")
+        .await;
+    let inner = b
+        .client
+        .execute("return window.innerWidth;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(inner, 1280, "the window is 1280 px wide");
+    let width = b
+        .client
+        .execute("return document.documentElement.scrollWidth;", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    assert!(width <= 1280, "the page is {width} px wide");
+    // Each word cell (経路, 結果) and each link (ダウンロード, 取り消す) is
+    // laid out on one line: all its line boxes share one top.
+    let lines = b
+        .client
+        .execute(
+            "function lines(el) {
+               var r = document.createRange(); r.selectNodeContents(el);
+               return new Set(Array.from(r.getClientRects()).map(function (x) { return Math.round(x.top); })).size;
+             }
+             var rows = Array.from(document.querySelectorAll('tr[data-file]'));
+             return {
+               channel: rows.map(function (tr) { return [tr.cells[2].innerText, lines(tr.cells[2])]; }),
+               words: Array.from(document.querySelectorAll('tr[data-file] td:nth-child(4), tr[data-file] a'))
+                 .filter(function (el) { return lines(el) > 1; })
+                 .map(function (el) { return el.innerText; })
+             };",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let cells = lines["channel"].as_array().unwrap();
+    assert_eq!(cells.len(), 3, "{lines}");
+    for c in cells {
+        assert_eq!(c[1], 1, "a 経路 cell on more than one line: {c}");
+    }
+    assert_eq!(lines["words"], serde_json::json!([]), "words on two lines");
+    // The header cells and links too (行数, 再送行, 取り消す …).
+    assert_no_broken_words(&b, "ops files").await;
+    b.close().await;
+}
+
+/// Click the element `css` (a download link or button) and give back the
+/// bytes Chromium saved, removing them so the next download is the next.
+async fn download_bytes(b: &Browser, css: &str) -> Vec<u8> {
+    for e in std::fs::read_dir(&b.downloads).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    b.client
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+    let path = b.downloaded("csv").await;
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    bytes
+}
+
+/// Issue 22: each export a partner downloads in Chromium (the history's
+/// CSV and the monthly statement) opens by double-click in Japanese
+/// Excel, which reads a file with the UTF-8 BOM as UTF-8 and anything else
+/// as CP932: the Shift_JIS shop's files are CP932 (not UTF-8) with CRLF,
+/// the UTF-8 shop's carry the BOM; both decode to the Japanese headers,
+/// partner keys, file names, channel and reversal reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_downloaded_in_chromium_open_in_japanese_excel_for_both_encodings() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(|| {
+        site_with(
+            |ws| {
+                format!(
+                    "{}{}",
+                    sjis_partner(ws),
+                    ws.scheduled_partner("shop", "daily 03:00").replacen(
+                        "id = \"shop\"\n",
+                        "id = \"shop\"\nname = \"ACME ストア\"\n",
+                        1
+                    )
+                )
+            },
+            |ws| {
+                ws.members(3);
+                let (sjis, _, _) =
+                    encoding_rs::SHIFT_JIS.encode("M000001,注文-1,100\r\nM000002,注文-2,200\r\n");
+                ws.write("inbox/sjis/交換データ.csv", &sjis);
+                ws.write("inbox/shop/交換-ACME.csv", "M000001,注文-3,300\n");
+                ws.ok(&["once"]);
+            },
+        )
+    })
+    .await
+    .unwrap();
+    for partner in ["sjis", "shop"] {
+        let id = ws.int(&format!("SELECT id FROM files WHERE partner = '{partner}'"));
+        ws.ok(&[
+            "reverse",
+            "--file",
+            &id.to_string(),
+            "--reason",
+            "誤送信のため取り消し",
+        ]);
+    }
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m-%d")
+        .to_string();
+    let mut b = Browser::start("exports-excel", Some(&pin)).await;
+    for (partner, file, keys) in [
+        ("sjis", "交換データ.csv", &["注文-1", "注文-2"][..]),
+        ("shop", "交換-ACME.csv", &["注文-3"][..]),
+    ] {
+        let email = format!("staff@{partner}.example");
+        let pw = add_user(&ws, &email, &["--partner", partner]);
+        log_in(&mut b, &s, &email, &pw, &format!("{partner}-logged-in")).await;
+        b.visit(
+            &s.url(&format!("/history?key=&from={today}&to={today}")),
+            &format!("{partner}-history"),
+        )
+        .await;
+        let history = download_bytes(&b, "a[href^='/history.csv']").await;
+        b.visit(&s.url("/files"), &format!("{partner}-files")).await;
+        let statement = download_bytes(&b, "form[action='/statement.csv'] button").await;
+        for (what, bytes) in [("history", &history), ("statement", &statement)] {
+            let bom = bytes.starts_with(b"\xEF\xBB\xBF");
+            if partner == "sjis" {
+                // CP932 for Excel, so not the BOM, and not UTF-8 either.
+                assert!(!bom, "{what}");
+                assert!(std::str::from_utf8(bytes).is_err(), "{what} is CP932");
+            } else {
+                assert!(bom, "{what}: a UTF-8 file needs its BOM for Excel");
+            }
+            // Every line ends CRLF, as Windows Excel writes them.
+            let lf = bytes.iter().filter(|&&c| c == b'\n').count();
+            let crlf = bytes.windows(2).filter(|w| w == b"\r\n").count();
+            assert!(lf > 1 && lf == crlf, "{what}: CRLF line ends");
+        }
+        let history = as_excel_reads(&history);
+        let statement = as_excel_reads(&statement);
+        assert!(
+            history.starts_with("積算日時,指定キー,会員ID,マイル,経路,ファイル,行\r\n"),
+            "{history}"
+        );
+        for key in keys {
+            assert!(history.contains(&format!(",{key},")), "{history}");
+        }
+        assert!(
+            history.contains(&format!(",取得,{file},1\r\n")),
+            "{history}"
+        );
+        assert!(
+            statement.starts_with("区分,項目,詳細,行数,マイル\r\n"),
+            "{statement}"
+        );
+        assert!(
+            statement.contains(&format!("{file}（取得）")),
+            "{statement}"
+        );
+        assert!(statement.contains("経路別,取得,"), "{statement}");
+        assert!(statement.contains("誤送信のため取り消し"), "{statement}");
+        assert!(statement.contains("差引合計"), "{statement}");
+        b.click_button("ログアウト").await;
+    }
+    b.close().await;
+}
+
+/// Both shops (Shift_JIS サンプル商店 and UTF-8 ACME ストア, API on) with a
+/// pulled file each (one failed row), a refused file, and 10 members.
+fn two_shops() -> (Workspace, Serve, String) {
+    site_with(
+        |ws| {
+            let api = "[partner.api]\nenabled = true\ndaily_miles_limit = 100000\n";
+            format!(
+                "{}{api}{}{api}",
+                sjis_partner(ws),
+                ws.scheduled_partner("shop", "daily 03:00").replacen(
+                    "id = \"shop\"\n",
+                    "id = \"shop\"\nname = \"ACME ストア\"\n",
+                    1
+                )
+            )
+        },
+        |ws| {
+            ws.members(10);
+            let (sjis, _, _) = encoding_rs::SHIFT_JIS
+                .encode("M000001,注文-1,100\r\n未登録会員,注文-2,40\r\nM000002,注文-3,200\r\n");
+            ws.write("inbox/sjis/交換データ.csv", &sjis);
+            ws.write(
+                "inbox/shop/exchange-1204.csv",
+                "M000003,S-1,300\nnobody,S-2,5\nM000004,S-3,70\n",
+            );
+            ws.write("inbox/shop/header-only.csv", "member,key,miles\n");
+            let out = ws.run(&["once"]);
+            assert_eq!(out.status.code(), Some(1), "one refused: {out:?}");
+        },
+    )
+}
+
+/// Checks the page now shown for what the issue calls wrapping mid-word:
+/// no link, header or one-line cell in a table is laid out on more than
+/// one line (a
+/// partner's name, ダウンロード, 経路 …; free text may wrap).
+async fn assert_no_broken_words(b: &Browser, page: &str) {
+    let broken = b
+        .client
+        .execute(
+            "return Array.from(document.querySelectorAll('td a, th, td.nowrap:not(:has(br))')).filter(function (el) {
+               var r = document.createRange(); r.selectNodeContents(el);
+               return new Set(Array.from(r.getClientRects()).map(function (x) { return Math.round(x.top); })).size > 1;
+             }).map(function (el) { return el.innerText; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(broken, serde_json::json!([]), "{page}: words on two lines");
+}
+
+/// Check the page now shown: axe-core, no word broken in a table, and
+/// no horizontal scroll bar in the 1280 px window.
+async fn assert_page_ok(b: &Browser, page: &str) {
+    b.assert_accessible(page).await;
+    assert_no_broken_words(b, page).await;
+    let over = b
+        .client
+        .execute(
+            "var d = document.documentElement; return d.scrollWidth - d.clientWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(over, 0, "{page}: wider than the window by {over} px");
+}
+
+/// Go to `url` and save the whole page as `step` (see
+/// [`Browser::full_shot`]).
+async fn see(b: &mut Browser, url: &str, step: &str) {
+    b.client.goto(url).await.expect("goto");
+    b.full_shot(step).await;
+}
+
+/// Every page a partner user sees, screenshotted and checked with
+/// axe-core; `file` is an exchange file in the partner's encoding with one
+/// failed row, `key` a partner key it credits.
+async fn partner_tour(
+    b: &mut Browser,
+    s: &Serve,
+    ws: &Workspace,
+    partner: &str,
+    file: &[u8],
+    key: &str,
+) {
+    let email = format!("staff@{partner}.example");
+    let pw = add_user(ws, &email, &["--partner", partner]);
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m-%d")
+        .to_string();
+    see(b, &s.url("/login"), &format!("{partner}-login")).await;
+    assert_page_ok(b, "login").await;
+    log_in(b, s, &email, &pw, &format!("{partner}-logged-in")).await;
+    b.full_shot(&format!("{partner}-home")).await;
+    assert_page_ok(b, "home").await;
+    see(b, &s.url("/files"), &format!("{partner}-files")).await;
+    assert_page_ok(b, "files").await;
+    see(b, &s.url("/upload"), &format!("{partner}-upload")).await;
+    assert_page_ok(b, "upload").await;
+    b.choose_file("file", "アップロード.csv", file).await;
+    b.send_upload(&format!("{partner}-upload-sent")).await;
+    b.full_shot(&format!("{partner}-upload-result")).await;
+    assert_page_ok(b, "upload result").await;
+    see(b, &s.url("/history"), &format!("{partner}-history-form")).await;
+    assert_page_ok(b, "history form").await;
+    see(
+        b,
+        &s.url(&format!("/history?key=&from={today}&to={today}")),
+        &format!("{partner}-history-dates"),
+    )
+    .await;
+    assert_page_ok(b, "history by dates").await;
+    see(
+        b,
+        &s.url(&format!("/history?key={key}")),
+        &format!("{partner}-history-key"),
+    )
+    .await;
+    assert_page_ok(b, "history by key").await;
+    see(b, &s.url("/keys"), &format!("{partner}-keys")).await;
+    assert_page_ok(b, "keys").await;
+    b.fill_labelled("名前（用途）", "POS 本番").await;
+    b.click_button("キーを作成").await;
+    b.full_shot(&format!("{partner}-key-created")).await;
+    assert_page_ok(b, "key created").await;
+    let prefix = b.text_at("#new-key").await[..12].to_owned();
+    see(
+        b,
+        &s.url(&format!("/keys/{prefix}/revoke")),
+        &format!("{partner}-key-revoke"),
+    )
+    .await;
+    assert_page_ok(b, "key revoke").await;
+    see(b, &s.url("/no-such-page"), &format!("{partner}-not-found")).await;
+    assert_page_ok(b, "404").await;
+    b.click_button("ログアウト").await;
+}
+
+/// Issue 22: every page passes axe-core (no serious or critical
+/// violation) in each view: a Shift_JIS partner's, a UTF-8 partner's and
+/// ops'. Each page is saved as a screenshot on the way (`<target>/tmp/
+/// screenshots/every-page/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_passes_axe_core_in_both_partner_views_and_ops() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(two_shops).await.unwrap();
+    let mut b = Browser::start("every-page", Some(&pin)).await;
+    let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode("M000005,注文-9,10\r\nだれ,注文-10,5\r\n");
+    partner_tour(&mut b, &s, &ws, "sjis", &sjis, "注文-1").await;
+    partner_tour(
+        &mut b,
+        &s,
+        &ws,
+        "shop",
+        b"M000006,U-1,10\nwho,U-2,5\n",
+        "S-1",
+    )
+    .await;
+
+    let pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    log_in(&mut b, &s, "ops@example.jp", &pw, "ops-login").await;
+    assert_page_ok(&b, "ops home").await;
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m-%d")
+        .to_string();
+    let shop_file =
+        ws.int("SELECT min(id) FROM files WHERE partner = 'shop' AND outcome = 'credited'");
+    for (path, step) in [
+        ("/ops".to_owned(), "ops-dashboard"),
+        ("/files".to_owned(), "ops-files-picker"),
+        ("/files?partner=shop".to_owned(), "ops-files"),
+        ("/upload".to_owned(), "ops-upload"),
+        ("/history".to_owned(), "ops-history-form"),
+        (
+            format!("/history?partner=sjis&key=&from={today}&to={today}"),
+            "ops-history",
+        ),
+        ("/ops/members?q=M000001".to_owned(), "ops-member"),
+        ("/ops/audit".to_owned(), "ops-audit"),
+        (
+            format!("/ops/files/{shop_file}/reverse"),
+            "ops-reverse-confirm",
+        ),
+    ] {
+        see(&mut b, &s.url(&path), step).await;
+        assert_page_ok(&b, step).await;
+    }
+    b.fill_labelled("理由（必須・記録に残ります）", "誤送信（パートナー依頼）")
+        .await;
+    b.click_button("取り消しを実行").await;
+    b.full_shot("ops-reversed").await;
+    assert_page_ok(&b, "ops reversed").await;
+    b.close().await;
+}
+
+/// Issue 22: the site works by keyboard alone. From the login page, only
+/// Tab, Enter, Space and typed text: log in, reach the upload page, choose
+/// a file (WebDriver fills the file input, as the system's file dialog
+/// would), send it, then reach the history and find the row just credited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_and_history_by_keyboard_alone() {
+    use fantoccini::key::Key;
+    let (ws, s, pin) = tokio::task::spawn_blocking(two_shops).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let file = ws.write("to-upload/keyboard.csv", "M000007,KB-1,25\n");
+    let mut b = Browser::start("keyboard", Some(&pin)).await;
+    b.visit(&s.url("/login"), "login").await;
+    b.tab_to("#email").await;
+    b.type_text("staff@shop.example").await;
+    b.tab_to("#password").await;
+    b.type_text(&pw).await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::Css("nav a[href='/upload']"))
+        .await
+        .expect("logged in");
+    b.shot("home").await;
+    b.tab_to("nav a[href='/upload']").await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::Id("file"))
+        .await
+        .expect("upload page");
+    b.tab_to("#file").await;
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    b.shot("file-chosen").await;
+    b.tab_to("form[data-upload] button[type=submit]").await;
+    b.press(' ').await;
+    b.client
+        .wait()
+        .at_most(std::time::Duration::from_secs(60))
+        .for_element(fantoccini::Locator::Id("upload-outcome"))
+        .await
+        .expect("result page");
+    b.shot("uploaded").await;
+    assert!(b.text().await.contains("積算しました"));
+    assert_eq!(ws.balance("M000007"), 25);
+    b.tab_to("nav a[href='/history']").await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::Id("key"))
+        .await
+        .expect("history page");
+    b.tab_to("#key").await;
+    b.type_text("KB-1").await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::XPath(
+            "//td[normalize-space(.)='KB-1']",
+        ))
+        .await
+        .expect("the row in the results");
+    b.shot("history").await;
+    let t = b.text().await;
+    assert!(
+        t.contains("KB-1") && t.contains("M000007") && t.contains("アップロード"),
+        "{t}"
+    );
+    b.close().await;
 }

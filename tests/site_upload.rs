@@ -383,14 +383,7 @@ async fn upload(b: &mut Browser, s: &Serve, path: &std::path::Path, dry_run: boo
             .await
             .unwrap();
     }
-    b.click_button("アップロード").await;
-    b.client
-        .wait()
-        .at_most(std::time::Duration::from_secs(60))
-        .for_element(fantoccini::Locator::Id("upload-outcome"))
-        .await
-        .expect("result page");
-    b.shot(step).await;
+    b.send_upload(step).await;
 }
 
 async fn download(b: &Browser, link: &str) -> Vec<u8> {
@@ -608,4 +601,240 @@ fn upload_explains_the_format_and_what_to_do_after_failed_rows() {
         !page.contains("resend_check") && !page.contains("re-send"),
         "{page}"
     );
+}
+
+/// Issue 22: a refused file shows what it held. A duplicate (F001) and a
+/// re-send (F006) list their real row count on the files page and on
+/// the upload's result page, not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_duplicate_and_resend_show_their_row_counts() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@shop.example", &["--partner", "shop"]);
+    let (file, _) = shop_file();
+    let first = ws.write("to-upload/a.csv", &file);
+    let again = ws.write("to-upload/again.csv", &file);
+    // Two of its three rows repeat a.csv's credited rows: a re-send.
+    let resend = ws.write(
+        "to-upload/b.csv",
+        cp932("M000001,注文-1,500\r\nm3@example.jp,注文-4,70\r\nM000008,注文-5,9\r\n"),
+    );
+    let mut b = Browser::start("refused-counts", Some(&pin)).await;
+    browser_log_in(&mut b, &s, "staff@shop.example", &pw).await;
+    upload(&mut b, &s, &first, false, "credited").await;
+    upload(&mut b, &s, &again, false, "duplicate").await;
+    assert!(b.text().await.contains("F001"));
+    assert_eq!(b.text_at("#rows").await, "4", "the duplicate's rows");
+    upload(&mut b, &s, &resend, false, "resend").await;
+    assert!(b.text().await.contains("F006"));
+    assert_eq!(b.text_at("#rows").await, "3", "the re-send's rows");
+
+    b.visit(&s.url("/files"), "files").await;
+    for (name, code, rows) in [("again.csv", "F001", "4"), ("b.csv", "F006", "3")] {
+        let id = ws.int(&format!("SELECT id FROM files WHERE name = '{name}'"));
+        let row = format!("tr[data-file=\"{id}\"]");
+        assert!(
+            b.text_at(&format!("{row} td.reason")).await.contains(code),
+            "{name}"
+        );
+        // The fifth column is 行数.
+        assert_eq!(
+            b.text_at(&format!("{row} td:nth-child(5)")).await,
+            rows,
+            "{name}'s rows on the files page"
+        );
+        assert_eq!(
+            b.text_at(&format!("{row} td:nth-child(6)")).await,
+            "0",
+            "{name} credited nothing"
+        );
+    }
+    b.close().await;
+}
+
+/// Issue 22: a file name with `/` in it (macOS allows one; a hand-made
+/// client sends anything) is kept whole: the history export and the
+/// statement show `=cmd|' /C calc'!A0.csv`, not its part after the `/`,
+/// still written so that a spreadsheet never runs it (a leading `'`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_name_with_a_slash_is_kept_whole_in_the_exports() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@other.example", &["--partner", "other"]);
+    let name = "=cmd|' /C calc'!A0.csv";
+    let mut b = Browser::start("slash-name", Some(&pin)).await;
+    browser_log_in(&mut b, &s, "staff@other.example", &pw).await;
+    b.visit(&s.url("/upload"), "upload-form").await;
+    b.choose_file("file", name, b"M000001,S-1,10\nM000002,S-2,20\n")
+        .await;
+    b.send_upload("credited").await;
+    assert!(b.text().await.contains("積算しました"));
+    assert_eq!(
+        ws.int(&format!(
+            "SELECT count(*) FROM files WHERE name = '{}'",
+            name.replace('\'', "''")
+        )),
+        1,
+        "recorded under its whole name"
+    );
+    // Excel reads the file with the BOM as UTF-8; a cell starting with
+    // `=` is written with a `'` before it.
+    let cell = format!("'{name}");
+    let history = b.fetch_bytes("/history.csv?key=S-1").await;
+    let history = String::from_utf8(history).unwrap();
+    assert!(history.contains(&cell), "{history}");
+    b.visit(&s.url("/files"), "files").await;
+    assert!(b.text().await.contains(name));
+    let month = b
+        .client
+        .find(fantoccini::Locator::Id("month"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let statement = b
+        .fetch_bytes(&format!("/statement.csv?partner=other&month={month}"))
+        .await;
+    let statement = String::from_utf8(statement).unwrap();
+    assert!(
+        statement.contains(&format!("{cell}（アップロード）")),
+        "{statement}"
+    );
+    b.close().await;
+}
+
+/// What a page shows with every `<details>` taken out: the main text a
+/// reader sees without opening anything.
+async fn main_text(b: &Browser) -> String {
+    let v = b
+        .client
+        .execute(
+            "var c = document.body.cloneNode(true);
+             c.querySelectorAll('details').forEach(function (d) { d.remove(); });
+             return c.innerText;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    v.as_str().unwrap().to_owned()
+}
+
+/// The settings of `partners.toml` a partner cannot see or change.
+const CONFIG_KEYS: &[&str] = &[
+    "resend_check",
+    "resend_ratio",
+    "resend_window",
+    "max_error_ratio",
+    "max_miles_per_row",
+    "header =",
+    "partners.toml",
+    // Commands are ops' tools (the site's own name, milebatch 管理サイト,
+    // is fine).
+    "milebatch retry",
+    "milebatch run",
+    "milebatch once",
+];
+
+/// Checks a partner-facing page: no setting named, no English sentence
+/// (three English words in a row) in the main text, and every
+/// disclosure is the 技術的な詳細 one.
+async fn assert_japanese_for_a_partner(b: &Browser, page: &str) {
+    let t = main_text(b).await;
+    for k in CONFIG_KEYS {
+        assert!(!t.contains(k), "{page} names {k}: {t}");
+    }
+    let english = english_run(&t);
+    assert!(
+        english.is_none(),
+        "{page}: English in the main text: {english:?}\n{t}"
+    );
+}
+
+/// The first run of three or more English words (letters, 2+ each)
+/// separated by spaces, if any.
+fn english_run(t: &str) -> Option<String> {
+    for line in t.lines() {
+        let mut run: Vec<&str> = Vec::new();
+        for w in line.split(' ') {
+            let word = w.trim_matches(|c: char| ",.;:()\"'".contains(c));
+            if word.len() >= 2 && word.chars().all(|c| c.is_ascii_alphabetic()) {
+                run.push(word);
+                if run.len() >= 3 {
+                    return Some(run.join(" "));
+                }
+            } else {
+                run.clear();
+            }
+        }
+    }
+    None
+}
+
+/// Issue 22: every refusal a partner reads is Japanese. The technical
+/// English reason is for ops, behind 技術的な詳細, never the main text,
+/// and nothing names a setting the partner cannot see: on the upload's
+/// result page and on the files page, for F001, F002, F003, F004, F006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_read_in_japanese_with_the_technical_reason_only_for_ops() {
+    let (ws, s, pin) = tokio::task::spawn_blocking(site).await.unwrap();
+    let pw = add_user(&ws, "staff@other.example", &["--partner", "other"]);
+    let ops_pw = add_user(&ws, "ops@example.jp", &["--ops"]);
+    let good = b"M000001,A-1,10\nM000002,A-2,20\nM000003,A-3,30\n";
+    let files: [(&str, &[u8], &str); 6] = [
+        ("ok.csv", good, ""),
+        ("dup.csv", good, "F001"),
+        (
+            "unclosed.csv",
+            b"M000004,\"B-1,10\nM000005,B-2,20\n",
+            "F002",
+        ),
+        ("header-only.csv", b"member,key,miles\n", "F003"),
+        (
+            "bad.csv",
+            b"nobody,C-1,10\nnone,C-2,20\nM000006,C-3,30\n",
+            "F004",
+        ),
+        (
+            "resend.csv",
+            b"M000001,A-1,10\nM000002,A-2,20\nM000007,A-4,5\n",
+            "F006",
+        ),
+    ];
+    let mut b = Browser::start("refusals-japanese", Some(&pin)).await;
+    browser_log_in(&mut b, &s, "staff@other.example", &pw).await;
+    for (name, bytes, code) in files {
+        b.visit(&s.url("/upload"), &format!("{name}-form")).await;
+        b.choose_file("file", name, bytes).await;
+        b.send_upload(name).await;
+        if code.is_empty() {
+            continue;
+        }
+        let t = b.text().await;
+        assert!(t.contains(code), "{name}: {t}");
+        assert_japanese_for_a_partner(&b, name).await;
+        // The partner gets no technical reason at all, not even folded.
+        assert!(!t.contains("技術的な詳細"), "{name}: {t}");
+    }
+    b.visit(&s.url("/files"), "partner-files").await;
+    assert_japanese_for_a_partner(&b, "partner files").await;
+    let html = b.client.source().await.unwrap();
+    assert!(!html.contains("<details"), "{html}");
+    b.click_button("ログアウト").await;
+
+    // Ops: the same rows, each with its English reason folded away.
+    browser_log_in(&mut b, &s, "ops@example.jp", &ops_pw).await;
+    b.visit(&s.url("/files?partner=other"), "ops-files").await;
+    for (name, _, code) in files.iter().filter(|f| !f.2.is_empty()) {
+        let id = ws.int(&format!("SELECT id FROM files WHERE name = '{name}'"));
+        let cell = format!("tr[data-file=\"{id}\"] td.reason");
+        let summary = b.text_at(&format!("{cell} details > summary")).await;
+        assert_eq!(summary, "技術的な詳細", "{name}");
+        let shown = b.text_at(&cell).await;
+        assert!(shown.starts_with(code), "{name}: {shown}");
+        assert!(
+            english_run(&shown).is_none(),
+            "{name}: folded, not shown: {shown}"
+        );
+    }
+    b.close().await;
 }

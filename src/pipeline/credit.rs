@@ -69,6 +69,9 @@ pub enum Credited {
         first_at: String,
         /// The content's file was reversed since: its id.
         reversed_file: Option<i64>,
+        /// The data rows of that file: the same bytes hold the same rows,
+        /// so a duplicate shows what it held without reading it again.
+        rows: u64,
     },
 }
 
@@ -177,16 +180,24 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // A reversed file's bytes count as credited here: a re-delivery never
     // credits them again, only `milebatch retry` does.
-    if let Some((first_id, first_name, first_at, reversed_file)) = tx
+    if let Some((first_id, first_name, first_at, reversed_file, rows)) = tx
         .query_row(
             "SELECT id, name, COALESCE(finished_at, started_at),
-                    CASE WHEN outcome = 'reversed' THEN id END
+                    CASE WHEN outcome = 'reversed' THEN id END, rows
              FROM files
              WHERE partner = ?1 AND sha256 = ?2
                AND (outcome = 'credited' OR (outcome = 'reversed' AND NOT ?3))
              ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
             params![p.id, f.sha256, job.retry_of.is_some()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            },
         )
         .optional()?
     {
@@ -195,6 +206,7 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
             first_name,
             first_at,
             reversed_file,
+            rows: rows.max(0) as u64,
         });
     }
     let started = now_text(job.now);

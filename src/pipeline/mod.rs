@@ -851,6 +851,7 @@ fn record(
             first_name,
             first_at,
             reversed_file,
+            rows,
         } => {
             let mut reason = format!(
                 "duplicate delivery: the same content was credited as file {first_id} ({first_name:?}) at {}",
@@ -866,6 +867,9 @@ fn record(
             fr.outcome = "duplicate".into();
             fr.reason = Some(reason);
             fr.file_code = Some(FileCode::F001);
+            // What it held (the credited file's rows), so the partner sees
+            // the file it sent, not an empty one; none of it is credited.
+            fr.counts.rows = rows;
             job.duplicate_report()?
         }
     };

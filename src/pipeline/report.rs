@@ -97,10 +97,13 @@ impl ReportPlace {
 pub fn stem(file_name: &str) -> String {
     // `orders.csv.pgp` reports as `orders`, like `orders.csv`.
     let file_name = super::pgp::strip_suffix(file_name).unwrap_or(file_name);
-    Path::new(file_name)
+    // An uploaded name may hold a `/` (`upload::upload_name`): the stem
+    // is part of the report's local file name, so it names no folder.
+    let file_name = super::upload::local_name(file_name);
+    Path::new(&file_name)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file_name.to_owned())
+        .unwrap_or(file_name)
 }
 
 /// The name a report is uploaded under: `<stem>.errors.csv`, the partner's

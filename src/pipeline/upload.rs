@@ -38,7 +38,7 @@ pub const MAX_NAME_BYTES: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("file name {0:?} cannot be used: it must be 1 to {MAX_NAME_BYTES} bytes without control characters, '/' or '\\'")]
+    #[error("file name {0:?} cannot be used: it must be 1 to {MAX_NAME_BYTES} bytes without control characters, and not end in '/'")]
     BadName(String),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -163,15 +163,26 @@ pub fn sweep_stale(data_dir: &Path, older_than: Duration) {
     }
 }
 
-/// The name an upload is known by: the last part of what the browser sent
-/// (old browsers send a whole Windows path), if it is safe to use.
+/// The name an upload is known by (the files row, the pages, the
+/// exports): what the browser sent, after the last `\` (old browsers send
+/// a whole Windows path), if it is usable. A `/` is kept: no browser
+/// sends a directory with it, and on macOS it is part of a file's name,
+/// so cutting there would show the partner a name it never gave
+/// (`=cmd|' /C calc'!A0.csv` as `C calc'!A0.csv`). Such a name never
+/// reaches a path as it is: see [`local_name`].
 pub fn upload_name(sent: &str) -> Result<String, UploadError> {
-    let name = sent.rsplit(['/', '\\']).next().unwrap_or("");
-    if safe_name(name) && name.len() <= MAX_NAME_BYTES {
+    let name = sent.rsplit('\\').next().unwrap_or("");
+    if safe_name(&local_name(name)) && !name.ends_with('/') && name.len() <= MAX_NAME_BYTES {
         Ok(name.to_owned())
     } else {
         Err(UploadError::BadName(sent.to_owned()))
     }
+}
+
+/// An [`upload_name`] as part of a local file name (the archive's): each
+/// `/` as `_`, so the name can never name a folder.
+pub fn local_name(name: &str) -> String {
+    name.replace('/', "_")
 }
 
 /// One upload and who made it.
@@ -273,7 +284,7 @@ fn credit_inner(
     let received = pickup::archive(
         up.received.path(),
         &archive_dir,
-        &name,
+        &local_name(&name),
         up.received.size,
         None,
         up.received.sha256.clone(),
@@ -287,6 +298,9 @@ fn credit_inner(
         &archive_dir,
         partner.source.pickup().max_size,
     )?;
+    // From here on the file is known by the name it was sent with; the
+    // report's name is made safe by `report::stem`.
+    let fetched = super::Fetched { name, ..fetched };
     Ok(super::credit_single(
         config,
         partner,
@@ -392,6 +406,34 @@ mod tests {
     }
 
     const GOOD: &[u8] = b"M1,K1,10\nM2,K2,20\nnobody,K3,30\n";
+
+    #[test]
+    fn a_name_with_a_slash_is_kept_and_names_no_folder() {
+        let w = ws();
+        let fr = w.upload("=cmd|' /C calc'!A0.csv", GOOD, false).unwrap();
+        assert_eq!(fr.name, "=cmd|' /C calc'!A0.csv");
+        assert_eq!(
+            w.int("SELECT count(*) FROM files WHERE name = '=cmd|'' /C calc''!A0.csv'"),
+            1
+        );
+        // The archive and the report sit in their partner's folders, each
+        // under one file name with the `/` as `_`.
+        let report = fr.report_path.unwrap();
+        assert!(report
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with("-=cmd|' _C calc'!A0.errors.csv"));
+        assert_eq!(
+            report.parent().unwrap().parent().unwrap(),
+            w.config.daemon.data_dir.join("reports/p")
+        );
+        assert_eq!(
+            fr.archive_path.parent().unwrap(),
+            pickup::archive_dir(&w.config.daemon.data_dir, "p")
+        );
+    }
 
     #[test]
     fn an_upload_is_credited_like_a_pulled_file_with_channel_upload() {
@@ -589,13 +631,23 @@ mod tests {
     }
 
     #[test]
-    fn names_are_the_last_path_part_and_must_be_safe() {
+    fn names_are_what_follows_a_windows_path_and_never_a_folder() {
         assert_eq!(upload_name("C:\\Users\\a\\交換.csv").unwrap(), "交換.csv");
-        assert_eq!(upload_name("dir/x.csv").unwrap(), "x.csv");
+        // A `/` is part of the name (macOS), kept; never part of a path.
+        assert_eq!(upload_name("dir/x.csv").unwrap(), "dir/x.csv");
+        assert_eq!(
+            upload_name("=cmd|' /C calc'!A0.csv").unwrap(),
+            "=cmd|' /C calc'!A0.csv"
+        );
+        assert_eq!(
+            local_name("=cmd|' /C calc'!A0.csv"),
+            "=cmd|' _C calc'!A0.csv"
+        );
         for bad in [
             "",
             "a/",
             "..",
+            "C:\\x\\..",
             "x\u{1}.csv",
             &"a".repeat(MAX_NAME_BYTES + 1),
         ] {

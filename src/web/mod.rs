@@ -85,6 +85,8 @@ pub struct Shared {
     pub verify_quota: Arc<api::limits::DailyQuota>,
     /// The management site's one writable connection (sessions, audit).
     pub site_writer: Arc<site::conn::SiteWriter>,
+    /// The site's one-time messages from a POST to its redirect.
+    pub site_flash: Arc<site::flash::Flashes>,
     /// Request counters and latencies for `/metrics`.
     pub http_metrics: Arc<crate::metrics::HttpMetrics>,
     /// Seals the paging cursors: read once here, never per request.
@@ -102,6 +104,7 @@ impl AppState {
             cursor_key: Arc::new(cursor_key),
             readers: Arc::new(readers::Readers::new(db.clone())),
             site_writer: Arc::new(site::conn::SiteWriter::new(db)),
+            site_flash: Arc::default(),
             keys: Arc::default(),
             limiter: Arc::default(),
             verify_quota: Arc::default(),

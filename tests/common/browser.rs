@@ -139,6 +139,35 @@ impl Browser {
         std::fs::write(&path, png).unwrap();
     }
 
+    /// Save the whole page, top to bottom, as `NN-<step>.png`: the window
+    /// is made as tall as the page for the shot (at most 8,000 px), then
+    /// given back its size, so a page longer than the window is seen
+    /// whole and never half scrolled.
+    pub async fn full_shot(&mut self, step: &str) {
+        let (w, h) = self.client.get_window_size().await.expect("window size");
+        let dims = self
+            .client
+            .execute(
+                "window.scrollTo(0, 0);
+                 return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight];",
+                vec![],
+            )
+            .await
+            .expect("page height");
+        let page = dims[0].as_u64().unwrap_or(h);
+        let chrome = dims[1].as_u64().unwrap_or(0);
+        let tall = (page + chrome).clamp(h, 8_000);
+        self.client
+            .set_window_size(w as u32, tall as u32)
+            .await
+            .expect("resize");
+        self.shot(step).await;
+        self.client
+            .set_window_size(w as u32, h as u32)
+            .await
+            .expect("resize back");
+    }
+
     /// Go to `url` and take a screenshot named `step`.
     pub async fn visit(&mut self, url: &str, step: &str) {
         self.client.goto(url).await.expect("goto");
@@ -154,6 +183,144 @@ impl Browser {
             .text()
             .await
             .expect("body text")
+    }
+
+    /// The text of the first element matching `css` (fails the test when
+    /// there is none).
+    pub async fn text_at(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The bytes the page's own origin answers for `path` (a GET with the
+    /// session's cookie, as a click on a download link would send). The
+    /// page's `fetch`, so no download folder or file name is involved.
+    pub async fn fetch_bytes(&self, path: &str) -> Vec<u8> {
+        let got = self
+            .client
+            .execute_async(
+                "var done = arguments[arguments.length - 1];
+                 fetch(arguments[0], { credentials: 'same-origin' })
+                   .then(function (r) {
+                     if (!r.ok) { throw new Error('HTTP ' + r.status); }
+                     return r.arrayBuffer();
+                   })
+                   .then(function (b) { done(Array.from(new Uint8Array(b))); })
+                   .catch(function (e) { done('failed: ' + e); });",
+                vec![serde_json::Value::String(path.to_owned())],
+            )
+            .await
+            .expect("fetch in the page");
+        let bytes = got
+            .as_array()
+            .unwrap_or_else(|| panic!("GET {path}: {got}"));
+        bytes.iter().map(|b| b.as_u64().unwrap() as u8).collect()
+    }
+
+    /// Put a file named `name` holding `bytes` into the file input `#id`,
+    /// as if chosen there: a name no file on this machine can have (a
+    /// `/` in it, as macOS allows) reaches the page's own upload script.
+    pub async fn choose_file(&self, id: &str, name: &str, bytes: &[u8]) {
+        self.client
+            .execute(
+                "var dt = new DataTransfer();
+                 dt.items.add(new File([new Uint8Array(arguments[2])], arguments[1]));
+                 document.getElementById(arguments[0]).files = dt.files;",
+                vec![id.into(), name.into(), bytes.to_vec().into()],
+            )
+            .await
+            .expect("choose a file");
+    }
+
+    /// Press the upload page's アップロード and wait (60 s at most) for
+    /// its result page, then take a screenshot named `step`.
+    pub async fn send_upload(&mut self, step: &str) {
+        self.click_button("アップロード").await;
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(60))
+            .for_element(Locator::Id("upload-outcome"))
+            .await
+            .expect("result page");
+        self.shot(step).await;
+    }
+
+    /// Run axe-core on the page now shown and fail the test, naming each
+    /// rule and element, if it finds any `serious` or `critical`
+    /// violation. `page` names the page in the message.
+    pub async fn assert_accessible(&self, page: &str) {
+        self.client
+            .execute(&format!("{}\nreturn true;", axe_source()), vec![])
+            .await
+            .expect("inject axe-core");
+        let found = self
+            .client
+            .execute_async(
+                "var done = arguments[arguments.length - 1];
+                 axe.run(document, { resultTypes: ['violations'] }).then(function (r) {
+                   done(r.violations
+                     .filter(function (v) { return v.impact === 'serious' || v.impact === 'critical'; })
+                     .map(function (v) {
+                       return v.impact + ' ' + v.id + ': ' + v.help + ' — ' +
+                         v.nodes.map(function (n) { return n.target.join(' '); }).join(', ');
+                     }));
+                 }, function (e) { done(['axe failed: ' + e]); });",
+                vec![],
+            )
+            .await
+            .expect("axe.run");
+        assert_eq!(
+            found,
+            serde_json::json!([]),
+            "axe-core on {page}: serious or critical violations"
+        );
+    }
+
+    /// Press `key` (a character or a [`fantoccini::key::Key`]) on the
+    /// keyboard, down then up, wherever the focus is.
+    pub async fn press(&self, key: impl Into<char>) {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let k = key.into();
+        let actions = KeyActions::new("keyboard".to_owned())
+            .then(KeyAction::Down { value: k })
+            .then(KeyAction::Up { value: k });
+        self.client
+            .perform_actions(actions)
+            .await
+            .expect("key press");
+    }
+
+    /// Press Tab until the focused element matches `css` (none if it
+    /// already does; at most 60 times, then the test fails): how a
+    /// keyboard user reaches it.
+    pub async fn tab_to(&self, css: &str) {
+        for _ in 0..=60 {
+            let hit = self
+                .client
+                .execute(
+                    "return document.activeElement !== null && document.activeElement.matches(arguments[0]);",
+                    vec![css.into()],
+                )
+                .await
+                .expect("focused element");
+            if hit == serde_json::Value::Bool(true) {
+                return;
+            }
+            self.press(fantoccini::key::Key::Tab).await;
+        }
+        panic!("Tab never reached {css}");
+    }
+
+    /// Type `text` with the keyboard into the focused element.
+    pub async fn type_text(&self, text: &str) {
+        for c in text.chars() {
+            self.press(c).await;
+        }
     }
 
     /// Type `value` into the field whose `<label>` says `label` (so the
@@ -233,6 +400,21 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// axe-core's `axe.min.js`, installed by `.ci/install-deps.sh` into
+/// `tests/support/axe` (read once per test binary).
+fn axe_source() -> &'static str {
+    static SRC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SRC.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/axe/node_modules/axe-core/axe.min.js"
+        );
+        std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!("{path}: {e}: axe-core is installed by `bash .ci/install-deps.sh` (which `bash .ci/test` runs first)")
+        })
+    })
 }
 
 /// The pin for the certificate [`super::serve::tls_server_section`] issued

@@ -1,22 +1,25 @@
 //! `GET /keys`: a partner user's API keys (prefix, label, created, last
-//! used, revoked); `POST /keys`: a new key, shown once on the result page;
-//! `GET/POST /keys/{prefix}/revoke`: revoke, after a confirmation page.
+//! used, revoked); `POST /keys`: a new key, then 303 to `GET
+//! /keys/created`, which shows it once (from the session's flash, so a
+//! reload never posts again); `GET/POST /keys/{prefix}/revoke`: revoke,
+//! after a confirmation page.
 //!
 //! What must stay true: only partner users have this page (ops manage keys
 //! with `milebatch api-key`), each only its own partner's keys: another
 //! partner's prefix answers the same 404 as a missing one. A created key
-//! is on exactly one response (the result page, `no-store`) and never
-//! stored or logged; `api_keys::create`/`revoke` write the audit rows.
+//! is on exactly one response (the first `GET /keys/created`, `no-store`)
+//! and never stored or logged (its flash is in memory, `flash.rs`); `api_keys::create`/`revoke` write the audit rows.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
+use super::flash;
 use super::form::Form;
 use super::{client, forbidden, render, with_db_mut, with_read, Page};
 use crate::timefmt;
@@ -26,6 +29,7 @@ use crate::web::AppState;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/keys", get(list).post(create))
+        .route("/keys/created", get(created))
         .route("/keys/{prefix}/revoke", get(confirm).post(revoke))
 }
 
@@ -139,14 +143,37 @@ async fn create(
     match created {
         Ok(k) => {
             tracing::info!(partner = %partner, prefix = %k.info.prefix, "API key created on the site");
-            let ctx = minijinja::context! {
-                key => k.key, prefix => k.info.prefix, label => k.info.label,
-                enabled => api_enabled(&state, &partner), ..page.ctx()
-            };
-            render(StatusCode::OK, "key_created.html", ctx)
+            state.site_flash.put(
+                &page.id,
+                flash::NewKey {
+                    key: k.key,
+                    prefix: k.info.prefix,
+                    label: k.info.label,
+                },
+            );
+            // 303: the browser GETs the result, so a reload asks for that
+            // page again instead of posting the form (a second key).
+            Redirect::to("/keys/created").into_response()
         }
         Err(r) => r,
     }
+}
+
+/// The key just made, once: the flash is taken by this request, so a
+/// reload shows only that the key can no longer be shown.
+async fn created(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (page, partner) = match partner_page(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let ctx = match state.site_flash.take(&page.id) {
+        Some(k) => minijinja::context! {
+            key => k.key, prefix => k.prefix, label => k.label,
+            enabled => api_enabled(&state, &partner), ..page.ctx()
+        },
+        None => minijinja::context! { gone => true, ..page.ctx() },
+    };
+    render(StatusCode::OK, "key_created.html", ctx)
 }
 
 /// The key `prefix` of `partner`, or `None` (missing, or another partner's).

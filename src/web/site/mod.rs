@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod conn;
 pub mod files;
+pub mod flash;
 pub mod form;
 pub mod history;
 pub mod home;

@@ -310,7 +310,7 @@ async fn upload(
             &state,
             &page,
             StatusCode::BAD_REQUEST,
-            Some("このファイル名は使えません。制御文字や「/」「\\」を含まない、200 バイトまでの名前にしてください。"),
+            Some("このファイル名は使えません。制御文字を含まない、200 バイトまでの名前にしてください。"),
             Some(&partner),
         ),
         Ok(Err(UploadError::Pipeline(PipelineError::Busy { .. }))) => form_page(
