@@ -2433,3 +2433,100 @@ async fn upload_and_history_by_keyboard_alone() {
     );
     b.close().await;
 }
+
+/// Log in with the keyboard alone: Tab to each field, type, Enter.
+async fn keyboard_login(b: &mut Browser, s: &Serve, email: &str, password: &str) {
+    use fantoccini::key::Key;
+    b.visit(&s.url("/login"), "login").await;
+    b.tab_to("#email").await;
+    b.type_text(email).await;
+    b.tab_to("#password").await;
+    b.type_text(password).await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(fantoccini::Locator::Css("nav"))
+        .await
+        .expect("logged in");
+}
+
+async fn wait_css(b: &Browser, css: &str, what: &str) {
+    b.client
+        .wait()
+        .at_most(std::time::Duration::from_secs(30))
+        .for_element(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
+/// The rest of the issue's keyboard list: a partner creates and revokes an
+/// API key, and ops reverse a file, with Tab, Enter, Space and typing only.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_and_reversal_by_keyboard_alone() {
+    use fantoccini::key::Key;
+    let (ws, s, pin) = tokio::task::spawn_blocking(two_shops).await.unwrap();
+    let staff = add_user(&ws, "kb-staff@shop.example", &["--partner", "shop"]);
+    let ops = add_user(&ws, "kb-ops@operator.example", &["--ops"]);
+    let mut b = Browser::start("keyboard-keys-reversal", Some(&pin)).await;
+
+    keyboard_login(&mut b, &s, "kb-staff@shop.example", &staff).await;
+    b.tab_to("nav a[href='/keys']").await;
+    b.press(Key::Enter).await;
+    wait_css(&b, "#label", "keys page").await;
+    b.tab_to("#label").await;
+    b.type_text("POS レジ 1").await;
+    b.press(Key::Enter).await;
+    wait_css(&b, "#new-key", "the new key shown").await;
+    b.shot("key-created").await;
+    assert!(b.text().await.contains("mbk_"));
+    b.tab_to("nav a[href='/keys']").await;
+    b.press(Key::Enter).await;
+    wait_css(
+        &b,
+        "tr[data-key] a[href$='/revoke']",
+        "the key's revoke link",
+    )
+    .await;
+    b.tab_to("tr[data-key] a[href$='/revoke']").await;
+    b.press(Key::Enter).await;
+    wait_css(&b, "form button.danger", "the revoke page").await;
+    b.tab_to("form button.danger").await;
+    b.press(' ').await;
+    wait_css(&b, "tr[data-key] .red", "the key shown revoked").await;
+    b.shot("key-revoked").await;
+    let list = ws.ok(&["api-key", "list", "--partner", "shop", "--json"]);
+    let keys: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys:#}");
+    assert!(keys[0]["revoked_at"].is_string(), "{keys:#}");
+    b.close().await;
+
+    // Ops: from the dashboard to the shop's files, then reverse file 2.
+    let before = ws.balance("M000003");
+    assert_eq!(before, 300);
+    let mut b = Browser::start("keyboard-reversal", Some(&pin)).await;
+    keyboard_login(&mut b, &s, "kb-ops@operator.example", &ops).await;
+    b.tab_to("nav a[href='/ops']").await;
+    b.press(Key::Enter).await;
+    wait_css(&b, "table.dashboard", "the ops dashboard").await;
+    b.tab_to("a[href='/files?partner=shop']").await;
+    b.press(Key::Enter).await;
+    wait_css(&b, "a[href='/ops/files/2/reverse']", "the shop's files").await;
+    b.tab_to("a[href='/ops/files/2/reverse']").await;
+    b.press(Key::Enter).await;
+    wait_css(&b, "#reason", "the reversal page").await;
+    b.tab_to("#reason").await;
+    b.type_text("キーボードだけで取り消し").await;
+    b.tab_to("form button.danger").await;
+    b.press(' ').await;
+    b.client
+        .wait()
+        .at_most(std::time::Duration::from_secs(30))
+        .for_element(fantoccini::Locator::XPath(
+            "//*[contains(., '取り消しました')]",
+        ))
+        .await
+        .expect("the reversal result");
+    b.shot("reversed").await;
+    assert_eq!(ws.balance("M000003"), 0, "file 2's credit taken back");
+    b.close().await;
+}
