@@ -58,7 +58,6 @@ fn commands_not_on_postgres_yet_refuse_with_exit_2_and_write_nothing() {
         vec!["members", "import", "inbox/shop/a.csv"],
         vec!["api-key", "list"],
         vec!["verify"],
-        vec!["backup", "b.db"],
     ] {
         let (code, _, err) = run(&w, &args, pg::PASSWORD);
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -72,6 +71,21 @@ fn commands_not_on_postgres_yet_refuse_with_exit_2_and_write_nothing() {
             "{args:?}: {err}"
         );
     }
+    // backup and restore are SQLite's: a pointer to PostgreSQL's own tools.
+    for args in [vec!["backup", "b.db"], vec!["restore", "b.db"]] {
+        let (code, _, err) = run(&w, &args, pg::PASSWORD);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "`milebatch {}` copies an SQLite file and does not apply to PostgreSQL",
+                args[0]
+            )) && err.contains("pg_dump")
+                && err.contains("pgBackRest")
+                && err.contains("standby"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!w.path("b.db").exists());
     assert!(!w.path("var").exists(), "no data_dir, no SQLite file made");
     assert!(
         w.path("inbox/shop/a.csv").exists(),

@@ -162,6 +162,18 @@ pub fn not_on_postgres_yet(database: &Database, command: &str) -> Option<String>
     if !database.is_postgres() || AVAILABLE_ON_POSTGRES.contains(&command) {
         return None;
     }
+    if command == "backup" || command == "restore" {
+        // Not "yet": a copy of one file is SQLite's way, and doing half of
+        // it on a server that has its own tools would be worse than none.
+        return Some(format!(
+            "`milebatch {command}` copies an SQLite file and does not apply to PostgreSQL \
+             (`daemon.database` is {database}): use the server's own tools: a synchronous standby \
+             (streaming replication) for a host that dies, pgBackRest or pg_basebackup with WAL \
+             archiving for point-in-time recovery, `pg_dump -Fc` / `pg_restore` for a logical copy; \
+             then `milebatch check` and `milebatch verify` against the restored database. \
+             docs/postgres.md, \"Backups on PostgreSQL\", has the steps"
+        ));
+    }
     Some(format!(
         "`milebatch {command}` is not available on PostgreSQL yet (`daemon.database` is {database}): \
          run it with an SQLite database; docs/postgres.md lists what works on PostgreSQL today"
