@@ -185,10 +185,18 @@ fi
 # in their own virtualenv so that Debian's Python stays as it is.
 # Pinned: schemathesis's command line changes between releases.
 PYVENV=/opt/milebatch-test/pyvenv
+# Whether the venv has PACKAGE at VERSION. Not `pip show | grep -q`: grep
+# exits at the match, pip dies of SIGPIPE, and pipefail made that "no", so
+# every run installed again.
+pip_has() {
+    local out
+    out=$("$PYVENV/bin/pip" show "$1" 2>/dev/null) || return 1
+    grep -qx "Version: $2" <<<"$out"
+}
 OSV_VERSION=0.9.0
 ST_VERSION=4.32.5
 if [[ -x $PYVENV/bin/openapi-spec-validator && -x $PYVENV/bin/st ]] \
-    && "$PYVENV/bin/pip" show schemathesis 2>/dev/null | grep -qx "Version: $ST_VERSION"; then
+    && pip_has schemathesis "$ST_VERSION"; then
     log "openapi-spec-validator and schemathesis present in $PYVENV"
 else
     [[ $(id -u) -eq 0 ]] || { log "ERROR: making $PYVENV needs root"; exit 1; }
@@ -201,7 +209,7 @@ fi
 # aiosmtpd (PyPI): the real SMTP server of tests/notify.rs (STARTTLS,
 # implicit TLS, AUTH), in the same virtualenv.
 AIOSMTPD_VERSION=1.4.6
-if "$PYVENV/bin/pip" show aiosmtpd 2>/dev/null | grep -qx "Version: $AIOSMTPD_VERSION"; then
+if pip_has aiosmtpd "$AIOSMTPD_VERSION"; then
     log "aiosmtpd present in $PYVENV"
 else
     [[ $(id -u) -eq 0 ]] || { log "ERROR: installing aiosmtpd into $PYVENV needs root"; exit 1; }
