@@ -647,8 +647,8 @@ impl Metrics {
                 escape(p)
             );
         }
-        let n =
-            crate::store::outbox::counts(conn).map_err(crate::store::StoreError::into_sqlite)?;
+        let n = crate::store::outbox::counts(conn, chrono::Utc::now())
+            .map_err(crate::store::StoreError::into_sqlite)?;
         header(
             out,
             "milebatch_notifications",

@@ -488,7 +488,7 @@ fn the_outbox_routes_leases_retries_and_gives_up_alike() {
         store::write(db, |tx| outbox::route(tx, &ops_only, &[])).unwrap();
         assert!(outbox::unrouted(db, 10).unwrap().is_empty());
         assert_eq!(
-            outbox::counts(db).unwrap(),
+            outbox::counts(db, now).unwrap(),
             outbox::Counts {
                 pending: 2,
                 failed: 0,
@@ -524,7 +524,7 @@ fn the_outbox_routes_leases_retries_and_gives_up_alike() {
             .all(|x| x.id != d.id));
         outbox::attempt_failed(db, d.id, "refused again", None).unwrap();
         assert_eq!(
-            outbox::counts(db).unwrap(),
+            outbox::counts(db, now).unwrap(),
             outbox::Counts {
                 pending: 1,
                 failed: 1,
@@ -543,7 +543,7 @@ fn the_outbox_routes_leases_retries_and_gives_up_alike() {
         assert!(outbox::claim(db, w[0].id, t + 50, t + 80).unwrap());
         outbox::sent(db, w[0].id, "2026-12-04T00:00:00Z").unwrap();
         assert_eq!(
-            outbox::counts(db).unwrap(),
+            outbox::counts(db, now).unwrap(),
             outbox::Counts {
                 pending: 0,
                 failed: 1,
@@ -554,5 +554,46 @@ fn the_outbox_routes_leases_retries_and_gives_up_alike() {
             !outbox::claim(db, w[0].id, t + 200, t + 230).unwrap(),
             "a sent delivery is never claimed"
         );
+        // Not counted: a failed `notify test`, and a failure older than
+        // FAILED_SHOWN (both still listed by `unsent`, the test aside).
+        let fail_one = |kind: &str, at: chrono::DateTime<Utc>| {
+            let id = store::write(db, |tx| {
+                outbox::enqueue(tx, kind, Some("shop"), &serde_json::json!({}), at)
+            })
+            .unwrap();
+            let route = outbox::Route {
+                channel: "email",
+                target: "a@shop.example",
+                next_at: t,
+                give_up_at: t,
+            };
+            store::write(db, |tx| outbox::route(tx, &id, &[route])).unwrap();
+            let d = outbox::due(db, t, 100)
+                .unwrap()
+                .into_iter()
+                .find(|d| d.event.event_id == id)
+                .unwrap();
+            outbox::attempt_failed(db, d.id, "gone", None).unwrap();
+        };
+        fail_one("test", now);
+        fail_one("file.refused", now - chrono::TimeDelta::days(8));
+        assert_eq!(
+            outbox::counts(db, now).unwrap(),
+            outbox::Counts {
+                pending: 0,
+                failed: 1,
+                unrouted: 0
+            },
+            "{}",
+            u.name
+        );
+        let unsent = outbox::unsent(db, 10).unwrap();
+        assert_eq!(
+            unsent.len(),
+            2,
+            "{}: the old failure listed, the test not",
+            u.name
+        );
+        assert!(unsent.iter().all(|d| d.kind != "test"));
     });
 }

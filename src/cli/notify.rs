@@ -90,7 +90,7 @@ pub(super) fn run(cli: &Cli, command: &NotifyCommand) -> anyhow::Result<ExitCode
         NotifyCommand::List { limit, json } => {
             let conn = db::open_query(&config.daemon.database)?;
             let rows = outbox::unsent(&conn, *limit)?;
-            let counts = outbox::counts(&conn)?;
+            let counts = outbox::counts(&conn, chrono::Utc::now())?;
             if *json {
                 print_json(&serde_json::json!({ "counts": counts, "unsent": rows }))?;
                 return Ok(ExitCode::SUCCESS);

@@ -71,7 +71,7 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         },
     });
     let notifications = match &conn {
-        Some(c) => crate::store::outbox::counts(c)?,
+        Some(c) => crate::store::outbox::counts(c, now)?,
         None => Default::default(),
     };
     if json {

@@ -215,14 +215,26 @@ pub fn attempt_failed<E: Exec + ?Sized>(
     Ok(())
 }
 
-/// How many deliveries are pending and failed, and events wait for
-/// routing.
-pub fn counts<E: Exec + ?Sized>(db: &E) -> Result<Counts, StoreError> {
+/// Failed deliveries are counted (and alarmed on) for this long after
+/// their event; `notify list` still shows older ones.
+pub const FAILED_SHOWN: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// How many deliveries are pending, how many failed for events of the
+/// last [`FAILED_SHOWN`] before `now`, and how many events wait for
+/// routing. `notify test` deliveries are not counted: their result was
+/// printed to whoever asked, and a failed test must not stay an alarm.
+pub fn counts<E: Exec + ?Sized>(
+    db: &E,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Counts, StoreError> {
+    let since = crate::db::now_text(now - FAILED_SHOWN);
     let r = db.query_opt(
-        "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
-                (SELECT count(*) FROM deliveries WHERE state = 'failed'), \
+        "SELECT (SELECT count(*) FROM deliveries d JOIN outbox o ON o.event_id = d.event_id \
+                 WHERE d.state = 'pending' AND o.kind <> 'test'), \
+                (SELECT count(*) FROM deliveries d JOIN outbox o ON o.event_id = d.event_id \
+                 WHERE d.state = 'failed' AND o.kind <> 'test' AND o.created_at >= ?1), \
                 (SELECT count(*) FROM outbox WHERE routed = 0)",
-        args![],
+        args![since.as_str()],
     )?;
     Ok(match r {
         Some(r) => Counts {
@@ -234,13 +246,14 @@ pub fn counts<E: Exec + ?Sized>(db: &E) -> Result<Counts, StoreError> {
     })
 }
 
-/// The latest deliveries not sent (pending or failed), newest first.
+/// The latest deliveries not sent (pending or failed), newest first;
+/// `notify test` ones are left out (see [`counts`]).
 pub fn unsent<E: Exec + ?Sized>(db: &E, limit: i64) -> Result<Vec<DeliveryInfo>, StoreError> {
     db.query(
         "SELECT o.event_id, o.kind, o.partner, d.channel, d.target, d.state, d.attempts, \
                 d.last_error, o.created_at \
          FROM deliveries d JOIN outbox o ON o.event_id = d.event_id \
-         WHERE d.state <> 'sent' ORDER BY d.id DESC LIMIT ?1",
+         WHERE d.state <> 'sent' AND o.kind <> 'test' ORDER BY d.id DESC LIMIT ?1",
         args![limit],
     )?
     .iter()

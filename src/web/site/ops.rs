@@ -133,7 +133,8 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
     .await;
     let tz = state.config.daemon.timezone;
     let notify = with_read(&state, move |c| {
-        let counts = crate::store::outbox::counts(c).map_err(|e| e.to_string())?;
+        let counts =
+            crate::store::outbox::counts(c, chrono::Utc::now()).map_err(|e| e.to_string())?;
         let unsent = crate::store::outbox::unsent(c, 10).map_err(|e| e.to_string())?;
         Ok((counts, unsent))
     })
