@@ -333,113 +333,121 @@ pub struct PartnerStatus {
     pub run_request: Option<crate::run_requests::Request>,
 }
 
-pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus, DbError> {
-    use rusqlite::OptionalExtension;
+/// The partner's state for `status` and the ops dashboard, on either
+/// engine.
+pub fn partner_status<E: crate::store::Exec + ?Sized>(
+    db: &E,
+    partner: &str,
+) -> Result<PartnerStatus, DbError> {
+    use crate::store_args as args;
     let json = |t: String, empty: serde_json::Value| serde_json::from_str(&t).unwrap_or(empty);
-    let last_run = conn
-        .query_row(
-            "SELECT started_at, finished_at, trigger, outcome, files, rows, credited, failed, miles, error,
-                    skipped, skipped_by_reason, skips
-             FROM runs WHERE partner = ?1 AND dry_run = 0 ORDER BY id DESC LIMIT 1",
-            [partner],
-            |r| {
-                Ok(LastRun {
-                    started_at: r.get(0)?,
-                    finished_at: r.get(1)?,
-                    trigger: r.get(2)?,
-                    outcome: r.get(3)?,
-                    files: r.get(4)?,
-                    rows: r.get(5)?,
-                    credited: r.get(6)?,
-                    failed: r.get(7)?,
-                    miles: r.get(8)?,
-                    error: r.get(9)?,
-                    skipped: r.get(10)?,
-                    skipped_by_reason: json(r.get(11)?, serde_json::json!({})),
-                    skips: json(r.get(12)?, serde_json::json!([])),
+    let one = |sql: &str| db.query_opt(sql, args![partner]).map_err(DbError::Store);
+    let last_run = one(
+        "SELECT started_at, finished_at, trigger, outcome, files, rows, credited, failed, miles, error,
+                skipped, skipped_by_reason, skips
+         FROM runs WHERE partner = ?1 AND dry_run = 0 ORDER BY id DESC LIMIT 1",
+    )?
+    .map(|r| -> Result<LastRun, crate::store::StoreError> {
+        Ok(LastRun {
+            started_at: r.text(0)?,
+            finished_at: r.opt_text(1)?,
+            trigger: r.text(2)?,
+            outcome: r.opt_text(3)?,
+            files: r.int(4)?,
+            rows: r.int(5)?,
+            credited: r.int(6)?,
+            failed: r.int(7)?,
+            miles: r.int(8)?,
+            error: r.opt_text(9)?,
+            skipped: r.int(10)?,
+            skipped_by_reason: json(r.text(11)?, serde_json::json!({})),
+            skips: json(r.text(12)?, serde_json::json!([])),
+        })
+    })
+    .transpose()
+    .map_err(DbError::Store)?;
+    let state = one(
+        "SELECT last_success, consecutive_failures, last_error, last_error_at, failing_since
+         FROM partner_state WHERE partner = ?1",
+    )?
+    .map(|r| -> Result<_, crate::store::StoreError> {
+        Ok((
+            r.opt_text(0)?,
+            r.int(1)?,
+            r.opt_text(2)?,
+            r.opt_text(3)?,
+            r.opt_text(4)?,
+        ))
+    })
+    .transpose()
+    .map_err(DbError::Store)?;
+    let (last_success, consecutive_failures, last_error, last_error_at, run_failing_since) =
+        state.unwrap_or((None, 0, None, None, None));
+    let last_missed = one(
+        "SELECT started_at FROM runs WHERE partner = ?1 AND outcome = 'missed' ORDER BY id DESC LIMIT 1",
+    )?
+    .map(|r| r.text(0))
+    .transpose()
+    .map_err(DbError::Store)?;
+    let waiting = db
+        .query(
+            "SELECT id, name, outcome, report_path, tidy_error, tidy_failing_since
+             FROM files WHERE partner = ?1 AND tidy = 'pending' ORDER BY id",
+            args![partner],
+        )
+        .and_then(|rows| {
+            rows.iter()
+                .map(|r| {
+                    Ok(WaitingFile {
+                        id: r.int(0)?,
+                        name: r.text(1)?,
+                        outcome: r.text(2)?,
+                        report_path: r.opt_text(3)?,
+                        tidy_error: r.opt_text(4)?,
+                        tidy_failing_since: r.opt_text(5)?,
+                    })
                 })
-            },
-        )
-        .optional()?;
-    let state = conn
-        .query_row(
-            "SELECT last_success, consecutive_failures, last_error, last_error_at, failing_since
-             FROM partner_state WHERE partner = ?1",
-            [partner],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
-    let (last_success, consecutive_failures, last_error, last_error_at, run_failing_since): (
-        _,
-        i64,
-        _,
-        _,
-        Option<String>,
-    ) = state.unwrap_or((None, 0, None, None, None));
-    let last_missed = conn
-        .query_row(
-            "SELECT started_at FROM runs WHERE partner = ?1 AND outcome = 'missed' ORDER BY id DESC LIMIT 1",
-            [partner],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let mut st = conn.prepare(
-        "SELECT id, name, outcome, report_path, tidy_error, tidy_failing_since
-         FROM files WHERE partner = ?1 AND tidy = 'pending' ORDER BY id",
-    )?;
-    let waiting = st
-        .query_map([partner], |r| {
-            Ok(WaitingFile {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                outcome: r.get(2)?,
-                report_path: r.get(3)?,
-                tidy_error: r.get(4)?,
-                tidy_failing_since: r.get(5)?,
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(DbError::Store)?;
+    let latest = |which: &str| -> Result<Option<FileBrief>, DbError> {
+        one(&format!(
+            "SELECT id, name, outcome, COALESCE(finished_at, started_at), credited, miles, reason
+             FROM files WHERE partner = ?1 AND {which} ORDER BY id DESC LIMIT 1"
+        ))?
+        .map(|r| {
+            Ok(FileBrief {
+                id: r.int(0)?,
+                name: r.text(1)?,
+                outcome: r.text(2)?,
+                at: r.text(3)?,
+                credited: r.int(4)?,
+                miles: r.int(5)?,
+                reason: r.opt_text(6)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let latest = |which: &str| {
-        conn.query_row(
-            &format!(
-                "SELECT id, name, outcome, COALESCE(finished_at, started_at), credited, miles, reason
-                 FROM files WHERE partner = ?1 AND {which} ORDER BY id DESC LIMIT 1"
-            ),
-            [partner],
-            |r| {
-                Ok(FileBrief {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    outcome: r.get(2)?,
-                    at: r.get(3)?,
-                    credited: r.get(4)?,
-                    miles: r.get(5)?,
-                    reason: r.get(6)?,
-                })
-            },
-        )
-        .optional()
+        })
+        .transpose()
+        .map_err(DbError::Store)
     };
     let last_credited = latest("outcome = 'credited'")?;
     let last_refused = latest("outcome NOT IN ('credited', 'reversed')")?;
-    let last_reversal = conn
-        .query_row(
-            "SELECT id, COALESCE('file ' || file_id, 'API exchange ' || exchange), actor, reason, at, rows, miles
-             FROM reversals WHERE partner = ?1 ORDER BY id DESC LIMIT 1",
-            [partner],
-            |r| {
-                Ok(LastReversal {
-                    id: r.get(0)?,
-                    what: r.get(1)?,
-                    actor: r.get(2)?,
-                    reason: r.get(3)?,
-                    at: r.get(4)?,
-                    rows: r.get(5)?,
-                    miles: r.get(6)?,
-                })
-            },
-        )
-        .optional()?;
+    let last_reversal = one(
+        "SELECT id, COALESCE('file ' || file_id, 'API exchange ' || exchange), actor, reason, at, rows, miles
+         FROM reversals WHERE partner = ?1 ORDER BY id DESC LIMIT 1",
+    )?
+    .map(|r| -> Result<LastReversal, crate::store::StoreError> {
+        Ok(LastReversal {
+            id: r.int(0)?,
+            what: r.text(1)?,
+            actor: r.text(2)?,
+            reason: r.text(3)?,
+            at: r.text(4)?,
+            rows: r.int(5)?,
+            miles: r.int(6)?,
+        })
+    })
+    .transpose()
+    .map_err(DbError::Store)?;
     // RFC 3339 UTC texts of the same format compare as times.
     let failing_since = waiting
         .iter()
@@ -459,7 +467,7 @@ pub fn partner_status(conn: &Connection, partner: &str) -> Result<PartnerStatus,
         last_credited,
         last_refused,
         last_reversal,
-        run_request: crate::run_requests::open_of(conn, partner).map_err(|e| match e {
+        run_request: crate::run_requests::open_of(db, partner).map_err(|e| match e {
             crate::run_requests::RequestError::Db(e) => DbError::from(e),
         })?,
     })

@@ -1,8 +1,9 @@
 //! `[daemon] database = "postgres://…"` on the real binary, against a
 //! throw-away PostgreSQL (tests/common/pg.rs): the URL and password rules
 //! at config load, the refusal of every command that does not run on
-//! PostgreSQL yet (exit 2, nothing written), and what `check` says about
-//! the database: reachable, TLS verified, schema version, writable primary.
+//! PostgreSQL yet (exit 2, nothing written), what `check` says about
+//! the database (reachable, TLS verified, schema version, writable
+//! primary), and `status` reading it.
 
 mod common;
 
@@ -54,7 +55,6 @@ fn commands_not_on_postgres_yet_refuse_with_exit_2_and_write_nothing() {
         vec!["once"],
         vec!["run"],
         vec!["serve"],
-        vec!["status"],
         vec!["members", "import", "inbox/shop/a.csv"],
         vec!["api-key", "list"],
         vec!["verify"],
@@ -213,4 +213,57 @@ fn check_refuses_a_read_only_standby_as_the_only_host() {
     ));
     let (code, out, err) = run(&w, &["check"], pg::PASSWORD);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// `status` reads PostgreSQL as it reads SQLite: nothing before the first
+/// migration, then what the tables hold (a run, a credited and a refused
+/// file, a pending notification), never migrating by itself.
+#[test]
+fn status_reads_postgres_as_it_reads_sqlite() {
+    let db = pg::shared().fresh_db();
+    let w = workspace(&db.url());
+    let (code, out, err) = run(&w, &["status", "--json"], pg::PASSWORD);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["partners"][0]["last_run"].is_null(), "{v:#}");
+    assert_eq!(tables(&db), "0", "status migrates nothing");
+
+    let database = db.database("MB_STATUS_DB_PASSWORD");
+    let milebatch::store::Database::Postgres(target) = database else {
+        unreachable!()
+    };
+    milebatch::store::connect_postgres(&target, true).unwrap();
+    pg::shared().psql(
+        &db.name,
+        "INSERT INTO runs(partner, trigger, dry_run, started_at, finished_at, outcome, files, rows, credited, failed, miles) \
+         VALUES ('shop', 'schedule', 0, '2026-12-04T01:00:00Z', '2026-12-04T01:00:05Z', 'refused', 2, 5, 3, 0, 300); \
+         INSERT INTO files(partner, run_id, name, size, sha256, outcome, archive_path, started_at, finished_at, rows, credited, miles, tidy, channel) \
+         VALUES ('shop', 1, 'a.csv', 10, 'aa', 'credited', 'x', '2026-12-04T01:00:01Z', '2026-12-04T01:00:02Z', 3, 3, 300, 'done', 'pull'); \
+         INSERT INTO files(partner, run_id, name, size, sha256, outcome, reason, archive_path, started_at, finished_at, rows, tidy, channel, file_code) \
+         VALUES ('shop', 1, 'b.csv', 10, 'bb', 'refused', 'no data rows', 'y', '2026-12-04T01:00:03Z', '2026-12-04T01:00:04Z', 0, 'done', 'pull', 'F003'); \
+         INSERT INTO partner_state(partner, last_attempt, consecutive_failures, last_error, last_error_at, failing_since) \
+         VALUES ('shop', '2026-12-04T01:00:00Z', 1, 'b.csv: no data rows', '2026-12-04T01:00:00Z', '2026-12-04T01:00:00Z'); \
+         INSERT INTO outbox(event_id, kind, partner, created_at, data, routed) \
+         VALUES ('evt_1', 'file.refused', 'shop', '2999-01-01T00:00:00Z', '{}', 1); \
+         INSERT INTO deliveries(event_id, channel, target, state, next_at, give_up_at) \
+         VALUES ('evt_1', 'email', 'a@shop.example', 'pending', 0, 0);",
+    );
+    let (code, out, err) = run(&w, &["status", "--json"], pg::PASSWORD);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &v["partners"][0];
+    assert_eq!(p["last_run"]["outcome"], "refused", "{v:#}");
+    assert_eq!(p["last_run"]["credited"], 3);
+    assert_eq!(p["failing"], true);
+    assert_eq!(p["consecutive_failures"], 1);
+    assert_eq!(p["last_credited"]["name"], "a.csv");
+    assert_eq!(p["last_refused"]["name"], "b.csv");
+    assert_eq!(v["notifications"]["pending"], 1, "{v:#}");
+    // The text form too.
+    let (code, out, _) = run(&w, &["status"], pg::PASSWORD);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("notify    1 pending") && out.contains("b.csv: no data rows"),
+        "{out}"
+    );
 }

@@ -21,16 +21,32 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let config = load(cli)?;
     // Before the first run there is no database: every partner simply has
     // no history yet.
-    let conn = match db::open_query(&config.daemon.database) {
-        Err(db::DbError::Missing { .. }) => None,
-        other => Some(other?),
+    let conn: Option<Box<dyn crate::store::Exec>> = match &config.daemon.store {
+        crate::store::Database::Sqlite(_) => match db::open_query(&config.daemon.database) {
+            Err(db::DbError::Missing { .. }) => None,
+            other => Some(Box::new(other?)),
+        },
+        // Read as it is, never migrated (as SQLite's query commands).
+        crate::store::Database::Postgres(t) => {
+            let c = crate::store::connect_postgres(t, false)?;
+            match c.schema_version()? {
+                0 => None,
+                v if v < crate::store::PgConn::known_version() => anyhow::bail!(
+                    "database {} has schema version {v}, older than this milebatch ({}): \
+                     it is migrated when the daemon or serve starts with this version",
+                    config.daemon.store,
+                    crate::store::PgConn::known_version()
+                ),
+                _ => Some(Box::new(c)),
+            }
+        }
     };
     let tz = config.daemon.timezone;
     let now = clock()?.now();
     let mut out = Vec::new();
     for p in &config.partners {
         let st = match &conn {
-            Some(c) => query::partner_status(c, &p.id)?,
+            Some(c) => query::partner_status(&**c, &p.id)?,
             None => query::PartnerStatus::default(),
         };
         let next = p
@@ -45,8 +61,8 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let (last_verify, last_backup) = match &conn {
         Some(c) => (
-            crate::money::verify::last_run(c)?,
-            crate::money::backup::last_run(c)?,
+            crate::money::verify::last_run(&**c)?,
+            crate::money::backup::last_run(&**c)?,
         ),
         None => (None, None),
     };
@@ -71,7 +87,7 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         },
     });
     let notifications = match &conn {
-        Some(c) => crate::store::outbox::counts(c, now)?,
+        Some(c) => crate::store::outbox::counts(&**c, now)?,
         None => Default::default(),
     };
     if json {

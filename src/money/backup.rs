@@ -234,21 +234,24 @@ fn prune(dir: &Path, keep: usize) -> std::io::Result<u64> {
 }
 
 /// The latest scheduled backup, if any ran.
-pub fn last_run(conn: &rusqlite::Connection) -> rusqlite::Result<Option<BackupRun>> {
-    let mut st = conn.prepare(
+pub fn last_run<E: crate::store::Exec + ?Sized>(
+    db: &E,
+) -> Result<Option<BackupRun>, crate::store::StoreError> {
+    db.query_opt(
         "SELECT at, path, bytes, ok, deleted, error FROM backup_runs ORDER BY id DESC LIMIT 1",
-    )?;
-    let mut rows = st.query_map([], |r| {
+        &[],
+    )?
+    .map(|r| {
         Ok(BackupRun {
-            at: r.get(0)?,
-            path: r.get(1)?,
-            bytes: r.get::<_, Option<i64>>(2)?.map(|b| b as u64),
-            ok: r.get(3)?,
-            deleted: r.get::<_, i64>(4)? as u64,
-            error: r.get(5)?,
+            at: r.text(0)?,
+            path: r.opt_text(1)?,
+            bytes: r.opt_int(2)?.map(|b| b as u64),
+            ok: r.int(3)? != 0,
+            deleted: r.int(4)? as u64,
+            error: r.opt_text(5)?,
         })
-    })?;
-    rows.next().transpose()
+    })
+    .transpose()
 }
 
 /// `verify` on a database file (read-only).

@@ -183,22 +183,25 @@ pub fn scheduled(
 }
 
 /// The latest scheduled verify, if any ran.
-pub fn last_run(conn: &Connection) -> rusqlite::Result<Option<VerifyRun>> {
-    let mut st = conn.prepare(
+pub fn last_run<E: crate::store::Exec + ?Sized>(
+    db: &E,
+) -> Result<Option<VerifyRun>, crate::store::StoreError> {
+    db.query_opt(
         "SELECT at, ok, problems, ledger_rows, seconds, first_problem
          FROM verify_runs ORDER BY id DESC LIMIT 1",
-    )?;
-    let mut rows = st.query_map([], |r| {
+        &[],
+    )?
+    .map(|r| {
         Ok(VerifyRun {
-            at: r.get(0)?,
-            ok: r.get(1)?,
-            problems: r.get::<_, i64>(2)? as u64,
-            ledger_rows: r.get::<_, i64>(3)? as u64,
-            seconds: r.get(4)?,
-            first_problem: r.get(5)?,
+            at: r.text(0)?,
+            ok: r.int(1)? != 0,
+            problems: r.int(2)? as u64,
+            ledger_rows: r.int(3)? as u64,
+            seconds: r.opt_real(4)?.unwrap_or(0.0),
+            first_problem: r.opt_text(5)?,
         })
-    })?;
-    rows.next().transpose()
+    })
+    .transpose()
 }
 
 /// The verify gauges in Prometheus text format, from the latest scheduled

@@ -332,6 +332,12 @@ impl PgConn {
             .unwrap_or(0))
     }
 
+    /// The schema version this milebatch writes (the length of the
+    /// migration list).
+    pub fn known_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
     fn too_new(&self, found: i64) -> StoreError {
         StoreError::TooNew {
             database: self.database.clone(),

@@ -107,6 +107,20 @@ impl Row {
         }
     }
 
+    /// Column `i` as a float (an integer is taken too: SQLite may hand a
+    /// whole number of a REAL column back as one).
+    pub fn opt_real(&self, i: usize) -> Result<Option<f64>, StoreError> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            Cell::Real(v) => Ok(Some(*v)),
+            Cell::Int(v) => Ok(Some(*v as f64)),
+            _ => Err(StoreError::Decode {
+                column: i,
+                wanted: "a number",
+            }),
+        }
+    }
+
     /// Column `i` as text (NULL is an error).
     pub fn text(&self, i: usize) -> Result<String, StoreError> {
         self.opt_text(i)?.ok_or(StoreError::Decode {
