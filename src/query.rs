@@ -58,11 +58,13 @@ pub struct FilePage {
     pub total: u64,
 }
 
-pub fn files(
-    conn: &Connection,
+/// `milebatch files` and the site's files page, on either engine.
+pub fn files<E: crate::store::Exec + ?Sized>(
+    db: &E,
     f: &FileFilter<'_>,
     tz: chrono_tz::Tz,
 ) -> Result<FilePage, DbError> {
+    use crate::store_args as args;
     // `started_at` is stored by `db::now_text` (RFC 3339 UTC, fixed width),
     // so text order is time order.
     let since = f.since.map(crate::db::now_text);
@@ -70,51 +72,68 @@ pub fn files(
         Some("refused") => (Some("refused"), Some("duplicate")),
         o => (o, None),
     };
-    const WHERE: &str = "WHERE (?1 IS NULL OR partner = ?1) AND (?2 IS NULL OR started_at >= ?2)
-           AND (?3 IS NULL OR outcome = ?3 OR outcome = ?4)";
-    let total: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM files {WHERE}"),
-        params![f.partner, since, outcome, also],
-        |r| r.get(0),
-    )?;
-    let mut st = conn.prepare(&format!(
-        "SELECT id, partner, name, sha256, outcome,
-                COALESCE(reason, (SELECT 'reversed (reversal ' || r.id || ') by ' || r.actor || ' at ' || r.at
-                                         || ': ' || r.reason FROM reversals r WHERE r.id = files.reversal)),
-                rows, credited, failed, failed_by_code, miles,
-                report_path, archive_path, started_at, finished_at, tidy, repeats, file_code
-         FROM files {WHERE} ORDER BY id {} LIMIT ?5",
-        if f.newest_first { "DESC" } else { "ASC" }
-    ))?;
-    let limit = f.limit.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
-    let rows = st.query_map(params![f.partner, since, outcome, also, limit], |r| {
-        let started_at: String = r.get(13)?;
-        Ok(FileRow {
-            id: r.get(0)?,
-            partner: r.get(1)?,
-            name: r.get(2)?,
-            sha256: r.get(3)?,
-            outcome: r.get(4)?,
-            reason: r.get(5)?,
-            rows: r.get(6)?,
-            credited: r.get(7)?,
-            failed: r.get(8)?,
-            failed_by_code: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
-            miles: r.get(10)?,
-            report_path: r.get(11)?,
-            archive_path: r.get(12)?,
-            date: crate::timefmt::parse_stored(&started_at)
-                .map(|t| crate::timefmt::local_date(t, tz))
-                .unwrap_or_default(),
-            started_at,
-            finished_at: r.get(14)?,
-            tidy: r.get(15)?,
-            repeats: r.get(16)?,
-            file_code: r.get(17)?,
+    // Typed NULL tests: PostgreSQL cannot infer a bare `$1 IS NULL`.
+    const WHERE: &str = "WHERE (CAST(?1 AS TEXT) IS NULL OR partner = ?1)
+           AND (CAST(?2 AS TEXT) IS NULL OR started_at >= ?2)
+           AND (CAST(?3 AS TEXT) IS NULL OR outcome = ?3 OR outcome = ?4)";
+    let total = db
+        .query_opt(
+            &format!("SELECT count(*) FROM files {WHERE}"),
+            args![f.partner, since.as_deref(), outcome, also],
+        )
+        .map_err(DbError::Store)?
+        .map_or(Ok(0), |r| r.int(0))
+        .map_err(DbError::Store)?;
+    // No limit: the count itself (both engines take a number).
+    let limit = f
+        .limit
+        .map_or(total.max(0), |n| n.min(i64::MAX as u64) as i64);
+    let rows = db
+        .query(
+            &format!(
+                "SELECT id, partner, name, sha256, outcome,
+                        COALESCE(reason, (SELECT 'reversed (reversal ' || r.id || ') by ' || r.actor || ' at ' || r.at
+                                                 || ': ' || r.reason FROM reversals r WHERE r.id = files.reversal)),
+                        rows, credited, failed, failed_by_code, miles,
+                        report_path, archive_path, started_at, finished_at, tidy, repeats, file_code
+                 FROM files {WHERE} ORDER BY id {} LIMIT ?5",
+                if f.newest_first { "DESC" } else { "ASC" }
+            ),
+            args![f.partner, since.as_deref(), outcome, also, limit],
+        )
+        .map_err(DbError::Store)?;
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let started_at = r.text(13)?;
+            Ok(FileRow {
+                id: r.int(0)?,
+                partner: r.text(1)?,
+                name: r.text(2)?,
+                sha256: r.text(3)?,
+                outcome: r.text(4)?,
+                reason: r.opt_text(5)?,
+                rows: r.int(6)?,
+                credited: r.int(7)?,
+                failed: r.int(8)?,
+                failed_by_code: serde_json::from_str(&r.text(9)?).unwrap_or_default(),
+                miles: r.int(10)?,
+                report_path: r.opt_text(11)?,
+                archive_path: r.opt_text(12)?,
+                date: crate::timefmt::parse_stored(&started_at)
+                    .map(|t| crate::timefmt::local_date(t, tz))
+                    .unwrap_or_default(),
+                started_at,
+                finished_at: r.opt_text(14)?,
+                tidy: r.text(15)?,
+                repeats: r.opt_int(16)?,
+                file_code: r.opt_text(17)?,
+            })
         })
-    })?;
+        .collect::<Result<Vec<_>, crate::store::StoreError>>()
+        .map_err(DbError::Store)?;
     Ok(FilePage {
-        rows: rows.collect::<Result<_, _>>()?,
+        rows,
         total: total as u64,
     })
 }

@@ -215,18 +215,21 @@ fn check_refuses_a_read_only_standby_as_the_only_host() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-/// `status` reads PostgreSQL as it reads SQLite: nothing before the first
-/// migration, then what the tables hold (a run, a credited and a refused
-/// file, a pending notification), never migrating by itself.
+/// `status` and `files` read PostgreSQL as they read SQLite: nothing
+/// before the first migration, then what the tables hold (a run, a
+/// credited and a refused file, a pending notification), never migrating
+/// by themselves.
 #[test]
-fn status_reads_postgres_as_it_reads_sqlite() {
+fn status_and_files_read_postgres_as_they_read_sqlite() {
     let db = pg::shared().fresh_db();
     let w = workspace(&db.url());
     let (code, out, err) = run(&w, &["status", "--json"], pg::PASSWORD);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["partners"][0]["last_run"].is_null(), "{v:#}");
-    assert_eq!(tables(&db), "0", "status migrates nothing");
+    let (code, out, err) = run(&w, &["files", "--json"], pg::PASSWORD);
+    assert_eq!((code, out.trim()), (0, "[]"), "{err}");
+    assert_eq!(tables(&db), "0", "status and files migrate nothing");
 
     let database = db.database("MB_STATUS_DB_PASSWORD");
     let milebatch::store::Database::Postgres(target) = database else {
@@ -264,6 +267,44 @@ fn status_reads_postgres_as_it_reads_sqlite() {
     assert_eq!(code, 0);
     assert!(
         out.contains("notify    1 pending") && out.contains("b.csv: no data rows"),
+        "{out}"
+    );
+
+    // `files`: the same rows, filters and order as on SQLite.
+    let files = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["files", "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = run(&w, &all, pg::PASSWORD);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let all = files(&[]);
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b.csv", "a.csv"], "newest first");
+    assert_eq!(all[0]["file_code"], "F003");
+    assert_eq!(all[0]["date"], "2026-12-04");
+    assert_eq!(all[1]["credited"], 3);
+    assert_eq!(
+        files(&["--outcome", "refused"]).as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        files(&["--since", "2026-12-05"]).as_array().unwrap().len(),
+        0
+    );
+    assert_eq!(
+        files(&["--oldest-first", "--limit", "1"])[0]["name"],
+        "a.csv"
+    );
+    let (code, out, _) = run(&w, &["files", "--limit", "1"], pg::PASSWORD);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("b.csv") && out.contains("1 more file(s) not shown"),
         "{out}"
     );
 }

@@ -188,9 +188,22 @@ pub(super) fn files(cli: &Cli, args: &FilesArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let tz = config.daemon.timezone;
-    let conn = db::open_query(&config.daemon.database)?;
+    let conn: Box<dyn crate::store::Exec> = match super::open_for_reading(&config)? {
+        Some(c) => c,
+        // PostgreSQL never migrated: no files yet.
+        None if config.daemon.store.is_postgres() => {
+            if *json {
+                print_json(&Vec::<query::FileRow>::new())?;
+            } else {
+                println!("no files");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        // No SQLite file: said as every query command says it.
+        None => Box::new(db::open_query(&config.daemon.database)?),
+    };
     let page = query::files(
-        &conn,
+        &*conn,
         &query::FileFilter {
             partner: partner.as_deref(),
             since: since.map(|d| timefmt::start_of_day(d, tz)),

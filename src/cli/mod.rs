@@ -194,6 +194,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The database of a command that only reads, on either engine: SQLite
+/// opened read-only (`None`: no file yet), PostgreSQL connected without
+/// migrating (`None`: never migrated; a schema older than this milebatch
+/// is an error that says so). Neither is ever created or migrated here.
+fn open_for_reading(config: &Config) -> anyhow::Result<Option<Box<dyn crate::store::Exec>>> {
+    use crate::store::{Database, PgConn};
+    Ok(match &config.daemon.store {
+        Database::Sqlite(_) => match crate::db::open_query(&config.daemon.database) {
+            Err(crate::db::DbError::Missing { .. }) => None,
+            other => Some(Box::new(other?)),
+        },
+        Database::Postgres(t) => {
+            let c = crate::store::connect_postgres(t, false)?;
+            match c.schema_version()? {
+                0 => None,
+                v if v < PgConn::known_version() => anyhow::bail!(
+                    "database {} has schema version {v}, older than this milebatch ({}): \
+                     it is migrated when the daemon or serve starts with this version",
+                    config.daemon.store,
+                    PgConn::known_version()
+                ),
+                _ => Some(Box::new(c)),
+            }
+        }
+    })
+}
+
 fn load(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load(&cli.config)?)
 }

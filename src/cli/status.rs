@@ -7,7 +7,7 @@ use clap::Args;
 use super::output::print_json;
 use super::{clock, load, Cli};
 use crate::termtext::cell;
-use crate::{daemon, db, query, timefmt};
+use crate::{daemon, query, timefmt};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -21,26 +21,7 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let config = load(cli)?;
     // Before the first run there is no database: every partner simply has
     // no history yet.
-    let conn: Option<Box<dyn crate::store::Exec>> = match &config.daemon.store {
-        crate::store::Database::Sqlite(_) => match db::open_query(&config.daemon.database) {
-            Err(db::DbError::Missing { .. }) => None,
-            other => Some(Box::new(other?)),
-        },
-        // Read as it is, never migrated (as SQLite's query commands).
-        crate::store::Database::Postgres(t) => {
-            let c = crate::store::connect_postgres(t, false)?;
-            match c.schema_version()? {
-                0 => None,
-                v if v < crate::store::PgConn::known_version() => anyhow::bail!(
-                    "database {} has schema version {v}, older than this milebatch ({}): \
-                     it is migrated when the daemon or serve starts with this version",
-                    config.daemon.store,
-                    crate::store::PgConn::known_version()
-                ),
-                _ => Some(Box::new(c)),
-            }
-        }
-    };
+    let conn = super::open_for_reading(&config)?;
     let tz = config.daemon.timezone;
     let now = clock()?.now();
     let mut out = Vec::new();
