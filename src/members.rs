@@ -664,18 +664,29 @@ fn upsert_rows(
     Ok(())
 }
 
-/// A member's balance, looked up by ID or e-mail.
-pub fn balance(conn: &Connection, value: &str) -> Result<Option<(String, Status, i64)>, DbError> {
-    let mut l = Lookup::new(conn)?;
-    let Some(found) = l.find(value)? else {
-        return Ok(None);
+/// A member's balance, looked up by ID or e-mail (one probe, as
+/// [`Lookup`] makes it), on either engine.
+pub fn balance<E: crate::store::Exec + ?Sized>(
+    db: &E,
+    value: &str,
+) -> Result<Option<(String, Status, i64)>, DbError> {
+    let mut key = String::new();
+    let column = match lookup_key(value, &mut key) {
+        KeyKind::Email => "email",
+        KeyKind::MemberId => "member_id",
     };
-    let (member_id, miles): (String, i64) = conn.query_row(
-        "SELECT m.member_id, COALESCE(b.miles, 0) FROM members m LEFT JOIN balances b ON b.member = m.id WHERE m.id = ?1",
-        [found.id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok(Some((member_id, found.status, miles)))
+    let row = db
+        .query_opt(
+            &format!(
+                "SELECT m.member_id, m.status, COALESCE(b.miles, 0)
+                 FROM members m LEFT JOIN balances b ON b.member = m.id WHERE m.{column} = ?1"
+            ),
+            crate::store_args![key.as_str()],
+        )
+        .map_err(DbError::Store)?;
+    row.map(|r| Ok((r.text(0)?, Status::from_db(r.int(1)?), r.int(2)?)))
+        .transpose()
+        .map_err(DbError::Store)
 }
 
 #[cfg(test)]

@@ -511,34 +511,45 @@ pub struct ApiExchange {
 
 /// API exchanges (of `partner`, if given), newest first; at most `limit`
 /// (0: all).
-pub fn api_exchanges(
-    conn: &Connection,
+pub fn api_exchanges<E: crate::store::Exec + ?Sized>(
+    db: &E,
     partner: Option<&str>,
     limit: u64,
 ) -> Result<Vec<ApiExchange>, DbError> {
-    let mut st = conn.prepare(
+    use crate::store_args as args;
+    // 0: all (a bound both engines take).
+    let limit = if limit == 0 {
+        i64::MAX
+    } else {
+        limit.min(i64::MAX as u64) as i64
+    };
+    db.query(
         "SELECT x.id, x.partner, x.key_prefix, x.idem_key, x.status, x.code, m.member_id,
                 x.partner_key, x.miles, x.created_at
          FROM api_exchanges x LEFT JOIN members m ON m.id = x.member
-         WHERE ?1 IS NULL OR x.partner = ?1
+         WHERE CAST(?1 AS TEXT) IS NULL OR x.partner = ?1
          ORDER BY x.id DESC LIMIT ?2",
-    )?;
-    let limit = if limit == 0 { -1 } else { limit as i64 };
-    let rows = st.query_map(params![partner, limit], |r| {
-        Ok(ApiExchange {
-            id: r.get(0)?,
-            partner: r.get(1)?,
-            key_prefix: r.get(2)?,
-            idempotency_key: r.get(3)?,
-            status: r.get(4)?,
-            code: r.get(5)?,
-            member_id: r.get(6)?,
-            partner_key: r.get(7)?,
-            miles: r.get(8)?,
-            created_at: r.get(9)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        args![partner, limit],
+    )
+    .and_then(|rows| {
+        rows.iter()
+            .map(|r| {
+                Ok(ApiExchange {
+                    id: r.int(0)?,
+                    partner: r.text(1)?,
+                    key_prefix: r.text(2)?,
+                    idempotency_key: r.text(3)?,
+                    status: r.int(4)?,
+                    code: r.opt_text(5)?,
+                    member_id: r.opt_text(6)?,
+                    partner_key: r.opt_text(7)?,
+                    miles: r.opt_int(8)?,
+                    created_at: r.text(9)?,
+                })
+            })
+            .collect()
+    })
+    .map_err(DbError::Store)
 }
 
 /// Where a file's bytes are: its partner, error report and archive (for

@@ -215,12 +215,12 @@ fn check_refuses_a_read_only_standby_as_the_only_host() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-/// `status` and `files` read PostgreSQL as they read SQLite: nothing
-/// before the first migration, then what the tables hold (a run, a
-/// credited and a refused file, a pending notification), never migrating
-/// by themselves.
+/// `status`, `files`, `balance` and `exchanges` read PostgreSQL as they
+/// read SQLite: nothing before the first migration, then what the tables
+/// hold (a run, a credited and a refused file, a pending notification, a
+/// member's balance, API exchanges), never migrating by themselves.
 #[test]
-fn status_and_files_read_postgres_as_they_read_sqlite() {
+fn the_read_commands_read_postgres_as_they_read_sqlite() {
     let db = pg::shared().fresh_db();
     let w = workspace(&db.url());
     let (code, out, err) = run(&w, &["status", "--json"], pg::PASSWORD);
@@ -229,7 +229,12 @@ fn status_and_files_read_postgres_as_they_read_sqlite() {
     assert!(v["partners"][0]["last_run"].is_null(), "{v:#}");
     let (code, out, err) = run(&w, &["files", "--json"], pg::PASSWORD);
     assert_eq!((code, out.trim()), (0, "[]"), "{err}");
-    assert_eq!(tables(&db), "0", "status and files migrate nothing");
+    let (code, out, err) = run(&w, &["exchanges", "--json"], pg::PASSWORD);
+    assert_eq!((code, out.trim()), (0, "[]"), "{err}");
+    let (code, _, err) = run(&w, &["balance", "M000001"], pg::PASSWORD);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no member \"M000001\""), "{err}");
+    assert_eq!(tables(&db), "0", "the read commands migrate nothing");
 
     let database = db.database("MB_STATUS_DB_PASSWORD");
     let milebatch::store::Database::Postgres(target) = database else {
@@ -249,7 +254,12 @@ fn status_and_files_read_postgres_as_they_read_sqlite() {
          INSERT INTO outbox(event_id, kind, partner, created_at, data, routed) \
          VALUES ('evt_1', 'file.refused', 'shop', '2999-01-01T00:00:00Z', '{}', 1); \
          INSERT INTO deliveries(event_id, channel, target, state, next_at, give_up_at) \
-         VALUES ('evt_1', 'email', 'a@shop.example', 'pending', 0, 0);",
+         VALUES ('evt_1', 'email', 'a@shop.example', 'pending', 0, 0); \
+         INSERT INTO members(id, member_id, email, status) VALUES (1, 'M000001', 'taro@example.jp', 0); \
+         INSERT INTO balances(member, miles) VALUES (1, 300); \
+         INSERT INTO api_exchanges(partner, idem_key, request_sha256, key_prefix, status, code, body, member, partner_key, miles, created_at) \
+         VALUES ('shop', 'k1', 'h', 'mbk_1234abcd', 201, NULL, '{}', 1, 'POS-1', 50, '2026-12-04T02:00:00Z'), \
+                ('shop', 'k2', 'h', 'mbk_1234abcd', 422, 'E003', '{}', NULL, 'POS-2', 5, '2026-12-04T02:00:01Z');",
     );
     let (code, out, err) = run(&w, &["status", "--json"], pg::PASSWORD);
     assert_eq!(code, 0, "{err}");
@@ -305,6 +315,35 @@ fn status_and_files_read_postgres_as_they_read_sqlite() {
     assert_eq!(code, 0);
     assert!(
         out.contains("b.csv") && out.contains("1 more file(s) not shown"),
+        "{out}"
+    );
+
+    // `balance` by member ID and by e-mail (any case), `exchanges`.
+    for who in ["M000001", "TARO@example.jp"] {
+        let (code, out, err) = run(&w, &["balance", "--json", who], pg::PASSWORD);
+        assert_eq!(code, 0, "{err}");
+        let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (
+                b["member_id"].as_str(),
+                b["miles"].as_i64(),
+                b["status"].as_str()
+            ),
+            (Some("M000001"), Some(300), Some("active")),
+            "{b:#}"
+        );
+    }
+    let (code, out, _) = run(&w, &["exchanges", "--json"], pg::PASSWORD);
+    assert_eq!(code, 0);
+    let x: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(x[0]["code"], "E003", "newest first: {x:#}");
+    assert_eq!(
+        (x[1]["member_id"].as_str(), x[1]["miles"].as_i64()),
+        (Some("M000001"), Some(50))
+    );
+    let (_, out, _) = run(&w, &["exchanges", "--limit", "1"], pg::PASSWORD);
+    assert!(
+        out.contains("rejected E003") && !out.contains("credited"),
         "{out}"
     );
 }

@@ -34,8 +34,10 @@ pub(super) fn exchanges(cli: &Cli, args: &ExchangesArgs) -> anyhow::Result<ExitC
             return Ok(code);
         }
     }
-    let conn = db::open_query(&config.daemon.database)?;
-    let rows = query::api_exchanges(&conn, partner.as_deref(), *limit)?;
+    let rows = match super::open_existing(&config)? {
+        Some(conn) => query::api_exchanges(&*conn, partner.as_deref(), *limit)?,
+        None => Vec::new(),
+    };
     let tz = config.daemon.timezone;
     if *json {
         print_json(&rows)?;
@@ -76,8 +78,11 @@ pub struct BalanceArgs {
 pub(super) fn balance(cli: &Cli, args: &BalanceArgs) -> anyhow::Result<ExitCode> {
     let BalanceArgs { member, json } = args;
     let config = load(cli)?;
-    let conn = db::open_query(&config.daemon.database)?;
-    let Some((member_id, status, miles)) = members::balance(&conn, member)? else {
+    let found = match super::open_existing(&config)? {
+        Some(conn) => members::balance(&*conn, member)?,
+        None => None,
+    };
+    let Some((member_id, status, miles)) = found else {
         if *json {
             print_json(&serde_json::json!({"member": member, "found": false}))?;
         }
@@ -188,19 +193,14 @@ pub(super) fn files(cli: &Cli, args: &FilesArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let tz = config.daemon.timezone;
-    let conn: Box<dyn crate::store::Exec> = match super::open_for_reading(&config)? {
-        Some(c) => c,
+    let Some(conn) = super::open_existing(&config)? else {
         // PostgreSQL never migrated: no files yet.
-        None if config.daemon.store.is_postgres() => {
-            if *json {
-                print_json(&Vec::<query::FileRow>::new())?;
-            } else {
-                println!("no files");
-            }
-            return Ok(ExitCode::SUCCESS);
+        if *json {
+            print_json(&Vec::<query::FileRow>::new())?;
+        } else {
+            println!("no files");
         }
-        // No SQLite file: said as every query command says it.
-        None => Box::new(db::open_query(&config.daemon.database)?),
+        return Ok(ExitCode::SUCCESS);
     };
     let page = query::files(
         &*conn,

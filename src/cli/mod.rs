@@ -221,6 +221,19 @@ fn open_for_reading(config: &Config) -> anyhow::Result<Option<Box<dyn crate::sto
     })
 }
 
+/// As [`open_for_reading`], but a missing SQLite file is the error every
+/// query command gives for it; `None` only for a PostgreSQL database never
+/// migrated (nothing in it yet).
+fn open_existing(config: &Config) -> anyhow::Result<Option<Box<dyn crate::store::Exec>>> {
+    if config.daemon.store.is_postgres() {
+        open_for_reading(config)
+    } else {
+        Ok(Some(Box::new(crate::db::open_query(
+            &config.daemon.database,
+        )?)))
+    }
+}
+
 fn load(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load(&cli.config)?)
 }

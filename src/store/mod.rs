@@ -181,4 +181,4 @@ pub fn not_on_postgres_yet(database: &Database, command: &str) -> Option<String>
 }
 
 /// The commands that run on PostgreSQL today (docs/postgres.md, Status).
-pub const AVAILABLE_ON_POSTGRES: &[&str] = &["check", "status", "files"];
+pub const AVAILABLE_ON_POSTGRES: &[&str] = &["check", "status", "files", "balance", "exchanges"];
