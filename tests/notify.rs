@@ -38,9 +38,23 @@ impl Drop for Proc {
     }
 }
 
-/// Start `script` (tests/common/…) with the test virtualenv's Python and
-/// wait for its "ready" line.
-fn start_py(script: &str, args: &[&str]) -> Proc {
+/// Start the TLS server `script` (tests/common/…) with the test
+/// virtualenv's Python on a free port, with a certificate named `cert`
+/// from `ca`, then `args`; wait for its "ready" line.
+fn start_py(script: &str, ca: &TestCa, cert: &str, args: &[&str]) -> (u16, Proc) {
+    let (cert, key) = ca.server_cert(cert);
+    let port = free_port();
+    let port_arg = port.to_string();
+    let mut all = vec![
+        port_arg.as_str(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    (port, start_py_args(script, &all))
+}
+
+fn start_py_args(script: &str, args: &[&str]) -> Proc {
     assert!(
         Path::new(PYTHON).exists(),
         "{PYTHON} not found: run `bash .ci/install-deps.sh` as root (it installs aiosmtpd there)"
@@ -70,21 +84,13 @@ struct Smtp {
 }
 
 fn smtp(w: &Workspace, ca: &TestCa, mode: &str) -> Smtp {
-    let (cert, key) = ca.server_cert(&format!("smtp-{mode}"));
     let out = w.path(&format!("mail-{mode}"));
     std::fs::create_dir_all(&out).unwrap();
-    let port = free_port();
-    let p = start_py(
+    let (port, p) = start_py(
         "smtp_sink.py",
-        &[
-            &port.to_string(),
-            cert.to_str().unwrap(),
-            key.to_str().unwrap(),
-            mode,
-            out.to_str().unwrap(),
-            "mb",
-            "s3cret-smtp",
-        ],
+        ca,
+        &format!("smtp-{mode}"),
+        &[mode, out.to_str().unwrap(), "mb", "s3cret-smtp"],
     );
     Smtp { port, out, _p: p }
 }
@@ -121,16 +127,13 @@ struct Hook {
 const HOOK_SECRET: &str = "whsec_test_0123456789";
 
 fn hook(w: &Workspace, ca: &TestCa, mode: &str) -> Hook {
-    let (cert, key) = ca.server_cert("hook");
     let out = w.path("hooks.jsonl");
     let mode_file = w.write("hook-mode", mode);
-    let port = free_port();
-    let p = start_py(
+    let (port, p) = start_py(
         "webhook_sink.py",
+        ca,
+        "hook",
         &[
-            &port.to_string(),
-            cert.to_str().unwrap(),
-            key.to_str().unwrap(),
             HOOK_SECRET,
             out.to_str().unwrap(),
             mode_file.to_str().unwrap(),

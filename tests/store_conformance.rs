@@ -499,6 +499,13 @@ fn the_outbox_routes_leases_retries_and_gives_up_alike() {
         // Due now: only the e-mail; the webhook waits for its time.
         let due = outbox::due(db, t, 10).unwrap();
         assert_eq!(due.len(), 1, "{}", u.name);
+        // One event's deliveries, whatever is due ahead of it.
+        let of = outbox::due_of_event(db, &id, t + 50).unwrap();
+        assert_eq!(of.len(), 2, "{}: email and webhook of one event", u.name);
+        assert!(of.iter().all(|d| d.event.event_id == id));
+        assert!(outbox::due_of_event(db, &ops_only, t + 50)
+            .unwrap()
+            .is_empty());
         let d = &due[0];
         assert_eq!(
             (d.channel.as_str(), d.event.event_id.as_str()),
@@ -568,11 +575,7 @@ fn the_outbox_routes_leases_retries_and_gives_up_alike() {
                 give_up_at: t,
             };
             store::write(db, |tx| outbox::route(tx, &id, &[route])).unwrap();
-            let d = outbox::due(db, t, 100)
-                .unwrap()
-                .into_iter()
-                .find(|d| d.event.event_id == id)
-                .unwrap();
+            let d = outbox::due_of_event(db, &id, t).unwrap().remove(0);
             outbox::attempt_failed(db, d.id, "gone", None).unwrap();
         };
         fail_one("test", now);

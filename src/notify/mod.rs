@@ -128,7 +128,7 @@ pub struct FileFacts<'a> {
     pub name: &'a str,
     pub channel: &'a str,
     /// When the file was received (RFC 3339 UTC, as stored).
-    pub received_at: &'a str,
+    pub received_at: String,
     pub rows: u64,
     pub credited: u64,
     pub failed: u64,
@@ -423,17 +423,9 @@ pub fn deliver(
         if broken.contains(&server(&batch[0])) {
             continue;
         }
-        let now_s = unix(Utc::now());
-        let mut claimed = Vec::new();
-        for d in batch {
-            if outbox::claim(db, d.id, now_s, now_s + lease)? {
-                claimed.push(d);
-            }
-        }
-        if claimed.is_empty() {
+        let Some((claimed, result)) = claim_and_send(config, db, batch, lease)? else {
             continue;
-        }
-        let result = send(config, &claimed);
+        };
         let at = crate::db::now_text(Utc::now());
         for d in &claimed {
             match &result {
@@ -462,6 +454,29 @@ pub fn deliver(
         }
     }
     Ok(done)
+}
+
+/// Claim `batch` (the deliveries another sender holds drop out) and send
+/// what was claimed as one message; `None` when nothing was claimed.
+#[allow(clippy::type_complexity)]
+fn claim_and_send(
+    config: &Config,
+    db: &dyn Exec,
+    batch: Vec<outbox::Due>,
+    lease: i64,
+) -> Result<Option<(Vec<outbox::Due>, Result<(), String>)>, StoreError> {
+    let now_s = unix(Utc::now());
+    let mut claimed = Vec::new();
+    for d in batch {
+        if outbox::claim(db, d.id, now_s, now_s + lease)? {
+            claimed.push(d);
+        }
+    }
+    if claimed.is_empty() {
+        return Ok(None);
+    }
+    let result = send(config, &claimed);
+    Ok(Some((claimed, result)))
 }
 
 /// Send one delivery (or a digest of ops deliveries).
@@ -521,21 +536,18 @@ pub fn test(
     })?;
     route_new(config, db, now)?;
     let mut results = Vec::new();
-    for d in outbox::due(db, unix(now), 1000)? {
-        if d.event.event_id != event_id {
+    for d in outbox::due_of_event(db, &event_id, unix(now))? {
+        let Some((mut claimed, r)) = claim_and_send(config, db, vec![d], lease_secs(config))?
+        else {
             continue;
-        }
-        let now_s = unix(Utc::now());
-        if !outbox::claim(db, d.id, now_s, now_s + lease_secs(config))? {
-            continue;
-        }
-        let r = send(config, std::slice::from_ref(&d));
+        };
+        let d = claimed.remove(0);
         match &r {
             Ok(()) => outbox::sent(db, d.id, &crate::db::now_text(Utc::now()))?,
             // A test is not retried: it was asked for now.
             Err(e) => outbox::attempt_failed(db, d.id, e, None)?,
         }
-        results.push((d.channel.clone(), d.target.clone(), r));
+        results.push((d.channel, d.target, r));
     }
     Ok((event_id, results))
 }

@@ -134,6 +134,27 @@ impl CreditJob<'_> {
         }
     }
 
+    /// File `id` of this job, as its notification event reports it.
+    pub fn facts(
+        &self,
+        id: i64,
+        counts: &Counts,
+        file_code: Option<FileCode>,
+    ) -> crate::notify::FileFacts<'_> {
+        crate::notify::FileFacts {
+            id,
+            name: &self.file.name,
+            channel: self.channel.as_str(),
+            received_at: now_text(self.now),
+            rows: counts.rows,
+            credited: counts.credited,
+            failed: counts.failed,
+            miles: counts.miles,
+            failed_by_code: counts.by_code_value(),
+            file_code: file_code.map(FileCode::as_str),
+        }
+    }
+
     /// The ending of a report line for a record without its own.
     fn default_ending(&self) -> LineEnding {
         match self.partner.encoding {
@@ -326,18 +347,7 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
         crate::notify::file_credited_with_errors(
             &*tx,
             &p.id,
-            &crate::notify::FileFacts {
-                id: file_id,
-                name: &f.name,
-                channel: job.channel.as_str(),
-                received_at: &started,
-                rows: counts.rows,
-                credited: counts.credited,
-                failed: counts.failed,
-                miles: counts.miles,
-                failed_by_code: serde_json::from_str(&counts.by_code_json()).unwrap_or_default(),
-                file_code: None,
-            },
+            &job.facts(file_id, &counts, None),
             job.now,
         )
         .map_err(crate::store::StoreError::into_sqlite)?;

@@ -104,8 +104,13 @@ impl Counts {
         };
     }
     pub fn by_code_json(&self) -> String {
+        self.by_code_value().to_string()
+    }
+
+    /// `{"E003": 2, …}` as a JSON value (the notification events).
+    pub fn by_code_value(&self) -> serde_json::Value {
         serde_json::to_value(self)
-            .map(|v| v["failed_by_code"].to_string())
+            .map(|v| v["failed_by_code"].clone())
             .unwrap_or_default()
     }
     /// `E003=2 E006=1`, for logs.
@@ -934,18 +939,8 @@ fn record(
     crate::notify::file_refused(
         &*tx,
         &job.partner.id,
-        &crate::notify::FileFacts {
-            id,
-            name: &f.name,
-            channel: job.channel.as_str(),
-            received_at: &now_text(job.now),
-            rows: c.rows,
-            credited: 0,
-            failed: c.failed,
-            miles: 0,
-            failed_by_code: serde_json::from_str(&c.by_code_json()).unwrap_or_default(),
-            file_code: fr.file_code.map(FileCode::as_str),
-        },
+        // `c` credits nothing: zeroed above.
+        &job.facts(id, c, fr.file_code),
         fr.reason.as_deref().unwrap_or_default(),
         job.now,
     )

@@ -88,12 +88,9 @@ pub fn hash(key: &str) -> String {
     format!("{:x}", Sha256::digest(key.as_bytes()))
 }
 
-/// `n` bytes from the OS's generator (getrandom, as for passwords and
-/// session ids), hex encoded.
+/// `n` random bytes, hex encoded.
 fn random_hex(n: usize) -> Result<String, KeyError> {
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf).map_err(|e| KeyError::Random(e.to_string()))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    super::random_hex(n).map_err(|e| KeyError::Random(e.to_string()))
 }
 
 /// Create a key for `partner` (the caller checks the partner exists) and

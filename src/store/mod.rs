@@ -38,6 +38,14 @@ pub use location::{
 pub use postgres::{check as check_postgres, connect as connect_postgres, PgConn};
 pub use sql::{to_postgres, Cell, Row, Value};
 
+/// `n` bytes from the OS's generator (getrandom), hex encoded: API keys
+/// and event ids.
+pub(crate) fn random_hex(n: usize) -> Result<String, getrandom::Error> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Which engine is behind an [`Exec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {

@@ -64,15 +64,11 @@ pub struct Counts {
 
 /// A new event id: `evt_` and 24 random hex digits.
 pub fn new_event_id() -> Result<String, StoreError> {
-    let mut buf = [0u8; 12];
-    getrandom::fill(&mut buf).map_err(|e| StoreError::Connect {
+    let hex = super::random_hex(12).map_err(|e| StoreError::Connect {
         database: "outbox".into(),
         message: format!("no randomness for an event id: {e}"),
     })?;
-    Ok(format!(
-        "evt_{}",
-        buf.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    Ok(format!("evt_{hex}"))
 }
 
 /// Write an event in the caller's transaction; its id.
@@ -154,15 +150,35 @@ pub fn route<E: Exec + ?Sized>(
 /// Pending deliveries due at `now` (unix seconds) and not leased, oldest
 /// first.
 pub fn due<E: Exec + ?Sized>(db: &E, now: i64, limit: i64) -> Result<Vec<Due>, StoreError> {
+    due_where(db, now, limit, None)
+}
+
+/// The due deliveries of one event (`notify test`: found whatever else
+/// is waiting ahead of it).
+pub fn due_of_event<E: Exec + ?Sized>(
+    db: &E,
+    event_id: &str,
+    now: i64,
+) -> Result<Vec<Due>, StoreError> {
+    due_where(db, now, i64::MAX, Some(event_id))
+}
+
+fn due_where<E: Exec + ?Sized>(
+    db: &E,
+    now: i64,
+    limit: i64,
+    event_id: Option<&str>,
+) -> Result<Vec<Due>, StoreError> {
     db.query(
         &format!(
             "SELECT d.id, d.channel, d.target, d.attempts, d.give_up_at, {EVENT} \
              FROM deliveries d JOIN outbox o ON o.event_id = d.event_id \
              WHERE d.state = 'pending' AND d.next_at <= ?1 \
                AND (d.lease_until IS NULL OR d.lease_until < ?1) \
+               AND (CAST(?3 AS TEXT) IS NULL OR d.event_id = ?3) \
              ORDER BY d.next_at, d.id LIMIT ?2"
         ),
-        args![now, limit],
+        args![now, limit, event_id],
     )?
     .iter()
     .map(|r| {
