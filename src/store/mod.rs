@@ -35,7 +35,7 @@ pub mod strays;
 pub use location::{
     is_loopback_name, Database, PasswordKeys, PgTarget, PgTls, RootCert, CONNECT_TIMEOUT,
 };
-pub use postgres::{check as check_postgres, connect as connect_postgres, PgConn};
+pub use postgres::{check as check_postgres, connect as connect_postgres, copy_text, PgConn};
 pub use sql::{to_postgres, Cell, Row, Value};
 
 /// `n` bytes from the OS's generator (getrandom), hex encoded: API keys
@@ -68,6 +68,9 @@ pub enum StoreError {
         found: i64,
         known: usize,
     },
+    /// Sending a COPY's rows failed (the connection broke).
+    #[error("database: COPY: {0}")]
+    CopyIo(std::io::Error),
     #[error("database: column {column} is not {wanted}")]
     Decode { column: usize, wanted: &'static str },
 }

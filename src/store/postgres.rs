@@ -287,6 +287,78 @@ impl Exec for PgConn {
     }
 }
 
+impl PgConn {
+    /// `COPY … FROM STDIN` (text format) with the rows `write` produces, in
+    /// the caller's transaction; the number of rows the server took. Bulk
+    /// loads only (members import, file credits, `db copy`): one round trip
+    /// for the whole stream instead of one statement per row. Write each
+    /// field through [`copy_text`] and end each row with `\n`. An `Err`
+    /// from `write` aborts the COPY (nothing of it stays) and is returned.
+    pub fn copy_in<T, E>(
+        &self,
+        sql: &str,
+        write: impl FnOnce(&mut dyn std::io::Write) -> Result<T, E>,
+    ) -> Result<(T, u64), E>
+    where
+        E: From<StoreError>,
+    {
+        use std::io::Write as _;
+        let mut client = self.client.borrow_mut();
+        let mut w = client.copy_in(sql).map_err(StoreError::from)?;
+        // The writer sends a chunk per write call: buffer to 1 MiB chunks.
+        let mut buf = std::io::BufWriter::with_capacity(1 << 20, &mut w);
+        let out = write(&mut buf);
+        let out = match out {
+            Ok(v) => v,
+            Err(e) => {
+                drop(buf);
+                // Dropping the writer unfinished aborts the COPY.
+                drop(w);
+                return Err(e);
+            }
+        };
+        buf.flush().map_err(StoreError::CopyIo)?;
+        drop(buf);
+        let n = w.finish().map_err(StoreError::from)?;
+        Ok((out, n))
+    }
+}
+
+/// Write `field` to `out` escaped for COPY's text format (backslash, tab,
+/// newline, carriage return); `None` is `\N`.
+pub fn copy_text(out: &mut dyn std::io::Write, field: Option<&str>) -> std::io::Result<()> {
+    let Some(field) = field else {
+        return out.write_all(b"\\N");
+    };
+    let bytes = field.as_bytes();
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.write_all(&bytes[from..i])?;
+        out.write_all(esc)?;
+        from = i + 1;
+    }
+    out.write_all(&bytes[from..])
+}
+
+#[cfg(test)]
+mod copy_tests {
+    #[test]
+    fn copy_text_escapes_what_the_text_format_reads_specially() {
+        let mut out = Vec::new();
+        super::copy_text(&mut out, Some("a\\b\tc\nd\re 日本")).unwrap();
+        out.push(b'|');
+        super::copy_text(&mut out, None).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "a\\\\b\\tc\\nd\\re 日本|\\N");
+    }
+}
+
 /// What `milebatch check` says about a PostgreSQL database: `Ok` with a
 /// line for people when it is reachable (over verified TLS when so
 /// configured), a writable primary, and at a schema this milebatch knows;
