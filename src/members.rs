@@ -221,6 +221,100 @@ impl<'c> Lookup<'c> {
     }
 }
 
+/// Batched member look-ups, whichever engine holds the members: the
+/// reading side of a file's credit (`pipeline::batch`) calls only this.
+pub trait FindMany {
+    /// `out[i]`: the member of the `i`th key of `keys` (all of `kind`).
+    fn find_many(
+        &mut self,
+        kind: KeyKind,
+        keys: &KeyList,
+        out: &mut Vec<Option<Found>>,
+    ) -> Result<(), DbError>;
+}
+
+impl FindMany for Lookup<'_> {
+    fn find_many(
+        &mut self,
+        kind: KeyKind,
+        keys: &KeyList,
+        out: &mut Vec<Option<Found>>,
+    ) -> Result<(), DbError> {
+        Lookup::find_many(self, kind, keys, out)
+    }
+}
+
+/// A connection a look-up thread owns: an SQLite reader (opened inside the
+/// credit's transaction, see `pipeline::credit`) or a PostgreSQL one (its
+/// own connection; members are not written by a credit, so any committed
+/// state it reads is the credit's too).
+pub enum MemberReader {
+    Sqlite(Connection),
+    Postgres(Box<crate::store::PgConn>),
+}
+
+impl MemberReader {
+    /// The look-ups, prepared on this connection.
+    pub fn lookup(&self) -> Result<Box<dyn FindMany + '_>, DbError> {
+        Ok(match self {
+            MemberReader::Sqlite(c) => Box::new(Lookup::new(c)?),
+            MemberReader::Postgres(c) => Box::new(PgLookup(c)),
+        })
+    }
+}
+
+/// [`FindMany`] on PostgreSQL: the same JSON array of keys, unnested with
+/// its positions, joined to the unique index.
+struct PgLookup<'c>(&'c crate::store::PgConn);
+
+impl FindMany for PgLookup<'_> {
+    fn find_many(
+        &mut self,
+        kind: KeyKind,
+        keys: &KeyList,
+        out: &mut Vec<Option<Found>>,
+    ) -> Result<(), DbError> {
+        use crate::store::Exec;
+        out.clear();
+        out.resize(keys.len(), None);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // PostgreSQL text cannot hold U+0000: such a key names no member,
+        // and json would refuse to turn it into text. Blank it out.
+        let json = keys.as_json();
+        let json = if json.contains("\\u0000") {
+            std::borrow::Cow::Owned(json.replace("\\u0000", ""))
+        } else {
+            std::borrow::Cow::Borrowed(json)
+        };
+        let rows = self.0.query(
+            match kind {
+                KeyKind::Email => PG_MANY_BY_EMAIL,
+                KeyKind::MemberId => PG_MANY_BY_ID,
+            },
+            crate::store_args![json.as_ref()],
+        )?;
+        for r in rows {
+            let i = r.int(0)? as usize;
+            if let (Some(slot), Some(id)) = (out.get_mut(i), r.opt_int(1)?) {
+                *slot = Some(Found {
+                    id,
+                    status: Status::from_db(r.int(2)?),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+const PG_MANY_BY_ID: &str = "SELECT j.i - 1, m.id, m.status
+     FROM json_array_elements_text(CAST(?1 AS TEXT)::json) WITH ORDINALITY AS j(v, i)
+     JOIN members m ON m.member_id = j.v";
+const PG_MANY_BY_EMAIL: &str = "SELECT j.i - 1, m.id, m.status
+     FROM json_array_elements_text(CAST(?1 AS TEXT)::json) WITH ORDINALITY AS j(v, i)
+     JOIN members m ON m.email = j.v";
+
 /// Keys for [`Lookup::find_many`], kept as the JSON array of strings that
 /// `json_each` reads: adding a key is a copy (escaped only when it holds a
 /// quote, a backslash or a control character), not a serialisation of the
@@ -281,7 +375,7 @@ impl KeyList {
         self.len += 1;
     }
 
-    fn as_json(&self) -> &str {
+    pub(crate) fn as_json(&self) -> &str {
         &self.json
     }
 }

@@ -52,7 +52,6 @@ fn commands_not_on_postgres_yet_refuse_with_exit_2_and_write_nothing() {
     let w = workspace(&db.url());
     w.write("inbox/shop/a.csv", "M000001,k1,100\n");
     for args in [
-        vec!["once"],
         vec!["run"],
         vec!["serve"],
         vec!["members", "import", "inbox/shop/a.csv"],

@@ -68,7 +68,7 @@ fn rowish() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(row, 0..30).prop_map(|rows| rows.concat())
 }
 
-fn check(bytes: &[u8], cfg: &Config, conn: &mut rusqlite::Connection, dir: &Path) {
+fn check(bytes: &[u8], cfg: &Config, conn: &mut milebatch::store::Conn, dir: &Path) {
     let archive = dir.join("in.csv");
     std::fs::write(&archive, bytes).unwrap();
     let file = Fetched {
@@ -102,13 +102,14 @@ fn check(bytes: &[u8], cfg: &Config, conn: &mut rusqlite::Connection, dir: &Path
         }
         Credited::Duplicate { .. } => panic!("dry runs never commit, so nothing is a duplicate"),
     }
-    let ledger: i64 = conn
-        .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
-        .unwrap();
+    let ledger = milebatch::store::Exec::query(&*conn, "SELECT count(*) FROM ledger", &[]).unwrap()
+        [0]
+    .int(0)
+    .unwrap();
     assert_eq!(ledger, 0, "a dry run credits nothing");
 }
 
-fn setup() -> (tempfile::TempDir, rusqlite::Connection) {
+fn setup() -> (tempfile::TempDir, milebatch::store::Conn) {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = milebatch::db::open(&dir.path().join("m.db")).unwrap();
     milebatch::members::import_from(
@@ -117,7 +118,7 @@ fn setup() -> (tempfile::TempDir, rusqlite::Connection) {
         "m",
     )
     .unwrap();
-    (dir, conn)
+    (dir, milebatch::store::Conn::Sqlite(conn))
 }
 
 proptest! {

@@ -7,7 +7,6 @@ use clap::Args;
 
 use super::output::print_json;
 use super::{clock, known_partner, load, Cli};
-use crate::db;
 use crate::pipeline::{self, RunOptions, RunReport, Trigger};
 use crate::termtext::cell;
 use crate::timefmt;
@@ -36,7 +35,7 @@ pub(super) fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<ExitCode> {
         None => config.partners.iter().collect(),
     };
     // Fail early and clearly if the database cannot be opened.
-    db::open(&config.daemon.database)?;
+    crate::store::open_writer(&config.daemon.store)?;
     let clock = clock()?;
     let shutdown = AtomicBool::new(false);
     let reports: Vec<RunReport> = partners
@@ -67,7 +66,7 @@ pub(super) fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<ExitCode> {
         // What the runs had to say goes out now; what cannot be sent is
         // left to the daemon (or the next `once`) to retry. Never changes
         // the exit code: a credit does not depend on its notification.
-        let conn = db::open(&config.daemon.database)?;
+        let conn = crate::store::open_writer(&config.daemon.store)?;
         match crate::notify::deliver(&config, &conn, chrono::Utc::now(), &shutdown) {
             Ok(d) if !json && d != crate::notify::Delivered::default() => {
                 println!("{}", super::notify::summary_line(&d));

@@ -53,6 +53,14 @@ impl LedgerDigest {
         self.0 = self.0.wrapping_add(u128::from_le_bytes(first));
     }
 
+    /// Take back a row [`Self::add`]ed before (a row judged only after it
+    /// was counted: PostgreSQL's set-based credit).
+    pub fn remove(&mut self, row: &Row<'_>) {
+        let mut one = LedgerDigest::default();
+        one.add(row);
+        self.0 = self.0.wrapping_sub(one.0);
+    }
+
     /// 32 lowercase hex digits, as stored.
     pub fn to_hex(self) -> String {
         format!("{:032x}", self.0)

@@ -13,11 +13,9 @@
 use std::io::BufReader;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
-use rusqlite::Connection;
-
 use crate::config::{Encoding, Header};
 use crate::db::DbError;
-use crate::members::{lookup_key, Found, KeyKind, KeyList, Lookup};
+use crate::members::{lookup_key, FindMany, Found, KeyKind, KeyList, MemberReader};
 
 use super::decode;
 use super::parse::{LineEnding, ParseError, Record, Records};
@@ -185,7 +183,7 @@ pub fn read_batches(
     input: std::fs::File,
     encoding: Encoding,
     header: Header,
-    members: &Connection,
+    members: &MemberReader,
     helper: Helper,
     pipe: Pipe,
 ) {
@@ -287,7 +285,7 @@ pub struct LookupJob {
 }
 
 impl LookupJob {
-    fn run(&mut self, lookup: &mut Lookup<'_>) -> Result<(), DbError> {
+    fn run(&mut self, lookup: &mut dyn FindMany) -> Result<(), DbError> {
         for kind in [KeyKind::MemberId, KeyKind::Email] {
             let k = kind as usize;
             lookup.find_many(kind, &self.keys[k], &mut self.found[k])?;
@@ -306,11 +304,11 @@ pub struct Helper {
 /// are most of the reading side's work, and this shares them out, so the
 /// reader, this worker and the credit thread keep both cores busy.
 pub fn lookup_worker(
-    members: Connection,
+    members: MemberReader,
     jobs: Receiver<LookupJob>,
     done: SyncSender<Result<LookupJob, DbError>>,
 ) {
-    let mut lookup = match Lookup::new(&members) {
+    let mut lookup = match members.lookup() {
         Ok(l) => l,
         Err(e) => {
             let _ = done.send(Err(e));
@@ -318,7 +316,7 @@ pub fn lookup_worker(
         }
     };
     for mut job in jobs {
-        let r = job.run(&mut lookup).map(|()| job);
+        let r = job.run(lookup.as_mut()).map(|()| job);
         let failed = r.is_err();
         if done.send(r).is_err() || failed {
             return;
@@ -358,7 +356,7 @@ impl Sorted {
 }
 
 struct Resolver<'c> {
-    lookup: Lookup<'c>,
+    lookup: Box<dyn FindMany + 'c>,
     helper: Helper,
     order: Vec<Sorted>,
     /// Where each distinct key starts in `order`, per kind.
@@ -369,9 +367,9 @@ struct Resolver<'c> {
 }
 
 impl<'c> Resolver<'c> {
-    fn new(members: &'c Connection, helper: Helper) -> Result<Resolver<'c>, DbError> {
+    fn new(members: &'c MemberReader, helper: Helper) -> Result<Resolver<'c>, DbError> {
         Ok(Resolver {
-            lookup: Lookup::new(members)?,
+            lookup: members.lookup()?,
             helper,
             order: Vec::new(),
             starts: Default::default(),
@@ -427,7 +425,7 @@ impl<'c> Resolver<'c> {
         }
         let h = &self.helper;
         h.jobs.send(theirs).map_err(|_| helper_gone())?;
-        self.mine.run(&mut self.lookup)?;
+        self.mine.run(self.lookup.as_mut())?;
         let theirs = h.done.recv().map_err(|_| helper_gone())??;
         // One member per distinct key, in `order`'s order: per kind, this
         // thread's half, then the helper's. `starts` are in that order too

@@ -28,10 +28,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
+
+use crate::store::{Exec, StoreError};
 
 use crate::config::{Encoding, PartnerConfig, ResendCheck};
 use crate::db::{self, now_text, DbError};
+use crate::members::MemberReader;
 use crate::money::digest::{self, LedgerDigest};
 
 use super::batch::{self, Batch, Pre, ReadFailure, BATCH_ROWS};
@@ -86,6 +89,12 @@ pub enum CreditError {
     },
 }
 
+impl From<StoreError> for CreditError {
+    fn from(e: StoreError) -> Self {
+        CreditError::Db(e.into())
+    }
+}
+
 impl From<rusqlite::Error> for CreditError {
     fn from(e: rusqlite::Error) -> Self {
         CreditError::Db(e.into())
@@ -93,19 +102,20 @@ impl From<rusqlite::Error> for CreditError {
 }
 
 /// What the pass over the rows found besides the counts.
-struct Streamed {
+pub(super) struct Streamed {
     /// The file stopped being CSV here; rows before it were counted.
-    unreadable: Option<ParseError>,
+    pub unreadable: Option<ParseError>,
     /// `header = true`, and the first line is a data row.
-    header_missing: bool,
+    pub header_missing: bool,
     /// A member whose credit from this file alone overflows.
-    overflow: Option<i64>,
+    pub overflow: Option<i64>,
     /// Per earlier file id: this file's rows that repeat one of its rows.
-    resent_from: HashMap<i64, u64>,
+    pub resent_from: HashMap<i64, u64>,
+    /// SQLite: the per-member sums, applied at the end (PostgreSQL sums in SQL).
     deltas: Deltas,
     /// Of the ledger rows inserted (stored on the file row, checked by
     /// `verify`).
-    digest: LedgerDigest,
+    pub digest: LedgerDigest,
 }
 
 pub struct CreditJob<'a> {
@@ -156,7 +166,7 @@ impl CreditJob<'_> {
     }
 
     /// The ending of a report line for a record without its own.
-    fn default_ending(&self) -> LineEnding {
+    pub(super) fn default_ending(&self) -> LineEnding {
         match self.partner.encoding {
             Encoding::ShiftJis => LineEnding::CrLf,
             Encoding::Utf8 => LineEnding::Lf,
@@ -195,73 +205,142 @@ impl CreditJob<'_> {
     }
 }
 
-pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credited, CreditError> {
-    let p = job.partner;
-    let f = job.file;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // A reversed file's bytes count as credited here: a re-delivery never
-    // credits them again, only `milebatch retry` does.
-    if let Some((first_id, first_name, first_at, reversed_file, rows)) = tx
-        .query_row(
-            "SELECT id, name, COALESCE(finished_at, started_at),
-                    CASE WHEN outcome = 'reversed' THEN id END, rows
-             FROM files
-             WHERE partner = ?1 AND sha256 = ?2
-               AND (outcome = 'credited' OR (outcome = 'reversed' AND NOT ?3))
-             ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
-            params![p.id, f.sha256, job.retry_of.is_some()],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            },
-        )
-        .optional()?
-    {
-        return Ok(Credited::Duplicate {
-            first_id,
-            first_name,
-            first_at,
-            reversed_file,
-            rows: rows.max(0) as u64,
-        });
+/// Credit one file, on whichever engine `conn` is.
+pub fn credit_file(
+    conn: &mut crate::store::Conn,
+    job: &CreditJob<'_>,
+) -> Result<Credited, CreditError> {
+    match conn {
+        crate::store::Conn::Sqlite(c) => credit_file_sqlite(c, job),
+        crate::store::Conn::Postgres(c) => super::credit_pg::credit_file(c, job),
     }
-    let started = now_text(job.now);
-    tx.execute(
-        "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, archive_path, started_at,
-                           retry_of, tidy, channel)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'credited', ?7, ?8, ?9, ?10, ?11)",
-        params![
-            p.id,
-            job.run_id,
-            f.name,
-            f.size as i64,
-            f.mtime,
-            f.sha256,
-            f.archive.display().to_string(),
-            started,
-            job.retry_of,
-            job.tidy_state(),
-            job.channel.as_str(),
-        ],
-    )?;
-    let file_id = tx.last_insert_rowid();
+}
+
+fn credit_file_sqlite(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credited, CreditError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(dup) = duplicate_of(&*tx, job)? {
+        return Ok(dup);
+    }
+    let file_id = insert_file_row(&*tx, job)?;
 
     let report_path = job.reports.path(file_id);
     let mut report = ReportWriter::new(report_path.clone());
     let mut failed = FailedLines::new(report_path.parent().unwrap_or(Path::new(".")));
     let mut counts = Counts::default();
     let mut st = stream_rows(&tx, job, file_id, &mut report, &mut failed, &mut counts)?;
+    let judged = judge(job, &mut counts, &mut st);
+    let refusal = match judged.refusal {
+        Some(r) => Some(r),
+        None => match apply_balances(&tx, std::mem::replace(&mut st.deltas, Deltas::new(0)))? {
+            Err(member) => Some((FileCode::F005, overflow_reason(member))),
+            Ok(()) => None,
+        },
+    };
+    if let Some((code, reason)) = refusal {
+        drop(report); // the failed-rows-only report: never shown for a refused file
+        tx.rollback()?;
+        return refused(job, failed, code, reason, counts);
+    }
+    drop(failed);
+    let report_path = (report.rows() > 0).then(|| report.path().display().to_string());
+    finish_file_row(
+        &*tx,
+        job,
+        file_id,
+        &counts,
+        report_path.as_deref(),
+        st.digest,
+    )?;
+    // The report is in place before the commit: after a crash between the
+    // two, the rerun rewrites it byte for byte.
+    let report = finish_report(report)?;
+    if job.dry_run {
+        tx.rollback()?;
+    } else {
+        tx.commit()?;
+    }
+    Ok(Credited::Done {
+        file_id,
+        counts,
+        report,
+        warning: judged.resend,
+    })
+}
+
+/// The earlier credit of the same content, if any: then this delivery is
+/// a duplicate. A reversed file's bytes count as credited here: a
+/// re-delivery never credits them again, only `milebatch retry` does.
+pub(super) fn duplicate_of(
+    db: &dyn Exec,
+    job: &CreditJob<'_>,
+) -> Result<Option<Credited>, StoreError> {
+    let row = db.query_opt(
+        "SELECT id, name, COALESCE(finished_at, started_at),
+                CASE WHEN outcome = 'reversed' THEN id END, rows
+         FROM files
+         WHERE partner = ?1 AND sha256 = ?2
+           AND (outcome = 'credited' OR (outcome = 'reversed' AND ?3 = 0))
+         ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
+        crate::store_args![
+            &job.partner.id,
+            &job.file.sha256,
+            i64::from(job.retry_of.is_some())
+        ],
+    )?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Credited::Duplicate {
+        first_id: r.int(0)?,
+        first_name: r.text(1)?,
+        first_at: r.text(2)?,
+        reversed_file: r.opt_int(3)?,
+        rows: r.int(4)?.max(0) as u64,
+    }))
+}
+
+/// The file's row, `credited` until the transaction says otherwise; its id.
+pub(super) fn insert_file_row(db: &dyn Exec, job: &CreditJob<'_>) -> Result<i64, StoreError> {
+    let f = job.file;
+    db.insert_id(
+        "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, archive_path, started_at,
+                           retry_of, tidy, channel)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'credited', ?7, ?8, ?9, ?10, ?11)",
+        crate::store_args![
+            &job.partner.id,
+            job.run_id,
+            &f.name,
+            f.size as i64,
+            f.mtime,
+            &f.sha256,
+            &f.archive.display().to_string(),
+            &now_text(job.now),
+            job.retry_of,
+            job.tidy_state(),
+            job.channel.as_str(),
+        ],
+    )
+}
+
+/// What the rows say about the file as a whole.
+pub(super) struct Judged {
+    /// Refused before its balances are applied (every F code but a
+    /// balance overflow found while applying them).
+    pub refusal: Option<(FileCode, String)>,
+    /// The file looks like a re-send (for the warning or F006).
+    pub resend: Option<String>,
+}
+
+/// Judge the streamed file: counts' `repeats` filled in, and the refusal,
+/// in the order the codes are checked (F002, F007, F003, F004, F006, F005
+/// of the file alone).
+pub(super) fn judge(job: &CreditJob<'_>, counts: &mut Counts, st: &mut Streamed) -> Judged {
+    let p = job.partner;
     let checked = p.resend_check != ResendCheck::Off;
     let repeats: u64 = st.resent_from.values().sum();
     counts.repeats = checked.then_some(repeats);
     let over = checked && counts.rows > 0 && repeats as f64 / counts.rows as f64 > p.resend_ratio;
     let resend = over.then(|| resend_sentence(&st.resent_from, repeats, counts.rows));
-
     let refusal = if let Some(e) = st.unreadable.take() {
         Some((FileCode::F002, format!("cannot be read as CSV: {e}")))
     } else if st.header_missing {
@@ -295,80 +374,80 @@ pub fn credit_file(conn: &mut Connection, job: &CreditJob<'_>) -> Result<Credite
                 days_or_duration(p.resend_window)
             ),
         ))
-    } else if let Some(member) = st.overflow {
-        Some((FileCode::F005, overflow_reason(member)))
     } else {
-        match apply_balances(&tx, std::mem::replace(&mut st.deltas, Deltas::new(0)))? {
-            Err(member) => Some((FileCode::F005, overflow_reason(member))),
-            Ok(()) => None,
-        }
+        st.overflow
+            .map(|member| (FileCode::F005, overflow_reason(member)))
     };
-    if let Some((code, reason)) = refusal {
-        drop(report); // the failed-rows-only report: never shown for a refused file
-        tx.rollback()?;
-        let src = Reread {
-            archive: &f.archive,
-            encoding: p.encoding,
-            header: p.header,
-            default_ending: job.default_ending(),
-        };
-        let path = job.reports.staging();
-        let report = report::write_every_row(&src, failed, code, path.clone())
-            .map_err(|source| CreditError::Io { path, source })?;
-        return Ok(Credited::Refused {
-            code,
-            counts,
-            reason,
-            report,
-        });
-    }
-    drop(failed);
+    Judged { refusal, resend }
+}
 
-    tx.execute(
+/// A refused file, after its transaction rolled back: its every-row
+/// report, from a second pass over the archive.
+pub(super) fn refused(
+    job: &CreditJob<'_>,
+    failed: FailedLines,
+    code: FileCode,
+    reason: String,
+    counts: Counts,
+) -> Result<Credited, CreditError> {
+    let p = job.partner;
+    let src = Reread {
+        archive: &job.file.archive,
+        encoding: p.encoding,
+        header: p.header,
+        default_ending: job.default_ending(),
+    };
+    let path = job.reports.staging();
+    let report = report::write_every_row(&src, failed, code, path.clone())
+        .map_err(|source| CreditError::Io { path, source })?;
+    Ok(Credited::Refused {
+        code,
+        counts,
+        reason,
+        report,
+    })
+}
+
+/// The credited file's row completed, and its event (in the credit's
+/// transaction: the event exists exactly when the credit does, and a dry
+/// run rolls both back).
+pub(super) fn finish_file_row(
+    db: &dyn Exec,
+    job: &CreditJob<'_>,
+    file_id: i64,
+    counts: &Counts,
+    report_path: Option<&str>,
+    digest: LedgerDigest,
+) -> Result<(), StoreError> {
+    db.execute(
         "UPDATE files SET rows = ?2, credited = ?3, failed = ?4, failed_by_code = ?5, miles = ?6,
                           report_path = ?7, finished_at = ?8, repeats = ?9, ledger_digest = ?10
          WHERE id = ?1",
-        params![
+        crate::store_args![
             file_id,
             counts.rows as i64,
             counts.credited as i64,
             counts.failed as i64,
-            counts.by_code_json(),
+            &counts.by_code_json(),
             counts.miles as i64,
-            (report.rows() > 0).then(|| report.path().display().to_string()),
-            now_text(chrono::Utc::now()),
+            report_path,
+            &now_text(chrono::Utc::now()),
             counts.repeats.map(|r| r as i64),
-            st.digest.to_hex(),
+            &digest.to_hex(),
         ],
     )?;
     if counts.failed > 0 {
-        // In the credit's own transaction: the event exists exactly when
-        // the credit does (a dry run rolls both back).
         crate::notify::file_credited_with_errors(
-            &*tx,
-            &p.id,
-            &job.facts(file_id, &counts, None),
+            db,
+            &job.partner.id,
+            &job.facts(file_id, counts, None),
             job.now,
-        )
-        .map_err(crate::store::StoreError::into_sqlite)?;
+        )?;
     }
-    // The report is in place before the commit: after a crash between the
-    // two, the rerun rewrites it byte for byte.
-    let report = finish_report(report)?;
-    if job.dry_run {
-        tx.rollback()?;
-    } else {
-        tx.commit()?;
-    }
-    Ok(Credited::Done {
-        file_id,
-        counts,
-        report,
-        warning: resend,
-    })
+    Ok(())
 }
 
-fn overflow_reason(member: i64) -> String {
+pub(super) fn overflow_reason(member: i64) -> String {
     format!("crediting it would overflow the balance of member #{member}")
 }
 
@@ -419,6 +498,20 @@ fn finish_report(report: ReportWriter) -> Result<Option<PathBuf>, CreditError> {
         .map_err(|source| CreditError::Io { path, source })
 }
 
+impl Streamed {
+    /// Nothing seen yet; per-member sums kept in SQL, not here.
+    pub(super) fn without_deltas() -> Streamed {
+        Streamed {
+            unreadable: None,
+            header_missing: false,
+            overflow: None,
+            resent_from: HashMap::new(),
+            deltas: Deltas::new(0),
+            digest: LedgerDigest::default(),
+        }
+    }
+}
+
 /// Parse, decode, validate and credit every row; failed rows go to `report`
 /// (and their lines to `failed`).
 fn stream_rows(
@@ -429,34 +522,57 @@ fn stream_rows(
     failed: &mut FailedLines,
     counts: &mut Counts,
 ) -> Result<Streamed, CreditError> {
-    let p = job.partner;
-    let archive = &job.file.archive;
-    let input = std::fs::File::open(archive).map_err(|source| CreditError::Io {
-        path: archive.clone(),
-        source,
-    })?;
     // The reader thread and its lookup helper look members up on read-only
     // connections of their own, in parallel with the inserts here. They open
     // their read transactions after ours began (BEGIN IMMEDIATE): no other
     // writer can commit until we do, and this transaction writes no member,
     // so they see exactly the members this one sees.
-    let members = db::open_reader(tx)?;
-    let helper_members = db::open_reader(tx)?;
+    let members = [
+        MemberReader::Sqlite(db::open_reader(tx)?),
+        MemberReader::Sqlite(db::open_reader(tx)?),
+    ];
+    with_batches(job, members, |batches, recycle| {
+        let sinks = Sinks {
+            report,
+            failed,
+            counts,
+        };
+        credit_batches(tx, job, file_id, sinks, batches, recycle)
+    })
+}
+
+/// Run `consume` on the file's batches as a reader thread makes them (and
+/// a helper thread shares its member look-ups), on the two `members`
+/// connections; `consume` sends each batch back for reuse when done.
+/// Returning drops the batches' receiver: a reader still sending then
+/// stops, and dropping its helper's job channel stops the helper.
+pub(super) fn with_batches<T>(
+    job: &CreditJob<'_>,
+    members: [MemberReader; 2],
+    consume: impl FnOnce(
+        Receiver<Result<Batch, ReadFailure>>,
+        std::sync::mpsc::Sender<Batch>,
+    ) -> Result<T, CreditError>,
+) -> Result<T, CreditError> {
+    let p = job.partner;
+    let archive = &job.file.archive;
+    let io = |source| CreditError::Io {
+        path: archive.clone(),
+        source,
+    };
+    let input = std::fs::File::open(archive).map_err(io)?;
+    let [members, helper_members] = members;
     let (to_credit, batches) = sync_channel(BATCHES_AHEAD);
     let (to_reader, recycled) = std::sync::mpsc::channel();
     let (jobs_tx, jobs) = std::sync::mpsc::channel();
     let (done_tx, done) = sync_channel(1);
-    let spawn_err = |source| CreditError::Io {
-        path: archive.clone(),
-        source,
-    };
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("milebatch-lookup".into())
             .spawn_scoped(scope, move || {
                 batch::lookup_worker(helper_members, jobs, done_tx)
             })
-            .map_err(spawn_err)?;
+            .map_err(io)?;
         let helper = batch::Helper {
             jobs: jobs_tx,
             done,
@@ -470,15 +586,8 @@ fn stream_rows(
             .spawn_scoped(scope, move || {
                 batch::read_batches(input, p.encoding, p.header, &members, helper, pipe)
             })
-            .map_err(spawn_err)?;
-        // Returning drops `batches`: a reader still sending then stops, and
-        // dropping its helper's job channel stops the helper.
-        let sinks = Sinks {
-            report,
-            failed,
-            counts,
-        };
-        credit_batches(tx, job, file_id, sinks, batches, to_reader)
+            .map_err(io)?;
+        consume(batches, to_reader)
     })
 }
 
@@ -719,7 +828,7 @@ fn repeats_sql() -> String {
 /// probe, made only for the rows that match otherwise. The re-send check
 /// and E010 ignore reversed credits: after a reversal, the partner's
 /// corrected file is not a re-send, and its keys are free again.
-const NOT_REVERSED: &str = "NOT EXISTS (SELECT 1 FROM ledger r
+pub(super) const NOT_REVERSED: &str = "NOT EXISTS (SELECT 1 FROM ledger r
     WHERE r.partner = l.partner AND r.partner_key = l.partner_key AND r.file_id = l.file_id
       AND r.member = l.member AND r.miles = -l.miles AND r.dup = l.dup)";
 

@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub mod credit;
+mod credit_pg;
 pub mod decode;
 pub mod failed_rows;
 pub mod parse;
@@ -35,8 +36,8 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::store::Exec;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use crate::config::{Config, PartnerConfig};
@@ -150,6 +151,12 @@ pub enum PipelineError {
         partner: String,
         source: pgp::PgpError,
     },
+}
+
+impl From<crate::store::StoreError> for PipelineError {
+    fn from(e: crate::store::StoreError) -> Self {
+        PipelineError::Db(e.into())
+    }
 }
 
 impl From<CreditError> for PipelineError {
@@ -432,7 +439,7 @@ fn tidy_owed(
     source: &mut dyn crate::source::Source,
     pickup_cfg: &crate::source::Pickup,
     back: tidy::WriteBack<'_>,
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     opts: &RunOptions<'_>,
     report: &mut RunReport,
@@ -461,14 +468,9 @@ fn run_inner(
 ) -> Result<(), PipelineError> {
     let data_dir = &config.daemon.data_dir;
     let _lock = lock_partner_wait(data_dir, &partner.id, opts.lock_wait, Some(opts.shutdown))?;
-    let mut conn = db::open(&config.daemon.database)?;
+    let mut conn = crate::store::open_writer(&config.daemon.store)?;
     if !opts.dry_run {
-        conn.execute(
-            "INSERT INTO runs(partner, trigger, dry_run, started_at) VALUES (?1, ?2, 0, ?3)",
-            params![partner.id, opts.trigger.as_str(), now_text(opts.now)],
-        )
-        .map_err(DbError::from)?;
-        report.run_id = Some(conn.last_insert_rowid());
+        report.run_id = Some(start_run(&conn, &partner.id, opts.trigger, opts.now)?);
     }
     let pickup_cfg = partner.source.pickup();
     let today = opts.now.with_timezone(&config.daemon.timezone).date_naive();
@@ -648,13 +650,17 @@ pub fn retry_archived(
 ) -> Result<FileReport, PipelineError> {
     let _lock = lock_partner(&config.daemon.data_dir, &partner.id)?;
     // A retried upload is still an upload (statements count by channel).
-    let (channel, file_code): (String, Option<String>) = db::open(&config.daemon.database)?
-        .query_row(
+    let row = crate::store::open_writer(&config.daemon.store)?
+        .query_opt(
             "SELECT channel, file_code FROM files WHERE id = ?1",
-            [retry_of],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            crate::store_args![retry_of],
         )
-        .map_err(DbError::from)?;
+        .map_err(DbError::from)?
+        .ok_or_else(|| DbError::Sql(rusqlite::Error::QueryReturnedNoRows))?;
+    let (channel, file_code) = (
+        row.text(0).map_err(DbError::from)?,
+        row.opt_text(1).map_err(DbError::from)?,
+    );
     // Only a file refused F008 has its bytes archived as received, still
     // encrypted; every other archived file is the plaintext already. It is
     // decrypted again with today's keys (the fix for a wrong key on our side).
@@ -711,16 +717,11 @@ fn credit_single(
     undecryptable: Option<String>,
     s: &Single,
 ) -> Result<FileReport, PipelineError> {
-    let mut conn = db::open(&config.daemon.database)?;
+    let mut conn = crate::store::open_writer(&config.daemon.store)?;
     let run_id = if s.dry_run {
         None
     } else {
-        conn.execute(
-            "INSERT INTO runs(partner, trigger, dry_run, started_at) VALUES (?1, ?2, 0, ?3)",
-            params![partner.id, s.trigger.as_str(), now_text(s.now)],
-        )
-        .map_err(DbError::from)?;
-        Some(conn.last_insert_rowid())
+        Some(start_run(&conn, &partner.id, s.trigger, s.now)?)
     };
     let today = s.now.with_timezone(&config.daemon.timezone).date_naive();
     let job = CreditJob {
@@ -783,26 +784,39 @@ fn credit_single(
         "UPDATE runs SET finished_at = ?2, outcome = ?3, files = 1, rows = ?4, credited = ?5, failed = ?6,
                          miles = ?7, error = ?8
          WHERE id = ?1",
-        params![
+        crate::store_args![
             run_id,
-            now_text(Utc::now()),
+            &now_text(Utc::now()),
             outcome,
             c.rows as i64,
             c.credited as i64,
             c.failed as i64,
             c.miles as i64,
-            error
+            error.as_deref()
         ],
     )
     .map_err(DbError::from)?;
     result
 }
 
+/// A new `runs` row for `partner`; its id.
+fn start_run(
+    conn: &dyn crate::store::Exec,
+    partner: &str,
+    trigger: Trigger,
+    now: DateTime<Utc>,
+) -> Result<i64, DbError> {
+    Ok(conn.insert_id(
+        "INSERT INTO runs(partner, trigger, dry_run, started_at) VALUES (?1, ?2, 0, ?3)",
+        crate::store_args![partner, trigger.as_str(), &now_text(now)],
+    )?)
+}
+
 /// Record a refused or duplicate file (credited files recorded themselves in
 /// their transaction) with its report, and describe the outcome. Times in
 /// a reason are for people, in `tz` (the site and the summary show it).
 fn record(
-    conn: &mut Connection,
+    conn: &mut crate::store::Conn,
     job: &CreditJob<'_>,
     outcome: Credited,
     tz: chrono_tz::Tz,
@@ -888,64 +902,62 @@ fn record(
     // The row and the report's final name (it holds the row's id) go in
     // together: a crash leaves either neither (the rerun judges the file
     // again) or both.
-    let tx = conn.transaction().map_err(DbError::from)?;
     let c = &fr.counts;
-    tx.execute(
-        "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, reason, rows, credited,
-                           failed, failed_by_code, miles, archive_path, started_at, finished_at,
-                           repeats, file_code, retry_of, tidy, channel)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16,
-                 ?17, ?18, ?19)",
-        params![
-            job.partner.id,
-            job.run_id,
-            f.name,
-            f.size as i64,
-            f.mtime,
-            f.sha256,
-            fr.outcome,
-            fr.reason,
-            c.rows as i64,
-            c.failed as i64,
-            c.by_code_json(),
-            f.archive.display().to_string(),
-            now_text(job.now),
-            now_text(Utc::now()),
-            c.repeats.map(|r| r as i64),
-            fr.file_code.map(FileCode::as_str),
-            job.retry_of,
-            job.tidy_state(),
-            job.channel.as_str(),
-        ],
-    )
-    .map_err(DbError::from)?;
-    let id = tx.last_insert_rowid();
-    let path = job.reports.path(id);
-    let io = |path: &std::path::Path| {
-        let path = path.to_owned();
-        move |source| PipelineError::Io { path, source }
-    };
-    std::fs::rename(&staged, &path).map_err(io(&path))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-    }
-    tx.execute(
-        "UPDATE files SET report_path = ?2 WHERE id = ?1",
-        params![id, path.display().to_string()],
-    )
-    .map_err(DbError::from)?;
-    crate::notify::file_refused(
-        &*tx,
-        &job.partner.id,
-        // `c` credits nothing: zeroed above.
-        &job.facts(id, c, fr.file_code),
-        fr.reason.as_deref().unwrap_or_default(),
-        job.now,
-    )
-    .map_err(|e| DbError::from(e.into_sqlite()))?;
-    tx.commit().map_err(DbError::from)?;
+    let path = crate::store::write(&*conn, |tx| {
+        let id = tx.insert_id(
+            "INSERT INTO files(partner, run_id, name, size, mtime, sha256, outcome, reason, rows, credited,
+                               failed, failed_by_code, miles, archive_path, started_at, finished_at,
+                               repeats, file_code, retry_of, tidy, channel)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16,
+                     ?17, ?18, ?19)",
+            crate::store_args![
+                &job.partner.id,
+                job.run_id,
+                &f.name,
+                f.size as i64,
+                f.mtime,
+                &f.sha256,
+                &fr.outcome,
+                fr.reason.as_deref(),
+                c.rows as i64,
+                c.failed as i64,
+                &c.by_code_json(),
+                &f.archive.display().to_string(),
+                &now_text(job.now),
+                &now_text(Utc::now()),
+                c.repeats.map(|r| r as i64),
+                fr.file_code.map(FileCode::as_str),
+                job.retry_of,
+                job.tidy_state(),
+                job.channel.as_str(),
+            ],
+        )?;
+        let path = job.reports.path(id);
+        let io = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| PipelineError::Io { path, source }
+        };
+        std::fs::rename(&staged, &path).map_err(io(&path))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        tx.execute(
+            "UPDATE files SET report_path = ?2 WHERE id = ?1",
+            crate::store_args![id, &path.display().to_string()],
+        )?;
+        crate::notify::file_refused(
+            tx,
+            &job.partner.id,
+            // `c` credits nothing: zeroed above.
+            &job.facts(id, c, fr.file_code),
+            fr.reason.as_deref().unwrap_or_default(),
+            job.now,
+        )?;
+        Ok::<_, PipelineError>((id, path))
+    })?;
+    let (id, path) = path;
     fr.id = Some(id);
     fr.report_path = Some(path);
     Ok(fr)
@@ -959,63 +971,63 @@ fn finish_run(
 ) -> Result<(), DbError> {
     /// At most this many skips are kept per run (the counts are complete).
     const KEEP_SKIPS: usize = 100;
-    let mut conn = db::open(&config.daemon.database)?;
+    let conn = crate::store::open_writer(&config.daemon.store)?;
     // The run's row, the partner's state and a missed-delivery event
     // commit together.
-    let conn = conn.transaction()?;
-    let now = now_text(Utc::now());
-    let by_reason: serde_json::Map<String, serde_json::Value> = r
-        .skipped_by_reason()
-        .into_iter()
-        .map(|(k, n)| (k.as_str().to_owned(), n.into()))
-        .collect();
-    let skips = serde_json::to_string(&r.skipped[..r.skipped.len().min(KEEP_SKIPS)])
-        .unwrap_or_else(|_| "[]".into());
-    conn.execute(
+    crate::store::write(&conn, |conn| {
+        let now = now_text(Utc::now());
+        let by_reason: serde_json::Map<String, serde_json::Value> = r
+            .skipped_by_reason()
+            .into_iter()
+            .map(|(k, n)| (k.as_str().to_owned(), n.into()))
+            .collect();
+        let skips = serde_json::to_string(&r.skipped[..r.skipped.len().min(KEEP_SKIPS)])
+            .unwrap_or_else(|_| "[]".into());
+        conn.execute(
         "UPDATE runs SET finished_at = ?2, outcome = ?3, files = ?4, rows = ?5, credited = ?6, failed = ?7,
                          miles = ?8, error = ?9, skipped = ?10, skipped_by_reason = ?11, skips = ?12
          WHERE id = ?1",
-        params![
+        crate::store_args![
             run_id,
-            now,
-            r.outcome,
+            &now,
+            r.outcome.as_str(),
             r.files.len() as i64,
             r.counts.rows as i64,
             r.counts.credited as i64,
             r.counts.failed as i64,
             r.counts.miles as i64,
-            r.error,
+            r.error.as_deref(),
             r.skipped.len() as i64,
-            serde_json::Value::Object(by_reason).to_string(),
-            skips,
+            &serde_json::Value::Object(by_reason).to_string(),
+            &skips,
         ],
     )?;
-    // A missed delivery is the partner's failure, not ours: the run itself
-    // completed, so it does not count towards consecutive failures (status
-    // shows it as `last_missed`), and a restart does not catch it up again.
-    // Not-ready and already-seen skips are clean too; a refused file, a
-    // failed tidy-up or a skip that needs a human is not.
-    let ok = r.is_clean();
-    let last_error = r
-        .error
-        .clone()
-        .or_else(|| {
-            r.files
-                .iter()
-                .find_map(|f| f.reason.clone().map(|why| format!("{}: {why}", f.name)))
-        })
-        .or_else(|| {
-            r.tidy_failed
-                .first()
-                .map(|t| format!("file {} {}: {}", t.file_id, t.name, t.error))
-        })
-        .or_else(|| {
-            r.skipped
-                .iter()
-                .find(|s| s.action_needed)
-                .map(|s| format!("{}: {}: {}", s.name, s.reason.as_str(), s.detail))
-        });
-    conn.execute(
+        // A missed delivery is the partner's failure, not ours: the run itself
+        // completed, so it does not count towards consecutive failures (status
+        // shows it as `last_missed`), and a restart does not catch it up again.
+        // Not-ready and already-seen skips are clean too; a refused file, a
+        // failed tidy-up or a skip that needs a human is not.
+        let ok = r.is_clean();
+        let last_error = r
+            .error
+            .clone()
+            .or_else(|| {
+                r.files
+                    .iter()
+                    .find_map(|f| f.reason.clone().map(|why| format!("{}: {why}", f.name)))
+            })
+            .or_else(|| {
+                r.tidy_failed
+                    .first()
+                    .map(|t| format!("file {} {}: {}", t.file_id, t.name, t.error))
+            })
+            .or_else(|| {
+                r.skipped
+                    .iter()
+                    .find(|s| s.action_needed)
+                    .map(|s| format!("{}: {}: {}", s.name, s.reason.as_str(), s.detail))
+            });
+        conn.execute(
         "INSERT INTO partner_state(partner, last_success, last_attempt, consecutive_failures, last_error,
                                    last_error_at, failing_since)
          VALUES (?1, CASE WHEN ?2 THEN ?3 END, ?3, CASE WHEN ?2 THEN 0 ELSE 1 END, ?4,
@@ -1027,14 +1039,19 @@ fn finish_run(
             last_error = CASE WHEN ?2 THEN last_error ELSE ?4 END,
             last_error_at = CASE WHEN ?2 THEN last_error_at ELSE ?3 END,
             failing_since = CASE WHEN ?2 THEN NULL ELSE COALESCE(failing_since, ?3) END",
-        params![r.partner, ok, now_text(opts.now), last_error],
+        crate::store_args![&r.partner, i64::from(ok), &now_text(opts.now), last_error.as_deref()],
     )?;
-    if r.outcome == "missed" {
-        crate::notify::delivery_missed(&*conn, &r.partner, run_id, &now_text(opts.now), Utc::now())
-            .map_err(|e| DbError::from(e.into_sqlite()))?;
-    }
-    conn.commit()?;
-    Ok(())
+        if r.outcome == "missed" {
+            crate::notify::delivery_missed(
+                conn,
+                &r.partner,
+                run_id,
+                &now_text(opts.now),
+                Utc::now(),
+            )?;
+        }
+        Ok::<_, DbError>(())
+    })
 }
 
 /// One run per partner at a time, across processes: the daemon and a manual

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::store::{Exec, Row, StoreError};
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -197,7 +197,7 @@ pub struct Watched {
 pub fn survey(
     source: &mut dyn Source,
     pickup: &Pickup,
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     now: DateTime<Utc>,
 ) -> Result<Listing, PipelineError> {
@@ -210,7 +210,7 @@ pub fn survey(
 pub fn survey_for(
     source: &mut dyn Source,
     pickup: &Pickup,
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     now: DateTime<Utc>,
     encrypted: bool,
@@ -245,7 +245,9 @@ pub fn survey_for(
                 .push(stray(conn, pickup, partner, f, &mut out.new_strays)?);
             continue;
         }
-        if let Some(e) = earlier_listing(conn, partner, f).map_err(db)? {
+        if let Some(e) =
+            earlier_listing(conn, partner, f).map_err(|e| PipelineError::Db(e.into()))?
+        {
             // Refused before: downloaded again and judged by content, so a
             // corrected file put back under the same name is processed.
             if e.outcome == "credited" {
@@ -325,7 +327,7 @@ fn stable_left(
 /// a `pattern-mismatch` that needs action, and a new stray for the caller
 /// to record.
 fn stray(
-    conn: &Connection,
+    conn: &dyn Exec,
     pickup: &Pickup,
     partner: &str,
     f: &RemoteFile,
@@ -368,7 +370,7 @@ fn stray(
 /// Record the run's new strays (see `store::strays`) and forget those no
 /// longer listed. A real run calls it; a dry run does not.
 pub fn remember_strays(
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     listing: &Listing,
     now: DateTime<Utc>,
@@ -502,7 +504,7 @@ pub fn settle(
 pub fn candidates(
     source: &mut dyn Source,
     pickup: &Pickup,
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     now: DateTime<Utc>,
     shutdown: &AtomicBool,
@@ -513,10 +515,6 @@ pub fn candidates(
     l.ready.extend(ready);
     l.skipped.extend(skipped);
     Ok(l)
-}
-
-fn db(e: rusqlite::Error) -> PipelineError {
-    PipelineError::Db(e.into())
 }
 
 /// The listing as the server gave it (names not yet checked).
@@ -543,12 +541,12 @@ fn sleep_until(end: Instant, shutdown: &AtomicBool) -> bool {
     !shutdown.load(Ordering::Relaxed)
 }
 
-fn earlier_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Earlier> {
+fn earlier_row(r: Row) -> Result<Earlier, StoreError> {
     Ok(Earlier {
-        id: r.get(0)?,
-        outcome: r.get(1)?,
-        reason: r.get(2)?,
-        tidy: r.get(3)?,
+        id: r.int(0)?,
+        outcome: r.text(1)?,
+        reason: r.opt_text(2)?,
+        tidy: r.text(3)?,
     })
 }
 
@@ -557,21 +555,21 @@ fn earlier_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Earlier> {
 /// regenerated file from the old one: such files are downloaded and judged
 /// by content ([`earlier_content`]).
 fn earlier_listing(
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     f: &RemoteFile,
-) -> rusqlite::Result<Option<Earlier>> {
-    if f.mtime.is_none() {
+) -> Result<Option<Earlier>, StoreError> {
+    let Some(mtime) = f.mtime else {
         return Ok(None);
-    }
-    conn.query_row(
+    };
+    conn.query_opt(
         "SELECT id, outcome, reason, tidy FROM files
-         WHERE partner = ?1 AND name = ?2 AND size = ?3 AND mtime IS ?4
+         WHERE partner = ?1 AND name = ?2 AND size = ?3 AND mtime = ?4
          ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
-        params![partner, f.name, f.size as i64, f.mtime],
-        earlier_row,
-    )
-    .optional()
+        crate::store_args![partner, &f.name, f.size as i64, mtime],
+    )?
+    .map(earlier_row)
+    .transpose()
 }
 
 /// Download `f` and archive it under `archive_dir`, content-addressed.
@@ -678,17 +676,17 @@ pub fn archive_dir(data_dir: &Path, partner: &str) -> PathBuf {
 /// yesterday's answer, or a refused file put back unchanged), not a new one,
 /// so not a duplicate delivery either.
 pub fn earlier_content(
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     f: &Fetched,
-) -> rusqlite::Result<Option<Earlier>> {
-    conn.query_row(
+) -> Result<Option<Earlier>, StoreError> {
+    conn.query_opt(
         "SELECT id, outcome, reason, tidy FROM files WHERE partner = ?1 AND name = ?2 AND sha256 = ?3
          ORDER BY outcome = 'credited' DESC, id DESC LIMIT 1",
-        params![partner, f.name, f.sha256],
-        earlier_row,
-    )
-    .optional()
+        crate::store_args![partner, &f.name, &f.sha256],
+    )?
+    .map(earlier_row)
+    .transpose()
 }
 
 #[cfg(test)]

@@ -221,6 +221,32 @@ pub fn write_every_row(
     code: FileCode,
     path: PathBuf,
 ) -> std::io::Result<PathBuf> {
+    Ok(reread(src, failed, Some(code), path)?.expect("at least one line written"))
+}
+
+/// The report of a credited file written from a second pass (PostgreSQL
+/// judges some rows only after all were read): the failed rows, as sent,
+/// each with its code from `failed`, exactly as the one-pass writer would
+/// have written them. `None` when no row failed.
+pub fn write_failed_rows(
+    src: &Reread<'_>,
+    failed: FailedLines,
+    path: PathBuf,
+) -> std::io::Result<Option<PathBuf>> {
+    if failed.out.is_none() {
+        return Ok(None);
+    }
+    reread(src, failed, None, path)
+}
+
+/// Read the archive again and write each row with its own code from
+/// `failed`; with `code`, every other row too, with that code.
+fn reread(
+    src: &Reread<'_>,
+    failed: FailedLines,
+    code: Option<FileCode>,
+    path: PathBuf,
+) -> std::io::Result<Option<PathBuf>> {
     let mut failed = failed.into_iter()?.peekable();
     let mut out = ReportWriter::new(path);
     let mut records = Records::new(BufReader::with_capacity(
@@ -235,7 +261,9 @@ pub fn write_every_row(
             Ok(None) => break,
             Err(ParseError::Io(e)) => return Err(e),
             Err(_) => {
-                out.write_coded(b",,", FileCode::F002.as_str(), ending)?;
+                if code.is_some() {
+                    out.write_coded(b",,", FileCode::F002.as_str(), ending)?;
+                }
                 break;
             }
         };
@@ -258,13 +286,17 @@ pub fn write_every_row(
                 Err(_) => return Err(failed.next().expect("peeked").unwrap_err()),
             }
         }
-        let text = own.map_or(code.as_str(), Code::as_str);
+        let text = match (own, code) {
+            (Some(own), _) => own.as_str(),
+            (None, Some(code)) => code.as_str(),
+            (None, None) => continue,
+        };
         out.write_coded(rec.raw, text, ending)?;
     }
-    if out.rows() == 0 {
+    if let (0, Some(code)) = (out.rows(), code) {
         out.write_coded(b",,", code.as_str(), ending)?;
     }
-    Ok(out.finish()?.expect("at least one line written"))
+    out.finish()
 }
 
 /// The failed lines of a file's first pass, (line, code) in line order, on
@@ -307,6 +339,31 @@ impl FailedLines {
         let out = self.out.as_mut().expect("opened above");
         out.write_all(&line.to_le_bytes())?;
         out.write_all(&[code.index() as u8])
+    }
+
+    /// These lines and `extra` (in line order, none of them here), merged
+    /// in line order into a new list spilling into `dir`.
+    pub fn merged(self, extra: &[(u64, Code)], dir: &Path) -> std::io::Result<FailedLines> {
+        if extra.is_empty() {
+            return Ok(self);
+        }
+        let mut out = FailedLines::new(dir);
+        let mut extra = extra.iter().peekable();
+        for item in self.into_iter()? {
+            let (line, code) = item?;
+            while let Some(&&(l, c)) = extra.peek() {
+                if l > line {
+                    break;
+                }
+                out.push(l, c)?;
+                extra.next();
+            }
+            out.push(line, code)?;
+        }
+        for &(l, c) in extra {
+            out.push(l, c)?;
+        }
+        Ok(out)
     }
 
     fn into_iter(self) -> std::io::Result<impl Iterator<Item = std::io::Result<(u64, Code)>>> {

@@ -20,7 +20,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono_tz::Tz;
-use rusqlite::{params, Connection};
 
 use crate::config::Encoding;
 use crate::timefmt;
@@ -52,32 +51,38 @@ pub struct Facts {
 }
 
 /// Read the facts of file `file_id`.
-pub fn load(conn: &Connection, file_id: i64) -> rusqlite::Result<Facts> {
-    conn.query_row(
-        "SELECT id, partner, name, sha256, started_at, finished_at, outcome, rows, credited, failed,
-                miles, failed_by_code, file_code, reason, archive_path
-         FROM files WHERE id = ?1",
-        params![file_id],
-        |r| {
-            Ok(Facts {
-                file_id: r.get(0)?,
-                partner: r.get(1)?,
-                name: r.get(2)?,
-                sha256: r.get(3)?,
-                received_at: r.get(4)?,
-                processed_at: r.get(5)?,
-                outcome: r.get(6)?,
-                rows: r.get(7)?,
-                credited: r.get(8)?,
-                failed: r.get(9)?,
-                miles: r.get(10)?,
-                failed_by_code: r.get(11)?,
-                file_code: r.get(12)?,
-                reason: r.get(13)?,
-                archive_path: r.get(14)?,
-            })
-        },
-    )
+pub fn load(
+    conn: &dyn crate::store::Exec,
+    file_id: i64,
+) -> Result<Facts, crate::store::StoreError> {
+    let r = conn
+        .query_opt(
+            "SELECT id, partner, name, sha256, started_at, finished_at, outcome, rows, credited, failed,
+                    miles, failed_by_code, file_code, reason, archive_path
+             FROM files WHERE id = ?1",
+            crate::store_args![file_id],
+        )?
+        .ok_or(crate::store::StoreError::Decode {
+            column: 0,
+            wanted: "the file's row",
+        })?;
+    Ok(Facts {
+        file_id: r.int(0)?,
+        partner: r.text(1)?,
+        name: r.text(2)?,
+        sha256: r.text(3)?,
+        received_at: r.text(4)?,
+        processed_at: r.opt_text(5)?,
+        outcome: r.text(6)?,
+        rows: r.int(7)?,
+        credited: r.int(8)?,
+        failed: r.int(9)?,
+        miles: r.int(10)?,
+        failed_by_code: r.text(11)?,
+        file_code: r.opt_text(12)?,
+        reason: r.opt_text(13)?,
+        archive_path: r.opt_text(14)?,
+    })
 }
 
 /// The name the summary is uploaded under: `<stem>.summary.csv`.

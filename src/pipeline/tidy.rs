@@ -13,8 +13,8 @@
 //! from its committed row and uploaded after the error report, under the
 //! same rules: a failed upload is an undelivered report.
 
+use crate::store::{Exec, StoreError};
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
 
 use crate::db::now_text;
 use crate::source::{retry::with_retries, After, Pickup, Ready, Source, SourceError};
@@ -46,8 +46,8 @@ pub enum TidyError {
     },
     #[error(transparent)]
     Seal(#[from] super::pgp::PgpError),
-    #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Db(#[from] StoreError),
 }
 
 /// Everything tidy needs to know about one recorded file.
@@ -63,7 +63,7 @@ pub struct TidyItem {
 pub fn tidy(
     source: &mut dyn Source,
     pickup: &Pickup,
-    conn: &Connection,
+    conn: &dyn Exec,
     item: &TidyItem,
 ) -> Result<(), TidyError> {
     tidy_file(source, pickup, conn, item, WriteBack::default())
@@ -85,7 +85,7 @@ pub struct WriteBack<'a> {
 pub fn tidy_file(
     source: &mut dyn Source,
     pickup: &Pickup,
-    conn: &Connection,
+    conn: &dyn Exec,
     item: &TidyItem,
     back: WriteBack<'_>,
 ) -> Result<(), TidyError> {
@@ -175,7 +175,7 @@ pub fn tidy_file(
     }
     conn.execute(
         "UPDATE files SET tidy = 'done', tidy_error = NULL, tidy_failing_since = NULL WHERE id = ?1",
-        params![item.file_id],
+        crate::store_args![item.file_id],
     )?;
     Ok(())
 }
@@ -193,31 +193,31 @@ pub struct TidyFailure {
 /// Record that `item`'s tidy-up failed with `error` at `now`: the file keeps
 /// `tidy = 'pending'`, and remembers the error and when it first failed.
 pub fn record_failure(
-    conn: &Connection,
+    conn: &dyn Exec,
     item: &TidyItem,
     error: &TidyError,
     now: DateTime<Utc>,
-) -> rusqlite::Result<TidyFailure> {
+) -> Result<TidyFailure, StoreError> {
     let error = error.to_string();
     let now_s = now_text(now);
     // The failure and, the first time, the partner's event commit together.
-    let tx = conn.unchecked_transaction()?;
-    let failing_since: String = tx.query_row(
-        "UPDATE files SET tidy_error = ?2, tidy_failing_since = COALESCE(tidy_failing_since, ?3)
-         WHERE id = ?1 RETURNING tidy_failing_since",
-        params![item.file_id, error, now_s],
-        |r| r.get(0),
-    )?;
-    if failing_since == now_s {
-        let partner: String = tx.query_row(
-            "SELECT partner FROM files WHERE id = ?1",
-            [item.file_id],
-            |r| r.get(0),
+    let failing_since = crate::store::write(conn, |tx| {
+        let row = tx.query(
+            "UPDATE files SET tidy_error = ?2, tidy_failing_since = COALESCE(tidy_failing_since, ?3)
+             WHERE id = ?1 RETURNING tidy_failing_since, partner",
+            crate::store_args![item.file_id, &error, &now_s],
         )?;
-        crate::notify::report_undelivered(&*tx, &partner, item.file_id, &item.name, &error, now)
-            .map_err(crate::store::StoreError::into_sqlite)?;
-    }
-    tx.commit()?;
+        let row = row.first().ok_or(StoreError::Decode {
+            column: 0,
+            wanted: "the file's row",
+        })?;
+        let failing_since = row.text(0)?;
+        if failing_since == now_s {
+            let partner = row.text(1)?;
+            crate::notify::report_undelivered(tx, &partner, item.file_id, &item.name, &error, now)?;
+        }
+        Ok::<_, StoreError>(failing_since)
+    })?;
     Ok(TidyFailure {
         file_id: item.file_id,
         name: item.name.clone(),
@@ -227,17 +227,19 @@ pub fn record_failure(
 }
 
 /// Files of `partner` whose tidy-up is still owed.
-pub fn pending(conn: &Connection, partner: &str) -> rusqlite::Result<Vec<TidyItem>> {
-    let mut st = conn.prepare(
+pub fn pending(conn: &dyn Exec, partner: &str) -> Result<Vec<TidyItem>, StoreError> {
+    conn.query(
         "SELECT id, name, outcome, report_path FROM files WHERE partner = ?1 AND tidy = 'pending' ORDER BY id",
-    )?;
-    let rows = st.query_map([partner], |r| {
+        crate::store_args![partner],
+    )?
+    .into_iter()
+    .map(|r| {
         Ok(TidyItem {
-            file_id: r.get(0)?,
-            name: r.get(1)?,
-            outcome: r.get(2)?,
-            report_path: r.get(3)?,
+            file_id: r.int(0)?,
+            name: r.text(1)?,
+            outcome: r.text(2)?,
+            report_path: r.opt_text(3)?,
         })
-    })?;
-    rows.collect()
+    })
+    .collect()
 }

@@ -23,6 +23,7 @@
 
 pub mod api_keys;
 pub mod audit;
+mod conn;
 mod location;
 mod migrations_pg;
 pub mod outbox;
@@ -32,6 +33,7 @@ mod sql;
 mod sqlite;
 pub mod strays;
 
+pub use conn::{open as open_writer, Conn};
 pub use location::{
     is_loopback_name, Database, PasswordKeys, PgTarget, PgTls, RootCert, CONNECT_TIMEOUT,
 };
@@ -192,4 +194,5 @@ pub fn not_on_postgres_yet(database: &Database, command: &str) -> Option<String>
 }
 
 /// The commands that run on PostgreSQL today (docs/postgres.md, Status).
-pub const AVAILABLE_ON_POSTGRES: &[&str] = &["check", "status", "files", "balance", "exchanges"];
+pub const AVAILABLE_ON_POSTGRES: &[&str] =
+    &["check", "status", "files", "balance", "exchanges", "once"];

@@ -32,6 +32,8 @@ use super::{Cell, Engine, Exec, Row, StoreError, Value};
 pub struct PgConn {
     client: RefCell<postgres::Client>,
     database: String,
+    /// Where it connected: [`PgConn::another`] connects there again.
+    target: PgTarget,
 }
 
 impl std::fmt::Debug for PgConn {
@@ -70,6 +72,7 @@ pub fn connect(target: &PgTarget, migrate: bool) -> Result<PgConn, StoreError> {
     let conn = PgConn {
         client: RefCell::new(client),
         database: target.url.clone(),
+        target: target.clone(),
     };
     if migrate {
         conn.migrate()?;
@@ -288,6 +291,12 @@ impl Exec for PgConn {
 }
 
 impl PgConn {
+    /// A second connection to the same database (no migration: this one
+    /// did it), for work in parallel (a credit's member look-ups).
+    pub fn another(&self) -> Result<PgConn, StoreError> {
+        connect(&self.target, false)
+    }
+
     /// `COPY … FROM STDIN` (text format) with the rows `write` produces, in
     /// the caller's transaction; the number of rows the server took. Bulk
     /// loads only (members import, file credits, `db copy`): one round trip
@@ -345,18 +354,6 @@ pub fn copy_text(out: &mut dyn std::io::Write, field: Option<&str>) -> std::io::
         from = i + 1;
     }
     out.write_all(&bytes[from..])
-}
-
-#[cfg(test)]
-mod copy_tests {
-    #[test]
-    fn copy_text_escapes_what_the_text_format_reads_specially() {
-        let mut out = Vec::new();
-        super::copy_text(&mut out, Some("a\\b\tc\nd\re 日本")).unwrap();
-        out.push(b'|');
-        super::copy_text(&mut out, None).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "a\\\\b\\tc\\nd\\re 日本|\\N");
-    }
 }
 
 /// What `milebatch check` says about a PostgreSQL database: `Ok` with a
@@ -462,5 +459,20 @@ impl PgConn {
     pub fn in_recovery(&self) -> Result<bool, StoreError> {
         let r = self.query("SELECT pg_is_in_recovery()", &[])?;
         Ok(r.first().map(|r| r.int(0)).transpose()?.unwrap_or(0) != 0)
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    #[test]
+    fn copy_text_escapes_what_the_text_format_reads_specially() {
+        let mut out = Vec::new();
+        super::copy_text(&mut out, Some("a\\b\tc\nd\re 日本")).unwrap();
+        out.push(b'|');
+        super::copy_text(&mut out, None).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\\\b\\tc\\nd\\re 日本|\\N"
+        );
     }
 }
