@@ -4,7 +4,7 @@
 #
 # usage (from the repo root):
 #   bench/run.sh [--members N] [--rows N] [--repeat N] [--flat] [--big ROWS]
-#                [--smoke] [--bin PATH] [--keep] [--pgp]
+#                [--smoke] [--bin PATH] [--keep] [--pgp] [--store postgres]
 #
 #   --members N   members in the store (default 1000000)
 #   --rows N      rows in the exchange file (default 1000000)
@@ -22,6 +22,11 @@
 #                 [partner.pgp], every round; target: within 1.5x of the
 #                 plain run's wall time, peak RSS within 20% or 16 MiB of
 #                 the plain run's (decryption streams)
+#   --store postgres  also run the member import and `once` on a throw-away
+#                 PostgreSQL cluster (bench/pg.sh: Debian's server, fsync
+#                 on) beside the SQLite ones, every round, and check that
+#                 both credit the file alike; targets: once on PostgreSQL
+#                 within 2.0x of SQLite's wall time, peak RSS <= 200 MiB
 #
 # The workload generator and both baselines live beside this script
 # (gen.py, mkmembers.sh, sqlite_floor.sh, python_baseline.py: the operator's
@@ -46,6 +51,7 @@ smoke=0
 keep=0
 bin=""
 pgp=0
+store=sqlite
 while [ $# -gt 0 ]; do
     case $1 in
         --members) members=$2; shift 2 ;;
@@ -57,12 +63,14 @@ while [ $# -gt 0 ]; do
         --bin) bin=$2; shift 2 ;;
         --keep) keep=1; shift ;;
         --pgp) pgp=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        --store) store=$2; shift 2 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "bench/run.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
     esac
 done
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
+case $store in sqlite|postgres) ;; *) die "--store $store: sqlite or postgres" ;; esac
 for f in gen.py mkmembers.sh sqlite_floor.sh python_baseline.py; do
     [ -f "$shared_bench/$f" ] || die "$shared_bench/$f not found (a broken checkout?)"
 done
@@ -82,7 +90,10 @@ bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 work=${BENCH_DIR:-$(mktemp -d /tmp/milebatch-bench.XXXXXX)}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
-cleanup() { if [ "$keep" = 0 ] && [ -z "${BENCH_DIR:-}" ]; then rm -rf "$work"; fi; }
+cleanup() {
+    [ "$store" = sqlite ] || pg_bench_stop
+    if [ "$keep" = 0 ] && [ -z "${BENCH_DIR:-}" ]; then rm -rf "$work"; fi
+}
 trap cleanup EXIT
 data=$work/data
 results=$work/results.tsv
@@ -184,6 +195,29 @@ for i in $(seq 1 "$repeat"); do
     mkdir -p "$mb/var"
     measure import "$members" "$bin" --config "$mb/partners.toml" members import "$data/members.csv"
 done
+# --store postgres: the same installation on PostgreSQL; the members go
+# into a template database, each credit run starts from a copy of it.
+mbpg=$work/mbpg
+pg_config() {
+    sed "s|^database = .*|database = \"$PG_URL_BASE/$1\"\ndatabase_password_env = \"MB_BENCH_PG_PASSWORD\"|" \
+        "$mb/partners.toml" >"$mbpg/partners.toml"
+}
+if [ "$store" = postgres ]; then
+    . "$root/bench/pg.sh"
+    echo "== --store postgres: a throw-away cluster in $work/pg" >&2
+    pg_bench_start "$work/pg"
+    export MB_BENCH_PG_PASSWORD=$PG_PASSWORD
+    mkdir -p "$mbpg"
+    for i in $(seq 1 "$repeat"); do
+        echo "== round $i/$repeat: milebatch members import on PostgreSQL" >&2
+        pg_sql postgres "DROP DATABASE IF EXISTS bench_members"
+        pg_sql postgres "CREATE DATABASE bench_members OWNER milebatch"
+        pg_config bench_members
+        measure import_pg "$members" "$bin" --config "$mbpg/partners.toml" members import "$data/members.csv"
+    done
+    pg_sql bench_members "VACUUM ANALYZE" >/dev/null
+fi
+
 # Checkpointed, closed: the starting state of every credit run.
 sqlite3 "$mb/var/milebatch.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
 cp "$mb/var/milebatch.db" "$work/members.db"
@@ -202,6 +236,18 @@ for i in $(seq 1 "$repeat"); do
     # verify over the ledger the run just wrote (its rows, digests, balances)
     (cd "$mb" && measure verify "$rows" "$bin" --config partners.toml verify --json)
     cp "$work/verify.out" "$work/verify.json"
+    if [ "$store" = postgres ]; then
+        pg_sql postgres "DROP DATABASE IF EXISTS bench_run"
+        pg_sql postgres "CREATE DATABASE bench_run TEMPLATE bench_members OWNER milebatch"
+        pg_config bench_run
+        rm -rf "$mbpg/var" "$mbpg/inbox"
+        mkdir -p "$mbpg/var" "$mbpg/inbox"
+        cp "$data/exchange.csv" "$mbpg/inbox/exchange.csv"
+        sync
+        (cd "$mbpg" && measure once_pg "$rows" "$bin" --config partners.toml once --json)
+        cp "$work/once_pg.out" "$work/once_pg.json"
+        pg_sql bench_run "SELECT count(*), COALESCE(SUM(miles), 0) FROM ledger" | tr '|' '\t' >"$work/once_pg.counts"
+    fi
     if [ "$pgp" = 1 ]; then
         prepare_once "$work/exchange.csv.pgp" "$mbpgp" exchange.csv.pgp
         (cd "$mbpgp" && measure once_pgp "$rows" "$bin" --config partners.toml once --json)
@@ -230,9 +276,10 @@ if [ "$big" != 0 ]; then
 fi
 
 status=0
-python3 - "$work" "$rows" "$members" "$imported" "$smoke" "$flat" "$big" "$pgp" <<'PY' || status=$?
+python3 - "$work" "$rows" "$members" "$imported" "$smoke" "$flat" "$big" "$pgp" "$store" <<'PY' || status=$?
 import json, statistics, sys
-work, rows, members, imported, smoke, flat, big, pgp = sys.argv[1:]
+work, rows, members, imported, smoke, flat, big, pgp, store = sys.argv[1:]
+pg = store == "postgres"
 rows, members, imported, smoke, flat, big, pgp = int(rows), int(members), int(imported), smoke == "1", flat == "1", int(big), pgp == "1"
 runs = {}
 for line in open(f"{work}/results.tsv"):
@@ -255,9 +302,11 @@ print(f"\nmilebatch benchmark: {members:,} members, {rows:,} rows "
 print(f"{'job':<34}{'wall s':>8}{'rows/s':>12}{'RSS MiB':>9}{'vs floor':>10}{'vs Python':>11}")
 labels = [("mkmembers", "mkmembers.sh (sqlite3 .import)"),
           ("import", "milebatch members import"),
+          ("import_pg", "members import, PostgreSQL"),
           ("floor", "sqlite_floor.sh"),
           ("python", "python_baseline.py"),
           ("once", "milebatch once"),
+          ("once_pg", "milebatch once, PostgreSQL"),
           ("once_pgp", "milebatch once, encrypted (--pgp)"),
           ("verify", "milebatch verify (the ledger)"),
           ("flat", f"milebatch once, 5x rows"),
@@ -267,7 +316,7 @@ for key, label in labels:
         continue
     w, rss, n = stat(key)
     per = f"{n / w:,.0f}" if w > 0 else "-"
-    vs = "" if key in ("mkmembers", "import", "verify") else f"{w / floor_w:>9.2f}x {python_w / w:>9.1f}x" if w > 0 else ""
+    vs = "" if key in ("mkmembers", "import", "import_pg", "verify") else f"{w / floor_w:>9.2f}x {python_w / w:>9.1f}x" if w > 0 else ""
     print(f"{label:<34}{w:>8.2f}{per:>12}{rss:>9.1f} {vs}")
 
 print("\ncorrectness")
@@ -293,6 +342,15 @@ if pgp:
     check(f"--pgp: the encrypted file credited as the plain one (outcome {ef.get('outcome')}, "
           f"credited {ef.get('credited')}, failed {ef.get('failed')}, miles {ef.get('miles')})",
           ef.get("outcome") == "credited" and all(ef.get(k) == f.get(k) for k in ("rows", "credited", "failed", "miles")))
+if pg:
+    e = json.load(open(f"{work}/once_pg.json"))[0]
+    ef = e["files"][0] if e["files"] else {}
+    same = ("outcome", "rows", "credited", "failed", "miles", "repeats")
+    check(f"PostgreSQL: the file credited as on SQLite (outcome {ef.get('outcome')}, credited "
+          f"{ef.get('credited')}, failed {ef.get('failed')}, miles {ef.get('miles')}, repeats {ef.get('repeats')})",
+          all(ef.get(k) == f.get(k) for k in same))
+    pg_n, pg_miles = (int(x) for x in open(f"{work}/once_pg.counts").read().split())
+    check(f"PostgreSQL ledger rows {pg_n} and miles {pg_miles} = SQLite's credited", (pg_n, pg_miles) == (f.get("credited"), f.get("miles")))
 for extra in (["flat"] if flat else []) + (["big"] if big else []):
     e = json.load(open(f"{work}/{extra}.json"))[0]["files"][0]
     n = runs[extra][0][2]
@@ -316,6 +374,10 @@ ver_w = stat("verify")[0]
 ver_limit = 3.0 * ver.get("ledger_rows", rows) / 1_000_000
 target(f"verify {ver_w:.2f}s for {ver.get('ledger_rows', 0):,} ledger rows <= {ver_limit:.2f}s (3 s per 1M)",
        ver_w <= ver_limit)
+if pg:
+    gw, grss, _ = stat("once_pg")
+    target(f"PostgreSQL once {gw:.2f}s <= 2.0 x SQLite once {once_w:.2f}s ({gw / once_w:.2f}x)", gw <= 2.0 * once_w)
+    target(f"PostgreSQL once peak RSS {grss:.1f} MiB <= 200 MiB", grss <= 200)
 if pgp:
     pw, prss, _ = stat("once_pgp")
     target(f"--pgp once {pw:.2f}s <= 1.5 x plain {once_w:.2f}s ({pw / once_w:.2f}x)", pw <= 1.5 * once_w)

@@ -56,7 +56,6 @@ fn commands_not_on_postgres_yet_refuse_with_exit_2_and_write_nothing() {
         vec!["serve"],
         vec!["members", "import", "inbox/shop/a.csv"],
         vec!["api-key", "list"],
-        vec!["verify"],
     ] {
         let (code, _, err) = run(&w, &args, pg::PASSWORD);
         assert_eq!(code, 2, "{args:?}: {err}");

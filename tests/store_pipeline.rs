@@ -122,6 +122,16 @@ impl Side {
                 String::from_utf8_lossy(&out.stderr)
             )
         });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains(" ERROR "),
+            "once logged an error (on {}):\n{stderr}",
+            if self.pg.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            }
+        );
         let mut seen = Vec::new();
         for f in v[0]["files"].as_array().unwrap() {
             let mut f = f.clone();
@@ -180,6 +190,18 @@ const FILES: &str = "SELECT partner || '|' || name || '|' || outcome || '|' ||
 
 /// A partner and the files put into its inbox before one `once`.
 type Delivery<'a> = (&'a str, Vec<(&'a str, &'a [u8])>);
+
+/// Every run's row, as `status` and the site read it, without times.
+const RUNS: &str = "SELECT partner || '|' || trigger || '|' || COALESCE(outcome, '-') || '|' ||
+        CAST(files AS TEXT) || '|' || CAST(rows AS TEXT) || '|' || CAST(credited AS TEXT) || '|' ||
+        CAST(failed AS TEXT) || '|' || CAST(miles AS TEXT) || '|' || COALESCE(error, '-') || '|' ||
+        CASE WHEN finished_at IS NULL THEN 'open' ELSE 'finished' END
+    FROM runs ORDER BY id";
+/// Each partner's state (catch-up, failures), without times and ids.
+const STATE: &str = "SELECT partner || '|' || CAST(consecutive_failures AS TEXT) || '|' ||
+        CASE WHEN last_success IS NULL THEN 'never' ELSE 'succeeded' END || '|' ||
+        CASE WHEN failing_since IS NULL THEN 'ok' ELSE 'failing' END
+    FROM partner_state ORDER BY partner";
 
 #[test]
 fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
@@ -263,11 +285,28 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
     let u2 = s[8].1[0]["report"].as_str().unwrap();
     assert_eq!(u2, "NM0000000001,u1,10,E010\n");
 
-    for sql in [LEDGER, BALANCES, FILES] {
+    for sql in [LEDGER, BALANCES, FILES, RUNS, STATE] {
         let (sqlite, postgres) = (sides[0].rows(sql), sides[1].rows(sql));
         assert!(!sqlite.is_empty(), "{sql}");
         assert_eq!(sqlite, postgres, "{sql}");
     }
+    // verify recomputes every file's digest from its ledger rows: the one
+    // PostgreSQL stored (E008/E010 rows taken back out) must match.
+    let mut verified = Vec::new();
+    for side in &sides {
+        let out = side.run(&["verify", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("verify: {e}\n{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(out.status.code(), Some(0), "{v:#}");
+        assert_eq!(v["ok"], true, "{v:#}");
+        verified.push((
+            v["ledger_rows"].clone(),
+            v["members"].clone(),
+            v["credited_files"].clone(),
+        ));
+    }
+    assert_eq!(verified[0], verified[1]);
+    assert!(verified[0].0.as_u64().unwrap() > 0);
     assert!(
         sides[1]
             .rows(LEDGER)

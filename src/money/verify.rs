@@ -27,22 +27,17 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use serde::Serialize;
+
+use crate::store::{Engine, Exec, StoreError};
 
 use super::digest::{LedgerDigest, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("verify: reading the database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("verify: ledger row of file {file_id} has a {column} that is not {expected}")]
-    BadValue {
-        file_id: i64,
-        column: &'static str,
-        expected: &'static str,
-    },
+    #[error("verify: reading the {0}")]
+    Store(#[from] StoreError),
 }
 
 /// One thing that does not add up.
@@ -71,6 +66,22 @@ pub struct Report {
     pub elapsed_ms: u64,
 }
 
+impl Report {
+    /// The report on a database with nothing in it.
+    pub fn empty() -> Report {
+        Report {
+            ok: true,
+            ledger_rows: 0,
+            members: 0,
+            credited_files: 0,
+            files_without_digest: 0,
+            reversals: 0,
+            mismatches: Vec::new(),
+            elapsed_ms: 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct FileAgg {
     rows: u64,
@@ -78,15 +89,19 @@ struct FileAgg {
     digest: LedgerDigest,
 }
 
-/// Verify the database behind `conn` (read-only is enough).
-pub fn verify(conn: &Connection) -> Result<Report, VerifyError> {
+/// Verify the database behind `conn` (read-only is enough), on either
+/// engine.
+pub fn verify(conn: &dyn Exec) -> Result<Report, VerifyError> {
     let started = Instant::now();
     // One snapshot for every query below: a credit committing meanwhile
     // must not look like a mismatch.
-    conn.execute_batch("BEGIN")?;
+    conn.batch(match conn.engine() {
+        Engine::Sqlite => "BEGIN",
+        Engine::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    })?;
     let result = verify_in_snapshot(conn);
     // A read transaction: ending it cannot lose anything.
-    let _ = conn.execute_batch("ROLLBACK");
+    let _ = conn.batch("ROLLBACK");
     let mut report = result?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -248,80 +263,59 @@ pub fn metrics_lines(conn: &Connection) -> String {
     out
 }
 
-fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
+fn verify_in_snapshot(conn: &dyn Exec) -> Result<Report, VerifyError> {
     let mut by_member: HashMap<i64, i128> = HashMap::new();
     let mut by_file: HashMap<i64, FileAgg> = HashMap::new();
     let mut by_reversal: HashMap<i64, FileAgg> = HashMap::new();
     let mut ledger_rows = 0u64;
-    {
-        let mut st = conn.prepare(
-            "SELECT partner, partner_key, file_id, member, miles, dup, line, credited_at, reversal
-             FROM ledger",
-        )?;
-        let mut rows = st.raw_query();
-        while let Some(r) = rows.next()? {
+    conn.for_each(
+        "SELECT partner, partner_key, file_id, member, miles, dup, line, credited_at, reversal
+         FROM ledger",
+        &[],
+        &mut |r| {
             ledger_rows += 1;
-            let file_id = r.get::<_, i64>(2)?;
-            let text = |i: usize, column: &'static str| -> Result<&str, VerifyError> {
-                match r.get_ref(i)? {
-                    ValueRef::Text(t) => {
-                        std::str::from_utf8(t).map_err(|_| VerifyError::BadValue {
-                            file_id,
-                            column,
-                            expected: "UTF-8 text",
-                        })
-                    }
-                    _ => Err(VerifyError::BadValue {
-                        file_id,
-                        column,
-                        expected: "text",
-                    }),
-                }
-            };
+            let (partner, partner_key) = (r.text(0)?, r.text(1)?);
             let row = Row {
-                partner: text(0, "partner")?,
-                partner_key: text(1, "partner_key")?,
-                file_id,
-                member: r.get(3)?,
-                miles: r.get(4)?,
-                dup: r.get(5)?,
-                line: r.get(6)?,
-                credited_at: r.get(7)?,
+                partner: &partner,
+                partner_key: &partner_key,
+                file_id: r.int(2)?,
+                member: r.int(3)?,
+                miles: r.int(4)?,
+                dup: r.int(5)?,
+                line: r.int(6)?,
+                credited_at: r.int(7)?,
             };
             *by_member.entry(row.member).or_default() += i128::from(row.miles);
-            if let Some(reversal) = r.get::<_, Option<i64>>(8)? {
+            if let Some(reversal) = r.opt_int(8)? {
                 let agg = by_reversal.entry(reversal).or_default();
                 agg.rows += 1;
                 agg.miles -= i128::from(row.miles);
                 agg.digest.add(&row);
-            } else if file_id != 0 {
-                let agg = by_file.entry(file_id).or_default();
+            } else if row.file_id != 0 {
+                let agg = by_file.entry(row.file_id).or_default();
                 agg.rows += 1;
                 agg.miles += i128::from(row.miles);
                 agg.digest.add(&row);
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
 
     let mut mismatches = Vec::new();
     let mut bad_members: Vec<(i64, String)> = Vec::new();
     let mut members = 0u64;
-    {
-        let mut st = conn.prepare("SELECT member, miles FROM balances")?;
-        let mut rows = st.raw_query();
-        while let Some(r) = rows.next()? {
-            members += 1;
-            let member: i64 = r.get(0)?;
-            let balance: i64 = r.get(1)?;
-            let sum = by_member.remove(&member).unwrap_or(0);
-            if i128::from(balance) != sum {
-                bad_members.push((
-                    member,
-                    format!("balance {balance} miles, its ledger rows sum to {sum}"),
-                ));
-            }
+    conn.for_each("SELECT member, miles FROM balances", &[], &mut |r| {
+        members += 1;
+        let (member, balance) = (r.int(0)?, r.int(1)?);
+        let sum = by_member.remove(&member).unwrap_or(0);
+        if i128::from(balance) != sum {
+            bad_members.push((
+                member,
+                format!("balance {balance} miles, its ledger rows sum to {sum}"),
+            ));
         }
-    }
+        Ok(())
+    })?;
     let mut leftover: Vec<(i64, i128)> = by_member.into_iter().filter(|(_, s)| *s != 0).collect();
     leftover.sort_unstable();
     for (member, sum) in leftover {
@@ -331,41 +325,34 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
         ));
     }
     bad_members.sort_unstable_by_key(|(m, _)| *m);
-    {
-        let mut name = conn.prepare("SELECT member_id FROM members WHERE id = ?1")?;
-        for (member, detail) in bad_members {
-            let id: Option<String> =
-                name.query_row([member], |r| r.get(0))
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
-            let subject = match id {
-                Some(id) => format!("member {id} (#{member})"),
-                None => format!("member #{member} (not in the member store)"),
-            };
-            mismatches.push(Mismatch {
-                kind: "balance",
-                subject,
-                detail,
-            });
-        }
+    for (member, detail) in bad_members {
+        let id = conn
+            .query_opt(
+                "SELECT member_id FROM members WHERE id = ?1",
+                crate::store_args![member],
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
+        let subject = match id {
+            Some(id) => format!("member {id} (#{member})"),
+            None => format!("member #{member} (not in the member store)"),
+        };
+        mismatches.push(Mismatch {
+            kind: "balance",
+            subject,
+            detail,
+        });
     }
 
     let mut credited_files = 0u64;
     let mut files_without_digest = 0u64;
-    {
-        let mut st = conn.prepare(
-            "SELECT id, partner, name, outcome, rows, credited, failed, miles, ledger_digest
-             FROM files ORDER BY id",
-        )?;
-        let mut rows = st.raw_query();
-        while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let partner: String = r.get(1)?;
-            let name: String = r.get(2)?;
-            let outcome: String = r.get(3)?;
+    conn.for_each(
+        "SELECT id, partner, name, outcome, rows, credited, failed, miles, ledger_digest
+         FROM files ORDER BY id",
+        &[],
+        &mut |r| {
+            let id = r.int(0)?;
+            let (partner, name, outcome) = (r.text(1)?, r.text(2)?, r.text(3)?);
             let subject = format!("file {id} ({partner}, {name})");
             let agg = by_file.remove(&id);
             if outcome != "credited" && outcome != "reversed" {
@@ -379,13 +366,12 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
                         ),
                     });
                 }
-                continue;
+                return Ok(());
             }
             credited_files += 1;
             let agg = agg.unwrap_or_default();
-            let (n_rows, credited, failed, miles): (i64, i64, i64, i64) =
-                (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?);
-            let stored: Option<String> = r.get(8)?;
+            let (n_rows, credited, failed, miles) = (r.int(4)?, r.int(5)?, r.int(6)?, r.int(7)?);
+            let stored = r.opt_text(8)?;
             let mut differs = Vec::new();
             if i128::from(credited) != i128::from(agg.rows) {
                 differs.push(format!(
@@ -424,23 +410,21 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
                 }),
                 Some(_) => {}
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     let mut reversals = 0u64;
-    {
-        let mut st = conn.prepare(
-            "SELECT id, partner, COALESCE('file ' || file_id, 'API exchange ' || exchange),
-                    rows, miles, ledger_digest
-             FROM reversals ORDER BY id",
-        )?;
-        let mut rows = st.raw_query();
-        while let Some(r) = rows.next()? {
+    conn.for_each(
+        "SELECT id, partner, COALESCE('file ' || file_id, 'API exchange ' || exchange),
+                rows, miles, ledger_digest
+         FROM reversals ORDER BY id",
+        &[],
+        &mut |r| {
             reversals += 1;
-            let id: i64 = r.get(0)?;
-            let partner: String = r.get(1)?;
-            let what: String = r.get(2)?;
-            let (n_rows, miles): (i64, i64) = (r.get(3)?, r.get(4)?);
-            let stored: String = r.get(5)?;
+            let id = r.int(0)?;
+            let (partner, what) = (r.text(1)?, r.text(2)?);
+            let (n_rows, miles) = (r.int(3)?, r.int(4)?);
+            let stored = r.text(5)?;
             let subject = format!("reversal {id} ({partner}, {what})");
             let agg = by_reversal.remove(&id).unwrap_or_default();
             let mut differs = Vec::new();
@@ -474,8 +458,9 @@ fn verify_in_snapshot(conn: &Connection) -> Result<Report, VerifyError> {
                     ),
                 });
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     let mut stray_reversals: Vec<(i64, FileAgg)> = by_reversal.into_iter().collect();
     stray_reversals.sort_unstable_by_key(|(id, _)| *id);
     for (id, agg) in stray_reversals {

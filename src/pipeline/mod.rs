@@ -1033,12 +1033,12 @@ fn finish_run(
          VALUES (?1, CASE WHEN ?2 THEN ?3 END, ?3, CASE WHEN ?2 THEN 0 ELSE 1 END, ?4,
                  CASE WHEN ?2 THEN NULL ELSE ?3 END, CASE WHEN ?2 THEN NULL ELSE ?3 END)
          ON CONFLICT(partner) DO UPDATE SET
-            last_success = CASE WHEN ?2 THEN ?3 ELSE last_success END,
+            last_success = CASE WHEN ?2 THEN ?3 ELSE partner_state.last_success END,
             last_attempt = ?3,
-            consecutive_failures = CASE WHEN ?2 THEN 0 ELSE consecutive_failures + 1 END,
-            last_error = CASE WHEN ?2 THEN last_error ELSE ?4 END,
-            last_error_at = CASE WHEN ?2 THEN last_error_at ELSE ?3 END,
-            failing_since = CASE WHEN ?2 THEN NULL ELSE COALESCE(failing_since, ?3) END",
+            consecutive_failures = CASE WHEN ?2 THEN 0 ELSE partner_state.consecutive_failures + 1 END,
+            last_error = CASE WHEN ?2 THEN partner_state.last_error ELSE ?4 END,
+            last_error_at = CASE WHEN ?2 THEN partner_state.last_error_at ELSE ?3 END,
+            failing_since = CASE WHEN ?2 THEN NULL ELSE COALESCE(partner_state.failing_since, ?3) END",
         crate::store_args![&r.partner, i64::from(ok), &now_text(opts.now), last_error.as_deref()],
     )?;
         if r.outcome == "missed" {

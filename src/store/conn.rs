@@ -45,6 +45,14 @@ impl Exec for Conn {
     fn batch(&self, sql: &str) -> Result<(), StoreError> {
         self.exec().batch(sql)
     }
+    fn for_each(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.exec().for_each(sql, args, f)
+    }
     fn lock(&self, scope: &str) -> Result<(), StoreError> {
         self.exec().lock(scope)
     }

@@ -126,6 +126,15 @@ pub trait Exec {
     /// advisory lock on a hash of `scope`, held across hosts.
     fn lock(&self, scope: &str) -> Result<(), StoreError>;
 
+    /// Run a query and hand each row to `f` as it arrives, never holding
+    /// them all (a scan of the whole ledger); `f`'s error stops the scan.
+    fn for_each(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+
     /// At most one row.
     fn query_opt(&self, sql: &str, args: &[Value<'_>]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, args)?.into_iter().next())
@@ -194,5 +203,12 @@ pub fn not_on_postgres_yet(database: &Database, command: &str) -> Option<String>
 }
 
 /// The commands that run on PostgreSQL today (docs/postgres.md, Status).
-pub const AVAILABLE_ON_POSTGRES: &[&str] =
-    &["check", "status", "files", "balance", "exchanges", "once"];
+pub const AVAILABLE_ON_POSTGRES: &[&str] = &[
+    "check",
+    "status",
+    "files",
+    "balance",
+    "exchanges",
+    "once",
+    "verify",
+];

@@ -52,6 +52,13 @@ pub fn connect(target: &PgTarget, migrate: bool) -> Result<PgConn, StoreError> {
         message,
     };
     let mut config = target.config.clone();
+    // The server's NOTICEs (e.g. "relation already exists, skipping" from
+    // each connect's schema check) would be logged at INFO: only warnings.
+    let options = match config.get_options() {
+        Some(o) => format!("{o} -c client_min_messages=warning"),
+        None => "-c client_min_messages=warning".to_owned(),
+    };
+    config.options(&options);
     config.target_session_attrs(postgres::config::TargetSessionAttrs::ReadWrite);
     if let Some(p) = &target.password {
         let secret = p.read().map_err(|e| fail(format!("password: {e}")))?;
@@ -269,6 +276,23 @@ impl Exec for PgConn {
 
     fn batch(&self, sql: &str) -> Result<(), StoreError> {
         Ok(self.client.borrow_mut().batch_execute(sql)?)
+    }
+
+    fn for_each(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let sql = super::to_postgres(sql);
+        let mut client = self.client.borrow_mut();
+        // Rows stream from the server as they are read.
+        let mut rows = client.query_raw(&*sql, params(args))?;
+        while let Some(r) = rows.next()? {
+            f(cells(&r)?)?;
+        }
+        Ok(())
     }
 
     fn insert_id(&self, sql: &str, args: &[Value<'_>]) -> Result<i64, StoreError> {

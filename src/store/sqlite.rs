@@ -64,6 +64,25 @@ impl Exec for Connection {
         Ok(self.execute_batch(sql)?)
     }
 
+    fn for_each(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut st = self.prepare(sql)?;
+        let width = st.column_count();
+        let mut rows = st.query(rusqlite::params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            let mut cells = Vec::with_capacity(width);
+            for i in 0..width {
+                cells.push(cell(r.get_ref(i)?));
+            }
+            f(Row(cells))?;
+        }
+        Ok(())
+    }
+
     fn insert_id(&self, sql: &str, args: &[Value<'_>]) -> Result<i64, StoreError> {
         self.prepare_cached(sql)?
             .execute(rusqlite::params_from_iter(args))?;
