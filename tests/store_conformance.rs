@@ -74,6 +74,13 @@ fn the_schema_is_the_same_version_and_append_only_on_both() {
         for (sql, why) in [
             ("UPDATE ledger SET miles = 6", "the ledger is append-only"),
             ("DELETE FROM ledger", "the ledger is append-only"),
+            // Migration 18: what PostgreSQL's balances rely on instead of
+            // a foreign key.
+            ("DELETE FROM members", "members are never deleted"),
+            (
+                "UPDATE members SET id = 2",
+                "a member keeps its internal id",
+            ),
         ] {
             let e = db.execute(sql, &[]).unwrap_err().to_string();
             assert!(e.contains(why), "{}: {sql}: {e}", u.name);

@@ -7,7 +7,8 @@
 //! E010 under `unique_partner_key` (within a file and against an earlier
 //! one), re-sends counted (credited) and refused (F006), a duplicate
 //! (F001), an empty file (F003), too many errors (F004), a header line, a
-//! key with a backslash and an e-mail as the member.
+//! key with a backslash, an e-mail as the member, and a balance that
+//! would overflow (F005).
 //!
 //! File ids are left out of the comparison: a PostgreSQL sequence does not
 //! give back the id of a rolled-back insert (a refused file's first row),
@@ -156,6 +157,18 @@ impl Side {
         (out.status.code().unwrap_or(-1), seen)
     }
 
+    /// Run a statement on this side's database (a test's own change).
+    fn exec(&self, sql: &str) {
+        match &self.pg {
+            None => {
+                self.w.db().execute_batch(sql).unwrap();
+            }
+            Some(db) => {
+                pg::shared().psql(&db.name, sql);
+            }
+        }
+    }
+
     /// `sql` (one text column) on this side's database, one string a row.
     fn rows(&self, sql: &str) -> Vec<String> {
         match &self.pg {
@@ -253,17 +266,41 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
         ("uniq", vec![("u2.csv", b"NM0000000001,u1,10\nNM0000000001,u3,5\n")]),
     ];
     let mut seen: Vec<Vec<(i32, Vec<Value>)>> = vec![Vec::new(), Vec::new()];
+    // Last, a balance one credit short of the largest BIGINT: the file
+    // that would pass it is refused (F005) and the balance left as it was.
+    let near_max = "UPDATE balances SET miles = 9223372036854775000
+        WHERE member = (SELECT id FROM members WHERE member_id = 'NM0000000005')";
+    let overflow: &[u8] = b"NM0000000002,o1,5\nNM0000000005,o2,900\n";
     for (i, side) in sides.iter().enumerate() {
         side.seed_members();
         for (partner, files) in &deliveries {
             seen[i].push(side.deliver(partner, files));
         }
+        let before = side.rows(BALANCES);
+        side.exec(near_max);
+        seen[i].push(side.deliver("shop", &[("overflow.csv", overflow)]));
+        let kept = side.rows(BALANCES);
+        let back: Vec<&str> = before
+            .iter()
+            .map(|b| b.split('=').collect::<Vec<_>>()[1])
+            .collect();
+        let five = before
+            .iter()
+            .position(|b| b.starts_with("NM0000000005="))
+            .unwrap();
+        assert_eq!(kept[five], "NM0000000005=9223372036854775000", "{kept:?}");
+        side.exec(&format!(
+            "UPDATE balances SET miles = {} WHERE member = (SELECT id FROM members WHERE member_id = 'NM0000000005')",
+            back[five]
+        ));
+        assert_eq!(side.rows(BALANCES), before);
     }
     for (step, (sqlite, postgres)) in seen[0].iter().zip(&seen[1]).enumerate() {
         assert_eq!(
-            sqlite, postgres,
+            sqlite,
+            postgres,
             "delivery {step} ({:?}): SQLite left, PostgreSQL right",
-            deliveries[step].1[0].0
+            deliveries.get(step).map_or("overflow.csv", |d| d.1[0].0)
         );
     }
     // The files cover what they are meant to (on SQLite, the reference).
@@ -284,6 +321,15 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
     assert_eq!(u1, "NM0000000001,u1,10,E008\nNM0000000002,u1,10,E010\n");
     let u2 = s[8].1[0]["report"].as_str().unwrap();
     assert_eq!(u2, "NM0000000001,u1,10,E010\n");
+    assert_eq!(s[9].1[0]["file_code"], "F005", "{:#?}", s[9]);
+    assert!(
+        s[9].1[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("overflow the balance of member"),
+        "{:#?}",
+        s[9]
+    );
 
     for sql in [LEDGER, BALANCES, FILES, RUNS, STATE] {
         let (sqlite, postgres) = (sides[0].rows(sql), sides[1].rows(sql));

@@ -419,4 +419,18 @@ CREATE TABLE deliveries(
 );
 CREATE INDEX deliveries_due ON deliveries(next_at) WHERE state = 'pending';
 "#,
+    // 18: members are never deleted (a member leaves as `withdrawn`): the
+    // ledger's and balances' member ids can never dangle. SQLite keeps its
+    // foreign keys as well; PostgreSQL's 18 drops the balances one, which
+    // this makes redundant (see there).
+    r#"
+CREATE TRIGGER members_never_deleted BEFORE DELETE ON members
+BEGIN
+    SELECT RAISE(ABORT, 'members are never deleted: set their status to withdrawn');
+END;
+CREATE TRIGGER members_keep_their_id BEFORE UPDATE OF id ON members WHEN OLD.id <> NEW.id
+BEGIN
+    SELECT RAISE(ABORT, 'a member keeps its internal id');
+END;
+"#,
 ];

@@ -155,11 +155,7 @@ fn in_transaction(c: &PgConn, job: &CreditJob<'_>) -> Result<InTx, CreditError> 
     let judged = judge(job, &mut counts, &mut st);
     let refusal = match judged.refusal {
         Some(r) => Some(r),
-        None => c
-            .query_opt(OVERFLOW_SQL, &[])?
-            .map(|r| r.int(0))
-            .transpose()?
-            .map(|member| (FileCode::F005, overflow_reason(member))),
+        None => add_balances(c)?.map(|member| (FileCode::F005, overflow_reason(member))),
     };
     if let Some((code, reason)) = refusal {
         return Ok(InTx::Refused {
@@ -186,12 +182,6 @@ fn in_transaction(c: &PgConn, job: &CreditJob<'_>) -> Result<InTx, CreditError> 
             .into(),
         ));
     }
-    c.execute(
-        "INSERT INTO balances(member, miles)
-         SELECT member, sum(miles) FROM incoming WHERE code IS NULL GROUP BY member ORDER BY member
-         ON CONFLICT(member) DO UPDATE SET miles = balances.miles + excluded.miles",
-        &[],
-    )?;
     let src = Reread {
         archive: &job.file.archive,
         encoding: p.encoding,
@@ -248,6 +238,38 @@ const RESEND_SQL: &str = "SELECT e, count(*) FROM (
     SELECT (SELECT max(l.file_id) FROM ledger l
             WHERE l.partner = ?1 AND l.partner_key = i.partner_key AND l.member = i.member
               AND l.miles = i.miles AND l.file_id <> ?2 AND l.credited_at >= ?3";
+
+/// Add the file's credits to the balances. `Some(member)`: that member's
+/// balance would pass the largest BIGINT (nothing added; the file is
+/// refused F005). The overflow is rare: the add runs first and only when
+/// PostgreSQL refuses it is the member looked for, back at a savepoint.
+fn add_balances(c: &PgConn) -> Result<Option<i64>, CreditError> {
+    c.batch("SAVEPOINT balances")?;
+    let added = c.execute(
+        "INSERT INTO balances(member, miles)
+         SELECT member, sum(miles) FROM incoming WHERE code IS NULL GROUP BY member ORDER BY member
+         ON CONFLICT(member) DO UPDATE SET miles = balances.miles + excluded.miles",
+        &[],
+    );
+    match added {
+        Ok(_) => {
+            c.batch("RELEASE SAVEPOINT balances")?;
+            Ok(None)
+        }
+        Err(StoreError::Postgres(e))
+            if e.code() == Some(&postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE) =>
+        {
+            c.batch("ROLLBACK TO SAVEPOINT balances")?;
+            let member = c
+                .query_opt(OVERFLOW_SQL, &[])?
+                .map(|r| r.int(0))
+                .transpose()?;
+            // Out of range, yet no member over: another reason; say so.
+            Ok(Some(member.ok_or(StoreError::Postgres(e))?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// The first member (by id) whose balance this file would take past the
 /// largest BIGINT (sums are NUMERIC: no overflow while checking).
