@@ -204,8 +204,8 @@ pub struct HistoryPage {
 /// Matching rows `offset..offset + limit` (`None`: all), in key order (then
 /// time, file, line; a reversal's row after the row it reverses), from
 /// every channel (files and API exchanges), reversals included.
-pub fn history_search(
-    conn: &Connection,
+pub fn history_search<E: crate::store::Exec + ?Sized>(
+    conn: &E,
     s: &HistorySearch<'_>,
     offset: u64,
     limit: Option<u64>,
@@ -219,53 +219,68 @@ pub fn history_search(
         (key.to_owned(), key.to_owned())
     };
     const WHERE: &str = HISTORY_WHERE;
-    let total: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM ledger l {WHERE}"),
-        params![s.partner, lo, hi, s.from, s.to],
-        |r| r.get(0),
+    let args = crate::store_args![s.partner, &lo, &hi, s.from, s.to];
+    let total = conn
+        .query(&format!("SELECT count(*) FROM ledger l {WHERE}"), args)?
+        .first()
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
+    // "All" is the largest LIMIT: PostgreSQL refuses SQLite's LIMIT -1,
+    // and SQLite has no OFFSET without a LIMIT.
+    let page = format!(
+        "LIMIT {} OFFSET {}",
+        limit.unwrap_or(i64::MAX as u64).min(i64::MAX as u64),
+        offset.min(i64::MAX as u64)
+    );
+    let rows = conn.query(
+        &format!(
+            "SELECT l.partner, l.partner_key, COALESCE(m.member_id, '#' || CAST(l.member AS TEXT)), l.miles,
+                    CASE WHEN l.file_id = 0 THEN 'API' ELSE COALESCE(f.name, '?') END,
+                    l.file_id, l.line, l.credited_at, l.reversal,
+                    CASE WHEN l.file_id = 0 THEN 'api' ELSE COALESCE(f.channel, 'pull') END
+             FROM ledger l LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0
+             LEFT JOIN members m ON m.id = l.member
+             {WHERE}
+             ORDER BY l.partner_key, l.credited_at, l.file_id, l.line, l.reversal IS NOT NULL
+             {page}"
+        ),
+        args,
     )?;
-    let limit = limit.map(|n| n.min(i64::MAX as u64) as i64).unwrap_or(-1);
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT l.partner, l.partner_key, COALESCE(m.member_id, '#' || l.member), l.miles,
-                CASE WHEN l.file_id = 0 THEN 'API' ELSE COALESCE(f.name, '?') END,
-                l.file_id, l.line, l.credited_at, l.reversal,
-                CASE WHEN l.file_id = 0 THEN 'api' ELSE COALESCE(f.channel, 'pull') END
-         FROM ledger l LEFT JOIN files f ON f.id = l.file_id AND l.file_id <> 0
-         LEFT JOIN members m ON m.id = l.member
-         {WHERE}
-         ORDER BY l.partner_key, l.credited_at, l.file_id, l.line, l.reversal IS NOT NULL
-         LIMIT ?6 OFFSET ?7"
-    ))?;
-    let rows = st.query_map(
-        params![s.partner, lo, hi, s.from, s.to, limit, offset as i64],
-        |r| {
-            let at: i64 = r.get(7)?;
+    let rows = rows
+        .into_iter()
+        .map(|r| {
+            let at = r.int(7)?;
             Ok(HistoryRow {
-                partner: r.get(0)?,
-                partner_key: r.get(1)?,
-                member_id: r.get(2)?,
-                miles: r.get(3)?,
-                file: r.get(4)?,
-                file_id: r.get(5)?,
-                line: r.get(6)?,
+                partner: r.text(0)?,
+                partner_key: r.text(1)?,
+                member_id: r.text(2)?,
+                miles: r.int(3)?,
+                file: r.text(4)?,
+                file_id: r.int(5)?,
+                line: r.int(6)?,
                 credited_at: chrono::DateTime::from_timestamp(at, 0)
                     .map(crate::db::now_text)
                     .unwrap_or_default(),
                 credited_unix: at,
-                reversal: r.get(8)?,
-                channel: r.get(9)?,
+                reversal: r.opt_int(8)?,
+                channel: r.text(9)?,
             })
-        },
-    )?;
+        })
+        .collect::<Result<_, crate::store::StoreError>>()?;
     Ok(HistoryPage {
-        rows: rows.collect::<Result<_, _>>()?,
+        rows,
         total: total as u64,
     })
 }
 
 /// Every credit of one partner key (`milebatch history`): a
 /// [`history_search`] for exactly `key`, all of it.
-pub fn history(conn: &Connection, partner: &str, key: &str) -> Result<Vec<HistoryRow>, DbError> {
+pub fn history<E: crate::store::Exec + ?Sized>(
+    conn: &E,
+    partner: &str,
+    key: &str,
+) -> Result<Vec<HistoryRow>, DbError> {
     Ok(history_search(conn, &HistorySearch::exact(partner, key), 0, None)?.rows)
 }
 

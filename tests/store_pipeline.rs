@@ -336,6 +336,46 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
         assert!(!sqlite.is_empty(), "{sql}");
         assert_eq!(sqlite, postgres, "{sql}");
     }
+    // `history` reads the same credits of a key (k1: credited once, then
+    // its repeat in c.csv), file ids aside.
+    let mut histories = Vec::new();
+    for side in &sides {
+        for key in ["k1", "u1", "k\\6", "nothing"] {
+            let out = side.run(&[
+                "history",
+                "--partner",
+                if key == "u1" { "uniq" } else { "shop" },
+                "--key",
+                key,
+                "--json",
+            ]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            for r in v.as_array_mut().unwrap() {
+                r.as_object_mut().unwrap().remove("file_id");
+            }
+            histories.push(v);
+        }
+    }
+    assert_eq!(histories[..4], histories[4..]);
+    assert_eq!(
+        histories[0].as_array().unwrap().len(),
+        2,
+        "{:#}",
+        histories[0]
+    );
+    assert_eq!(
+        histories[2].as_array().unwrap().len(),
+        1,
+        "{:#}",
+        histories[2]
+    );
+
     // verify recomputes every file's digest from its ledger rows: the one
     // PostgreSQL stored (E008/E010 rows taken back out) must match.
     let mut verified = Vec::new();

@@ -7,7 +7,7 @@ use clap::Args;
 use super::output::{fail, print_json};
 use super::{known_partner, load, Cli};
 use crate::termtext::cell;
-use crate::{db, members, query, timefmt};
+use crate::{members, query, timefmt};
 
 #[derive(Args, Debug)]
 pub struct ExchangesArgs {
@@ -126,8 +126,11 @@ pub(super) fn history(cli: &Cli, args: &HistoryArgs) -> anyhow::Result<ExitCode>
     if let Err(code) = known_partner(&config, partner) {
         return Ok(code);
     }
-    let conn = db::open_query(&config.daemon.database)?;
-    let rows = query::history(&conn, partner, key)?;
+    // A PostgreSQL database never migrated has no credits yet.
+    let rows = match super::open_existing(&config)? {
+        Some(conn) => query::history(conn.as_ref(), partner, key)?,
+        None => Vec::new(),
+    };
     let tz = config.daemon.timezone;
     if *json {
         print_json(&rows)?;

@@ -211,4 +211,5 @@ pub const AVAILABLE_ON_POSTGRES: &[&str] = &[
     "exchanges",
     "once",
     "verify",
+    "history",
 ];
