@@ -8,7 +8,7 @@
 //! one), re-sends counted (credited) and refused (F006), a duplicate
 //! (F001), an empty file (F003), too many errors (F004), a header line, a
 //! key with a backslash, an e-mail as the member, and a balance that
-//! would overflow (F005).
+//! would overflow (F005), then `retry` of that file, twice.
 //!
 //! File ids are left out of the comparison: a PostgreSQL sequence does not
 //! give back the id of a rolled-back insert (a refused file's first row),
@@ -294,13 +294,43 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
             back[five]
         ));
         assert_eq!(side.rows(BALANCES), before);
+        // With the balance back, `retry` credits the refused file's
+        // archived bytes, once; a second retry is refused.
+        let files: Value = serde_json::from_slice(&side.run(&["files", "--json"]).stdout).unwrap();
+        let id = files
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "overflow.csv")
+            .unwrap()["id"]
+            .to_string();
+        for (attempt, code) in [(1, 0), (2, 1)] {
+            let out = side.run(&["retry", "--file", &id, "--json"]);
+            let mut v: Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("retry: {e}\n{}", String::from_utf8_lossy(&out.stderr)));
+            assert_eq!(out.status.code(), Some(code), "retry {attempt}: {v:#}");
+            let o = v.as_object_mut().unwrap();
+            for k in ["retry_of", "file_id", "id", "report_path", "archive_path"] {
+                o.remove(k);
+            }
+            if let Some(r) = o.get("reason").and_then(Value::as_str) {
+                let r = r
+                    .split(|c: char| c.is_ascii_digit())
+                    .collect::<Vec<_>>()
+                    .join("#");
+                o.insert("reason".into(), r.into());
+            }
+            seen[i].push((code, vec![v]));
+        }
     }
     for (step, (sqlite, postgres)) in seen[0].iter().zip(&seen[1]).enumerate() {
         assert_eq!(
             sqlite,
             postgres,
             "delivery {step} ({:?}): SQLite left, PostgreSQL right",
-            deliveries.get(step).map_or("overflow.csv", |d| d.1[0].0)
+            deliveries
+                .get(step)
+                .map_or("overflow.csv, its retries", |d| d.1[0].0)
         );
     }
     // The files cover what they are meant to (on SQLite, the reference).

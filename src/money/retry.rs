@@ -14,11 +14,11 @@
 
 use std::path::PathBuf;
 
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::pipeline::{self, Fetched, FileReport, PipelineError};
+use crate::store::{Exec, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
@@ -31,6 +31,12 @@ pub enum RetryError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<StoreError> for RetryError {
+    fn from(e: StoreError) -> Self {
+        RetryError::Db(e.into())
+    }
 }
 
 impl From<rusqlite::Error> for RetryError {
@@ -62,33 +68,22 @@ pub fn retry(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<RetryOutcome, RetryError> {
     let refused = |reason: String| Ok(RetryOutcome::Refused { reason });
-    let conn = crate::db::open(&config.daemon.database)?;
-    type Row = (
-        String,
-        String,
-        i64,
-        Option<i64>,
-        String,
-        Option<String>,
-        String,
-    );
-    let row: Option<Row> = conn
-        .query_row(
-            "SELECT partner, name, size, mtime, sha256, archive_path, outcome FROM files WHERE id = ?1",
-            [file_id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            },
-        )
-        .optional()?;
+    let conn = crate::store::open_writer(&config.daemon.store)?;
+    let row = match conn.query_opt(
+        "SELECT partner, name, size, mtime, sha256, archive_path, outcome FROM files WHERE id = ?1",
+        crate::store_args![file_id],
+    )? {
+        None => None,
+        Some(r) => Some((
+            r.text(0)?,
+            r.text(1)?,
+            r.int(2)?,
+            r.opt_int(3)?,
+            r.text(4)?,
+            r.opt_text(5)?,
+            r.text(6)?,
+        )),
+    };
     let Some((partner_id, name, size, mtime, sha256, archive, outcome)) = row else {
         return refused(format!(
             "there is no file {file_id} (see `milebatch files`)"
@@ -101,12 +96,12 @@ pub fn retry(
         ));
     }
     if let Some((other, other_name)) = conn
-        .query_row(
+        .query_opt(
             "SELECT id, name FROM files WHERE partner = ?1 AND sha256 = ?2 AND outcome = 'credited'",
-            params![partner_id, sha256],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-        )
-        .optional()?
+            crate::store_args![&partner_id, &sha256],
+        )?
+        .map(|r| Ok::<_, StoreError>((r.int(0)?, r.text(1)?)))
+        .transpose()?
     {
         return refused(format!(
             "the content of file {file_id} ({name}) is credited already, as file {other} ({other_name}): \
@@ -153,9 +148,9 @@ pub fn retry(
         archive,
     };
     let report = pipeline::retry_archived(config, partner, &fetched, file_id, now)?;
-    let conn = crate::db::open(&config.daemon.database)?;
+    let conn = crate::store::open_writer(&config.daemon.store)?;
     let new_id = report.id;
-    crate::audit::record(
+    crate::store::audit::append(
         &conn,
         &crate::audit::Entry {
             actor,
@@ -172,6 +167,7 @@ pub fn retry(
             ),
             client: None,
         },
+        chrono::Utc::now(),
     )?;
     Ok(RetryOutcome::Done {
         retry_of: file_id,

@@ -212,4 +212,5 @@ pub const AVAILABLE_ON_POSTGRES: &[&str] = &[
     "once",
     "verify",
     "history",
+    "retry",
 ];
