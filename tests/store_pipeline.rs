@@ -139,19 +139,10 @@ impl Side {
             let report = f["report_path"]
                 .as_str()
                 .map(|p| String::from_utf8(std::fs::read(p).unwrap()).unwrap());
-            let o = f.as_object_mut().unwrap();
-            for k in ["id", "report_path", "archive_path"] {
-                o.remove(k);
-            }
-            o.insert("report".into(), report.into());
-            // "credited as file 3 (…)": the id, again.
-            if let Some(r) = o.get("reason").and_then(Value::as_str) {
-                let r = r
-                    .split(|c: char| c.is_ascii_digit())
-                    .collect::<Vec<_>>()
-                    .join("#");
-                o.insert("reason".into(), r.into());
-            }
+            without_ids(&mut f);
+            f.as_object_mut()
+                .unwrap()
+                .insert("report".into(), report.into());
             seen.push(f);
         }
         (out.status.code().unwrap_or(-1), seen)
@@ -184,6 +175,22 @@ impl Side {
                 .map(str::to_owned)
                 .collect(),
         }
+    }
+}
+
+/// A file's JSON (`once`, `retry`) without what differs by engine (file
+/// ids, also inside reasons: "credited as file 3") or by workspace (paths).
+fn without_ids(f: &mut Value) {
+    let o = f.as_object_mut().unwrap();
+    for k in ["id", "file_id", "retry_of", "report_path", "archive_path"] {
+        o.remove(k);
+    }
+    if let Some(r) = o.get("reason").and_then(Value::as_str) {
+        let r = r
+            .split(|c: char| c.is_ascii_digit())
+            .collect::<Vec<_>>()
+            .join("#");
+        o.insert("reason".into(), r.into());
     }
 }
 
