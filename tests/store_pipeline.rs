@@ -316,17 +316,7 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
             let mut v: Value = serde_json::from_slice(&out.stdout)
                 .unwrap_or_else(|e| panic!("retry: {e}\n{}", String::from_utf8_lossy(&out.stderr)));
             assert_eq!(out.status.code(), Some(code), "retry {attempt}: {v:#}");
-            let o = v.as_object_mut().unwrap();
-            for k in ["retry_of", "file_id", "id", "report_path", "archive_path"] {
-                o.remove(k);
-            }
-            if let Some(r) = o.get("reason").and_then(Value::as_str) {
-                let r = r
-                    .split(|c: char| c.is_ascii_digit())
-                    .collect::<Vec<_>>()
-                    .join("#");
-                o.insert("reason".into(), r.into());
-            }
+            without_ids(&mut v);
             seen[i].push((code, vec![v]));
         }
     }
