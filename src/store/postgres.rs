@@ -347,18 +347,6 @@ pub fn copy_text(out: &mut dyn std::io::Write, field: Option<&str>) -> std::io::
     out.write_all(&bytes[from..])
 }
 
-#[cfg(test)]
-mod copy_tests {
-    #[test]
-    fn copy_text_escapes_what_the_text_format_reads_specially() {
-        let mut out = Vec::new();
-        super::copy_text(&mut out, Some("a\\b\tc\nd\re 日本")).unwrap();
-        out.push(b'|');
-        super::copy_text(&mut out, None).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "a\\\\b\\tc\\nd\\re 日本|\\N");
-    }
-}
-
 /// What `milebatch check` says about a PostgreSQL database: `Ok` with a
 /// line for people when it is reachable (over verified TLS when so
 /// configured), a writable primary, and at a schema this milebatch knows;
@@ -462,5 +450,20 @@ impl PgConn {
     pub fn in_recovery(&self) -> Result<bool, StoreError> {
         let r = self.query("SELECT pg_is_in_recovery()", &[])?;
         Ok(r.first().map(|r| r.int(0)).transpose()?.unwrap_or(0) != 0)
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    #[test]
+    fn copy_text_escapes_what_the_text_format_reads_specially() {
+        let mut out = Vec::new();
+        super::copy_text(&mut out, Some("a\\b\tc\nd\re 日本")).unwrap();
+        out.push(b'|');
+        super::copy_text(&mut out, None).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\\\b\\tc\\nd\\re 日本|\\N"
+        );
     }
 }
