@@ -24,6 +24,7 @@
 pub mod api_keys;
 pub mod audit;
 mod location;
+pub mod members;
 mod migrations_pg;
 pub mod outbox;
 mod postgres;
@@ -192,4 +193,11 @@ pub fn not_on_postgres_yet(database: &Database, command: &str) -> Option<String>
 }
 
 /// The commands that run on PostgreSQL today (docs/postgres.md, Status).
-pub const AVAILABLE_ON_POSTGRES: &[&str] = &["check", "status", "files", "balance", "exchanges"];
+pub const AVAILABLE_ON_POSTGRES: &[&str] = &[
+    "check",
+    "status",
+    "files",
+    "balance",
+    "exchanges",
+    "members",
+];
