@@ -3,7 +3,8 @@
 //! at config load, the refusal of every command that does not run on
 //! PostgreSQL yet (exit 2, nothing written), what `check` says about
 //! the database (reachable, TLS verified, schema version, writable
-//! primary), and `status` reading it.
+//! primary), the read commands reading it, and `members import` writing
+//! it exactly as it writes SQLite.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::process::Output;
 
 use common::pg::{self, PgCluster, TestDb};
 use common::workspace::{local_partner, Workspace};
+use milebatch::store::Database;
 
 const PW_VAR: &str = "MB_TEST_DB_PASSWORD";
 
@@ -51,12 +53,7 @@ fn commands_not_on_postgres_yet_refuse_with_exit_2_and_write_nothing() {
     let db = pg::shared().fresh_db();
     let w = workspace(&db.url());
     w.write("inbox/shop/a.csv", "M000001,k1,100\n");
-    for args in [
-        vec!["run"],
-        vec!["serve"],
-        vec!["members", "import", "inbox/shop/a.csv"],
-        vec!["api-key", "list"],
-    ] {
+    for args in [vec!["run"], vec!["serve"], vec!["api-key", "list"]] {
         let (code, _, err) = run(&w, &args, pg::PASSWORD);
         assert_eq!(code, 2, "{args:?}: {err}");
         let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
@@ -344,4 +341,220 @@ fn the_read_commands_read_postgres_as_they_read_sqlite() {
         out.contains("rejected E003") && !out.contains("credited"),
         "{out}"
     );
+}
+
+/// A workspace like [`workspace`] on SQLite (`var/milebatch.db`).
+fn sqlite_workspace() -> Workspace {
+    let w = Workspace::new();
+    std::fs::create_dir_all(w.path("inbox/shop")).unwrap();
+    w.config(&local_partner("shop", "inbox/shop", ""));
+    w
+}
+
+/// Every member as (member_id, e-mail, status), sorted; and each member
+/// ID's internal id.
+type Members = Vec<(String, Option<String>, i64)>;
+fn members_of(db: &dyn milebatch::store::Exec) -> (Members, Vec<(String, i64)>) {
+    let rows = db
+        .query("SELECT member_id, email, status, id FROM members", &[])
+        .unwrap();
+    let mut members: Members = rows
+        .iter()
+        .map(|r| {
+            (
+                r.text(0).unwrap(),
+                r.opt_text(1).unwrap(),
+                r.int(2).unwrap(),
+            )
+        })
+        .collect();
+    members.sort();
+    let mut ids: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| (r.text(0).unwrap(), r.int(3).unwrap()))
+        .collect();
+    ids.sort();
+    (members, ids)
+}
+
+/// `members import` on PostgreSQL is `members import` on SQLite: the same
+/// files give the same stdout, stderr and exit code on both, and leave the
+/// same members: a first import, a re-import that changes e-mails and
+/// statuses (a member keeps its internal id), a bad line, a repeated
+/// member ID, an e-mail another member holds (stored, or given by an
+/// earlier line; one freed by an earlier line is not), a Shift_JIS file,
+/// and member IDs that COPY's text format would misread (tab, backslash,
+/// `\N`). A failed import writes nothing on either. Then `balance` reads
+/// an imported member on PostgreSQL as on SQLite.
+#[test]
+fn members_import_on_postgres_answers_and_writes_as_on_sqlite() {
+    let db = pg::shared().fresh_db();
+    let pgw = workspace(&db.url());
+    let sqw = sqlite_workspace();
+    let Database::Postgres(target) = db.database("MB_MEMBERS_DB_PASSWORD") else {
+        unreachable!()
+    };
+    let members = || {
+        let pgc = milebatch::store::connect_postgres(&target, false).unwrap();
+        let sqc = rusqlite::Connection::open(sqw.path("var/milebatch.db")).unwrap();
+        let (p, pids) = members_of(&pgc);
+        let (s, sids) = members_of(&sqc);
+        assert_eq!(p, s, "the same members on both");
+        (p, pids, sids)
+    };
+    // Run on both; the same answer or a panic. Aside: the time taken, and
+    // log lines (PostgreSQL logs each migration the first import applies).
+    let same = |name: &str, bytes: &[u8], extra: &[&str]| -> (i32, String, String) {
+        pgw.write(name, bytes);
+        sqw.write(name, bytes);
+        let mut args = vec!["members", "import", name];
+        args.extend_from_slice(extra);
+        let p = run(&pgw, &args, pg::PASSWORD);
+        let s = run(&sqw, &args, pg::PASSWORD);
+        let untimed = |(code, out, err): (i32, String, String)| {
+            let out = match out.rsplit_once(" in ") {
+                Some((head, _)) if !extra.contains(&"--json") => format!("{head} in …s"),
+                _ => out,
+            };
+            let err: String = err
+                .lines()
+                .filter(|l| !(l.starts_with("20") && l.contains("  INFO ")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            (code, out, err)
+        };
+        let (p, s) = (untimed(p), untimed(s));
+        assert_eq!(p, s, "{args:?}: PostgreSQL, then SQLite");
+        p
+    };
+
+    // A first import (the first command ever: it migrates), with a header.
+    let (code, out, err) = same(
+        "m1.csv",
+        b"member_id,email,status\nA1,Taro@Example.JP,active\nA2,,suspended\n\
+          A3, a3@x.jp ,withdrawn\n\"tab\tid\",tab@x.jp,active\nback\\slash,\"b\\s@x.jp\",active\n\
+          \\N,null@x.jp,suspended\n",
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "imported 6 members from m1.csv in …s");
+    let (first, pg_ids, sq_ids) = members();
+    assert_eq!(first.len(), 6);
+    assert!(
+        first.contains(&("tab\tid".into(), Some("tab@x.jp".into()), 0))
+            && first.contains(&("back\\slash".into(), Some("b\\s@x.jp".into()), 0))
+            && first.contains(&("\\N".into(), Some("null@x.jp".into()), 1))
+            && first.contains(&("A1".into(), Some("taro@example.jp".into()), 0))
+            && first.contains(&("A2".into(), None, 1)),
+        "{first:?}"
+    );
+
+    // A re-import: e-mails and statuses follow the file (no e-mail: none
+    // kept); A1's old e-mail, freed on line 1, is A4's on line 2; the
+    // internal ids stay.
+    let (code, out, err) = same(
+        "m2.csv",
+        b"A1,new@x.jp,suspended\nA4,taro@example.jp,active\nA2,a2@x.jp,active\nA3,,active\n",
+        &["--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"], 4, "{out}");
+    let (second, pg_ids2, sq_ids2) = members();
+    assert!(
+        second.contains(&("A1".into(), Some("new@x.jp".into()), 1))
+            && second.contains(&("A4".into(), Some("taro@example.jp".into()), 0))
+            && second.contains(&("A2".into(), Some("a2@x.jp".into()), 0))
+            && second.contains(&("A3".into(), None, 0)),
+        "{second:?}"
+    );
+    for (before, after) in [(&pg_ids, &pg_ids2), (&sq_ids, &sq_ids2)] {
+        for (id, n) in before {
+            assert!(after.contains(&(id.clone(), *n)), "{id} keeps its id");
+        }
+    }
+
+    // Refused files: the same error and exit code, nothing written.
+    for (name, bytes, wanted) in [
+        (
+            "bad.csv",
+            &b"N1,n1@x.jp,active\nN2,n2@x.jp,sleeping\n"[..],
+            "bad.csv:2: status \"sleeping\"",
+        ),
+        (
+            "repeat.csv",
+            b"N1,n1@x.jp,active\nN2,n2@x.jp,active\n N1 ,n3@x.jp,active\n",
+            "repeat.csv:3: member_id is the same as on line 1",
+        ),
+        // Held by a stored member (A4 since m2.csv), in any case.
+        (
+            "taken.csv",
+            b"N1,n1@x.jp,active\nN2,TARO@example.jp,active\n",
+            "taken.csv:2: email \"taro@example.jp\" is already registered to another member",
+        ),
+        // Given by an earlier line to another member.
+        (
+            "twice.csv",
+            b"N1,same@x.jp,active\nN2,n2@x.jp,active\nN3,same@x.jp,active\n",
+            "twice.csv:3: email \"same@x.jp\" is already registered",
+        ),
+        // Freed only later in the file: taken when its line comes.
+        (
+            "swap.csv",
+            b"N1,a2@x.jp,active\nA2,n1@x.jp,active\n",
+            "swap.csv:1: email \"a2@x.jp\" is already registered",
+        ),
+        // The first bad line is named: a repeat before a taken e-mail,
+        // a taken e-mail before a bad status.
+        (
+            "first.csv",
+            b"N1,n1@x.jp,active\nN1,n2@x.jp,active\nN3,new@x.jp,active\n",
+            "first.csv:2: member_id is the same as on line 1",
+        ),
+        (
+            "first2.csv",
+            b"N1,new@x.jp,active\nN2,n2@x.jp,sleeping\n",
+            "first2.csv:1: email \"new@x.jp\" is already registered",
+        ),
+        (
+            "nul.csv",
+            b"N1,n1@x.jp,active\nN\0,n2@x.jp,active\n",
+            "nul.csv:2: column 1 has a NUL character",
+        ),
+        (
+            "sjis-as-utf8.csv",
+            &encoding_rs::SHIFT_JIS.encode("髙橋01,t@x.jp,active\r\n").0[..],
+            "sjis-as-utf8.csv:1: column 1 is not UTF-8",
+        ),
+    ] {
+        let (code, out, err) = same(name, bytes, &[]);
+        assert_eq!((code, out.as_str()), (2, ""), "{name}: {err}");
+        assert!(err.contains(wanted), "{name}: {err}");
+        assert_eq!(members().0, second, "{name}: nothing written");
+    }
+
+    // Shift_JIS with --encoding shift_jis.
+    let sjis = encoding_rs::SHIFT_JIS
+        .encode("会員ID,メール,状態\r\n髙橋01,T@X.jp,active\r\n")
+        .0;
+    let (code, out, err) = same("sjis.csv", &sjis, &["--encoding", "shift_jis"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "imported 1 members from sjis.csv in …s");
+    assert!(
+        members()
+            .0
+            .contains(&("髙橋01".into(), Some("t@x.jp".into()), 0)),
+        "{:?}",
+        members().0
+    );
+
+    // `balance` finds an imported member on PostgreSQL as on SQLite.
+    for who in ["髙橋01", "T@x.jp", "tab\tid", "A1"] {
+        let p = run(&pgw, &["balance", "--json", who], pg::PASSWORD);
+        let s = run(&sqw, &["balance", "--json", who], pg::PASSWORD);
+        assert_eq!(p, s, "balance {who:?}");
+        assert_eq!(p.0, 0, "{who}: {}", p.2);
+        let b: serde_json::Value = serde_json::from_str(&p.1).unwrap();
+        assert_eq!(b["miles"], 0, "{b:#}");
+    }
 }

@@ -70,42 +70,15 @@ impl Side {
             .expect("run milebatch")
     }
 
-    /// The demo members, the same on both sides. On PostgreSQL, inserted
-    /// with psql once `once` has created the schema (the same empty run
-    /// happens on both sides).
+    /// The demo members, imported the same way on both sides.
     fn seed_members(&self) {
-        let out = self.run(&["once"]);
+        let csv = fixture("members.csv");
+        let out = self.run(&["members", "import", csv.to_str().unwrap()]);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let csv = std::fs::read_to_string(fixture("members.csv")).unwrap();
-        match &self.pg {
-            None => self.w.demo_members(),
-            Some(db) => {
-                let values: Vec<String> = csv
-                    .lines()
-                    .skip(1)
-                    .map(|l| {
-                        let f: Vec<&str> = l.split(',').collect();
-                        let status = match f[2] {
-                            "active" => 0,
-                            "suspended" => 1,
-                            _ => 2,
-                        };
-                        format!("('{}', '{}', {status})", f[0], f[1])
-                    })
-                    .collect();
-                pg::shared().psql(
-                    &db.name,
-                    &format!(
-                        "INSERT INTO members(member_id, email, status) VALUES {}",
-                        values.join(", ")
-                    ),
-                );
-            }
-        }
     }
 
     /// `once --json` of one partner after writing `files` into its inbox:

@@ -7,6 +7,7 @@ use clap::{Subcommand, ValueEnum};
 
 use super::output::print_json;
 use super::{load, Cli};
+use crate::store::Database;
 use crate::{db, members};
 
 #[derive(Subcommand, Debug)]
@@ -78,9 +79,22 @@ pub(super) fn run(cli: &Cli, command: &MembersCommand) -> anyhow::Result<ExitCod
         json,
     } = command;
     let config = load(cli)?;
-    let mut conn = db::open(&config.daemon.database)?;
-    let started = std::time::Instant::now();
-    let s = members::import(&mut conn, file, (*encoding).into(), (*header).into())?;
+    let (encoding, header) = ((*encoding).into(), (*header).into());
+    // A writer: the database is created (SQLite) or migrated (both) first,
+    // as `once` does, so an import can be the first command ever run.
+    let s = match &config.daemon.store {
+        Database::Sqlite(_) => {
+            let mut conn = db::open(&config.daemon.database)?;
+            let started = std::time::Instant::now();
+            (members::import(&mut conn, file, encoding, header)?, started)
+        }
+        Database::Postgres(target) => {
+            let conn = crate::store::connect_postgres(target, true)?;
+            let started = std::time::Instant::now();
+            (members::import(&conn, file, encoding, header)?, started)
+        }
+    };
+    let (s, started) = s;
     if *json {
         print_json(&s)?;
     } else {

@@ -25,6 +25,7 @@ pub mod api_keys;
 pub mod audit;
 mod conn;
 mod location;
+pub mod members;
 mod migrations_pg;
 pub mod outbox;
 mod postgres;
@@ -213,4 +214,5 @@ pub const AVAILABLE_ON_POSTGRES: &[&str] = &[
     "verify",
     "history",
     "retry",
+    "members",
 ];
