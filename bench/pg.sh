@@ -22,6 +22,9 @@ pg_bench_start() {
     PG_DIR=$dir
     mkdir -p "$dir"
     chown postgres: "$dir"
+    # The server runs as postgres: it must be able to reach its folder (a
+    # mktemp -d work folder is 0700).
+    chmod a+x "$(dirname "$dir")"
     pg_as "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth-local=trust \
         --auth-host=scram-sha-256 --encoding=UTF8 --locale=C >/dev/null
     PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -41,7 +44,8 @@ EOF
 
 # pg_sql DB SQL: run SQL as the superuser over the socket; rows on stdout.
 pg_sql() {
-    pg_as "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" \
+    pg_as env PGOPTIONS='-c client_min_messages=warning' \
+        "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" \
         -U postgres -d "$1" -c "$2"
 }
 

@@ -57,6 +57,51 @@ fn bench_smoke_run_agrees_with_the_baselines() {
     assert!(credited > 9_000, "{stdout}");
 }
 
+/// `bench/run.sh --smoke --store postgres`: the same run with the member
+/// import and `once` also on a throw-away PostgreSQL cluster (bench/pg.sh);
+/// what is checked is that the script runs and that PostgreSQL credited
+/// the file exactly as SQLite did (the script's own correctness lines).
+#[test]
+fn bench_smoke_on_postgres_credits_as_sqlite_does() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("bench/run.sh"))
+        .args([
+            "--smoke",
+            "--store",
+            "postgres",
+            "--bin",
+            env!("CARGO_BIN_EXE_milebatch"),
+        ])
+        .output()
+        .expect("run bench/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench/run.sh --smoke --store postgres failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for row in ["members import, PostgreSQL", "milebatch once, PostgreSQL"] {
+        assert!(stdout.contains(row), "no {row:?} row in:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("OK   PostgreSQL: the file credited as on SQLite"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("OK   PostgreSQL ledger rows"), "{stdout}");
+    let correctness = stdout
+        .split("correctness")
+        .nth(1)
+        .and_then(|s| s.split("targets").next())
+        .unwrap_or_default();
+    assert!(!correctness.contains("FAIL"), "{stdout}");
+    assert!(
+        stdout.contains("PostgreSQL once"),
+        "the target is shown:\n{stdout}"
+    );
+}
+
 /// `bench/upload.sh --smoke`: `once` and the same file uploaded through the
 /// site (real `serve` over HTTPS, curl) credit the same rows and miles, the
 /// upload is recorded as channel `upload`, no temp file is left, and the
