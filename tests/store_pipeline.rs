@@ -401,3 +401,50 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
         "the backslash key went through COPY intact"
     );
 }
+
+/// PostgreSQL only (SQLite has one writer: a `members import` and a credit
+/// never overlap there): a credit waits while `members import` holds the
+/// members lock, so a file is never judged against members changing under
+/// it. Here a psql session holds that lock for 6 s; `once` (under 2 s on
+/// its own, debug build) must wait for it.
+#[test]
+fn a_credit_on_postgres_waits_for_a_members_import() {
+    let side = Side::new(Some(pg::shared().fresh_db()));
+    side.seed_members();
+    side.w.write("inbox/shop/w.csv", "NM0000000001,w1,10\n");
+    let cluster = pg::shared();
+    let db = side.pg.as_ref().unwrap().name.clone();
+    let mut holder = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&cluster.dir)
+        .args([
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            &db,
+            "-c",
+        ])
+        .arg("SELECT pg_advisory_lock(hashtextextended('members', 0)); SELECT pg_sleep(6);")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the lock is held.
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted";
+    let t0 = std::time::Instant::now();
+    while cluster.psql(&db, held).trim() == "0" {
+        assert!(t0.elapsed().as_secs() < 10, "psql never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    let (code, files) = side.deliver("shop", &[]);
+    let waited = started.elapsed();
+    holder.wait().unwrap();
+    assert_eq!(code, 0, "{files:#?}");
+    assert_eq!(files[0]["credited"], 1, "{files:#?}");
+    assert!(
+        waited >= std::time::Duration::from_secs(4),
+        "once did not wait for the members lock: {waited:?}"
+    );
+}

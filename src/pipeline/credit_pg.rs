@@ -15,7 +15,9 @@
 //!   runs the same files through both);
 //! - one partner's credits are serialised across hosts by an advisory lock
 //!   taken first in the transaction, so the duplicate check and the E010 /
-//!   re-send judgements see every earlier credit of that partner.
+//!   re-send judgements see every earlier credit of that partner;
+//! - a credit shares the members lock that `members import` takes alone:
+//!   the members a file is judged against do not change under it.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -78,6 +80,14 @@ pub(super) fn credit_file(c: &PgConn, job: &CreditJob<'_>) -> Result<Credited, C
 fn in_transaction(c: &PgConn, job: &CreditJob<'_>) -> Result<InTx, CreditError> {
     let p = job.partner;
     c.lock(&format!("credit:{}", p.id))?;
+    // The members stay as they are until the commit: `members import`
+    // holds this lock alone (`store::members`), credits share it. The
+    // look-up connections start after it is held, so every row of the file
+    // sees one state of the members, as on SQLite (one writer at a time).
+    c.execute(
+        "SELECT pg_advisory_xact_lock_shared(hashtextextended(?1, 0))",
+        crate::store_args!["members"],
+    )?;
     if let Some(dup) = duplicate_of(c, job)? {
         return Ok(InTx::Duplicate(dup));
     }
