@@ -376,6 +376,38 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
         histories[2]
     );
 
+    // The month's statement: the same totals per channel, file and day.
+    let mut statements = Vec::new();
+    for side in &sides {
+        for partner in ["shop", "uniq"] {
+            let out = side.run(&[
+                "statement",
+                "--partner",
+                partner,
+                "--month",
+                "2026-12",
+                "--json",
+            ]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            for f in v["by_file"].as_array_mut().unwrap() {
+                f.as_object_mut().unwrap().remove("file_id");
+            }
+            statements.push(v);
+        }
+    }
+    assert_eq!(statements[..2], statements[2..]);
+    assert!(
+        statements[0]["issued"]["miles"].as_i64().unwrap() > 0,
+        "{:#}",
+        statements[0]
+    );
+
     // verify recomputes every file's digest from its ledger rows: the one
     // PostgreSQL stored (E008/E010 rows taken back out) must match.
     let mut verified = Vec::new();

@@ -182,8 +182,14 @@ pub(super) fn statement(cli: &Cli, args: &StatementArgs) -> anyhow::Result<ExitC
     if let Err(e) = money::statement::month_bounds(month, tz) {
         return Ok(fail(e));
     }
-    let conn = db::open_query(&config.daemon.database)?;
-    let st = money::statement::statement(&conn, partner, month, tz)?;
+    let Some(conn) = super::open_existing(&config)? else {
+        // What SQLite says of a database file not made yet.
+        return Ok(fail(format_args!(
+            "database {} has no tables yet: run `milebatch members import` or `milebatch once` first",
+            config.daemon.store
+        )));
+    };
+    let st = money::statement::statement(conn.as_ref(), partner, month, tz)?;
     if *json {
         print_json(&st)?;
     } else if *csv && header == "ja" {

@@ -10,9 +10,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::{Engine, Exec, StoreError};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use crate::excel::Lang;
@@ -20,8 +20,8 @@ use crate::timefmt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatementError {
-    #[error("statement: database: {0}")]
-    Sql(#[from] rusqlite::Error),
+    #[error("statement: reading the {0}")]
+    Store(#[from] StoreError),
     #[error("statement: --month {0:?} is not a month: write it as YYYY-MM, e.g. 2026-11")]
     Month(String),
 }
@@ -125,7 +125,7 @@ pub fn month_bounds(month: &str, tz: Tz) -> Result<(DateTime<Utc>, DateTime<Utc>
 
 /// `partner`'s statement for `month` (`YYYY-MM`) in `tz`.
 pub fn statement(
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     month: &str,
     tz: Tz,
@@ -133,14 +133,17 @@ pub fn statement(
     let (from, until) = month_bounds(month, tz)?;
     // One snapshot: the breakdowns and the net agree even while the daemon
     // credits.
-    conn.execute_batch("BEGIN")?;
+    conn.batch(match conn.engine() {
+        Engine::Sqlite => "BEGIN",
+        Engine::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    })?;
     let result = build(conn, partner, month, tz, from, until);
-    let _ = conn.execute_batch("ROLLBACK");
+    let _ = conn.batch("ROLLBACK");
     result
 }
 
 fn build(
-    conn: &Connection,
+    conn: &dyn Exec,
     partner: &str,
     month: &str,
     tz: Tz,
@@ -151,19 +154,16 @@ fn build(
     let mut by_day: BTreeMap<NaiveDate, Total> = BTreeMap::new();
     let mut by_reversal: BTreeMap<i64, Total> = BTreeMap::new();
     let mut net = Total::default();
-    {
-        let mut st = conn.prepare(
-            "SELECT file_id, miles, credited_at, reversal FROM ledger
-             WHERE partner = ?1 AND credited_at >= ?2 AND credited_at < ?3",
-        )?;
-        let mut rows = st.query(params![partner, from.timestamp(), until.timestamp()])?;
-        while let Some(r) = rows.next()? {
-            let (file_id, miles, at, reversal): (i64, i64, i64, Option<i64>) =
-                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+    conn.for_each(
+        "SELECT file_id, miles, credited_at, reversal FROM ledger
+         WHERE partner = ?1 AND credited_at >= ?2 AND credited_at < ?3",
+        crate::store_args![partner, from.timestamp(), until.timestamp()],
+        &mut |r| {
+            let (file_id, miles, at, reversal) = (r.int(0)?, r.int(1)?, r.int(2)?, r.opt_int(3)?);
             net.add(miles);
             if let Some(id) = reversal {
                 by_reversal.entry(id).or_default().add(miles);
-                continue;
+                return Ok(());
             }
             by_file.entry(file_id).or_default().add(miles);
             let day = DateTime::from_timestamp(at, 0)
@@ -171,9 +171,9 @@ fn build(
                 .with_timezone(&tz)
                 .date_naive();
             by_day.entry(day).or_default().add(miles);
-        }
-    }
-    let mut file_info = conn.prepare("SELECT name, channel FROM files WHERE id = ?1")?;
+            Ok(())
+        },
+    )?;
     let mut channels: BTreeMap<String, Total> = ["pull", "upload", "api"]
         .into_iter()
         .map(|c| (c.to_owned(), Total::default()))
@@ -184,9 +184,13 @@ fn build(
         let (name, channel) = if file_id == 0 {
             ("API exchanges".to_owned(), "api".to_owned())
         } else {
-            file_info
-                .query_row([file_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .unwrap_or_else(|_| (format!("file {file_id} (not recorded)"), "pull".into()))
+            match conn.query_opt(
+                "SELECT name, channel FROM files WHERE id = ?1",
+                crate::store_args![file_id],
+            )? {
+                Some(r) => (r.text(0)?, r.text(1)?),
+                None => (format!("file {file_id} (not recorded)"), "pull".into()),
+            }
         };
         let c = channels.entry(channel.clone()).or_default();
         c.rows += total.rows;
@@ -213,23 +217,24 @@ fn build(
         .collect();
     by_channel
         .sort_by(|a, b| (order(&a.channel), &a.channel).cmp(&(order(&b.channel), &b.channel)));
-    let mut reversal_info = conn.prepare(
-        "SELECT COALESCE('file ' || file_id, 'API exchange ' || exchange), actor, reason, at
-         FROM reversals WHERE id = ?1",
-    )?;
     let mut reversals = Vec::with_capacity(by_reversal.len());
     let mut reversed = Total::default();
     for (id, total) in by_reversal {
-        let (what, actor, reason, at) = reversal_info
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap_or_else(|_| {
-                (
-                    "?".into(),
-                    "?".into(),
-                    "(no reversal record)".into(),
-                    String::new(),
-                )
-            });
+        let found = conn.query_opt(
+            "SELECT COALESCE('file ' || CAST(file_id AS TEXT), 'API exchange ' || CAST(exchange AS TEXT)),
+                    actor, reason, at
+             FROM reversals WHERE id = ?1",
+            crate::store_args![id],
+        )?;
+        let (what, actor, reason, at) = match found {
+            Some(r) => (r.text(0)?, r.text(1)?, r.text(2)?, r.text(3)?),
+            None => (
+                "?".into(),
+                "?".into(),
+                "(no reversal record)".into(),
+                String::new(),
+            ),
+        };
         reversed.rows += total.rows;
         reversed.miles += total.miles;
         reversals.push(ReversalLine {

@@ -214,5 +214,6 @@ pub const AVAILABLE_ON_POSTGRES: &[&str] = &[
     "verify",
     "history",
     "retry",
+    "statement",
     "members",
 ];
