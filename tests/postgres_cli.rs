@@ -53,7 +53,7 @@ fn commands_not_on_postgres_yet_refuse_with_exit_2_and_write_nothing() {
     let db = pg::shared().fresh_db();
     let w = workspace(&db.url());
     w.write("inbox/shop/a.csv", "M000001,k1,100\n");
-    for args in [vec!["run"], vec!["serve"], vec!["api-key", "list"]] {
+    for args in [vec!["run"], vec!["serve"], vec!["user", "list"]] {
         let (code, _, err) = run(&w, &args, pg::PASSWORD);
         assert_eq!(code, 2, "{args:?}: {err}");
         let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();

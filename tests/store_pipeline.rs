@@ -121,6 +121,18 @@ impl Side {
         (out.status.code().unwrap_or(-1), seen)
     }
 
+    /// Run a command that must succeed; its JSON on stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Run a statement on this side's database (a test's own change).
     fn exec(&self, sql: &str) {
         match &self.pg {
@@ -341,21 +353,8 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
     let mut histories = Vec::new();
     for side in &sides {
         for key in ["k1", "u1", "k\\6", "nothing"] {
-            let out = side.run(&[
-                "history",
-                "--partner",
-                if key == "u1" { "uniq" } else { "shop" },
-                "--key",
-                key,
-                "--json",
-            ]);
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let partner = if key == "u1" { "uniq" } else { "shop" };
+            let mut v = side.json(&["history", "--partner", partner, "--key", key, "--json"]);
             for r in v.as_array_mut().unwrap() {
                 r.as_object_mut().unwrap().remove("file_id");
             }
@@ -380,21 +379,15 @@ fn sqlite_and_postgres_credit_the_same_files_the_same_way() {
     let mut statements = Vec::new();
     for side in &sides {
         for partner in ["shop", "uniq"] {
-            let out = side.run(&[
+            let month = [
                 "statement",
                 "--partner",
                 partner,
                 "--month",
                 "2026-12",
                 "--json",
-            ]);
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            ];
+            let mut v = side.json(&month);
             for f in v["by_file"].as_array_mut().unwrap() {
                 f.as_object_mut().unwrap().remove("file_id");
             }
@@ -479,4 +472,67 @@ fn a_credit_on_postgres_waits_for_a_members_import() {
         waited >= std::time::Duration::from_secs(4),
         "once did not wait for the members lock: {waited:?}"
     );
+}
+
+/// `api-key create`, `list`, `revoke` from the CLI, on both engines: the
+/// same answers (a key is shown once, listed, revoked once) and the same
+/// audit rows.
+#[test]
+fn api_keys_from_the_cli_behave_alike_on_both_engines() {
+    let sides = [Side::new(None), Side::new(Some(pg::shared().fresh_db()))];
+    let mut seen = Vec::new();
+    for side in &sides {
+        side.seed_members();
+        let out = side.run(&[
+            "api-key",
+            "create",
+            "--partner",
+            "shop",
+            "--label",
+            "till 1",
+            "--json",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let prefix = created["prefix"].as_str().unwrap().to_owned();
+        assert!(
+            created["key"].as_str().unwrap().starts_with(&prefix),
+            "{created:#}"
+        );
+        let list = |side: &Side| side.json(&["api-key", "list", "--json"]);
+        let before = list(side);
+        assert_eq!(before.as_array().unwrap().len(), 1, "{before:#}");
+        assert_eq!(before[0]["partner"], "shop");
+        assert_eq!(before[0]["label"], "till 1");
+        assert!(before[0]["revoked_at"].is_null(), "{before:#}");
+        let revoke = |side: &Side| {
+            let out = side.run(&["api-key", "revoke", &prefix]);
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).replace(&prefix, "PREFIX"),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .filter(|l| l.contains("error"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    .replace(&prefix, "PREFIX"),
+            )
+        };
+        let first = revoke(side);
+        let again = revoke(side);
+        let after = list(side);
+        assert!(after[0]["revoked_at"].is_string(), "{after:#}");
+        let audit =
+            side.rows("SELECT action || '|' || COALESCE(partner, '-') FROM audit ORDER BY id");
+        seen.push((first, again, audit));
+    }
+    assert_eq!(seen[0], seen[1], "SQLite left, PostgreSQL right");
+    assert_eq!(seen[0].0 .0, Some(0), "{:?}", seen[0]);
+    assert_eq!(seen[0].1 .0, Some(1), "{:?}", seen[0]);
+    assert_eq!(seen[0].2.len(), 2, "{:?}", seen[0]);
 }

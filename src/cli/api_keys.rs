@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::output::{fail, print_json};
 use super::{known_partner, load, Cli};
 use crate::termtext::cell;
-use crate::{db, timefmt};
+use crate::timefmt;
 
 #[derive(Subcommand, Debug)]
 pub enum ApiKeyCommand {
@@ -54,7 +54,7 @@ pub(super) fn run(cli: &Cli, command: &ApiKeyCommand) -> anyhow::Result<ExitCode
             if let Err(code) = known_partner(&config, partner) {
                 return Ok(code);
             }
-            let conn = db::open(&config.daemon.database)?;
+            let conn = crate::store::open_writer(&config.daemon.store)?;
             let c = api_keys::create(&conn, partner, label, &actor, None)?;
             if *json {
                 print_json(
@@ -78,8 +78,11 @@ pub(super) fn run(cli: &Cli, command: &ApiKeyCommand) -> anyhow::Result<ExitCode
                     return Ok(code);
                 }
             }
-            let conn = db::open_query(&config.daemon.database)?;
-            let keys = api_keys::list(&conn, partner.as_deref())?;
+            // A PostgreSQL database never migrated has no keys yet.
+            let keys = match super::open_existing(&config)? {
+                Some(conn) => api_keys::list(conn.as_ref(), partner.as_deref())?,
+                None => Vec::new(),
+            };
             let tz = config.daemon.timezone;
             if *json {
                 print_json(&keys)?;
@@ -107,7 +110,7 @@ pub(super) fn run(cli: &Cli, command: &ApiKeyCommand) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         ApiKeyCommand::Revoke { prefix } => {
-            let conn = db::open(&config.daemon.database)?;
+            let conn = crate::store::open_writer(&config.daemon.store)?;
             match api_keys::revoke(&conn, prefix, None, &actor, None)? {
                 Some(k) => {
                     println!("revoked API key {} of partner {}", k.prefix, k.partner);

@@ -215,5 +215,6 @@ pub const AVAILABLE_ON_POSTGRES: &[&str] = &[
     "history",
     "retry",
     "statement",
+    "api-key",
     "members",
 ];
