@@ -291,20 +291,14 @@ impl FindMany for PgLookup<'_> {
         if keys.is_empty() {
             return Ok(());
         }
-        // PostgreSQL text cannot hold U+0000: such a key names no member,
-        // and json would refuse to turn it into text. Blank it out.
-        let json = keys.as_json();
-        let json = if json.contains("\\u0000") {
-            std::borrow::Cow::Owned(json.replace("\\u0000", ""))
-        } else {
-            std::borrow::Cow::Borrowed(json)
-        };
+        // A key never holds U+0000 (which PostgreSQL text cannot): a row
+        // with a control character fails E009 before any look-up.
         let rows = self.0.query(
             match kind {
                 KeyKind::Email => PG_MANY_BY_EMAIL,
                 KeyKind::MemberId => PG_MANY_BY_ID,
             },
-            crate::store_args![json.as_ref()],
+            crate::store_args![keys.as_json()],
         )?;
         for r in rows {
             let i = r.int(0)? as usize;

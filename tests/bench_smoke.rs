@@ -9,21 +9,39 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn bench_smoke_run_agrees_with_the_baselines() {
+/// `bench/run.sh --smoke` with `extra` arguments and this build's binary;
+/// its stdout, once it exited 0.
+fn run_smoke(extra: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(root.join("bench/run.sh"))
-        .args(["--smoke", "--bin", env!("CARGO_BIN_EXE_milebatch")])
+        .arg("--smoke")
+        .args(extra)
+        .args(["--bin", env!("CARGO_BIN_EXE_milebatch")])
         .output()
         .expect("run bench/run.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "bench/run.sh --smoke failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        "bench/run.sh --smoke {extra:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+/// The report's correctness section (between "correctness" and "targets").
+fn correctness(stdout: &str) -> &str {
+    stdout
+        .split("correctness")
+        .nth(1)
+        .and_then(|s| s.split("targets").next())
+        .unwrap_or_default()
+}
+
+#[test]
+fn bench_smoke_run_agrees_with_the_baselines() {
+    let stdout = run_smoke(&[]);
     for job in [
         "mkmembers.sh",
         "milebatch members import",
@@ -34,11 +52,7 @@ fn bench_smoke_run_agrees_with_the_baselines() {
     ] {
         assert!(stdout.contains(job), "no {job:?} row in:\n{stdout}");
     }
-    let correctness = stdout
-        .split("correctness")
-        .nth(1)
-        .and_then(|s| s.split("targets").next())
-        .unwrap_or_default();
+    let correctness = correctness(&stdout);
     assert_eq!(correctness.matches("  OK   ").count(), 8, "{stdout}");
     assert!(correctness.contains("OK   verify ok over "), "{stdout}");
     assert!(
@@ -63,25 +77,7 @@ fn bench_smoke_run_agrees_with_the_baselines() {
 /// the file exactly as SQLite did (the script's own correctness lines).
 #[test]
 fn bench_smoke_on_postgres_credits_as_sqlite_does() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("bench/run.sh"))
-        .args([
-            "--smoke",
-            "--store",
-            "postgres",
-            "--bin",
-            env!("CARGO_BIN_EXE_milebatch"),
-        ])
-        .output()
-        .expect("run bench/run.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench/run.sh --smoke --store postgres failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = run_smoke(&["--store", "postgres"]);
     for row in ["members import, PostgreSQL", "milebatch once, PostgreSQL"] {
         assert!(stdout.contains(row), "no {row:?} row in:\n{stdout}");
     }
@@ -90,12 +86,7 @@ fn bench_smoke_on_postgres_credits_as_sqlite_does() {
         "{stdout}"
     );
     assert!(stdout.contains("OK   PostgreSQL ledger rows"), "{stdout}");
-    let correctness = stdout
-        .split("correctness")
-        .nth(1)
-        .and_then(|s| s.split("targets").next())
-        .unwrap_or_default();
-    assert!(!correctness.contains("FAIL"), "{stdout}");
+    assert!(!correctness(&stdout).contains("FAIL"), "{stdout}");
     assert!(
         stdout.contains("PostgreSQL once"),
         "the target is shown:\n{stdout}"
